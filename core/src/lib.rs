@@ -4,7 +4,36 @@
 //! its outbox entry, so what a user typed survives app kills and power loss, and is
 //! uploaded exactly once when the network allows. See `DESIGN.md` for the principles
 //! and wire protocol v1.
+//!
+//! ```no_run
+//! use outpost_core::{ConflictStrategy, Query, Store, StoreConfig};
+//! use serde_json::json;
+//!
+//! let config = StoreConfig::default()
+//!     .with_collection("patients", ConflictStrategy::FieldMerge)
+//!     .with_collection("answers", ConflictStrategy::LastWriteWins);
+//! let store = Store::open("outpost.db", config)?;
+//! store.batch(|tx| {
+//!     tx.put("patients", Some("p-17"), json!({"name": "Amina", "village": "Kole"}))?;
+//!     tx.put("answers", None, json!({"patient": "p-17", "q": "fever", "a": true}))?;
+//!     Ok(())
+//! })?;
+//! let fevers = store.query("answers", &Query::new().filter("q", "fever"))?;
+//! # Ok::<(), outpost_core::Error>(())
+//! ```
 
 pub mod clock;
+mod config;
 pub mod crdt;
+mod error;
+mod feed;
+mod outbox;
 pub mod protocol;
+mod schema;
+mod store;
+
+pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
+pub use error::{Error, Result};
+pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, RecordRef, Subscription};
+pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
+pub use store::{Order, Query, Record, Store, SyncState, WriteTx};

@@ -1,0 +1,175 @@
+//! How an app configures a store: its collections, their conflict strategies, and
+//! the durability and encryption trade-offs.
+//!
+//! Collections are declared up front so that a typo in a collection name is an error
+//! at the call site, not a silently separate data set that never syncs as intended.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::protocol::validate_collection;
+
+/// What happens when the server reports that a record changed under a local edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConflictStrategy {
+    /// Take the server's record; the local version goes to the conflict log.
+    ServerWins,
+    /// Resend the local record with `force`, as a new op.
+    ClientWins,
+    /// The edit with the larger HLC stamp wins, field by field.
+    #[default]
+    LastWriteWins,
+    /// Three-way merge against the last synced base; fields changed on both sides fall
+    /// back to last-write-wins.
+    FieldMerge,
+    /// Mark the record conflicted and let the app decide through `resolve`.
+    Manual,
+}
+
+impl ConflictStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictStrategy::ServerWins => "server_wins",
+            ConflictStrategy::ClientWins => "client_wins",
+            ConflictStrategy::LastWriteWins => "last_write_wins",
+            ConflictStrategy::FieldMerge => "field_merge",
+            ConflictStrategy::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConflictStrategy> {
+        [
+            ConflictStrategy::ServerWins,
+            ConflictStrategy::ClientWins,
+            ConflictStrategy::LastWriteWins,
+            ConflictStrategy::FieldMerge,
+            ConflictStrategy::Manual,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// When a write that returned is safe.
+///
+/// `Full` (the default) runs SQLite with `synchronous=FULL`: every commit is fsynced to
+/// the WAL before the call returns, so a returned write survives the phone losing power.
+/// `Normal` skips that fsync (`synchronous=NORMAL`): a returned write survives the app
+/// being killed, but the last commits before a power loss or OS crash may be lost. It
+/// is several times faster for bursts of single writes; prefer batching instead where a
+/// screen saves many answers at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// A declared collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionConfig {
+    pub name: String,
+    pub strategy: ConflictStrategy,
+}
+
+impl CollectionConfig {
+    pub fn new(name: impl Into<String>, strategy: ConflictStrategy) -> CollectionConfig {
+        CollectionConfig {
+            name: name.into(),
+            strategy,
+        }
+    }
+}
+
+/// Everything `Store::open` needs besides the path.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub collections: Vec<CollectionConfig>,
+    pub durability: Durability,
+    /// A 32-byte key from the Keystore / Keychain. Needs the `encryption` feature.
+    pub encryption_key: Option<Vec<u8>>,
+    /// How long a write waits for another connection's lock before failing.
+    pub busy_timeout: Duration,
+    /// Read connections kept open for queries, so reads never wait on writes.
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            collections: Vec::new(),
+            durability: Durability::Full,
+            encryption_key: None,
+            busy_timeout: Duration::from_secs(5),
+            read_connections: 2,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn with_collection(mut self, name: &str, strategy: ConflictStrategy) -> Self {
+        self.collections.push(CollectionConfig::new(name, strategy));
+        self
+    }
+
+    /// Checks names and settings; returns the collections by name.
+    pub(crate) fn validated(&self) -> Result<BTreeMap<String, ConflictStrategy>> {
+        let mut out = BTreeMap::new();
+        for c in &self.collections {
+            validate_collection(&c.name)?;
+            if out.insert(c.name.clone(), c.strategy).is_some() {
+                return Err(Error::InvalidConfig(format!(
+                    "collection {:?} declared twice",
+                    c.name
+                )));
+            }
+        }
+        if let Some(key) = self.encryption_key.as_ref().filter(|k| k.len() != 32) {
+            return Err(Error::InvalidConfig(format!(
+                "encryption_key must be 32 bytes, got {}",
+                key.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let ok = StoreConfig::default().with_collection("patients", ConflictStrategy::Manual);
+        assert!(ok.validated().is_ok());
+        let bad = StoreConfig::default().with_collection("Patients", ConflictStrategy::Manual);
+        assert_eq!(
+            bad.validated(),
+            Err(Error::InvalidCollection("Patients".into()))
+        );
+        let twice = ok
+            .clone()
+            .with_collection("patients", ConflictStrategy::ServerWins);
+        assert!(matches!(twice.validated(), Err(Error::InvalidConfig(_))));
+        let key = StoreConfig {
+            encryption_key: Some(vec![1; 5]),
+            ..ok
+        };
+        assert!(matches!(key.validated(), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn strategy_names_round_trip() {
+        for s in [
+            "server_wins",
+            "client_wins",
+            "last_write_wins",
+            "field_merge",
+            "manual",
+        ] {
+            assert_eq!(ConflictStrategy::parse(s).map(|c| c.as_str()), Some(s));
+        }
+        assert_eq!(ConflictStrategy::parse("nope"), None);
+    }
+}
