@@ -73,7 +73,7 @@ impl ChangeEvent {
         self.records.is_empty()
     }
 
-    fn absorb(&mut self, other: ChangeEvent) {
+    pub(crate) fn absorb(&mut self, other: ChangeEvent) {
         self.origin = self.origin.merge(other.origin);
         self.collections.extend(other.collections);
         self.records.extend(other.records);
@@ -96,48 +96,91 @@ where
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    pending: Option<ChangeEvent>,
+/// Events that can be merged into one when a listener falls behind.
+pub(crate) trait Coalesce: Clone + Send + 'static {
+    fn absorb(&mut self, later: Self);
+}
+
+impl Coalesce for ChangeEvent {
+    fn absorb(&mut self, later: Self) {
+        ChangeEvent::absorb(self, later);
+    }
+}
+
+struct Slot<E> {
+    pending: Option<E>,
     closed: bool,
 }
 
-struct Subscriber {
-    slot: Mutex<Slot>,
+struct Subscriber<E> {
+    slot: Mutex<Slot<E>>,
     wake: Condvar,
 }
 
-impl Subscriber {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+impl<E> Subscriber<E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot<E>> {
         // A poisoned slot only means a panic elsewhere; the data is still consistent.
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The publisher side, owned by the store.
-#[derive(Default)]
-pub(crate) struct Feed {
-    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+trait Closable: Send + Sync {
+    fn close(&self);
 }
 
-impl std::fmt::Debug for Feed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Feed").finish_non_exhaustive()
+impl<E: Send> Closable for Subscriber<E> {
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
     }
 }
 
+/// A listener callback as the fan-out stores it.
+pub(crate) type Deliver<E> = Box<dyn Fn(&E) -> Result<(), String> + Send>;
+
+/// The publisher side: one delivery thread and one pending slot per subscriber.
+pub(crate) struct Fanout<E> {
+    subscribers: Mutex<Vec<Weak<Subscriber<E>>>>,
+}
+
+impl<E> Default for Fanout<E> {
+    fn default() -> Self {
+        Fanout {
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Fanout<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout").finish_non_exhaustive()
+    }
+}
+
+/// The store's change feed.
+pub(crate) type Feed = Fanout<ChangeEvent>;
+
 impl Feed {
-    pub(crate) fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Subscription {
+    pub(crate) fn subscribe_listener(&self, listener: Arc<dyn ChangeListener>) -> Subscription {
+        self.subscribe(Box::new(move |e: &ChangeEvent| listener.on_change(e)))
+    }
+}
+
+impl<E: Coalesce> Fanout<E> {
+    pub(crate) fn subscribe(&self, deliver_fn: Deliver<E>) -> Subscription {
         let sub = Arc::new(Subscriber {
-            slot: Mutex::new(Slot::default()),
+            slot: Mutex::new(Slot {
+                pending: None,
+                closed: false,
+            }),
             wake: Condvar::new(),
         });
         let worker = Arc::clone(&sub);
         let spawned = thread::Builder::new()
-            .name("outpost-feed".into())
-            .spawn(move || deliver(&worker, listener.as_ref()));
+            .name("outpost-listener".into())
+            .spawn(move || deliver(&worker, deliver_fn.as_ref()));
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start a change-feed thread");
+            tracing::error!(error = %e, "could not start a listener thread");
         }
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|w| w.strong_count() > 0);
@@ -146,11 +189,8 @@ impl Feed {
     }
 
     /// Hands an event to every subscriber. Cheap: no listener runs here.
-    pub(crate) fn publish(&self, event: ChangeEvent) {
-        if event.is_empty() {
-            return;
-        }
-        let subs: Vec<Arc<Subscriber>> = {
+    pub(crate) fn publish(&self, event: E) {
+        let subs: Vec<Arc<Subscriber<E>>> = {
             let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
             subs.iter().filter_map(Weak::upgrade).collect()
         };
@@ -171,13 +211,12 @@ impl Feed {
     pub(crate) fn close_all(&self) {
         let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         for sub in subs.iter().filter_map(Weak::upgrade) {
-            sub.lock().closed = true;
-            sub.wake.notify_one();
+            sub.close();
         }
     }
 }
 
-fn deliver(sub: &Subscriber, listener: &dyn ChangeListener) {
+fn deliver<E>(sub: &Subscriber<E>, listener: &(dyn Fn(&E) -> Result<(), String> + Send)) {
     loop {
         let event = {
             let mut slot = sub.lock();
@@ -192,10 +231,10 @@ fn deliver(sub: &Subscriber, listener: &dyn ChangeListener) {
             }
         };
         // A panicking listener must not take the delivery thread (and later events) down.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| listener.on_change(&event))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| listener(&event))) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "change listener failed"),
-            Err(_) => tracing::warn!("change listener panicked"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener failed"),
+            Err(_) => tracing::warn!("listener panicked"),
         }
     }
 }
@@ -203,13 +242,12 @@ fn deliver(sub: &Subscriber, listener: &dyn ChangeListener) {
 /// A live subscription. Dropping it (or calling `cancel`) stops delivery.
 #[must_use = "dropping the subscription unsubscribes"]
 pub struct Subscription {
-    sub: Arc<Subscriber>,
+    sub: Arc<dyn Closable>,
 }
 
 impl Subscription {
     pub fn cancel(&self) {
-        self.sub.lock().closed = true;
-        self.sub.wake.notify_one();
+        self.sub.close();
     }
 }
 
@@ -249,7 +287,7 @@ mod tests {
             let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(5));
             tx.send(e.clone()).unwrap();
         };
-        let _sub = feed.subscribe(Arc::new(listener));
+        let _sub = feed.subscribe_listener(Arc::new(listener));
         feed.publish(event(ChangeOrigin::Local, &["a"]));
         std::thread::sleep(Duration::from_millis(50)); // the listener is now stuck on "a"
         for id in ["b", "c", "d"] {
@@ -282,7 +320,7 @@ mod tests {
         }
         let feed = Feed::default();
         let (tx, rx) = mpsc::channel();
-        let _sub = feed.subscribe(Arc::new(Flaky(tx, 0.into())));
+        let _sub = feed.subscribe_listener(Arc::new(Flaky(tx, 0.into())));
         for i in 0..3 {
             feed.publish(event(ChangeOrigin::Local, &[&i.to_string()]));
             rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -293,7 +331,8 @@ mod tests {
     fn dropping_the_subscription_stops_delivery() {
         let feed = Feed::default();
         let (tx, rx) = mpsc::channel();
-        let sub = feed.subscribe(Arc::new(move |e: &ChangeEvent| tx.send(e.commits).unwrap()));
+        let sub =
+            feed.subscribe_listener(Arc::new(move |e: &ChangeEvent| tx.send(e.commits).unwrap()));
         feed.publish(event(ChangeOrigin::Local, &["a"]));
         assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
         drop(sub);

@@ -24,6 +24,7 @@
 
 pub mod clock;
 mod config;
+pub mod conflict;
 pub mod crdt;
 mod error;
 mod feed;
@@ -31,9 +32,16 @@ mod outbox;
 pub mod protocol;
 mod schema;
 mod store;
+pub mod sync;
+pub mod transport;
 
 pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
 pub use error::{Error, Result};
 pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, RecordRef, Subscription};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
 pub use store::{Order, Query, Record, Store, SyncState, WriteTx};
+pub use sync::{
+    Conflict, ConflictListener, Resolution, StaticToken, StatusListener, SyncActivity, SyncConfig,
+    SyncEngine, SyncOutcome, SyncReport, SyncStatus, TokenProvider,
+};
+pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};

@@ -308,7 +308,8 @@ pub struct OutboxCounts {
 
 impl Store {
     /// The entries that may go out now, oldest first: for each record only its first
-    /// unfinished entry, and only if that entry is pending and due. Stops at the count
+    /// unfinished entry, only if that entry is pending and due, and never for a record
+    /// waiting on a manual conflict. Stops at the count
     /// or byte limit (always taking at least one entry).
     pub fn outbox_next_batch(&self, limits: BatchLimits, now_ms: i64) -> Result<Vec<OutboxEntry>> {
         self.read(|conn| {
@@ -318,6 +319,9 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM outbox p
                                    WHERE p.collection = o.collection AND p.record_id = o.record_id
                                      AND p.id < o.id AND p.state != 'synced')
+                   AND NOT EXISTS (SELECT 1 FROM records r
+                                   WHERE r.collection = o.collection AND r.id = o.record_id
+                                     AND r.sync_state = 'conflicted')
                  ORDER BY o.id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(

@@ -32,6 +32,7 @@ CREATE TABLE records (
     updated_at INTEGER NOT NULL,
     base       TEXT,
     base_hlc   TEXT,
+    pulled_gen INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 
@@ -128,9 +129,11 @@ CREATE TABLE cursors (
 
 /// Upgrades from version `n` to `n + 1`, indexed by `n - 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1 -> 2: the conflict log, and the HLC of the synced base for last-write-wins.
+    // 1 -> 2: the conflict log, the HLC of the synced base for last-write-wins, and the
+    // pull generation that a full re-pull after `cursor_expired` marks records with.
     "
     ALTER TABLE records ADD COLUMN base_hlc TEXT;
+    ALTER TABLE records ADD COLUMN pulled_gen INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE conflicts (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
         collection TEXT NOT NULL,

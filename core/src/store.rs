@@ -194,6 +194,11 @@ impl Store {
         })
     }
 
+    /// Wall-clock time as the store sees it (injectable for tests).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.shared.wall.now_ms() as i64
+    }
+
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
@@ -247,7 +252,7 @@ impl Store {
     /// Calls `listener` after each commit that changed records.
     pub fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Result<Subscription> {
         self.check_open()?;
-        Ok(self.shared.feed.subscribe(listener))
+        Ok(self.shared.feed.subscribe_listener(listener))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -337,7 +342,9 @@ impl Store {
             (out, event)
         };
         // After the commit and outside the writer lock: listeners can never stall writes.
-        self.shared.feed.publish(event);
+        if !event.is_empty() {
+            self.shared.feed.publish(event);
+        }
         Ok(out)
     }
 
@@ -524,7 +531,7 @@ impl Shared {
 /// A write transaction. Everything done through it commits atomically.
 pub struct WriteTx<'a> {
     pub(crate) tx: Transaction<'a>,
-    clock: &'a mut HybridClock,
+    pub(crate) clock: &'a mut HybridClock,
     shared: &'a Shared,
     pub(crate) event: ChangeEvent,
     pub(crate) now: i64,

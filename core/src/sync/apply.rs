@@ -1,0 +1,604 @@
+//! The database side of sync: applying pulled pages, settling conflicts, the conflict
+//! log and pull cursors.
+//!
+//! Each operation here is one transaction, so an interrupted sync (a cancel, a deadline,
+//! a killed app) leaves either the whole step or none of it: a page and its cursor move
+//! together, and a conflict's outcome, its log row and its re-queued op move together.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::clock::Hlc;
+use crate::config::ConflictStrategy;
+use crate::conflict::{self, Decision, Side, Winner};
+use crate::error::{Error, Result};
+use crate::feed::ChangeOrigin;
+use crate::outbox::OutboxEntry;
+use crate::protocol::{Change, JsonObject, OpKind, validate_record};
+use crate::store::{Store, SyncState, WriteTx};
+
+/// A conflict as kept in the log: every losing version is recorded, under every strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub id: i64,
+    pub collection: String,
+    pub record_id: String,
+    pub strategy: ConflictStrategy,
+    /// The last version both sides agreed on (`None` if the record was new).
+    pub base: Option<JsonObject>,
+    /// The device's version (`None` if deleted locally).
+    pub local: Option<JsonObject>,
+    /// The server's version (`None` if deleted or missing there).
+    pub remote: Option<JsonObject>,
+    pub remote_version: i64,
+    /// `local`, `remote` or `merged` when settled by the strategy; `manual` while open;
+    /// `resolved_local`, `resolved_remote` or `resolved_merged` after `resolve`.
+    pub outcome: String,
+    pub resolved: bool,
+    pub created_at_ms: i64,
+}
+
+/// The app's answer to a manual conflict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Keep the device's version (with any edits made since).
+    KeepLocal,
+    /// Take the server's version.
+    KeepRemote,
+    /// Use this record instead (an edited merge).
+    Merged(JsonObject),
+}
+
+/// What settling a conflict did.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settled {
+    pub conflict: Conflict,
+    pub manual: bool,
+}
+
+const CONFLICT_COLUMNS: &str = "id, collection, record_id, strategy, base, local, remote, \
+     remote_version, outcome, resolved, created_at";
+
+fn parse_obj(s: Option<String>) -> rusqlite::Result<Option<JsonObject>> {
+    s.map(|s| serde_json::from_str::<JsonObject>(&s))
+        .transpose()
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn conflict_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conflict> {
+    Ok(Conflict {
+        id: r.get(0)?,
+        collection: r.get(1)?,
+        record_id: r.get(2)?,
+        strategy: ConflictStrategy::parse(&r.get::<_, String>(3)?).unwrap_or_default(),
+        base: parse_obj(r.get(4)?)?,
+        local: parse_obj(r.get(5)?)?,
+        remote: parse_obj(r.get(6)?)?,
+        remote_version: r.get(7)?,
+        outcome: r.get(8)?,
+        resolved: r.get(9)?,
+        created_at_ms: r.get(10)?,
+    })
+}
+
+fn to_json(o: Option<&JsonObject>) -> Result<Option<String>> {
+    Ok(o.map(serde_json::to_string).transpose()?)
+}
+
+/// The local row, as conflict settlement needs it.
+struct LocalRow {
+    data: Option<JsonObject>,
+    deleted: bool,
+    hlc: String,
+    base: Option<JsonObject>,
+}
+
+fn load_local(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Option<LocalRow>> {
+    let row = tx
+        .prepare_cached(
+            "SELECT data, deleted, hlc, base FROM records WHERE collection = ?1 AND id = ?2",
+        )?
+        .query_row(params![collection, id], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((data, deleted, hlc, base)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(LocalRow {
+        data: parse_obj(data)?,
+        deleted,
+        hlc,
+        base: parse_obj(base)?,
+    }))
+}
+
+/// The lowest possible stamp, for a remote state with no usable HLC.
+fn min_hlc() -> Hlc {
+    Hlc::new(0, 0, "")
+}
+
+impl WriteTx<'_> {
+    /// The record now holds exactly the server's state.
+    fn adopt_remote(&mut self, collection: &str, id: &str, change: Option<&Change>) -> Result<()> {
+        match change.filter(|c| !c.deleted) {
+            Some(c) => {
+                let data = serde_json::to_string(&c.data.clone().unwrap_or_default())?;
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO records (collection, id, data, deleted, version, hlc, sync_state,
+                           updated_at, base, base_hlc)
+                         VALUES (?1, ?2, ?3, 0, ?4, ?5, 'synced', ?6, ?3, ?5)
+                         ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data,
+                           deleted = 0, version = excluded.version, hlc = excluded.hlc,
+                           sync_state = 'synced', updated_at = excluded.updated_at,
+                           base = excluded.base, base_hlc = excluded.base_hlc",
+                    )?
+                    .execute(params![collection, id, data, c.version, c.hlc, self.now])?;
+            }
+            None => {
+                self.tx
+                    .prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
+                    .execute(params![collection, id])?;
+            }
+        }
+        self.event.add(collection, id);
+        Ok(())
+    }
+
+    fn drop_unfinished(&self, collection: &str, id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2 AND state != 'synced'",
+            )?
+            .execute(params![collection, id])?;
+        Ok(())
+    }
+
+    /// Replaces everything queued for a record with one forced op carrying `result`, made
+    /// on top of the server's `remote` state.
+    fn requeue_forced(
+        &mut self,
+        collection: &str,
+        id: &str,
+        result: Option<&JsonObject>,
+        remote: Option<&Change>,
+    ) -> Result<()> {
+        self.drop_unfinished(collection, id)?;
+        let hlc = self.clock.tick(self.now.max(0) as u64).to_string();
+        let remote_version = remote.map_or(0, |c| c.version);
+        let remote_live = remote.filter(|c| !c.deleted).and_then(|c| c.data.as_ref());
+        let data = to_json(result)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO records (collection, id, data, deleted, version, hlc, sync_state,
+                   updated_at, base, base_hlc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9)
+                 ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data,
+                   deleted = excluded.deleted, version = excluded.version, hlc = excluded.hlc,
+                   sync_state = 'pending', updated_at = excluded.updated_at,
+                   base = excluded.base, base_hlc = excluded.base_hlc",
+            )?
+            .execute(params![
+                collection,
+                id,
+                data,
+                result.is_none(),
+                remote_version,
+                hlc,
+                self.now,
+                to_json(remote_live)?,
+                remote.map(|c| c.hlc.as_str()),
+            ])?;
+        let kind = if result.is_some() {
+            OpKind::Put
+        } else {
+            OpKind::Delete
+        };
+        let bytes = 150 + collection.len() + id.len() + data.as_ref().map_or(0, String::len);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO outbox (op_id, collection, record_id, kind, base_version, data, hlc,
+                   force, state, created_at, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'pending', ?8, ?9)",
+            )?
+            .execute(params![
+                uuid::Uuid::now_v7().to_string(),
+                collection,
+                id,
+                kind.as_str(),
+                remote.map(|c| c.version),
+                data,
+                hlc,
+                self.now,
+                bytes as i64
+            ])?;
+        self.event.add(collection, id);
+        Ok(())
+    }
+
+    fn log_conflict(
+        &self,
+        collection: &str,
+        id: &str,
+        strategy: ConflictStrategy,
+        (base, local, remote): (Option<&JsonObject>, Option<&JsonObject>, Option<&Change>),
+        outcome: &str,
+    ) -> Result<Conflict> {
+        let remote_data = remote.filter(|c| !c.deleted).and_then(|c| c.data.as_ref());
+        let remote_version = remote.map_or(0, |c| c.version);
+        let resolved = outcome != "manual";
+        self.tx
+            .prepare_cached(
+                "INSERT INTO conflicts (collection, record_id, strategy, base, local, remote,
+                   remote_version, outcome, resolved, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                collection,
+                id,
+                strategy.as_str(),
+                to_json(base)?,
+                to_json(local)?,
+                to_json(remote_data)?,
+                remote_version,
+                outcome,
+                resolved,
+                self.now
+            ])?;
+        Ok(Conflict {
+            id: self.tx.last_insert_rowid(),
+            collection: collection.to_owned(),
+            record_id: id.to_owned(),
+            strategy,
+            base: base.cloned(),
+            local: local.cloned(),
+            remote: remote_data.cloned(),
+            remote_version,
+            outcome: outcome.to_owned(),
+            resolved,
+            created_at_ms: self.now,
+        })
+    }
+
+    fn observe(&mut self, hlc: &str) {
+        if let Ok(h) = hlc.parse::<Hlc>() {
+            self.clock.observe(&h, self.now.max(0) as u64);
+        }
+    }
+}
+
+impl Store {
+    /// The pull cursor of a collection (`None`: from the beginning).
+    pub(crate) fn cursor(&self, collection: &str) -> Result<Option<String>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT cursor FROM cursors WHERE collection = ?1")?
+                .query_row([collection], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// The generation of an unfinished full re-pull of `collection`, if one is running.
+    pub(crate) fn resync_generation(&self, collection: &str) -> Result<Option<i64>> {
+        self.read(|conn| {
+            let v: Option<String> = conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([format!("resync:{collection}")], |r| r.get(0))
+                .optional()?;
+            Ok(v.and_then(|v| v.parse().ok()))
+        })
+    }
+
+    /// Starts a full re-pull after `cursor_expired`: the cursor goes, and records the
+    /// re-pull does not bring back are dropped at its end (unless they hold local edits).
+    pub(crate) fn begin_resync(&self, collection: &str) -> Result<i64> {
+        self.write(ChangeOrigin::Remote, |w| {
+            let current: i64 = w.tx.query_row(
+                "SELECT coalesce(max(pulled_gen), 0) FROM records WHERE collection = ?1",
+                [collection],
+                |r| r.get(0),
+            )?;
+            let gen_ = current + 1;
+            w.tx.execute("DELETE FROM cursors WHERE collection = ?1", [collection])?;
+            w.tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![format!("resync:{collection}"), gen_.to_string()],
+            )?;
+            Ok(gen_)
+        })
+    }
+
+    /// Applies one pulled page and its cursor in one transaction. Records with local
+    /// edits are left alone: their conflict is settled when the edit is pushed.
+    pub(crate) fn apply_pull_page(
+        &self,
+        collection: &str,
+        changes: &[Change],
+        cursor: &str,
+        finish_resync: Option<i64>,
+    ) -> Result<usize> {
+        self.write(ChangeOrigin::Remote, |w| {
+            let gen_ =
+                w.tx.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                    .query_row([format!("resync:{collection}")], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+            let mut applied = 0;
+            for c in changes {
+                if c.collection != collection {
+                    continue;
+                }
+                w.observe(&c.hlc);
+                let local =
+                    w.tx.prepare_cached(
+                        "SELECT sync_state, version FROM records WHERE collection = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![collection, c.record_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?;
+                if let Some((state, version)) = &local {
+                    if SyncState::parse(state) != SyncState::Synced {
+                        // Still mark it as seen, so a re-pull does not drop it.
+                        w.tx.prepare_cached(
+                            "UPDATE records SET pulled_gen = ?3 WHERE collection = ?1 AND id = ?2",
+                        )?
+                        .execute(params![
+                            collection,
+                            c.record_id,
+                            gen_
+                        ])?;
+                        continue;
+                    }
+                    if *version > c.version {
+                        continue; // we already hold a newer state
+                    }
+                }
+                let live = c.data.as_ref().filter(|_| !c.deleted);
+                if live.is_some_and(|d| validate_record(d).is_err()) {
+                    tracing::warn!(collection, "skipping an oversized record from the server");
+                    continue;
+                }
+                w.adopt_remote(collection, &c.record_id, Some(c))?;
+                w.tx.prepare_cached(
+                    "UPDATE records SET pulled_gen = ?3 WHERE collection = ?1 AND id = ?2",
+                )?
+                .execute(params![collection, c.record_id, gen_])?;
+                applied += 1;
+            }
+            w.tx.prepare_cached(
+                "INSERT INTO cursors (collection, cursor) VALUES (?1, ?2)
+                 ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor",
+            )?
+            .execute(params![collection, cursor])?;
+            if let Some(g) = finish_resync {
+                // The re-pull is complete: synced records it did not bring back are gone
+                // from the server (purged or no longer readable).
+                let mut stmt = w.tx.prepare(
+                    "SELECT id FROM records WHERE collection = ?1 AND pulled_gen < ?2
+                     AND sync_state = 'synced'",
+                )?;
+                let gone: Vec<String> = stmt
+                    .query_map(params![collection, g], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                drop(stmt);
+                for id in gone {
+                    w.adopt_remote(collection, &id, None)?;
+                }
+                w.tx.execute(
+                    "DELETE FROM meta WHERE key = ?1",
+                    [format!("resync:{collection}")],
+                )?;
+            }
+            let last = w.clock.last().to_string();
+            w.tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?1)")?
+                .execute([last])?;
+            Ok(applied)
+        })
+    }
+
+    /// Settles the conflict the server reported for a sent entry, by the collection's
+    /// strategy. The losing version always goes to the conflict log.
+    pub(crate) fn settle_conflict(
+        &self,
+        entry: &OutboxEntry,
+        current: Option<&Change>,
+    ) -> Result<Settled> {
+        let strategy = self.strategy(&entry.collection)?;
+        let (collection, id) = (entry.collection.as_str(), entry.record_id.as_str());
+        self.write(ChangeOrigin::Remote, |w| {
+            if let Some(c) = current {
+                w.observe(&c.hlc);
+            }
+            let local = load_local(&w.tx, collection, id)?;
+            let local_data = local.as_ref().filter(|l| !l.deleted).and_then(|l| l.data.clone());
+            let base = local.as_ref().and_then(|l| l.base.clone());
+            let local_hlc = local
+                .as_ref()
+                .and_then(|l| l.hlc.parse::<Hlc>().ok())
+                .unwrap_or_else(|| entry.hlc.parse().unwrap_or_else(|_| min_hlc()));
+            let remote_live = current.filter(|c| !c.deleted).and_then(|c| c.data.clone());
+            let remote_hlc = current
+                .and_then(|c| c.hlc.parse::<Hlc>().ok())
+                .unwrap_or_else(min_hlc);
+            let decided = conflict::decide(
+                strategy,
+                base.as_ref(),
+                Side { data: local_data.as_ref(), hlc: &local_hlc },
+                Side { data: remote_live.as_ref(), hlc: &remote_hlc },
+            );
+            // A CRDT type clash cannot be merged automatically: let the app decide.
+            let (decision, winner) = match decided {
+                Ok(o) => (o.decision, o.winner),
+                Err(e) => {
+                    tracing::warn!(error = %e, "conflict needs the app: CRDT fields clash");
+                    (Decision::Manual, Winner::Remote)
+                }
+            };
+            let outcome = match (&decision, winner) {
+                (Decision::Manual, _) => "manual",
+                (_, Winner::Local) => "local",
+                (_, Winner::Remote) => "remote",
+                (_, Winner::Merged) => "merged",
+            };
+            let sides = (base.as_ref(), local_data.as_ref(), current);
+            let conflict = w.log_conflict(collection, id, strategy, sides, outcome)?;
+            match &decision {
+                Decision::TakeRemote => {
+                    w.drop_unfinished(collection, id)?;
+                    w.adopt_remote(collection, id, current)?;
+                }
+                Decision::Push(result) => {
+                    w.requeue_forced(collection, id, result.as_ref(), current)?;
+                }
+                Decision::Manual => {
+                    // The sent entry's content lives on in the record and the log; later
+                    // edits wait behind the conflict until the app resolves it.
+                    w.tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry.id])?;
+                    w.tx.prepare_cached(
+                        "UPDATE records SET sync_state = 'conflicted' WHERE collection = ?1 AND id = ?2",
+                    )?
+                    .execute(params![collection, id])?;
+                    w.event.add(collection, id);
+                }
+            }
+            Ok(Settled { conflict, manual: decision == Decision::Manual })
+        })
+    }
+
+    /// Conflicts waiting for the app's decision, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        self.conflicts_where("resolved = 0")
+    }
+
+    /// The whole conflict log, oldest first: every losing version, settled or not.
+    pub fn conflict_log(&self) -> Result<Vec<Conflict>> {
+        self.conflicts_where("1 = 1")
+    }
+
+    fn conflicts_where(&self, clause: &str) -> Result<Vec<Conflict>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE {clause} ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], conflict_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub(crate) fn open_conflict_count(&self) -> Result<u64> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM conflicts WHERE resolved = 0")?
+                .query_row([], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    /// Settles a manual conflict with the app's decision. The result is queued as a
+    /// forced op (a new op_id), so the next sync sends it.
+    pub fn resolve(&self, conflict_id: i64, resolution: Resolution) -> Result<()> {
+        if let Resolution::Merged(data) = &resolution {
+            validate_record(data)?;
+            for v in data.values() {
+                if crate::crdt::Crdt::is_crdt(v) {
+                    crate::crdt::Crdt::from_json(v)?;
+                }
+            }
+        }
+        self.write(ChangeOrigin::Local, |w| {
+            let c =
+                w.tx.query_row(
+                    &format!(
+                        "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE id = ?1 AND resolved = 0"
+                    ),
+                    [conflict_id],
+                    conflict_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| Error::NotFound {
+                    collection: "conflicts".into(),
+                    id: conflict_id.to_string(),
+                })?;
+            let local = load_local(&w.tx, &c.collection, &c.record_id)?;
+            let local_data = local
+                .as_ref()
+                .filter(|l| !l.deleted)
+                .and_then(|l| l.data.clone());
+            let remote = Change {
+                collection: c.collection.clone(),
+                record_id: c.record_id.clone(),
+                version: c.remote_version,
+                seq: 0,
+                deleted: c.remote.is_none(),
+                data: c.remote.clone(),
+                hlc: String::new(),
+                updated_at: String::new(),
+            };
+            // A record the server never had is created, not based on a version.
+            let remote_ref = (c.remote_version > 0).then_some(&remote);
+            let outcome = match resolution {
+                Resolution::KeepLocal => {
+                    w.requeue_forced(&c.collection, &c.record_id, local_data.as_ref(), remote_ref)?;
+                    "resolved_local"
+                }
+                Resolution::KeepRemote => {
+                    w.drop_unfinished(&c.collection, &c.record_id)?;
+                    match remote_ref {
+                        Some(r) => w.adopt_remote(&c.collection, &c.record_id, Some(r))?,
+                        None => w.adopt_remote(&c.collection, &c.record_id, None)?,
+                    }
+                    "resolved_remote"
+                }
+                Resolution::Merged(data) => {
+                    let live = local_data.as_ref();
+                    let merged = crate::crdt::apply_write(live, &data, OpKind::Put)?;
+                    w.requeue_forced(&c.collection, &c.record_id, Some(&merged), remote_ref)?;
+                    "resolved_merged"
+                }
+            };
+            w.tx.execute(
+                "UPDATE conflicts SET resolved = 1, outcome = ?2 WHERE id = ?1",
+                params![conflict_id, outcome],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// When the last sync completed, persisted so "last synced" survives restarts.
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.write(ChangeOrigin::Local, |w| {
+            w.tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Earliest time a pending entry may be sent (for the status and the scheduler).
+    pub(crate) fn next_attempt_at(&self) -> Result<Option<i64>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'")?
+                .query_row([], |r| r.get(0))?)
+        })
+    }
+}
