@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::feed::ChangeOrigin;
 use crate::outbox::OutboxEntry;
 use crate::protocol::{Change, JsonObject, OpKind, validate_record};
-use crate::store::{Store, SyncState, WriteTx};
+use crate::store::{Store, WriteTx};
 
 /// A conflict as kept in the log: every losing version is recorded, under every strategy.
 #[derive(Debug, Clone, PartialEq)]
@@ -337,42 +337,48 @@ impl Store {
                     continue;
                 }
                 w.observe(&c.hlc);
-                let local =
-                    w.tx.prepare_cached(
-                        "SELECT sync_state, version FROM records WHERE collection = ?1 AND id = ?2",
-                    )?
-                    .query_row(params![collection, c.record_id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                    })
-                    .optional()?;
-                if let Some((state, version)) = &local {
-                    if SyncState::parse(state) != SyncState::Synced {
-                        // Still mark it as seen, so a re-pull does not drop it.
-                        w.tx.prepare_cached(
-                            "UPDATE records SET pulled_gen = ?3 WHERE collection = ?1 AND id = ?2",
-                        )?
-                        .execute(params![
-                            collection,
-                            c.record_id,
-                            gen_
-                        ])?;
-                        continue;
-                    }
-                    if *version > c.version {
-                        continue; // we already hold a newer state
-                    }
-                }
                 let live = c.data.as_ref().filter(|_| !c.deleted);
                 if live.is_some_and(|d| validate_record(d).is_err()) {
                     tracing::warn!(collection, "skipping an oversized record from the server");
                     continue;
                 }
-                w.adopt_remote(collection, &c.record_id, Some(c))?;
-                w.tx.prepare_cached(
-                    "UPDATE records SET pulled_gen = ?3 WHERE collection = ?1 AND id = ?2",
-                )?
-                .execute(params![collection, c.record_id, gen_])?;
-                applied += 1;
+                // One statement per change. Rows with local edits (not `synced`) are left
+                // alone, and so is a row already holding a newer version.
+                let n = match live {
+                    Some(data) => {
+                        w.tx.prepare_cached(
+                            "INSERT INTO records (collection, id, data, deleted, version, hlc,
+                               sync_state, updated_at, base, base_hlc, pulled_gen)
+                             VALUES (?1, ?2, ?3, 0, ?4, ?5, 'synced', ?6, ?3, ?5, ?7)
+                             ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data,
+                               deleted = 0, version = excluded.version, hlc = excluded.hlc,
+                               updated_at = excluded.updated_at, base = excluded.base,
+                               base_hlc = excluded.base_hlc, pulled_gen = excluded.pulled_gen
+                             WHERE records.sync_state = 'synced'
+                               AND records.version <= excluded.version",
+                        )?
+                        .execute(params![
+                            collection,
+                            c.record_id,
+                            serde_json::to_string(data)?,
+                            c.version,
+                            c.hlc,
+                            w.now,
+                            gen_
+                        ])?
+                    }
+                    None => w
+                        .tx
+                        .prepare_cached(
+                            "DELETE FROM records WHERE collection = ?1 AND id = ?2
+                             AND sync_state = 'synced' AND version <= ?3",
+                        )?
+                        .execute(params![collection, c.record_id, c.version])?,
+                };
+                if n > 0 {
+                    w.event.add(collection, &c.record_id);
+                    applied += 1;
+                }
             }
             w.tx.prepare_cached(
                 "INSERT INTO cursors (collection, cursor) VALUES (?1, ?2)
@@ -608,6 +614,7 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::outbox::{BatchLimits, PushOutcome};
+    use crate::store::SyncState;
     use serde_json::json;
 
     fn store(dir: &tempfile::TempDir) -> Store {
