@@ -1,0 +1,395 @@
+//! Server configuration: the TOML file of DESIGN.md, read strictly.
+//!
+//! A typo in a config file must not become a silently open collection or a user with
+//! no team, so every key is checked by hand and every error names the key it is about
+//! (`users[1].team: missing`). Unknown keys are errors for the same reason. Plain
+//! tokens are hashed at load, so only SHA-256 digests live in memory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_core::protocol::validate_collection;
+use sha2::{Digest, Sha256};
+use toml::{Table, Value};
+
+/// Who may read and write the records of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only the record's creator.
+    Private,
+    /// Users of the creator's team.
+    Team,
+    /// Every user.
+    Shared,
+}
+
+impl Access {
+    fn parse(s: &str) -> Option<Access> {
+        match s {
+            "private" => Some(Access::Private),
+            "team" => Some(Access::Team),
+            "shared" => Some(Access::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// One user of the server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub team: String,
+    /// SHA-256 of the bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+// Hand-written so a digest never reaches a log through `{:?}`.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("team", &self.team)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where records are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: Database,
+    pub default_access: Access,
+    pub collections: BTreeMap<String, Access>,
+    pub users: Vec<User>,
+    /// Tombstones older than this are purged (may be zero).
+    pub tombstone_retention: Duration,
+    /// How often the purge runs.
+    pub purge_interval: Duration,
+    /// Requests per minute per user; `None` is unlimited.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// A config that cannot be used; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(key: &str, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {msg}"))
+}
+
+impl Config {
+    /// Reads and checks a config file. A relative `database` path is taken relative to
+    /// the config file's directory, so the server finds the same file whatever
+    /// directory a service manager starts it in.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses config text; relative database paths are joined to `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {e}")))?;
+        let known = [
+            "listen",
+            "database",
+            "default_access",
+            "tombstone_retention_days",
+            "purge_interval_secs",
+            "rate_limit_per_minute",
+            "users",
+            "collections",
+        ];
+        check_keys(&table, &known, "")?;
+
+        let listen_s = req_str(&table, "listen", "listen")?;
+        let listen = listen_s
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| err("listen", format!("not a host:port address: {listen_s:?}")))?;
+
+        let db = req_str(&table, "database", "database")?;
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            return Err(err(
+                "database",
+                "PostgreSQL is not supported by this build yet; use a SQLite file path",
+            ));
+        }
+        if db.is_empty() {
+            return Err(err("database", "empty"));
+        }
+        let db_path = PathBuf::from(db);
+        let db_path = if db_path.is_absolute() {
+            db_path
+        } else {
+            base_dir.join(db_path)
+        };
+
+        let default_access = match table.get("default_access") {
+            None => Access::Private,
+            Some(v) => parse_access(v, "default_access")?,
+        };
+
+        let retention_days = opt_number(&table, "tombstone_retention_days")?.unwrap_or(30.0);
+        let tombstone_retention = Duration::try_from_secs_f64(retention_days * 86_400.0)
+            .map_err(|_| err("tombstone_retention_days", "out of range"))?;
+        let purge_secs = opt_number(&table, "purge_interval_secs")?.unwrap_or(3600.0);
+        if purge_secs <= 0.0 {
+            return Err(err("purge_interval_secs", "must be positive"));
+        }
+        let purge_interval = Duration::try_from_secs_f64(purge_secs)
+            .map_err(|_| err("purge_interval_secs", "out of range"))?;
+
+        let rate_limit_per_minute = match table.get("rate_limit_per_minute") {
+            None => None,
+            Some(Value::Integer(n)) if *n > 0 && *n <= i64::from(u32::MAX) => {
+                Some(u32::try_from(*n).unwrap_or(u32::MAX))
+            }
+            Some(_) => {
+                return Err(err("rate_limit_per_minute", "must be a positive integer"));
+            }
+        };
+
+        let users = parse_users(table.get("users"))?;
+        let collections = parse_collections(table.get("collections"))?;
+
+        Ok(Config {
+            listen,
+            database: Database::Sqlite(db_path),
+            default_access,
+            collections,
+            users,
+            tombstone_retention,
+            purge_interval,
+            rate_limit_per_minute,
+        })
+    }
+
+    /// The access rule of a collection.
+    pub fn access(&self, collection: &str) -> Access {
+        self.collections
+            .get(collection)
+            .copied()
+            .unwrap_or(self.default_access)
+    }
+}
+
+fn check_keys(table: &Table, known: &[&str], prefix: &str) -> Result<(), ConfigError> {
+    for key in table.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(err(&format!("{prefix}{key}"), "unknown key"));
+        }
+    }
+    Ok(())
+}
+
+fn req_str<'a>(table: &'a Table, key: &str, path: &str) -> Result<&'a str, ConfigError> {
+    match table.get(key) {
+        None => Err(err(path, "missing")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(err(path, "must be a string")),
+    }
+}
+
+fn opt_number(table: &Table, key: &str) -> Result<Option<f64>, ConfigError> {
+    let n = match table.get(key) {
+        None => return Ok(None),
+        Some(Value::Integer(n)) => *n as f64,
+        Some(Value::Float(f)) => *f,
+        Some(_) => return Err(err(key, "must be a number")),
+    };
+    if !n.is_finite() || n < 0.0 {
+        return Err(err(key, "must be a non-negative number"));
+    }
+    Ok(Some(n))
+}
+
+fn parse_access(v: &Value, path: &str) -> Result<Access, ConfigError> {
+    v.as_str()
+        .and_then(Access::parse)
+        .ok_or_else(|| err(path, "must be \"private\", \"team\" or \"shared\""))
+}
+
+fn parse_users(v: Option<&Value>) -> Result<Vec<User>, ConfigError> {
+    let Some(v) = v else {
+        return Err(err("users", "missing: name at least one [[users]] entry"));
+    };
+    let Some(list) = v.as_array() else {
+        return Err(err("users", "must be an array of tables ([[users]])"));
+    };
+    if list.is_empty() {
+        return Err(err("users", "empty: name at least one user"));
+    }
+    let mut users = Vec::new();
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for (i, entry) in list.iter().enumerate() {
+        let p = format!("users[{i}]");
+        let Some(t) = entry.as_table() else {
+            return Err(err(&p, "must be a table"));
+        };
+        check_keys(
+            t,
+            &["name", "team", "token", "token_sha256"],
+            &format!("{p}."),
+        )?;
+        let name = req_str(t, "name", &format!("{p}.name"))?;
+        if name.is_empty() {
+            return Err(err(&format!("{p}.name"), "empty"));
+        }
+        if !names.insert(name.to_owned()) {
+            return Err(err(
+                &format!("{p}.name"),
+                format!("duplicate user {name:?}"),
+            ));
+        }
+        let team = req_str(t, "team", &format!("{p}.team"))?;
+        if team.is_empty() {
+            return Err(err(&format!("{p}.team"), "empty"));
+        }
+        let digest = match (t.get("token"), t.get("token_sha256")) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &format!("{p}.token"),
+                    "give either token or token_sha256, not both",
+                ));
+            }
+            (None, None) => return Err(err(&format!("{p}.token"), "missing")),
+            (Some(_), None) => {
+                let tok = req_str(t, "token", &format!("{p}.token"))?;
+                if tok.is_empty() {
+                    return Err(err(&format!("{p}.token"), "empty"));
+                }
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&Sha256::digest(tok.as_bytes()));
+                d
+            }
+            (None, Some(_)) => {
+                let key = format!("{p}.token_sha256");
+                let hexs = req_str(t, "token_sha256", &key)?;
+                let bytes = hex::decode(hexs)
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| err(&key, "must be 64 hex digits"))?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&bytes);
+                d
+            }
+        };
+        if !digests.insert(digest) {
+            return Err(err(&format!("{p}.token"), "the same token as another user"));
+        }
+        users.push(User {
+            name: name.to_owned(),
+            team: team.to_owned(),
+            token_sha256: digest,
+        });
+    }
+    Ok(users)
+}
+
+fn parse_collections(v: Option<&Value>) -> Result<BTreeMap<String, Access>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let Some(v) = v else {
+        return Ok(out);
+    };
+    let Some(t) = v.as_table() else {
+        return Err(err("collections", "must be a table"));
+    };
+    for (name, c) in t {
+        let p = format!("collections.{name}");
+        validate_collection(name).map_err(|e| err(&p, e))?;
+        let Some(ct) = c.as_table() else {
+            return Err(err(&p, "must be a table"));
+        };
+        check_keys(ct, &["access"], &format!("{p}."))?;
+        let access = match ct.get("access") {
+            None => return Err(err(&format!("{p}.access"), "missing")),
+            Some(a) => parse_access(a, &format!("{p}.access"))?,
+        };
+        out.insert(name.clone(), access);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+database = "x.db"
+default_access = "team"
+tombstone_retention_days = 30
+
+[[users]]
+name = "amina"
+team = "north"
+token = "secret"
+
+[[users]]
+name = "ben"
+team = "north"
+token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+[collections.drafts]
+access = "private"
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/tmp"))
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.access("drafts"), Access::Private);
+        assert_eq!(c.access("patients"), Access::Team);
+        assert_eq!(c.database, Database::Sqlite(PathBuf::from("/tmp/x.db")));
+        assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                BASE.replace("team = \"north\"\ntoken_sha256", "token_sha256"),
+                "users[1].team: missing",
+            ),
+            (BASE.replace("listen", "lisen"), "lisen: unknown key"),
+            (
+                BASE.replace("\"private\"", "\"open\""),
+                "collections.drafts.access",
+            ),
+            (BASE.replace("2cf2", "zz"), "users[1].token_sha256"),
+            (
+                BASE.replace("token = \"secret\"", "token = \"secret\"\ncolor = 1"),
+                "users[0].color: unknown key",
+            ),
+            (BASE.replace("= 30", "= -1"), "tombstone_retention_days"),
+            (BASE.replace("x.db", "postgres://u@h/db"), "database:"),
+            (
+                BASE.replace("[collections.drafts]", "[collections.Drafts]"),
+                "collections.Drafts",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text).unwrap_err().0;
+            assert!(e.starts_with(want), "{e} !~ {want}");
+        }
+    }
+}

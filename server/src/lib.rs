@@ -1,0 +1,134 @@
+//! `outpost-server`: the reference sync server of Outpost, wire protocol v1 over HTTP.
+//!
+//! Apps with no backend of their own, the demo and the end-to-end tests all need a
+//! server that speaks the protocol of `DESIGN.md` exactly; this is it. It runs on one
+//! SQLite file, behind a storage trait that a PostgreSQL backend will also implement.
+//!
+//! # Running it
+//!
+//! ```sh
+//! cargo run -p outpost-server -- --config server/server.example.toml
+//! curl http://127.0.0.1:8787/health      # {"status":"ok","protocol":1}
+//! curl -H 'Authorization: Bearer change-me-amina-secret-token' \
+//!      'http://127.0.0.1:8787/v1/pull?limit=10'
+//! ```
+//!
+//! On start it prints one line to stdout, `outpost-server listening on http://<addr>`
+//! (with `listen = "127.0.0.1:0"` this tells you the port), and logs to stderr
+//! (`RUST_LOG=debug` for more). SIGTERM or Ctrl-C stops it after in-flight requests
+//! finish. The configuration keys are described in `server/README.md`.
+//!
+//! # Embedding it
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), outpost_server::ServeError> {
+//! let config = outpost_server::Config::load(std::path::Path::new("server.toml"))?;
+//! let server = outpost_server::Server::bind(config).await?;
+//! println!("on {}", server.local_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod json;
+pub mod logic;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use config::{Access, Config, ConfigError, Database, User};
+pub use http::{AppState, build_app};
+pub use storage::sqlite::SqliteStorage;
+pub use storage::{Storage, StorageError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the storage a config names.
+pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    match &config.database {
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path)?)),
+    }
+}
+
+/// A server with its socket bound and its database open, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: Config,
+}
+
+impl Server {
+    /// Opens the database (running migrations) and binds the listen address.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let storage = open_storage(&config)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let state = AppState::new(&config, storage);
+        Ok(Server {
+            listener,
+            state,
+            config,
+        })
+    }
+
+    /// The bound address (the real port when the config says port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish. The
+    /// tombstone purge runs at start and every `purge_interval_secs`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let storage = Arc::clone(self.state.storage());
+        let retention = self.config.tombstone_retention;
+        let interval = self.config.purge_interval;
+        let purger = tokio::spawn(async move {
+            loop {
+                let cutoff =
+                    logic::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+                match storage.purge_tombstones(cutoff).await {
+                    Ok(r) if r.purged > 0 => tracing::info!(
+                        purged = r.purged,
+                        purged_through_seq = r.purged_through_seq,
+                        "tombstones purged"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "tombstone purge failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        let app = build_app(self.state);
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        purger.abort();
+        result.map_err(ServeError::Io)
+    }
+}

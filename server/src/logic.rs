@@ -1,0 +1,483 @@
+//! Protocol rules that do not depend on the database.
+//!
+//! Every storage backend must give the same answer to the same push, so the rules of
+//! DESIGN.md live here once, as plain functions: reading a push body into ops, the
+//! access rule, the conflict rule with its CRDT merge, and the cursor format. A backend
+//! only loads the stored record, calls [`decide`], and writes what it is told.
+
+use outpost_core::clock::Hlc;
+use outpost_core::crdt::{self, Crdt};
+use outpost_core::protocol::{
+    Change, ErrorBody, ErrorCode, JsonObject, MAX_OPS_PER_PUSH, MAX_RECORD_BYTES, OpKind,
+    json_size, rfc3339_millis, validate_collection, validate_record, validate_record_id,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Access, User};
+
+/// Longest accepted `op_id` and `client_id`; UUIDs are 36.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A push body that passed the whole-push checks.
+#[derive(Debug, Clone)]
+pub struct PushBatch {
+    pub client_id: String,
+    pub items: Vec<PushItem>,
+}
+
+/// One op of a push: either well-formed, or already known to be rejected.
+#[derive(Debug, Clone)]
+pub enum PushItem {
+    Valid(ValidOp),
+    /// Answered `rejected` with `invalid_request` (stored like any answer).
+    Invalid {
+        op_id: String,
+        error: ErrorBody,
+    },
+}
+
+impl PushItem {
+    pub fn op_id(&self) -> &str {
+        match self {
+            PushItem::Valid(op) => &op.op_id,
+            PushItem::Invalid { op_id, .. } => op_id,
+        }
+    }
+}
+
+/// An op whose every field is valid.
+#[derive(Debug, Clone)]
+pub struct ValidOp {
+    pub op_id: String,
+    pub collection: String,
+    pub record_id: String,
+    pub kind: OpKind,
+    pub base_version: Option<i64>,
+    /// `None` exactly for deletes.
+    pub data: Option<JsonObject>,
+    pub hlc: String,
+    pub force: bool,
+}
+
+/// Why a whole push is refused with 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPush(pub String);
+
+/// Reads a parsed push body. Whole-push problems are `Err`; a bad single op becomes a
+/// [`PushItem::Invalid`] so its neighbours still apply.
+pub fn read_push(body: Value) -> Result<PushBatch, BadPush> {
+    let Value::Object(mut top) = body else {
+        return Err(BadPush("the body must be a JSON object".into()));
+    };
+    for key in top.keys() {
+        if key != "client_id" && key != "ops" {
+            return Err(BadPush(format!("unknown member {:?}", short(key))));
+        }
+    }
+    let client_id = match top.remove("client_id") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => s,
+        Some(Value::String(_)) => {
+            return Err(BadPush(format!(
+                "client_id must be 1-{MAX_ID_CHARS} characters"
+            )));
+        }
+        Some(_) => return Err(BadPush("client_id must be a string".into())),
+        None => return Err(BadPush("missing client_id".into())),
+    };
+    let ops = match top.remove("ops") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(BadPush("ops must be an array".into())),
+        None => return Err(BadPush("missing ops".into())),
+    };
+    if ops.len() > MAX_OPS_PER_PUSH {
+        return Err(BadPush(format!(
+            "{} ops in one push; the limit is {MAX_OPS_PER_PUSH}",
+            ops.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        let Value::Object(op) = op else {
+            return Err(BadPush(format!("ops[{i}] is not an object")));
+        };
+        let op_id = match op.get("op_id") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(BadPush(format!("ops[{i}] has no string op_id"))),
+        };
+        items.push(match read_op(op) {
+            Ok(v) => PushItem::Valid(v),
+            Err(message) => PushItem::Invalid {
+                op_id,
+                error: ErrorBody::new(ErrorCode::InvalidRequest, message),
+            },
+        });
+    }
+    Ok(PushBatch { client_id, items })
+}
+
+/// True when an op_id can be stored as an idempotency key.
+pub fn op_id_ok(op_id: &str) -> bool {
+    !op_id.is_empty() && op_id.chars().count() <= MAX_ID_CHARS
+}
+
+fn read_op(mut op: JsonObject) -> Result<ValidOp, String> {
+    const KNOWN: [&str; 8] = [
+        "op_id",
+        "collection",
+        "record_id",
+        "kind",
+        "base_version",
+        "data",
+        "hlc",
+        "force",
+    ];
+    if let Some(k) = op.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!("unknown op member {:?}", short(k)));
+    }
+    let mut string = |name: &str| match op.remove(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("{name} must be a string")),
+        None => Err(format!("missing {name}")),
+    };
+    let op_id = string("op_id")?;
+    if !op_id_ok(&op_id) {
+        return Err(format!("op_id must be 1-{MAX_ID_CHARS} characters"));
+    }
+    let collection = string("collection")?;
+    validate_collection(&collection).map_err(|e| e.to_string())?;
+    let record_id = string("record_id")?;
+    validate_record_id(&record_id).map_err(|e| e.to_string())?;
+    let kind_s = string("kind")?;
+    let kind = OpKind::parse(&kind_s)
+        .ok_or_else(|| "kind must be \"put\", \"patch\" or \"delete\"".to_owned())?;
+    let hlc = string("hlc")?;
+    hlc.parse::<Hlc>().map_err(|e| e.to_string())?;
+    let base_version = match op.remove("base_version") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if v >= 0 => Some(v),
+            _ => return Err("base_version must be a non-negative integer or null".into()),
+        },
+        Some(_) => return Err("base_version must be a non-negative integer or null".into()),
+    };
+    let force = match op.remove("force") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err("force must be a boolean".into()),
+    };
+    let data = match (kind, op.remove("data")) {
+        (OpKind::Delete, None | Some(Value::Null)) => None,
+        (OpKind::Delete, Some(_)) => return Err("a delete carries no data".into()),
+        (_, Some(Value::Object(d))) => {
+            validate_record(&d).map_err(|e| e.to_string())?;
+            for (key, v) in &d {
+                if Crdt::is_crdt(v) {
+                    Crdt::from_json(v).map_err(|e| format!("field {:?}: {e}", short(key)))?;
+                }
+            }
+            Some(d)
+        }
+        (_, _) => return Err(format!("a {} needs an object data", kind.as_str())),
+    };
+    Ok(ValidOp {
+        op_id,
+        collection,
+        record_id,
+        kind,
+        base_version,
+        data,
+        hlc,
+        force,
+    })
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// A record as a backend stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub collection: String,
+    pub record_id: String,
+    /// `None` for a tombstone.
+    pub data: Option<JsonObject>,
+    pub deleted: bool,
+    pub version: i64,
+    pub seq: i64,
+    pub hlc: String,
+    pub owner: String,
+    pub team: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl StoredRecord {
+    /// The record's state on the wire.
+    pub fn to_change(&self) -> Change {
+        Change {
+            collection: self.collection.clone(),
+            record_id: self.record_id.clone(),
+            version: self.version,
+            seq: self.seq,
+            deleted: self.deleted,
+            data: if self.deleted {
+                None
+            } else {
+                self.data.clone()
+            },
+            hlc: self.hlc.clone(),
+            updated_at: rfc3339_millis(self.updated_at_ms),
+        }
+    }
+}
+
+/// May `user` read and write a record with this owner and team?
+pub fn may_access(access: Access, user: &User, owner: &str, team: &str) -> bool {
+    match access {
+        Access::Private => owner == user.name,
+        Access::Team => team == user.team,
+        Access::Shared => true,
+    }
+}
+
+/// What a backend must do with one valid op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Write the record with a new seq (allocated by the backend) and this content.
+    Apply(NewState),
+    /// Answer `conflict` with this current state; no effect.
+    Conflict(Option<Change>),
+    /// Answer `rejected`; no effect.
+    Reject(ErrorBody),
+}
+
+/// The record after an applied op, except for its seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewState {
+    pub data: Option<JsonObject>,
+    pub deleted: bool,
+    pub old_version: Option<i64>,
+    pub version: i64,
+    pub owner: String,
+    pub team: String,
+    pub created_at_ms: i64,
+}
+
+/// The conflict and access rules of DESIGN.md ("POST /v1/push", "Access") for one op
+/// against the record's stored state.
+pub fn decide(
+    op: &ValidOp,
+    existing: Option<&StoredRecord>,
+    user: &User,
+    access: Access,
+    now_ms: i64,
+) -> Decision {
+    if let Some(ex) = existing
+        && !may_access(access, user, &ex.owner, &ex.team)
+    {
+        // Says nothing about the record's content.
+        return Decision::Reject(ErrorBody::new(
+            ErrorCode::Forbidden,
+            "this record is outside your access",
+        ));
+    }
+    let live = existing.filter(|e| !e.deleted);
+    let crdt_only = match (live.and_then(|e| e.data.as_ref()), &op.data) {
+        (Some(ex), Some(inc)) => crdt::changes_only_crdt_fields(ex, inc, op.kind),
+        _ => false,
+    };
+    if !op.force && !crdt_only {
+        let stale = match (op.base_version, existing) {
+            (None, Some(_)) => true,
+            (None, None) => false,
+            (Some(_), None) => return Decision::Conflict(None),
+            (Some(b), Some(ex)) => ex.version != b,
+        };
+        if stale {
+            return Decision::Conflict(existing.map(StoredRecord::to_change));
+        }
+    }
+    let (data, deleted) = match &op.data {
+        None => (None, true),
+        Some(inc) => {
+            // A tombstone has no fields to merge into: the write resurrects it afresh.
+            let base = live.and_then(|e| e.data.as_ref());
+            match crdt::apply_write(base, inc, op.kind) {
+                Ok(d) => {
+                    let size = json_size(&d);
+                    if size > MAX_RECORD_BYTES {
+                        return Decision::Reject(ErrorBody::new(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "the record would be {size} bytes of JSON; the limit is {MAX_RECORD_BYTES}"
+                            ),
+                        ));
+                    }
+                    (Some(d), false)
+                }
+                Err(e) => {
+                    return Decision::Reject(ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+    };
+    Decision::Apply(NewState {
+        data,
+        deleted,
+        old_version: existing.map(|e| e.version),
+        version: existing.map_or(1, |e| e.version + 1),
+        owner: existing.map_or_else(|| user.name.clone(), |e| e.owner.clone()),
+        team: existing.map_or_else(|| user.team.clone(), |e| e.team.clone()),
+        created_at_ms: existing.map_or(now_ms, |e| e.created_at_ms),
+    })
+}
+
+/// Cursor text: `c1.` + 16 hex digits of seq + 8 hex digits of checksum. The checksum
+/// makes a garbled or hand-made cursor a clear 400 instead of a silent skip.
+pub fn encode_cursor(seq: i64) -> String {
+    let seq = seq.max(0) as u64;
+    format!("c1.{seq:016x}{}", cursor_check(seq))
+}
+
+/// The seq a cursor stands for, or `None` if it is garbled.
+pub fn decode_cursor(s: &str) -> Option<i64> {
+    let rest = s.strip_prefix("c1.")?;
+    if rest.len() != 24 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (hex_seq, check) = rest.split_at(16);
+    let seq = u64::from_str_radix(hex_seq, 16).ok()?;
+    if cursor_check(seq) != check || i64::try_from(seq).is_err() {
+        return None;
+    }
+    i64::try_from(seq).ok()
+}
+
+fn cursor_check(seq: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(b"outpost-cursor-v1");
+    h.update(seq.to_be_bytes());
+    hex::encode(&h.finalize()[..4])
+}
+
+/// Current unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn user(name: &str, team: &str) -> User {
+        User {
+            name: name.into(),
+            team: team.into(),
+            token_sha256: [0; 32],
+        }
+    }
+
+    fn op(kind: OpKind, base: Option<i64>, data: Option<Value>) -> ValidOp {
+        ValidOp {
+            op_id: "o".into(),
+            collection: "c".into(),
+            record_id: "r".into(),
+            kind,
+            base_version: base,
+            data: data.and_then(|d| d.as_object().cloned()),
+            hlc: "0000000000001-00000-a".into(),
+            force: false,
+        }
+    }
+
+    fn rec(version: i64, deleted: bool, data: Value) -> StoredRecord {
+        StoredRecord {
+            collection: "c".into(),
+            record_id: "r".into(),
+            data: (!deleted).then(|| data.as_object().cloned().unwrap()),
+            deleted,
+            version,
+            seq: 7,
+            hlc: "0000000000001-00000-a".into(),
+            owner: "amina".into(),
+            team: "north".into(),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        for s in [0, 1, 1051, i64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(s)), Some(s));
+        }
+        let c = encode_cursor(5);
+        let mut bad = c.clone().into_bytes();
+        bad[10] = if bad[10] == b'0' { b'1' } else { b'0' };
+        assert_eq!(decode_cursor(std::str::from_utf8(&bad).unwrap()), None);
+        for s in ["", "c1.", "5", "c2.0000000000000005abcdabcd", "c1.zz"] {
+            assert_eq!(decode_cursor(s), None);
+        }
+    }
+
+    #[test]
+    fn conflict_rules() {
+        let a = user("amina", "north");
+        let ex = rec(
+            3,
+            false,
+            json!({"name": "x", "n": {"$crdt": "gcounter", "p": {"a": 1}}}),
+        );
+        let put = op(OpKind::Put, Some(3), Some(json!({"name": "y"})));
+        assert!(
+            matches!(decide(&put, Some(&ex), &a, Access::Team, 9), Decision::Apply(s) if s.version == 4)
+        );
+        let stale = op(OpKind::Put, Some(2), Some(json!({"name": "y"})));
+        assert!(
+            matches!(decide(&stale, Some(&ex), &a, Access::Team, 9), Decision::Conflict(Some(c)) if c.version == 3)
+        );
+        let mut forced = stale.clone();
+        forced.force = true;
+        assert!(matches!(
+            decide(&forced, Some(&ex), &a, Access::Team, 9),
+            Decision::Apply(_)
+        ));
+        let crdt = op(
+            OpKind::Patch,
+            Some(1),
+            Some(json!({"n": {"$crdt": "gcounter", "p": {"b": 2}}})),
+        );
+        assert!(matches!(
+            decide(&crdt, Some(&ex), &a, Access::Team, 9),
+            Decision::Apply(_)
+        ));
+        let new_on_existing = op(OpKind::Put, None, Some(json!({"name": "z"})));
+        assert!(matches!(
+            decide(&new_on_existing, Some(&ex), &a, Access::Team, 9),
+            Decision::Conflict(Some(_))
+        ));
+        let tomb = rec(4, true, json!({}));
+        assert!(
+            matches!(decide(&new_on_existing, Some(&tomb), &a, Access::Team, 9), Decision::Conflict(Some(c)) if c.deleted && c.data.is_none())
+        );
+        assert!(matches!(
+            decide(&put, None, &a, Access::Team, 9),
+            Decision::Conflict(None)
+        ));
+        let c = user("chioma", "south");
+        assert!(
+            matches!(decide(&put, Some(&ex), &c, Access::Team, 9), Decision::Reject(e) if e.code == "forbidden")
+        );
+        assert!(
+            matches!(decide(&put, Some(&ex), &c, Access::Shared, 9), Decision::Apply(s) if s.owner == "amina")
+        );
+    }
+}
