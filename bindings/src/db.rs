@@ -1,0 +1,394 @@
+//! The one exported object: an open device database with its sync engine.
+//!
+//! Apps hold one `Outpost` per database for the app's lifetime. Every method checks that
+//! the store is open, runs under [`guard`] (no panic crosses the boundary) and forwards
+//! to the core; conversions live in `types`, so this file reads as the API's table of
+//! contents.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_core as core;
+
+use crate::error::{OutpostError, guard, panic_message};
+use crate::listeners::{
+    Change, ChangeListener, ConflictListener, Conflicts, Status, StatusListener, TokenProvider,
+    Tokens,
+};
+use crate::runtime::runtime;
+use crate::types::{
+    Conflict, Filter, OutpostConfig, Query, Record, Resolution, SyncReport, SyncStatus, WriteOp,
+    parse_filters, parse_object, parse_value,
+};
+
+/// An open Outpost database and its sync engine.
+#[derive(Debug, uniffi::Object)]
+pub struct Outpost {
+    store: core::Store,
+    engine: core::SyncEngine,
+    closed: AtomicBool,
+}
+
+/// A live listener registration; `close()` stops delivery. Closing twice is harmless.
+#[derive(Debug, uniffi::Object)]
+pub struct SubscriptionHandle {
+    sub: Mutex<Option<core::Subscription>>,
+}
+
+impl SubscriptionHandle {
+    fn new(sub: core::Subscription) -> Arc<SubscriptionHandle> {
+        Arc::new(SubscriptionHandle {
+            sub: Mutex::new(Some(sub)),
+        })
+    }
+}
+
+#[uniffi::export]
+impl SubscriptionHandle {
+    /// Stops delivery. Events already being delivered may still arrive once.
+    pub fn close(&self) {
+        // A poisoned lock only means a panic elsewhere; dropping the subscription is safe.
+        let sub = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(sub);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sub.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+}
+
+impl Outpost {
+    fn live(&self) -> Result<(), OutpostError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(OutpostError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`guard`] plus the closed check: the shape of every synchronous export.
+    fn call<T>(&self, f: impl FnOnce() -> Result<T, OutpostError>) -> Result<T, OutpostError> {
+        guard(|| {
+            self.live()?;
+            f()
+        })
+    }
+}
+
+#[uniffi::export]
+impl Outpost {
+    /// Opens (or creates and migrates) the database at `config.path` and sets up sync
+    /// against `config.server_url`. No network request is made here.
+    #[uniffi::constructor]
+    pub fn open(
+        config: OutpostConfig,
+        tokens: Box<dyn TokenProvider>,
+    ) -> Result<Arc<Outpost>, OutpostError> {
+        guard(|| {
+            let rt = runtime()?;
+            // Checked before the database file is touched: a bad URL is a config error.
+            let transport =
+                core::HttpTransport::new(&config.server_url, core::HttpTimeouts::default())
+                    .map_err(|e| OutpostError::InvalidConfig {
+                        detail: e.to_string(),
+                    })?;
+            let store = core::Store::open(&config.path, config.store_config())?;
+            let engine = core::SyncEngine::new(
+                store.clone(),
+                Arc::new(transport),
+                Arc::new(Tokens(tokens)),
+                config.sync_config(),
+                rt.handle().clone(),
+            );
+            Ok(Arc::new(Outpost {
+                store,
+                engine,
+                closed: AtomicBool::new(false),
+            }))
+        })
+    }
+
+    /// Creates or replaces a whole record; `id` None generates a UUIDv7.
+    pub fn put(
+        &self,
+        collection: String,
+        id: Option<String>,
+        data_json: String,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| {
+            let data = parse_object("data", &data_json)?;
+            Ok(self.store.put(&collection, id.as_deref(), data)?.into())
+        })
+    }
+
+    /// Sets top-level fields of an existing record (`null` stores null).
+    pub fn patch(
+        &self,
+        collection: String,
+        id: String,
+        fields_json: String,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| {
+            let fields = parse_object("fields", &fields_json)?;
+            Ok(self.store.patch(&collection, &id, fields)?.into())
+        })
+    }
+
+    pub fn delete(&self, collection: String, id: String) -> Result<(), OutpostError> {
+        self.call(|| Ok(self.store.delete(&collection, &id)?))
+    }
+
+    /// The live record, or None.
+    pub fn get(&self, collection: String, id: String) -> Result<Option<Record>, OutpostError> {
+        self.call(|| Ok(self.store.get(&collection, &id)?.map(Record::from)))
+    }
+
+    pub fn query(&self, collection: String, query: Query) -> Result<Vec<Record>, OutpostError> {
+        self.call(|| {
+            let q = core::Query::try_from(&query)?;
+            let rows = self.store.query(&collection, &q)?;
+            Ok(rows.into_iter().map(Record::from).collect())
+        })
+    }
+
+    pub fn count(&self, collection: String, filters: Vec<Filter>) -> Result<u64, OutpostError> {
+        self.call(|| Ok(self.store.count(&collection, &parse_filters(&filters)?)?))
+    }
+
+    /// Applies every op in one transaction: all commit, or none do. Returns each op's
+    /// record (None for a delete), in order.
+    pub fn batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<Record>>, OutpostError> {
+        self.call(|| {
+            // All JSON is parsed before the transaction starts.
+            let parsed = ops
+                .iter()
+                .map(WriteOp::parse)
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self.store.batch(|tx| {
+                parsed
+                    .into_iter()
+                    .map(|op| op.apply(tx))
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            Ok(out.into_iter().map(|r| r.map(Record::from)).collect())
+        })
+    }
+
+    /// Adds `by` (negative to subtract) to a counter field.
+    pub fn increment(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        by: i64,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| Ok(self.store.increment(&collection, &id, &field, by)?.into()))
+    }
+
+    /// Sets a last-write-wins register field to any JSON value.
+    pub fn set_register(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        value_json: String,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| {
+            let value = parse_value("value", &value_json)?;
+            Ok(self
+                .store
+                .set_register(&collection, &id, &field, value)?
+                .into())
+        })
+    }
+
+    /// Adds an element to an OR-set field.
+    pub fn set_add(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        element: String,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .set_add(&collection, &id, &field, &element)?
+                .into())
+        })
+    }
+
+    /// Removes an element from an OR-set field.
+    pub fn set_remove(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        element: String,
+    ) -> Result<Record, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .set_remove(&collection, &id, &field, &element)?
+                .into())
+        })
+    }
+
+    /// Calls `listener` after each commit that changed records, on a background thread.
+    pub fn subscribe(
+        &self,
+        listener: Box<dyn ChangeListener>,
+    ) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        self.call(|| {
+            let sub = self.store.subscribe(Arc::new(Change(listener)))?;
+            Ok(SubscriptionHandle::new(sub))
+        })
+    }
+
+    /// The current sync status.
+    pub fn status(&self) -> Result<SyncStatus, OutpostError> {
+        self.call(|| Ok((&self.engine.status()).into()))
+    }
+
+    /// Calls `listener` with the current status, then on every change.
+    pub fn subscribe_status(
+        &self,
+        listener: Box<dyn StatusListener>,
+    ) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        self.call(|| {
+            let sub = self.engine.subscribe_status(Arc::new(Status(listener)));
+            Ok(SubscriptionHandle::new(sub))
+        })
+    }
+
+    /// Sets (or with None, clears) the listener for manual conflicts.
+    pub fn set_conflict_listener(
+        &self,
+        listener: Option<Box<dyn ConflictListener>>,
+    ) -> Result<(), OutpostError> {
+        self.call(|| {
+            let listener =
+                listener.map(|l| Arc::new(Conflicts(l)) as Arc<dyn core::ConflictListener>);
+            self.engine.set_conflict_listener(listener);
+            Ok(())
+        })
+    }
+
+    /// Stops a running sync; in-flight edits return to pending and are resent later with
+    /// the same op ids. Safe at any time.
+    pub fn cancel_sync(&self) -> Result<(), OutpostError> {
+        self.call(|| {
+            self.engine.cancel();
+            Ok(())
+        })
+    }
+
+    /// The platform's view of the network (ConnectivityManager, NWPathMonitor).
+    pub fn set_network_available(&self, available: bool) -> Result<(), OutpostError> {
+        self.call(|| {
+            self.engine.set_network_available(available);
+            Ok(())
+        })
+    }
+
+    pub fn is_network_available(&self) -> Result<bool, OutpostError> {
+        self.call(|| Ok(self.engine.is_network_available()))
+    }
+
+    /// Open manual conflicts, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .engine
+                .conflicts()?
+                .iter()
+                .map(Conflict::from)
+                .collect())
+        })
+    }
+
+    /// The whole conflict log: every losing version, settled or not.
+    pub fn conflict_log(&self) -> Result<Vec<Conflict>, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .conflict_log()?
+                .iter()
+                .map(Conflict::from)
+                .collect())
+        })
+    }
+
+    /// Settles a manual conflict; the result goes out with the next sync.
+    pub fn resolve(&self, conflict_id: i64, resolution: Resolution) -> Result<(), OutpostError> {
+        self.call(|| {
+            let resolution = core::Resolution::try_from(&resolution)?;
+            Ok(self.engine.resolve(conflict_id, resolution)?)
+        })
+    }
+
+    /// Puts edits the server rejected back in the queue. Returns how many.
+    pub fn retry_failed(&self) -> Result<u64, OutpostError> {
+        self.call(|| Ok(self.engine.retry_failed()? as u64))
+    }
+
+    /// This device's replica id (its HLC stamps and CRDT key).
+    pub fn replica_id(&self) -> Result<String, OutpostError> {
+        self.call(|| Ok(self.store.replica_id().to_owned()))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Stops sync and listeners and closes the database. Committed writes are already
+    /// durable. Every later call fails with `Closed`; closing twice is harmless.
+    pub fn close(&self) -> Result<(), OutpostError> {
+        guard(|| {
+            if self.closed.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.engine.set_conflict_listener(None);
+            self.engine.shutdown();
+            self.store.close();
+            Ok(())
+        })
+    }
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl Outpost {
+    /// Pushes the outbox, then pulls. `deadline_ms` bounds the whole run (a background
+    /// task gets about 30 s); when it passes the sync stops cleanly. A call while a sync
+    /// runs joins it. Dropping the returned future does not stop the sync (other callers
+    /// may be waiting on it): call `cancel_sync` for that.
+    pub async fn sync_now(&self, deadline_ms: Option<u64>) -> Result<SyncReport, OutpostError> {
+        self.live()?;
+        let rt = runtime()?;
+        let engine = self.engine.clone();
+        let deadline = deadline_ms.map(Duration::from_millis);
+        // Run on the library's runtime and awaited through the join handle: a panic in the
+        // sync comes back as a JoinError, never as an unwind into the foreign executor.
+        match rt
+            .spawn(async move { engine.sync_now(deadline).await })
+            .await
+        {
+            Ok(report) => Ok(report.into()),
+            Err(e) if e.is_panic() => Err(OutpostError::Internal {
+                detail: panic_message(e.into_panic().as_ref()),
+            }),
+            Err(e) => Err(OutpostError::Sync {
+                detail: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Drop for Outpost {
+    fn drop(&mut self) {
+        // Auto mode's background task keeps the engine alive; an app that forgot close()
+        // must not leak a syncing engine.
+        self.engine.shutdown();
+    }
+}

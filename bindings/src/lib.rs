@@ -1,0 +1,29 @@
+//! `outpost-ffi`: the UniFFI surface of the Outpost core, for Kotlin, Swift and Python.
+//!
+//! Mobile apps cannot link a Rust API directly, so this crate exports one object,
+//! [`Outpost`], over the whole device API, plus plain records and enums that UniFFI can
+//! carry. It is deliberately thin: every type here converts to or from a core type and
+//! every method forwards to the core, so the logic is tested once, in Rust.
+//!
+//! Rules this crate keeps at the boundary (DESIGN.md principle 7):
+//! - JSON crosses as strings and is parsed here; bad JSON is a typed error, never a panic.
+//! - Every exported call runs under `catch_unwind`: a Rust panic becomes
+//!   [`OutpostError::Internal`] instead of aborting the app.
+//! - Calls after [`Outpost::close`] fail with [`OutpostError::Closed`].
+//! - Listener callbacks may throw: the error is logged and the next event still arrives.
+
+mod db;
+mod error;
+mod listeners;
+mod runtime;
+mod types;
+
+pub use db::{Outpost, SubscriptionHandle};
+pub use error::OutpostError;
+pub use listeners::{ChangeListener, ConflictListener, StatusListener, TokenProvider};
+pub use types::*;
+
+uniffi::setup_scaffolding!();
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+//! The foreign traits apps implement, and their adapters to the core's traits.
+//!
+//! Callbacks return `Result` so that a Kotlin/Swift/Python listener that throws reaches
+//! Rust as an error value: the core logs it and delivers the next event, and nothing
+//! panics or poisons a lock. The core also runs listeners on their own threads, under
+//! `catch_unwind`, so a slow listener never blocks a write.
+
+use outpost_core as core;
+
+use crate::error::OutpostError;
+use crate::types::{ChangeEvent, Conflict, SyncStatus};
+
+/// Hears about every commit that changed records, local or pulled.
+#[uniffi::export(callback_interface)]
+pub trait ChangeListener: Send + Sync {
+    fn on_change(&self, event: ChangeEvent) -> Result<(), OutpostError>;
+}
+
+/// Hears about every sync status change (coalesced to the latest when it lags).
+#[uniffi::export(callback_interface)]
+pub trait StatusListener: Send + Sync {
+    fn on_status(&self, status: SyncStatus) -> Result<(), OutpostError>;
+}
+
+/// Hears about conflicts that need the app (strategy `manual`).
+#[uniffi::export(callback_interface)]
+pub trait ConflictListener: Send + Sync {
+    fn on_conflict(&self, conflict: Conflict) -> Result<(), OutpostError>;
+}
+
+/// Supplies the bearer token; called with `refresh = true` after a 401. Runs on a
+/// background thread, so it may block on a network call.
+#[uniffi::export(callback_interface)]
+pub trait TokenProvider: Send + Sync {
+    fn token(&self, refresh: bool) -> Result<String, OutpostError>;
+}
+
+fn text(e: OutpostError) -> String {
+    e.to_string()
+}
+
+pub(crate) struct Change(pub Box<dyn ChangeListener>);
+
+impl core::ChangeListener for Change {
+    fn on_change(&self, event: &core::ChangeEvent) -> Result<(), String> {
+        self.0.on_change(event.into()).map_err(text)
+    }
+}
+
+pub(crate) struct Status(pub Box<dyn StatusListener>);
+
+impl core::StatusListener for Status {
+    fn on_status(&self, status: &core::SyncStatus) -> Result<(), String> {
+        self.0.on_status(status.into()).map_err(text)
+    }
+}
+
+pub(crate) struct Conflicts(pub Box<dyn ConflictListener>);
+
+impl core::ConflictListener for Conflicts {
+    fn on_conflict(&self, conflict: &core::Conflict) -> Result<(), String> {
+        self.0.on_conflict(conflict.into()).map_err(text)
+    }
+}
+
+pub(crate) struct Tokens(pub Box<dyn TokenProvider>);
+
+impl core::TokenProvider for Tokens {
+    fn token(&self, refresh: bool) -> Result<String, String> {
+        self.0.token(refresh).map_err(text)
+    }
+}

@@ -1,0 +1,442 @@
+//! Unit tests of the FFI surface, called as foreign code would call it (owned strings,
+//! boxed listeners), without a server: sync runs against a closed loopback port.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use crate::*;
+
+struct Token;
+impl TokenProvider for Token {
+    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
+        Ok("t".into())
+    }
+}
+
+fn config(dir: &tempfile::TempDir) -> OutpostConfig {
+    OutpostConfig {
+        path: dir.path().join("t.db").display().to_string(),
+        // Port 9 (discard) on loopback: nothing listens, connections fail fast.
+        server_url: "http://127.0.0.1:9/".into(),
+        collections: vec![
+            CollectionSpec {
+                name: "answers".into(),
+                strategy: ConflictStrategy::LastWriteWins,
+            },
+            CollectionSpec {
+                name: "reviews".into(),
+                strategy: ConflictStrategy::Manual,
+            },
+        ],
+        durability: Durability::Normal,
+        encryption_key: None,
+        auto_sync: false,
+        backoff_initial_ms: Some(50),
+        backoff_max_ms: Some(100),
+        network_debounce_ms: Some(10),
+    }
+}
+
+fn open() -> (tempfile::TempDir, Arc<Outpost>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Outpost::open(config(&dir), Box::new(Token)).unwrap();
+    (dir, db)
+}
+
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+#[test]
+fn put_get_query_count_round_trip_json() {
+    let (_d, db) = open();
+    let r = db
+        .put(
+            s("answers"),
+            Some(s("a1")),
+            s(r#"{"q":"fever","a":true,"n":2}"#),
+        )
+        .unwrap();
+    assert_eq!(r.sync_state, SyncState::Pending);
+    assert_eq!(r.version, 0);
+    db.put(s("answers"), None, s(r#"{"q":"cough","a":false,"n":1}"#))
+        .unwrap();
+    let got = db.get(s("answers"), s("a1")).unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&got.data_json).unwrap();
+    assert_eq!(v["q"], "fever");
+    let q = Query {
+        filters: vec![Filter {
+            field: s("a"),
+            value_json: s("true"),
+        }],
+        ..Query::default()
+    };
+    let rows = db.query(s("answers"), q).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id, "a1");
+    let by_n = Query {
+        order_by: Some(s("n")),
+        ..Query::default()
+    };
+    let rows = db.query(s("answers"), by_n).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].id, "a1");
+    assert_eq!(db.count(s("answers"), vec![]).unwrap(), 2);
+    db.patch(s("answers"), s("a1"), s(r#"{"a":null}"#)).unwrap();
+    db.delete(s("answers"), s("a1")).unwrap();
+    assert!(db.get(s("answers"), s("a1")).unwrap().is_none());
+    // a1 was created and deleted before the server saw it: nothing to send for it.
+    assert_eq!(db.status().unwrap().pending, 1);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let (_d, db) = open();
+    let e = db
+        .put(s("answers"), Some(s("x")), s("{not json"))
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    let e = db.put(s("answers"), Some(s("x")), s("[1,2]")).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    let e = db.put(s("Bad"), None, s("{}")).unwrap_err();
+    assert_eq!(e, OutpostError::InvalidCollection { name: s("Bad") });
+    let e = db.put(s("nope"), None, s("{}")).unwrap_err();
+    assert_eq!(e, OutpostError::UnknownCollection { name: s("nope") });
+    let e = db.put(s("answers"), Some(s("")), s("{}")).unwrap_err();
+    assert_eq!(e, OutpostError::InvalidRecordId);
+    let e = db.patch(s("answers"), s("missing"), s("{}")).unwrap_err();
+    assert!(matches!(e, OutpostError::NotFound { .. }), "{e:?}");
+    let bad_filter = Query {
+        filters: vec![Filter {
+            field: s("a"),
+            value_json: s("tru"),
+        }],
+        ..Query::default()
+    };
+    let e = db.query(s("answers"), bad_filter).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    let e = db
+        .resolve(
+            1,
+            Resolution::Merged {
+                data_json: s("nope"),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    assert_eq!(db.count(s("answers"), vec![]).unwrap(), 0);
+    assert_eq!(db.status().unwrap().pending, 0);
+}
+
+#[test]
+fn bad_config_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.server_url = s("http://example.org/");
+    let e = Outpost::open(c, Box::new(Token)).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidConfig { .. }), "{e:?}");
+    let mut c = config(&dir);
+    c.collections.push(c.collections[0].clone());
+    let e = Outpost::open(c, Box::new(Token)).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidConfig { .. }), "{e:?}");
+    let mut c = config(&dir);
+    c.encryption_key = Some(vec![7; 32]);
+    let opened = Outpost::open(c, Box::new(Token));
+    if cfg!(feature = "encryption") {
+        // A fresh file with a 32-byte key: an encrypted store.
+        assert!(opened.is_ok(), "{opened:?}");
+    } else {
+        assert_eq!(opened.unwrap_err(), OutpostError::EncryptionUnavailable);
+    }
+}
+
+#[test]
+fn batch_is_atomic_and_parses_all_json_first() {
+    let (_d, db) = open();
+    let ops = vec![
+        WriteOp::Put {
+            collection: s("answers"),
+            id: Some(s("c")),
+            data_json: s(r#"{"n":1}"#),
+        },
+        WriteOp::Increment {
+            collection: s("answers"),
+            id: s("c"),
+            field: s("visits"),
+            by: 3,
+        },
+        WriteOp::SetAdd {
+            collection: s("answers"),
+            id: s("c"),
+            field: s("tags"),
+            element: s("urgent"),
+        },
+        WriteOp::SetRegister {
+            collection: s("answers"),
+            id: s("c"),
+            field: s("owner"),
+            value_json: s(r#""amina""#),
+        },
+        WriteOp::Delete {
+            collection: s("answers"),
+            id: s("c"),
+        },
+    ];
+    let out = db.batch(ops).unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(out[0].is_some() && out[4].is_none());
+    // An op failing inside the transaction rolls back the ones before it.
+    let failing = vec![
+        WriteOp::Put {
+            collection: s("answers"),
+            id: Some(s("d")),
+            data_json: s("{}"),
+        },
+        WriteOp::Patch {
+            collection: s("answers"),
+            id: s("missing"),
+            fields_json: s("{}"),
+        },
+    ];
+    assert!(matches!(
+        db.batch(failing).unwrap_err(),
+        OutpostError::NotFound { .. }
+    ));
+    assert!(db.get(s("answers"), s("d")).unwrap().is_none());
+    // Bad JSON anywhere fails before anything is written.
+    let bad_json = vec![
+        WriteOp::Put {
+            collection: s("answers"),
+            id: Some(s("e")),
+            data_json: s("{}"),
+        },
+        WriteOp::SetRegister {
+            collection: s("answers"),
+            id: s("e"),
+            field: s("f"),
+            value_json: s("{"),
+        },
+    ];
+    assert!(matches!(
+        db.batch(bad_json).unwrap_err(),
+        OutpostError::InvalidData { .. }
+    ));
+    assert_eq!(db.count(s("answers"), vec![]).unwrap(), 0);
+}
+
+#[test]
+fn crdt_operations() {
+    let (_d, db) = open();
+    db.put(s("answers"), Some(s("r")), s("{}")).unwrap();
+    db.increment(s("answers"), s("r"), s("visits"), 2).unwrap();
+    db.increment(s("answers"), s("r"), s("visits"), -1).unwrap();
+    db.set_add(s("answers"), s("r"), s("tags"), s("a")).unwrap();
+    db.set_add(s("answers"), s("r"), s("tags"), s("b")).unwrap();
+    db.set_remove(s("answers"), s("r"), s("tags"), s("a"))
+        .unwrap();
+    let r = db
+        .set_register(s("answers"), s("r"), s("owner"), s(r#"{"name":"ben"}"#))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.data_json).unwrap();
+    assert_eq!(v["visits"]["$crdt"], "pncounter");
+    assert_eq!(v["tags"]["$crdt"], "orset");
+    assert_eq!(v["owner"]["v"]["name"], "ben");
+    // A CRDT op on a plain field is a typed error.
+    db.patch(s("answers"), s("r"), s(r#"{"plain":1}"#)).unwrap();
+    let e = db
+        .increment(s("answers"), s("r"), s("plain"), 1)
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::Crdt { .. }), "{e:?}");
+}
+
+struct Recorder {
+    tx: Mutex<mpsc::Sender<ChangeEvent>>,
+    calls: AtomicU32,
+    fail_first: bool,
+}
+
+impl ChangeListener for Recorder {
+    fn on_change(&self, event: ChangeEvent) -> Result<(), OutpostError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.lock().unwrap().send(event);
+        if self.fail_first && n == 0 {
+            return Err(OutpostError::Callback {
+                detail: s("listener threw"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_listener_keeps_receiving_and_close_stops_it() {
+    let (_d, db) = open();
+    let (tx, rx) = mpsc::channel();
+    let handle = db
+        .subscribe(Box::new(Recorder {
+            tx: Mutex::new(tx),
+            calls: AtomicU32::new(0),
+            fail_first: true,
+        }))
+        .unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    let e = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(e.origin, ChangeOrigin::Local);
+    assert_eq!(e.collections, vec![s("answers")]);
+    db.put(s("answers"), Some(s("b")), s("{}")).unwrap();
+    let e = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(e.records[0].id, "b");
+    handle.close();
+    handle.close();
+    assert!(handle.is_closed());
+    db.put(s("answers"), Some(s("c")), s("{}")).unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+#[test]
+fn calls_after_close_fail_with_closed() {
+    let (_d, db) = open();
+    let (tx, _rx) = mpsc::channel();
+    let handle = db
+        .subscribe(Box::new(Recorder {
+            tx: Mutex::new(tx),
+            calls: AtomicU32::new(0),
+            fail_first: false,
+        }))
+        .unwrap();
+    db.close().unwrap();
+    db.close().unwrap();
+    assert!(db.is_closed());
+    assert_eq!(
+        db.put(s("answers"), None, s("{}")).unwrap_err(),
+        OutpostError::Closed
+    );
+    assert_eq!(
+        db.get(s("answers"), s("a")).unwrap_err(),
+        OutpostError::Closed
+    );
+    assert_eq!(db.status().unwrap_err(), OutpostError::Closed);
+    assert_eq!(db.cancel_sync().unwrap_err(), OutpostError::Closed);
+    let rt = crate::runtime::runtime().unwrap();
+    assert_eq!(
+        rt.block_on(db.sync_now(Some(1000))).unwrap_err(),
+        OutpostError::Closed
+    );
+    handle.close();
+}
+
+struct StatusRecorder(Mutex<mpsc::Sender<SyncStatus>>);
+impl StatusListener for StatusRecorder {
+    fn on_status(&self, status: SyncStatus) -> Result<(), OutpostError> {
+        let _ = self.0.lock().unwrap().send(status);
+        Ok(())
+    }
+}
+
+#[test]
+fn sync_offline_and_unreachable_report_instead_of_failing() {
+    let (_d, db) = open();
+    let (tx, rx) = mpsc::channel();
+    let _h = db
+        .subscribe_status(Box::new(StatusRecorder(Mutex::new(tx))))
+        .unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    let rt = crate::runtime::runtime().unwrap();
+    // Nothing listens on the port: a transient failure, the write stays queued.
+    let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::BackingOff, "{r:?}");
+    assert_eq!(db.status().unwrap().pending, 1);
+    assert!(db.conflicts().unwrap().is_empty());
+    assert_eq!(db.retry_failed().unwrap(), 0);
+    db.set_network_available(false).unwrap();
+    assert!(!db.is_network_available().unwrap());
+    let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Offline);
+    assert!(r.should_retry);
+    assert_eq!(db.status().unwrap().activity, SyncActivity::Offline);
+    // Up is trusted only after the debounce and a health probe, which fails here.
+    db.set_network_available(true).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!db.is_network_available().unwrap());
+}
+
+struct SlowToken;
+impl TokenProvider for SlowToken {
+    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
+        std::thread::sleep(Duration::from_millis(300));
+        Err(OutpostError::Callback {
+            detail: s("no token"),
+        })
+    }
+}
+
+#[test]
+fn deadline_and_cancel_stop_a_sync_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Outpost::open(config(&dir), Box::new(SlowToken)).unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    let rt = crate::runtime::runtime().unwrap();
+    let r = rt.block_on(db.sync_now(Some(50))).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::DeadlineExceeded);
+    let db2 = Arc::clone(&db);
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        db2.cancel_sync().unwrap();
+    });
+    let r = rt.block_on(db.sync_now(None)).unwrap();
+    canceller.join().unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Cancelled);
+    assert_eq!(db.status().unwrap().pending, 1);
+    // A provider that throws is an auth failure, not a crash.
+    let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::AuthFailed, "{r:?}");
+}
+
+#[test]
+fn conflict_listener_can_be_set_and_cleared() {
+    struct L;
+    impl ConflictListener for L {
+        fn on_conflict(&self, _c: Conflict) -> Result<(), OutpostError> {
+            Ok(())
+        }
+    }
+    let (_d, db) = open();
+    db.set_conflict_listener(Some(Box::new(L))).unwrap();
+    db.set_conflict_listener(None).unwrap();
+    assert!(db.conflict_log().unwrap().is_empty());
+    let e = db.resolve(42, Resolution::KeepLocal).unwrap_err();
+    assert!(matches!(e, OutpostError::NotFound { .. }), "{e:?}");
+    assert_eq!(db.replica_id().unwrap().len(), 16);
+}
+
+#[test]
+fn panics_become_internal_errors_and_core_errors_map_one_to_one() {
+    let e = crate::error::guard::<()>(|| panic!("boom"));
+    assert_eq!(e.unwrap_err(), OutpostError::Internal { detail: s("boom") });
+    use outpost_core::Error as E;
+    assert_eq!(
+        OutpostError::from(E::SchemaTooNew {
+            found: 9,
+            supported: 3
+        }),
+        OutpostError::SchemaTooNew {
+            found: 9,
+            supported: 3
+        }
+    );
+    assert_eq!(OutpostError::from(E::WrongKey), OutpostError::WrongKey);
+    assert_eq!(
+        OutpostError::from(E::Interrupted),
+        OutpostError::Interrupted
+    );
+    assert_eq!(
+        OutpostError::from(E::Database(s("disk"))),
+        OutpostError::Database { detail: s("disk") }
+    );
+    let e = OutpostError::from(uniffi::UnexpectedUniFFICallbackError::new(
+        "RuntimeException",
+    ));
+    assert!(matches!(e, OutpostError::Callback { .. }));
+}

@@ -1,0 +1,594 @@
+//! The records and enums that cross the FFI, with conversions from the core's types.
+//!
+//! The core's types hold `serde_json` values and `Duration`s that UniFFI cannot carry,
+//! so each gets a plain twin here: JSON as text, times as milliseconds. Keeping them
+//! separate also means a core refactor never silently changes the foreign API.
+
+use std::time::Duration;
+
+use outpost_core as core;
+use serde_json::Value;
+
+use crate::error::{OutpostError, json_error};
+
+/// Per-collection conflict strategy (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConflictStrategy {
+    ServerWins,
+    ClientWins,
+    LastWriteWins,
+    FieldMerge,
+    Manual,
+}
+
+impl From<ConflictStrategy> for core::ConflictStrategy {
+    fn from(s: ConflictStrategy) -> Self {
+        match s {
+            ConflictStrategy::ServerWins => core::ConflictStrategy::ServerWins,
+            ConflictStrategy::ClientWins => core::ConflictStrategy::ClientWins,
+            ConflictStrategy::LastWriteWins => core::ConflictStrategy::LastWriteWins,
+            ConflictStrategy::FieldMerge => core::ConflictStrategy::FieldMerge,
+            ConflictStrategy::Manual => core::ConflictStrategy::Manual,
+        }
+    }
+}
+
+impl From<core::ConflictStrategy> for ConflictStrategy {
+    fn from(s: core::ConflictStrategy) -> Self {
+        match s {
+            core::ConflictStrategy::ServerWins => ConflictStrategy::ServerWins,
+            core::ConflictStrategy::ClientWins => ConflictStrategy::ClientWins,
+            core::ConflictStrategy::LastWriteWins => ConflictStrategy::LastWriteWins,
+            core::ConflictStrategy::FieldMerge => ConflictStrategy::FieldMerge,
+            core::ConflictStrategy::Manual => ConflictStrategy::Manual,
+        }
+    }
+}
+
+/// When a returned write is safe: `Full` survives power loss, `Normal` an app kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Durability {
+    Full,
+    Normal,
+}
+
+impl From<Durability> for core::Durability {
+    fn from(d: Durability) -> Self {
+        match d {
+            Durability::Full => core::Durability::Full,
+            Durability::Normal => core::Durability::Normal,
+        }
+    }
+}
+
+/// A declared collection.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CollectionSpec {
+    pub name: String,
+    pub strategy: ConflictStrategy,
+}
+
+/// Everything `Outpost.open` needs besides the token provider.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct OutpostConfig {
+    /// The database file, in the app's private storage.
+    pub path: String,
+    /// The sync server's root, e.g. `https://sync.example.org/` (plain http: loopback only).
+    pub server_url: String,
+    pub collections: Vec<CollectionSpec>,
+    pub durability: Durability,
+    /// A 32-byte key from the Android Keystore / iOS Keychain; needs an encryption build.
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
+    /// Sync by itself after local writes, reconnects and backoffs. Off: the app (or
+    /// WorkManager / BGTaskScheduler) calls `sync_now`.
+    #[uniffi(default = false)]
+    pub auto_sync: bool,
+    /// First retry delay after a transient failure, doubled per attempt; None: 1 s.
+    #[uniffi(default = None)]
+    pub backoff_initial_ms: Option<u64>,
+    /// Longest retry delay; None: 5 min.
+    #[uniffi(default = None)]
+    pub backoff_max_ms: Option<u64>,
+    /// How long the network must stay up before it is trusted; None: 2 s.
+    #[uniffi(default = None)]
+    pub network_debounce_ms: Option<u64>,
+}
+
+impl OutpostConfig {
+    pub(crate) fn store_config(&self) -> core::StoreConfig {
+        core::StoreConfig {
+            collections: self
+                .collections
+                .iter()
+                .map(|c| core::CollectionConfig::new(c.name.clone(), c.strategy.into()))
+                .collect(),
+            durability: self.durability.into(),
+            encryption_key: self.encryption_key.clone(),
+            ..core::StoreConfig::default()
+        }
+    }
+
+    pub(crate) fn sync_config(&self) -> core::SyncConfig {
+        let mut c = core::SyncConfig {
+            auto_sync: self.auto_sync,
+            ..core::SyncConfig::default()
+        };
+        if let Some(ms) = self.backoff_initial_ms {
+            c.backoff_initial = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.backoff_max_ms {
+            c.backoff_max = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.network_debounce_ms {
+            c.network_debounce = Duration::from_millis(ms);
+        }
+        c
+    }
+}
+
+/// Where a record stands with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncState {
+    Synced,
+    Pending,
+    Conflicted,
+    Failed,
+}
+
+impl From<core::SyncState> for SyncState {
+    fn from(s: core::SyncState) -> Self {
+        match s {
+            core::SyncState::Synced => SyncState::Synced,
+            core::SyncState::Pending => SyncState::Pending,
+            core::SyncState::Conflicted => SyncState::Conflicted,
+            core::SyncState::Failed => SyncState::Failed,
+        }
+    }
+}
+
+/// A live record. `data_json` is a JSON object as text.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Record {
+    pub collection: String,
+    pub id: String,
+    pub data_json: String,
+    /// The server version of the synced base; 0 while never synced.
+    pub version: i64,
+    /// HLC stamp of the last edit.
+    pub hlc: String,
+    pub sync_state: SyncState,
+    pub updated_at_ms: i64,
+}
+
+impl From<core::Record> for Record {
+    fn from(r: core::Record) -> Self {
+        Record {
+            data_json: Value::Object(r.data).to_string(),
+            collection: r.collection,
+            id: r.id,
+            version: r.version,
+            hlc: r.hlc,
+            sync_state: r.sync_state.into(),
+            updated_at_ms: r.updated_at_ms,
+        }
+    }
+}
+
+/// An equality filter on a top-level field; `value_json` is any JSON value as text.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Filter {
+    pub field: String,
+    pub value_json: String,
+}
+
+/// Equality filters, an order and a page. The default query returns every record by id.
+#[derive(Debug, Clone, PartialEq, Eq, Default, uniffi::Record)]
+pub struct Query {
+    #[uniffi(default = [])]
+    pub filters: Vec<Filter>,
+    /// A top-level field to sort by; None sorts by record id.
+    #[uniffi(default = None)]
+    pub order_by: Option<String>,
+    #[uniffi(default = false)]
+    pub descending: bool,
+    #[uniffi(default = None)]
+    pub limit: Option<u32>,
+    #[uniffi(default = 0)]
+    pub offset: u32,
+}
+
+pub(crate) fn parse_filters(filters: &[Filter]) -> Result<Vec<(String, Value)>, OutpostError> {
+    filters
+        .iter()
+        .map(|f| {
+            let v = serde_json::from_str(&f.value_json)
+                .map_err(|e| json_error(&format!("filter value for {:?}", f.field), &e))?;
+            Ok((f.field.clone(), v))
+        })
+        .collect()
+}
+
+impl TryFrom<&Query> for core::Query {
+    type Error = OutpostError;
+    fn try_from(q: &Query) -> Result<Self, OutpostError> {
+        Ok(core::Query {
+            filters: parse_filters(&q.filters)?,
+            order: match (&q.order_by, q.descending) {
+                (None, false) => None,
+                (field, descending) => Some(core::Order {
+                    field: field.clone(),
+                    descending,
+                }),
+            },
+            limit: q.limit,
+            offset: q.offset,
+        })
+    }
+}
+
+/// Parses a JSON text that must be an object (a record or a patch).
+pub(crate) fn parse_object(what: &str, text: &str) -> Result<Value, OutpostError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| json_error(what, &e))?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(OutpostError::InvalidData {
+            detail: format!("{what} must be a JSON object"),
+        })
+    }
+}
+
+/// Parses any JSON value (a register's value).
+pub(crate) fn parse_value(what: &str, text: &str) -> Result<Value, OutpostError> {
+    serde_json::from_str(text).map_err(|e| json_error(what, &e))
+}
+
+/// One write of a batch. The whole batch commits in one transaction, or none of it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum WriteOp {
+    /// Create or replace a whole record; no id: a UUIDv7 is generated.
+    Put {
+        collection: String,
+        id: Option<String>,
+        data_json: String,
+    },
+    /// Set top-level fields of an existing record.
+    Patch {
+        collection: String,
+        id: String,
+        fields_json: String,
+    },
+    Delete {
+        collection: String,
+        id: String,
+    },
+    /// Add `by` (negative to subtract) to a counter field.
+    Increment {
+        collection: String,
+        id: String,
+        field: String,
+        by: i64,
+    },
+    /// Set a last-write-wins register field.
+    SetRegister {
+        collection: String,
+        id: String,
+        field: String,
+        value_json: String,
+    },
+    /// Add an element to an OR-set field.
+    SetAdd {
+        collection: String,
+        id: String,
+        field: String,
+        element: String,
+    },
+    /// Remove an element from an OR-set field.
+    SetRemove {
+        collection: String,
+        id: String,
+        field: String,
+        element: String,
+    },
+}
+
+/// A [`WriteOp`] with its JSON already parsed, so bad JSON fails before the transaction.
+pub(crate) enum ParsedOp<'a> {
+    Put(&'a str, Option<&'a str>, Value),
+    Patch(&'a str, &'a str, Value),
+    Delete(&'a str, &'a str),
+    Increment(&'a str, &'a str, &'a str, i64),
+    SetRegister(&'a str, &'a str, &'a str, Value),
+    SetAdd(&'a str, &'a str, &'a str, &'a str),
+    SetRemove(&'a str, &'a str, &'a str, &'a str),
+}
+
+impl WriteOp {
+    pub(crate) fn parse(&self) -> Result<ParsedOp<'_>, OutpostError> {
+        Ok(match self {
+            WriteOp::Put {
+                collection,
+                id,
+                data_json,
+            } => ParsedOp::Put(collection, id.as_deref(), parse_object("data", data_json)?),
+            WriteOp::Patch {
+                collection,
+                id,
+                fields_json,
+            } => ParsedOp::Patch(collection, id, parse_object("fields", fields_json)?),
+            WriteOp::Delete { collection, id } => ParsedOp::Delete(collection, id),
+            WriteOp::Increment {
+                collection,
+                id,
+                field,
+                by,
+            } => ParsedOp::Increment(collection, id, field, *by),
+            WriteOp::SetRegister {
+                collection,
+                id,
+                field,
+                value_json,
+            } => ParsedOp::SetRegister(collection, id, field, parse_value("value", value_json)?),
+            WriteOp::SetAdd {
+                collection,
+                id,
+                field,
+                element,
+            } => ParsedOp::SetAdd(collection, id, field, element),
+            WriteOp::SetRemove {
+                collection,
+                id,
+                field,
+                element,
+            } => ParsedOp::SetRemove(collection, id, field, element),
+        })
+    }
+}
+
+impl ParsedOp<'_> {
+    /// Applies the op inside a transaction; `None` for a delete.
+    pub(crate) fn apply(
+        self,
+        tx: &mut core::WriteTx<'_>,
+    ) -> Result<Option<core::Record>, core::Error> {
+        match self {
+            ParsedOp::Put(c, id, data) => tx.put(c, id, data).map(Some),
+            ParsedOp::Patch(c, id, fields) => tx.patch(c, id, fields).map(Some),
+            ParsedOp::Delete(c, id) => tx.delete(c, id).map(|()| None),
+            ParsedOp::Increment(c, id, f, by) => tx.increment(c, id, f, by).map(Some),
+            ParsedOp::SetRegister(c, id, f, v) => tx.set_register(c, id, f, v).map(Some),
+            ParsedOp::SetAdd(c, id, f, e) => tx.set_add(c, id, f, e).map(Some),
+            ParsedOp::SetRemove(c, id, f, e) => tx.set_remove(c, id, f, e).map(Some),
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ChangeOrigin {
+    Local,
+    Remote,
+    /// Coalesced local and remote commits.
+    Mixed,
+}
+
+impl From<core::ChangeOrigin> for ChangeOrigin {
+    fn from(o: core::ChangeOrigin) -> Self {
+        match o {
+            core::ChangeOrigin::Local => ChangeOrigin::Local,
+            core::ChangeOrigin::Remote => ChangeOrigin::Remote,
+            core::ChangeOrigin::Mixed => ChangeOrigin::Mixed,
+        }
+    }
+}
+
+/// One changed record.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RecordRef {
+    pub collection: String,
+    pub id: String,
+}
+
+/// What one or more commits changed (events coalesce when a listener lags).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ChangeEvent {
+    pub origin: ChangeOrigin,
+    pub collections: Vec<String>,
+    pub records: Vec<RecordRef>,
+    pub commits: u64,
+}
+
+impl From<&core::ChangeEvent> for ChangeEvent {
+    fn from(e: &core::ChangeEvent) -> Self {
+        ChangeEvent {
+            origin: e.origin.into(),
+            collections: e.collections.iter().cloned().collect(),
+            records: e
+                .records
+                .iter()
+                .map(|r| RecordRef {
+                    collection: r.collection.clone(),
+                    id: r.id.clone(),
+                })
+                .collect(),
+            commits: e.commits,
+        }
+    }
+}
+
+/// What the engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncActivity {
+    Idle,
+    Syncing,
+    Offline,
+    BackingOff,
+    AuthError,
+}
+
+impl From<core::SyncActivity> for SyncActivity {
+    fn from(a: core::SyncActivity) -> Self {
+        match a {
+            core::SyncActivity::Idle => SyncActivity::Idle,
+            core::SyncActivity::Syncing => SyncActivity::Syncing,
+            core::SyncActivity::Offline => SyncActivity::Offline,
+            core::SyncActivity::BackingOff => SyncActivity::BackingOff,
+            core::SyncActivity::AuthError => SyncActivity::AuthError,
+        }
+    }
+}
+
+/// A snapshot of the sync state, for "Syncing…" or "Last synced 2 min ago".
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncStatus {
+    pub activity: SyncActivity,
+    pub pending: u64,
+    pub failed: u64,
+    pub conflicts: u64,
+    pub last_synced_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_retry_at_ms: Option<i64>,
+}
+
+impl From<&core::SyncStatus> for SyncStatus {
+    fn from(s: &core::SyncStatus) -> Self {
+        SyncStatus {
+            activity: s.activity.into(),
+            pending: s.pending,
+            failed: s.failed,
+            conflicts: s.conflicts,
+            last_synced_at_ms: s.last_synced_at_ms,
+            last_error: s.last_error.clone(),
+            next_retry_at_ms: s.next_retry_at_ms,
+        }
+    }
+}
+
+/// How a sync ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncOutcome {
+    Completed,
+    Offline,
+    Cancelled,
+    DeadlineExceeded,
+    BackingOff,
+    AuthFailed,
+    Failed,
+}
+
+impl From<core::SyncOutcome> for SyncOutcome {
+    fn from(o: core::SyncOutcome) -> Self {
+        match o {
+            core::SyncOutcome::Completed => SyncOutcome::Completed,
+            core::SyncOutcome::Offline => SyncOutcome::Offline,
+            core::SyncOutcome::Cancelled => SyncOutcome::Cancelled,
+            core::SyncOutcome::DeadlineExceeded => SyncOutcome::DeadlineExceeded,
+            core::SyncOutcome::BackingOff => SyncOutcome::BackingOff,
+            core::SyncOutcome::AuthFailed => SyncOutcome::AuthFailed,
+            core::SyncOutcome::Failed => SyncOutcome::Failed,
+        }
+    }
+}
+
+/// What one sync did. `should_retry` is what a background job reports (WorkManager
+/// `Result.retry()`, `setTaskCompleted(success: false)`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncReport {
+    pub outcome: SyncOutcome,
+    pub pushed: u64,
+    pub applied: u64,
+    pub conflicts: u64,
+    pub rejected: u64,
+    pub pulled: u64,
+    pub requests: u64,
+    pub duration_ms: u64,
+    pub errors: Vec<String>,
+    pub should_retry: bool,
+}
+
+impl From<core::SyncReport> for SyncReport {
+    fn from(r: core::SyncReport) -> Self {
+        SyncReport {
+            should_retry: r.should_retry(),
+            outcome: r.outcome.into(),
+            pushed: r.pushed,
+            applied: r.applied,
+            conflicts: r.conflicts,
+            rejected: r.rejected,
+            pulled: r.pulled,
+            requests: r.requests,
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            errors: r.errors,
+        }
+    }
+}
+
+/// A conflict from the log: base, local and server versions as JSON text (None when
+/// absent or deleted).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Conflict {
+    pub id: i64,
+    pub collection: String,
+    pub record_id: String,
+    pub strategy: ConflictStrategy,
+    pub base_json: Option<String>,
+    pub local_json: Option<String>,
+    pub remote_json: Option<String>,
+    pub remote_version: i64,
+    /// `manual` while open; see the core's `Conflict::outcome`.
+    pub outcome: String,
+    pub resolved: bool,
+    pub created_at_ms: i64,
+}
+
+fn object_text(o: Option<&serde_json::Map<String, Value>>) -> Option<String> {
+    o.map(|o| Value::Object(o.clone()).to_string())
+}
+
+impl From<&core::Conflict> for Conflict {
+    fn from(c: &core::Conflict) -> Self {
+        Conflict {
+            id: c.id,
+            collection: c.collection.clone(),
+            record_id: c.record_id.clone(),
+            strategy: c.strategy.into(),
+            base_json: object_text(c.base.as_ref()),
+            local_json: object_text(c.local.as_ref()),
+            remote_json: object_text(c.remote.as_ref()),
+            remote_version: c.remote_version,
+            outcome: c.outcome.clone(),
+            resolved: c.resolved,
+            created_at_ms: c.created_at_ms,
+        }
+    }
+}
+
+/// The app's answer to a manual conflict.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Resolution {
+    KeepLocal,
+    KeepRemote,
+    /// Use this record instead (an edited merge), a JSON object as text.
+    Merged {
+        data_json: String,
+    },
+}
+
+impl TryFrom<&Resolution> for core::Resolution {
+    type Error = OutpostError;
+    fn try_from(r: &Resolution) -> Result<Self, OutpostError> {
+        Ok(match r {
+            Resolution::KeepLocal => core::Resolution::KeepLocal,
+            Resolution::KeepRemote => core::Resolution::KeepRemote,
+            Resolution::Merged { data_json } => match parse_object("merged data", data_json)? {
+                Value::Object(o) => core::Resolution::Merged(o),
+                _ => {
+                    return Err(OutpostError::InvalidData {
+                        detail: "merged data must be a JSON object".into(),
+                    });
+                }
+            },
+        })
+    }
+}
