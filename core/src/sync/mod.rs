@@ -116,6 +116,8 @@ pub struct SyncReport {
     pub rejected: u64,
     /// Changes applied from pulls.
     pub pulled: u64,
+    /// Full re-pulls after `cursor_expired`.
+    pub repulls: u64,
     pub requests: u64,
     pub duration: Duration,
     pub errors: Vec<String>,
@@ -130,6 +132,7 @@ impl SyncReport {
             conflicts: 0,
             rejected: 0,
             pulled: 0,
+            repulls: 0,
             requests: 0,
             duration: Duration::ZERO,
             errors: Vec::new(),
@@ -313,31 +316,47 @@ impl SyncEngine {
         }
     }
 
-    /// The platform's view of the network. Going up is trusted after the debounce and a
-    /// successful `/health` probe; while down, the engine makes no request at all.
+    /// The platform's view of the network. Down takes effect at once: the running sync
+    /// is cancelled and no request is made until the network is back. Up is trusted only
+    /// once it has stayed up for the debounce and `GET /health` answers; until then the
+    /// engine stays offline (probing again with backoff while the platform says up).
     pub fn set_network_available(&self, available: bool) {
-        let was = self.inner.online.swap(available, Ordering::SeqCst);
         let generation = self.inner.network_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.publish_status();
-        if !available && was {
-            self.cancel();
+        if !available {
+            let was = self.inner.online.swap(false, Ordering::SeqCst);
+            self.inner.publish_status();
+            if was {
+                self.cancel();
+            }
+            return;
         }
-        if available && !was && self.inner.config.auto_sync {
-            let weak = Arc::downgrade(&self.inner);
-            let debounce = self.inner.config.network_debounce;
-            self.inner.runtime.spawn(async move {
-                tokio::time::sleep(debounce).await;
+        if self.inner.online.load(Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let debounce = self.inner.config.network_debounce;
+        self.inner.runtime.spawn(async move {
+            tokio::time::sleep(debounce).await;
+            let mut attempt = 0u32;
+            loop {
                 let Some(inner) = weak.upgrade() else { return };
-                if inner.network_generation.load(Ordering::SeqCst) != generation
-                    || !inner.online.load(Ordering::SeqCst)
-                {
-                    return; // flapped during the debounce
+                if inner.network_generation.load(Ordering::SeqCst) != generation {
+                    return; // flapped: a newer report decides
                 }
                 if inner.transport.health().await.is_ok() {
-                    inner.auto_wake.notify_one();
+                    if inner.network_generation.load(Ordering::SeqCst) == generation {
+                        inner.online.store(true, Ordering::SeqCst);
+                        inner.publish_status();
+                        inner.auto_wake.notify_one();
+                    }
+                    return;
                 }
-            });
-        }
+                attempt = attempt.saturating_add(1);
+                let delay = inner.backoff(attempt);
+                drop(inner);
+                tokio::time::sleep(delay).await;
+            }
+        });
     }
 
     pub fn is_network_available(&self) -> bool {
@@ -827,6 +846,7 @@ impl Inner {
                 Err(TransportError::CursorExpired) if !restarted => {
                     restarted = true;
                     self.store.begin_resync(collection)?;
+                    lock_report(report).repulls += 1;
                     continue 'restart;
                 }
                 other => other.map_err(stop_for)?,
@@ -854,6 +874,7 @@ impl Inner {
                     Err(TransportError::CursorExpired) if !restarted => {
                         restarted = true;
                         self.store.begin_resync(collection)?;
+                        lock_report(report).repulls += 1;
                         continue 'restart;
                     }
                     other => other.map_err(stop_for)?,

@@ -1,0 +1,732 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! End-to-end sync: devices on real database files against the real server binary.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_core::protocol::JsonObject;
+use outpost_core::{
+    Conflict, ConflictListener, EntryState, Query, Resolution, Store, SyncOutcome, SyncState,
+    TokenProvider,
+};
+use outpost_tests::{AMINA, BEN, CHIOMA, Device, Fault, TestServer, sync_config};
+use serde_json::{Value, json};
+
+fn snapshot(store: &Store, collection: &str) -> BTreeMap<String, Value> {
+    store
+        .query(collection, &Query::new())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, Value::Object(r.data)))
+        .collect()
+}
+
+fn pause() {
+    // Separates HLC stamps of writes on different devices by wall-clock time.
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+async fn synced_pair(server: &TestServer, dir: &std::path::Path) -> (Device, Device) {
+    let a = Device::open(dir, "a", server, AMINA.token);
+    let b = Device::open(dir, "b", server, BEN.token);
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_writes_then_sync_gives_the_union_and_deltas() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    a.engine.set_network_available(false);
+    b.engine.set_network_available(false);
+    for i in 0..30 {
+        a.store
+            .put(
+                "answers",
+                Some(&format!("a{i}")),
+                json!({"by": "a", "i": i}),
+            )
+            .unwrap();
+        b.store
+            .put(
+                "answers",
+                Some(&format!("b{i}")),
+                json!({"by": "b", "i": i}),
+            )
+            .unwrap();
+    }
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::Offline);
+    assert_eq!(a.link.requests(), 0);
+    a.engine.set_network_available(true);
+    b.engine.set_network_available(true);
+    let r = a.sync_until_quiet().await;
+    assert_eq!((r.outcome, r.applied), (SyncOutcome::Completed, 30));
+    b.sync_until_quiet().await;
+    let r = a.sync_until_quiet().await;
+    assert_eq!(r.pulled, 30, "a pulls exactly b's answers");
+    let sa = snapshot(&a.store, "answers");
+    assert_eq!(sa.len(), 60);
+    assert_eq!(sa, snapshot(&b.store, "answers"));
+    for r in a.store.query("answers", &Query::new()).unwrap() {
+        assert_eq!((r.sync_state, r.version), (SyncState::Synced, 1));
+    }
+    // A fresh device sees the same union: that is the server's state.
+    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    c.sync_until_quiet().await;
+    assert_eq!(snapshot(&c.store, "answers"), sa);
+
+    // Delta: a second sync pulls only what changed since.
+    b.store.patch("answers", "b1", json!({"i": 100})).unwrap();
+    b.store
+        .put("answers", Some("b-new"), json!({"by": "b"}))
+        .unwrap();
+    b.sync_until_quiet().await;
+    let r = a.sync_until_quiet().await;
+    assert_eq!(r.pulled, 2);
+    assert_eq!(
+        a.store.get("answers", "b1").unwrap().unwrap().data["i"],
+        json!(100)
+    );
+    let r = a.sync_until_quiet().await;
+    assert_eq!((r.pulled, r.pushed), (0, 0));
+}
+
+/// Both devices hold `id` synced; each then edits it offline, `first` syncs first.
+async fn conflict_setup(
+    a: &Device,
+    b: &Device,
+    collection: &str,
+    id: &str,
+    base: Value,
+    edit_a: Value,
+    edit_b: Value,
+) {
+    a.store.put(collection, Some(id), base).unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    assert!(b.store.get(collection, id).unwrap().is_some());
+    a.store.patch(collection, id, edit_a).unwrap();
+    pause();
+    b.store.patch(collection, id, edit_b).unwrap();
+    // b wrote last (larger HLC) and syncs first; a then runs into the conflict.
+    b.sync_until_quiet().await;
+    let r = a.sync_until_quiet().await;
+    assert!(r.conflicts >= 1, "a saw no conflict: {r:?}");
+    b.sync_until_quiet().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_settles_a_two_device_conflict() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+
+    // field_merge: disjoint fields merge; a field changed on both sides goes to the later edit.
+    conflict_setup(
+        &a,
+        &b,
+        "patients",
+        "p1",
+        json!({"name": "Amina", "age": 30, "village": "Kole", "status": "new"}),
+        json!({"age": 31, "status": "seen-by-a"}),
+        json!({"village": "Mbale", "status": "seen-by-b"}),
+    )
+    .await;
+    let want = json!({"name": "Amina", "age": 31, "village": "Mbale", "status": "seen-by-b"});
+    assert_eq!(
+        Value::Object(a.store.get("patients", "p1").unwrap().unwrap().data),
+        want
+    );
+    assert_eq!(
+        Value::Object(b.store.get("patients", "p1").unwrap().unwrap().data),
+        want
+    );
+    let log = a.store.conflict_log().unwrap();
+    let c = log.iter().find(|c| c.record_id == "p1").unwrap();
+    assert_eq!(c.outcome, "merged");
+    assert_eq!(
+        c.local.as_ref().unwrap()["status"],
+        json!("seen-by-a"),
+        "the losing value is logged"
+    );
+
+    // last_write_wins: b's later edit wins on both devices; a's version is in a's log.
+    conflict_setup(
+        &a,
+        &b,
+        "answers",
+        "q1",
+        json!({"v": 0}),
+        json!({"v": "a"}),
+        json!({"v": "b"}),
+    )
+    .await;
+    assert_eq!(
+        a.store.get("answers", "q1").unwrap().unwrap().data["v"],
+        json!("b")
+    );
+    assert_eq!(
+        b.store.get("answers", "q1").unwrap().unwrap().data["v"],
+        json!("b")
+    );
+    let c = a
+        .store
+        .conflict_log()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.record_id == "q1")
+        .unwrap();
+    assert_eq!(
+        (c.outcome.as_str(), c.local.unwrap()["v"].clone()),
+        ("remote", json!("a"))
+    );
+
+    // server_wins: a loses although its edit is the one the server sees last.
+    conflict_setup(
+        &a,
+        &b,
+        "server_side",
+        "s1",
+        json!({"v": 0}),
+        json!({"v": "a"}),
+        json!({"v": "b"}),
+    )
+    .await;
+    assert_eq!(
+        a.store.get("server_side", "s1").unwrap().unwrap().data["v"],
+        json!("b")
+    );
+    let c = a
+        .store
+        .conflict_log()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.record_id == "s1")
+        .unwrap();
+    assert_eq!(
+        (c.outcome.as_str(), c.local.unwrap()["v"].clone()),
+        ("remote", json!("a"))
+    );
+
+    // client_wins: a's edit is forced through and reaches b.
+    conflict_setup(
+        &a,
+        &b,
+        "client_side",
+        "k1",
+        json!({"v": 0}),
+        json!({"v": "a"}),
+        json!({"v": "b"}),
+    )
+    .await;
+    assert_eq!(
+        a.store.get("client_side", "k1").unwrap().unwrap().data["v"],
+        json!("a")
+    );
+    assert_eq!(
+        b.store.get("client_side", "k1").unwrap().unwrap().data["v"],
+        json!("a")
+    );
+    let c = a
+        .store
+        .conflict_log()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.record_id == "k1")
+        .unwrap();
+    assert_eq!(
+        (c.outcome.as_str(), c.remote.unwrap()["v"].clone()),
+        ("local", json!("b"))
+    );
+}
+
+struct Collect(Mutex<Vec<Conflict>>);
+impl ConflictListener for Collect {
+    fn on_conflict(&self, c: &Conflict) -> Result<(), String> {
+        self.0.lock().unwrap().push(c.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_conflict_calls_the_app_and_resolve_converges() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    let seen = Arc::new(Collect(Mutex::new(Vec::new())));
+    a.engine.set_conflict_listener(Some(seen.clone()));
+    a.store
+        .put(
+            "reviews",
+            Some("r1"),
+            json!({"verdict": "pending", "notes": ""}),
+        )
+        .unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    a.store
+        .patch("reviews", "r1", json!({"verdict": "approve"}))
+        .unwrap();
+    b.store
+        .patch(
+            "reviews",
+            "r1",
+            json!({"verdict": "reject", "notes": "dose"}),
+        )
+        .unwrap();
+    b.sync_until_quiet().await;
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.conflicts, 1);
+    let rec = a.store.get("reviews", "r1").unwrap().unwrap();
+    assert_eq!(rec.sync_state, SyncState::Conflicted);
+    assert_eq!(
+        rec.data["verdict"],
+        json!("approve"),
+        "the local data keeps showing"
+    );
+    let open = a.engine.conflicts().unwrap();
+    assert_eq!(open.len(), 1);
+    let c = &open[0];
+    assert_eq!(c.base.as_ref().unwrap()["verdict"], json!("pending"));
+    assert_eq!(c.local.as_ref().unwrap()["verdict"], json!("approve"));
+    assert_eq!(c.remote.as_ref().unwrap()["verdict"], json!("reject"));
+    for _ in 0..100 {
+        if !seen.0.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.0.lock().unwrap().len(), 1, "the app was told");
+    // Edits made while the conflict is open wait behind it.
+    a.store
+        .patch("reviews", "r1", json!({"notes": "checked"}))
+        .unwrap();
+    a.engine.sync_now(None).await;
+    assert_eq!(
+        a.store.get("reviews", "r1").unwrap().unwrap().sync_state,
+        SyncState::Conflicted
+    );
+
+    let mut merged = JsonObject::new();
+    merged.insert("verdict".into(), json!("reject"));
+    merged.insert("notes".into(), json!("dose; checked"));
+    a.engine
+        .resolve(c.id, Resolution::Merged(merged.clone()))
+        .unwrap();
+    assert!(a.engine.conflicts().unwrap().is_empty());
+    assert!(matches!(
+        a.engine.resolve(c.id, Resolution::KeepLocal),
+        Err(outpost_core::Error::NotFound { .. })
+    ));
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    for d in [&a, &b] {
+        let r = d.store.get("reviews", "r1").unwrap().unwrap();
+        assert_eq!(
+            (Value::Object(r.data), r.sync_state),
+            (Value::Object(merged.clone()), SyncState::Synced)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_counter_increments_sum() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    a.store
+        .put("patients", Some("p"), json!({"name": "A"}))
+        .unwrap();
+    a.store.increment("patients", "p", "visits", 1).unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    a.engine.set_network_available(false);
+    b.engine.set_network_available(false);
+    for _ in 0..5 {
+        a.store.increment("patients", "p", "visits", 1).unwrap();
+    }
+    for _ in 0..7 {
+        b.store.increment("patients", "p", "visits", 1).unwrap();
+    }
+    b.store.increment("patients", "p", "visits", -2).unwrap();
+    a.engine.set_network_available(true);
+    b.engine.set_network_available(true);
+    let ra = a.sync_until_quiet().await;
+    let rb = b.sync_until_quiet().await;
+    a.sync_until_quiet().await;
+    assert_eq!(
+        ra.conflicts + rb.conflicts,
+        0,
+        "CRDT-only edits never conflict"
+    );
+    for d in [&a, &b] {
+        let v = d.store.get("patients", "p").unwrap().unwrap().data["visits"].clone();
+        assert_eq!(
+            outpost_core::crdt::Crdt::from_json(&v).unwrap().value(),
+            json!(11)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_on_one_device_while_the_other_edits() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    for id in ["d1", "d2", "d3"] {
+        a.store.put("answers", Some(id), json!({"v": 0})).unwrap();
+    }
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    // d1 and d2: the delete is the later edit and wins; d3: the edit is later and wins.
+    b.store.patch("answers", "d1", json!({"v": "b"})).unwrap();
+    a.store.patch("answers", "d2", json!({"v": "a"})).unwrap();
+    a.store.delete("answers", "d3").unwrap();
+    pause();
+    a.store.delete("answers", "d1").unwrap();
+    b.store.delete("answers", "d2").unwrap();
+    b.store.patch("answers", "d3", json!({"v": "b"})).unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    a.sync_until_quiet().await;
+    for d in [&a, &b] {
+        assert_eq!(d.store.get("answers", "d1").unwrap(), None);
+        assert_eq!(d.store.get("answers", "d2").unwrap(), None);
+        assert_eq!(
+            d.store.get("answers", "d3").unwrap().unwrap().data["v"],
+            json!("b")
+        );
+    }
+    let logged: Vec<_> = b
+        .store
+        .conflict_log()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.record_id)
+        .collect();
+    assert!(logged.contains(&"d1".to_owned()) && logged.contains(&"d2".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_response_is_resent_and_applied_once() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    a.store.put("answers", Some("x"), json!({"v": 1})).unwrap();
+    a.store.increment("answers", "x", "n", 1).unwrap();
+    let op_id = a.store.outbox_entries().unwrap()[0].op_id.clone();
+    a.link.fail_next_push(Fault::DropResponse);
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::BackingOff);
+    let e = &a.store.outbox_entries().unwrap()[0];
+    assert_eq!(
+        (e.state, e.op_id.as_str(), e.attempts),
+        (EntryState::Pending, op_id.as_str(), 1)
+    );
+    a.sync_until_quiet().await;
+    let rec = a.store.get("answers", "x").unwrap().unwrap();
+    assert_eq!(
+        rec.version, 1,
+        "applied once: a second effect would make version 2"
+    );
+    b.sync_until_quiet().await;
+    let v = b.store.get("answers", "x").unwrap().unwrap().data["n"].clone();
+    assert_eq!(
+        outpost_core::crdt::Crdt::from_json(&v).unwrap().value(),
+        json!(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_back_off_and_retry_after_is_honoured() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    a.store.put("answers", Some("x"), json!({})).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+
+    a.link.fail_next_push(Fault::ServerError);
+    let before = now();
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::BackingOff);
+    let e = a.store.outbox_entries().unwrap().remove(0);
+    let wait = e.next_attempt_at_ms - before;
+    // First retry: 200 ms initial backoff, half of it jittered.
+    assert!((100..=400).contains(&wait), "first backoff {wait} ms");
+    assert_eq!(e.last_error.unwrap().code, "internal");
+    assert!(a.engine.status().next_retry_at_ms.is_some());
+    // Not due yet: a sync right now sends nothing.
+    let pushes = a.link.pushes.load(Ordering::SeqCst);
+    a.engine.sync_now(None).await;
+    assert_eq!(a.link.pushes.load(Ordering::SeqCst), pushes);
+
+    tokio::time::sleep(Duration::from_millis(wait as u64 + 50)).await;
+    a.link.fail_next_push(Fault::ServerError);
+    let before = now();
+    a.engine.sync_now(None).await;
+    let e = a.store.outbox_entries().unwrap().remove(0);
+    let wait2 = e.next_attempt_at_ms - before;
+    assert!(
+        (200..=600).contains(&wait2),
+        "second backoff doubles: {wait2} ms"
+    );
+
+    tokio::time::sleep(Duration::from_millis(wait2 as u64 + 50)).await;
+    a.link
+        .fail_next_push(Fault::RateLimited(Duration::from_secs(5)));
+    let before = now();
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::BackingOff);
+    let e = a.store.outbox_entries().unwrap().remove(0);
+    assert!(
+        e.next_attempt_at_ms - before >= 4_900,
+        "Retry-After: 5 s is honoured"
+    );
+    assert_eq!(e.last_error.unwrap().code, "rate_limited");
+    // The backoff survives a restart of the app.
+    drop(a);
+    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let r = a.engine.sync_now(None).await;
+    assert_eq!((r.pushed, r.outcome), (0, SyncOutcome::Completed));
+    assert_eq!(a.store.outbox_counts().unwrap().pending, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_op_fails_alone_and_can_be_retried() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let c = Device::open(dir.path(), "c", &server, CHIOMA.token);
+    a.store
+        .put("answers", Some("north-1"), json!({"team": "north"}))
+        .unwrap();
+    a.sync_until_quiet().await;
+    // chioma (team south) writes a record id that belongs to team north: forbidden.
+    c.store
+        .put("answers", Some("north-1"), json!({"team": "south?"}))
+        .unwrap();
+    c.store
+        .put("answers", Some("south-1"), json!({"team": "south"}))
+        .unwrap();
+    let r = c.engine.sync_now(None).await;
+    assert_eq!((r.applied, r.rejected), (1, 1));
+    let failed = c.store.failed_entries().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_ref().unwrap().code, "forbidden");
+    let rec = c.store.get("answers", "north-1").unwrap().unwrap();
+    assert_eq!(
+        (rec.sync_state, rec.data["team"].clone()),
+        (SyncState::Failed, json!("south?"))
+    );
+    assert_eq!(c.engine.status().failed, 1);
+    // A later edit of the same record waits behind the failed one.
+    c.store
+        .patch("answers", "north-1", json!({"more": 1}))
+        .unwrap();
+    let r = c.engine.sync_now(None).await;
+    assert_eq!(r.pushed, 0);
+    assert_eq!(c.engine.retry_failed().unwrap(), 1);
+    let r = c.engine.sync_now(None).await;
+    assert_eq!(
+        (r.pushed, r.rejected),
+        (1, 1),
+        "retried, and rejected again"
+    );
+    assert_eq!(c.store.failed_entries().unwrap()[0].attempts, 2);
+    // Amina's record is untouched.
+    let r = a.sync_until_quiet().await;
+    assert_eq!(r.pulled, 0);
+    assert_eq!(
+        a.store.get("answers", "north-1").unwrap().unwrap().data["team"],
+        json!("north")
+    );
+}
+
+struct Rotating {
+    calls: Mutex<Vec<bool>>,
+    refreshed: &'static str,
+}
+impl TokenProvider for Rotating {
+    fn token(&self, refresh: bool) -> Result<String, String> {
+        self.calls.lock().unwrap().push(refresh);
+        Ok(if refresh {
+            self.refreshed.to_owned()
+        } else {
+            "expired-token".to_owned()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_asks_for_a_fresh_token_once() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let good = Arc::new(Rotating {
+        calls: Mutex::new(Vec::new()),
+        refreshed: AMINA.token,
+    });
+    let a = Device::open_with(dir.path(), "a", &server, good.clone(), sync_config());
+    a.store.put("answers", Some("x"), json!({})).unwrap();
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::Completed);
+    assert_eq!(*good.calls.lock().unwrap(), [false, true]);
+
+    let bad = Arc::new(Rotating {
+        calls: Mutex::new(Vec::new()),
+        refreshed: "still-wrong",
+    });
+    let b = Device::open_with(dir.path(), "b", &server, bad.clone(), sync_config());
+    b.store.put("answers", Some("y"), json!({})).unwrap();
+    let r = b.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::AuthFailed);
+    assert_eq!(*bad.calls.lock().unwrap(), [false, true]);
+    assert_eq!(
+        b.engine.status().activity,
+        outpost_core::SyncActivity::AuthError
+    );
+    let e = b.store.outbox_entries().unwrap();
+    assert_eq!(
+        (e.len(), e[0].state),
+        (1, EntryState::Pending),
+        "the data stays queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_deadline_mid_push_and_mid_pull_lose_nothing() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    for i in 0..5 {
+        a.store
+            .put("answers", Some(&format!("c{i}")), json!({"i": i}))
+            .unwrap();
+    }
+    // Cancel while the push waits for its answer, after the server committed.
+    a.link
+        .fail_next_push(Fault::DelayAfter(Duration::from_secs(3)));
+    let engine = a.engine.clone();
+    let sync = tokio::spawn(async move { engine.sync_now(None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.engine.cancel();
+    let r = sync.await.unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Cancelled);
+    assert!(
+        a.store
+            .outbox_entries()
+            .unwrap()
+            .iter()
+            .all(|e| e.state == EntryState::Pending)
+    );
+    // Deadline mid-push, before the server sees the request.
+    a.link.fail_next_push(Fault::Delay(Duration::from_secs(3)));
+    let r = a.engine.sync_now(Some(Duration::from_millis(300))).await;
+    assert_eq!(r.outcome, SyncOutcome::DeadlineExceeded);
+    a.sync_until_quiet().await;
+    for r in a.store.query("answers", &Query::new()).unwrap() {
+        assert_eq!(
+            (r.version, r.sync_state),
+            (1, SyncState::Synced),
+            "{}: one effect",
+            r.id
+        );
+    }
+    // Cancel and deadline mid-pull.
+    b.link.fail_next_pull(Fault::Delay(Duration::from_secs(3)));
+    let engine = b.engine.clone();
+    let sync = tokio::spawn(async move { engine.sync_now(None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.engine.cancel();
+    assert_eq!(sync.await.unwrap().outcome, SyncOutcome::Cancelled);
+    b.link
+        .fail_next_pull(Fault::DelayAfter(Duration::from_secs(3)));
+    let r = b.engine.sync_now(Some(Duration::from_millis(300))).await;
+    assert_eq!(r.outcome, SyncOutcome::DeadlineExceeded);
+    b.sync_until_quiet().await;
+    assert_eq!(snapshot(&b.store, "answers"), snapshot(&a.store, "answers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sync_calls_join_one_run() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    a.store.put("answers", Some("x"), json!({})).unwrap();
+    a.link
+        .fail_next_push(Fault::Delay(Duration::from_millis(300)));
+    let (r1, r2) = tokio::join!(a.engine.sync_now(None), a.engine.sync_now(None));
+    assert_eq!(r1, r2);
+    assert_eq!(a.link.pushes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_expired_repulls_and_keeps_pending_edits() {
+    // Tombstones are purged about a second after the delete.
+    let server =
+        TestServer::start_with("tombstone_retention_days = 0.00001\npurge_interval_secs = 0.2");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    for id in ["keep", "gone", "edited"] {
+        a.store.put("answers", Some(id), json!({"v": 0})).unwrap();
+    }
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    // b deletes "gone"; the tombstone is purged before a pulls again.
+    b.store.delete("answers", "gone").unwrap();
+    b.sync_until_quiet().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // a has local edits that cannot go out yet: the push fails and backs off, so they
+    // are still pending while the next sync's pull runs into cursor_expired.
+    a.store
+        .patch("answers", "edited", json!({"v": "local"}))
+        .unwrap();
+    a.store
+        .put("answers", Some("new"), json!({"v": "new"}))
+        .unwrap();
+    a.link.fail_next_push(Fault::ServerError);
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::BackingOff);
+    let r = a.engine.sync_now(None).await;
+    assert_eq!((r.outcome, r.pushed), (SyncOutcome::Completed, 0), "{r:?}");
+    assert!(r.repulls >= 1, "the pull ran into cursor_expired: {r:?}");
+    assert_eq!(
+        a.store.get("answers", "gone").unwrap(),
+        None,
+        "dropped by the re-pull"
+    );
+    assert_eq!(
+        a.store.get("answers", "edited").unwrap().unwrap().data["v"],
+        json!("local")
+    );
+    assert!(a.store.get("answers", "new").unwrap().is_some());
+    assert_eq!(
+        a.store.outbox_counts().unwrap().pending,
+        2,
+        "pending edits are kept"
+    );
+    a.sync_until_quiet().await;
+    assert_eq!(
+        a.store.get("answers", "keep").unwrap().unwrap().data["v"],
+        json!(0)
+    );
+    b.sync_until_quiet().await;
+    for d in [&a, &b] {
+        assert_eq!(
+            d.store.get("answers", "edited").unwrap().unwrap().data["v"],
+            json!("local")
+        );
+        assert_eq!(
+            d.store.get("answers", "new").unwrap().unwrap().data["v"],
+            json!("new")
+        );
+    }
+    assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
+}
