@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use outpost_core::protocol::{
     DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PULL_LIMIT,
     PROTOCOL_VERSION, PullResponse, PushResponse, validate_collection,
@@ -210,13 +210,16 @@ fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How much of an oversized body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY_BYTES;
+
 /// Reads a request body of at most [`MAX_BODY_BYTES`], before and after gzip decoding.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, bool), ApiError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > MAX_BODY_BYTES as u64
+        && len > DRAIN_LIMIT as u64
     {
         return Err(ApiError::too_large());
     }
@@ -233,18 +236,34 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, bool), A
             ));
         }
     };
-    let bytes = Limited::new(body, MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                ApiError::too_large()
-            } else {
-                ApiError::bad_request("could not read the request body")
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut too_large = false;
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("could not read the request body"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > MAX_BODY_BYTES {
+            too_large = true;
+            bytes = Vec::new();
+        }
+        if too_large {
+            // Keep reading (and dropping) a while, so the client gets to read our 413
+            // instead of a reset connection; past that, give up on the connection.
+            if seen > DRAIN_LIMIT {
+                break;
             }
-        })?
-        .to_bytes();
-    Ok((bytes.to_vec(), gzip))
+            continue;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    if too_large {
+        return Err(ApiError::too_large());
+    }
+    Ok((bytes, gzip))
 }
 
 /// Inflates with a bound, so a small gzip bomb cannot take memory: reading stops one
@@ -311,7 +330,7 @@ async fn pull(State(state): State<AppState>, req: Request) -> Response {
 }
 
 struct PullParams {
-    since: Option<i64>,
+    since: Option<logic::Cursor>,
     limit: u32,
     collections: Option<Vec<String>>,
 }
@@ -379,8 +398,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let query = PullQuery {
         user,
         access: state.inner.access.clone(),
-        since: params.since.unwrap_or(0),
-        has_cursor: params.since.is_some(),
+        since: params.since,
         limit: params.limit,
         collections: params.collections,
     };

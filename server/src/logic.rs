@@ -337,31 +337,53 @@ pub fn decide(
     })
 }
 
-/// Cursor text: `c1.` + 16 hex digits of seq + 8 hex digits of checksum. The checksum
-/// makes a garbled or hand-made cursor a clear 400 instead of a silent skip.
-pub fn encode_cursor(seq: i64) -> String {
-    let seq = seq.max(0) as u64;
-    format!("c1.{seq:016x}{}", cursor_check(seq))
+/// Where a puller stands: it has seen every change it may read up to `seq`, in a
+/// snapshot where tombstones up to `purge_mark` had already been purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub seq: i64,
+    pub purge_mark: i64,
 }
 
-/// The seq a cursor stands for, or `None` if it is garbled.
-pub fn decode_cursor(s: &str) -> Option<i64> {
+impl Cursor {
+    /// Did a purge after this cursor was issued remove tombstones the puller has not
+    /// seen? Comparing with the mark at issue (not only with `seq`) matters: a device
+    /// that starts from the beginning after a purge never knew the purged records, so
+    /// its cursors must not expire because of that purge.
+    pub fn expired_by(&self, purged_through_seq: i64) -> bool {
+        purged_through_seq > self.purge_mark && self.seq < purged_through_seq
+    }
+}
+
+/// Cursor text: `c1.` + 16 hex digits of seq + 16 of the purge mark + 8 of checksum.
+/// The checksum makes a garbled or hand-made cursor a clear 400, not a silent skip.
+pub fn encode_cursor(c: Cursor) -> String {
+    let (seq, mark) = (c.seq.max(0) as u64, c.purge_mark.max(0) as u64);
+    format!("c1.{seq:016x}{mark:016x}{}", cursor_check(seq, mark))
+}
+
+/// The cursor a text stands for, or `None` if it is garbled.
+pub fn decode_cursor(s: &str) -> Option<Cursor> {
     let rest = s.strip_prefix("c1.")?;
-    if rest.len() != 24 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if rest.len() != 40 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let (hex_seq, check) = rest.split_at(16);
-    let seq = u64::from_str_radix(hex_seq, 16).ok()?;
-    if cursor_check(seq) != check || i64::try_from(seq).is_err() {
+    let seq = u64::from_str_radix(&rest[..16], 16).ok()?;
+    let mark = u64::from_str_radix(&rest[16..32], 16).ok()?;
+    if cursor_check(seq, mark) != rest[32..] {
         return None;
     }
-    i64::try_from(seq).ok()
+    Some(Cursor {
+        seq: i64::try_from(seq).ok()?,
+        purge_mark: i64::try_from(mark).ok()?,
+    })
 }
 
-fn cursor_check(seq: u64) -> String {
+fn cursor_check(seq: u64, mark: u64) -> String {
     let mut h = Sha256::new();
     h.update(b"outpost-cursor-v1");
     h.update(seq.to_be_bytes());
+    h.update(mark.to_be_bytes());
     hex::encode(&h.finalize()[..4])
 }
 
@@ -417,15 +439,27 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         for s in [0, 1, 1051, i64::MAX] {
-            assert_eq!(decode_cursor(&encode_cursor(s)), Some(s));
+            let c = Cursor {
+                seq: s,
+                purge_mark: s / 2,
+            };
+            assert_eq!(decode_cursor(&encode_cursor(c)), Some(c));
         }
-        let c = encode_cursor(5);
+        let c = encode_cursor(Cursor {
+            seq: 5,
+            purge_mark: 0,
+        });
         let mut bad = c.clone().into_bytes();
         bad[10] = if bad[10] == b'0' { b'1' } else { b'0' };
         assert_eq!(decode_cursor(std::str::from_utf8(&bad).unwrap()), None);
         for s in ["", "c1.", "5", "c2.0000000000000005abcdabcd", "c1.zz"] {
             assert_eq!(decode_cursor(s), None);
         }
+        let at = |seq, purge_mark| Cursor { seq, purge_mark };
+        assert!(at(1, 0).expired_by(3));
+        assert!(!at(3, 0).expired_by(3));
+        assert!(!at(1, 3).expired_by(3), "issued after the purge");
+        assert!(at(1, 3).expired_by(4));
     }
 
     #[test]

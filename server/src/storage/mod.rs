@@ -16,7 +16,7 @@ use std::pin::Pin;
 use outpost_core::protocol::{Change, OpResult};
 
 use crate::config::{Access, User};
-use crate::logic::PushItem;
+use crate::logic::{Cursor, PushItem};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -63,10 +63,8 @@ impl AccessRules {
 pub struct PullQuery {
     pub user: User,
     pub access: AccessRules,
-    /// Changes with seq above this; 0 from the beginning.
-    pub since: i64,
-    /// `true` when the client sent a cursor (only then can it be expired).
-    pub has_cursor: bool,
+    /// The client's cursor; `None` from the beginning (which never expires).
+    pub since: Option<Cursor>,
     pub limit: u32,
     /// `None`: every collection.
     pub collections: Option<Vec<String>>,
@@ -77,8 +75,8 @@ pub struct PullQuery {
 pub enum PullPage {
     Page {
         changes: Vec<Change>,
-        /// Seq the next pull continues from.
-        cursor: i64,
+        /// Where the next pull continues from.
+        cursor: Cursor,
         has_more: bool,
     },
     /// The cursor is older than purged tombstones.

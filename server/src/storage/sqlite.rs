@@ -18,7 +18,7 @@ use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
 };
 use crate::config::Access;
-use crate::logic::{self, Decision, PushItem, StoredRecord};
+use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
@@ -378,10 +378,12 @@ fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, Stora
     // One read transaction: the purge mark and the page come from the same snapshot.
     let tx = conn.transaction().map_err(db_err)?;
     let purged = meta(&tx, "purged_through_seq")?;
-    if q.has_cursor && q.since < purged {
+    let last_seq = meta(&tx, "last_seq")?;
+    if q.since.is_some_and(|c| c.expired_by(purged)) {
         return Ok(PullPage::Expired);
     }
-    let mut args = vec![SqlValue::Integer(q.since)];
+    let since = q.since.map_or(0, |c| c.seq);
+    let mut args = vec![SqlValue::Integer(since)];
     let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
     if let Some(cols) = &q.collections {
         sql.push_str(" AND collection IN (");
@@ -411,10 +413,20 @@ fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, Stora
     tx.commit().map_err(db_err)?;
     let has_more = changes.len() > q.limit as usize;
     changes.truncate(q.limit as usize);
-    let cursor = changes.last().map_or(q.since, |c| c.seq);
+    // On the last page the puller has seen every change it may read up to the head of
+    // this snapshot (commits are in seq order, see `push_blocking`), so the cursor can
+    // jump there and the next pull does not rescan rows it may not read.
+    let seq = if has_more {
+        changes.last().map_or(since, |c| c.seq)
+    } else {
+        last_seq.max(since)
+    };
     Ok(PullPage::Page {
         changes,
-        cursor,
+        cursor: Cursor {
+            seq,
+            purge_mark: purged,
+        },
         has_more,
     })
 }

@@ -1,0 +1,859 @@
+//! Black-box tests of protocol v1 against the real binary: auth, versions, conflicts,
+//! idempotency, CRDT merges, paging, concurrency, purge, access and limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_auth_and_routes() {
+    let s = TestServer::start();
+    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(
+        answer(r).await,
+        (200, json!({"status": "ok", "protocol": 1}))
+    );
+
+    for path in ["/v1/pull", "/v1/push"] {
+        let req = if path == "/v1/pull" {
+            s.client.get(s.url(path))
+        } else {
+            s.client.post(s.url(path)).body("{}")
+        };
+        let r = req.send().await.unwrap();
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let (st, body) = answer(r).await;
+        assert_eq!(
+            (st, body["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
+        );
+    }
+    let (st, body) = s.pull_raw("wrong-token", "").await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let r = s
+        .client
+        .get(s.url("/v1/pull"))
+        .header("authorization", format!("Basic {AMINA}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(r).await.0, 401);
+
+    let r = s.client.get(s.url("/nope")).send().await.unwrap();
+    let (st, body) = answer(r).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = s
+        .client
+        .get(s.url("/v1/push"))
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    let (st, body) = answer(r).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let r = s.client.delete(s.url("/health")).send().await.unwrap();
+    assert_eq!(answer(r).await.0, 405);
+}
+
+#[tokio::test]
+async fn create_put_patch_delete_versions() {
+    let s = TestServer::start();
+    let r = s
+        .push(
+            AMINA,
+            vec![put(
+                "patients",
+                "p-1",
+                None,
+                json!({"name": "Amina", "age": 30}),
+            )],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "applied");
+    assert_eq!(r[0]["version"], 1);
+    let seq1 = r[0]["seq"].as_i64().unwrap();
+
+    let r = s
+        .push(
+            AMINA,
+            vec![put("patients", "p-1", Some(1), json!({"name": "Amina K"}))],
+        )
+        .await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(2))
+    );
+    assert!(r[0]["seq"].as_i64().unwrap() > seq1);
+
+    let r = s
+        .push(
+            AMINA,
+            vec![patch(
+                "patients",
+                "p-1",
+                Some(2),
+                json!({"village": "Kole", "name": null}),
+            )],
+        )
+        .await;
+    assert_eq!(r[0]["version"], 3);
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["data"], json!({"name": null, "village": "Kole"}));
+    assert_eq!(changes[0]["version"], 3);
+    assert_eq!(changes[0]["deleted"], false);
+    assert!(changes[0]["updated_at"].as_str().unwrap().ends_with('Z'));
+
+    let r = s
+        .push(AMINA, vec![delete("patients", "p-1", Some(3))])
+        .await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(4))
+    );
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(changes.len(), 1, "each record once, at its latest state");
+    assert_eq!(changes[0]["deleted"], true);
+    assert_eq!(changes[0]["data"], Value::Null);
+    assert_eq!(changes[0]["version"], 4);
+
+    // A new record over a tombstone conflicts; a put on the tombstone's version
+    // resurrects it.
+    let r = s
+        .push(AMINA, vec![put("patients", "p-1", None, json!({"x": 1}))])
+        .await;
+    assert_eq!(r[0]["status"], "conflict");
+    assert_eq!(r[0]["current"]["deleted"], true);
+    let r = s
+        .push(
+            AMINA,
+            vec![put("patients", "p-1", Some(4), json!({"x": 1}))],
+        )
+        .await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(5))
+    );
+    // A patch creates a new record too.
+    let r = s
+        .push(AMINA, vec![patch("patients", "p-2", None, json!({"y": 2}))])
+        .await;
+    assert_eq!(r[0]["version"], 1);
+}
+
+#[tokio::test]
+async fn repeated_op_id_gets_the_first_answer() {
+    let s = TestServer::start();
+    let op = put("patients", "p-1", None, json!({"name": "A"}));
+    let first = s.push(AMINA, vec![op.clone()]).await;
+    assert_eq!(first[0]["status"], "applied");
+    let again = s.push(AMINA, vec![op.clone()]).await;
+    assert_eq!(again, first);
+    // Also within one push.
+    let twice = s.push(AMINA, vec![op.clone(), op.clone()]).await;
+    assert_eq!(twice, vec![first[0].clone(), first[0].clone()]);
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(changes[0]["version"], 1);
+    assert_eq!(s.audit_rows(op["op_id"].as_str().unwrap()), 1);
+
+    // A conflict answer is repeated as it was, even after the record moved on.
+    let stale = put("patients", "p-1", Some(7), json!({"name": "B"}));
+    let c1 = s.push(AMINA, vec![stale.clone()]).await;
+    assert_eq!(c1[0]["status"], "conflict");
+    s.push(
+        AMINA,
+        vec![put("patients", "p-1", Some(1), json!({"name": "C"}))],
+    )
+    .await;
+    assert_eq!(s.push(AMINA, vec![stale.clone()]).await, c1);
+    // So is a rejection, even if the repeat itself is valid.
+    let mut bad = put("patients", "p-9", None, json!({}));
+    bad["hlc"] = json!("nope");
+    let r1 = s.push(AMINA, vec![bad.clone()]).await;
+    assert_eq!(r1[0]["status"], "rejected");
+    bad["hlc"] = json!(hlc());
+    assert_eq!(s.push(AMINA, vec![bad]).await, r1);
+
+    // Answers are per user: ben reusing amina's op_id gets his own answer.
+    let mut bens = put("patients", "p-b", None, json!({"v": 1}));
+    bens["op_id"] = op["op_id"].clone();
+    let r = s.push(BEN, vec![bens]).await;
+    assert_eq!(r[0]["status"], "applied");
+    assert_ne!(r[0]["seq"], first[0]["seq"]);
+}
+
+#[tokio::test]
+async fn concurrent_repeats_have_one_effect() {
+    let s = TestServer::start();
+    let op = put("patients", "p-1", None, json!({"n": 1}));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, url, op) = (s.client.clone(), s.url("/v1/push"), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(AMINA)
+                .json(&json!({"client_id": "c", "ops": [op]}))
+                .send()
+                .await
+                .unwrap();
+            answer(r).await.1
+        }));
+    }
+    let mut answers = BTreeSet::new();
+    for t in tasks {
+        answers.insert(t.await.unwrap().to_string());
+    }
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(s.audit_rows(op["op_id"].as_str().unwrap()), 1);
+}
+
+#[tokio::test]
+async fn stale_base_conflicts_and_force_wins() {
+    let s = TestServer::start();
+    s.push(
+        AMINA,
+        vec![put("patients", "p-1", None, json!({"name": "A"}))],
+    )
+    .await;
+    s.push(
+        AMINA,
+        vec![put("patients", "p-1", Some(1), json!({"name": "B"}))],
+    )
+    .await;
+    let r = s
+        .push(
+            BEN,
+            vec![put("patients", "p-1", Some(1), json!({"name": "C"}))],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "conflict");
+    let cur = &r[0]["current"];
+    assert_eq!(cur["version"], 2);
+    assert_eq!(cur["data"], json!({"name": "B"}));
+    assert_eq!(cur["collection"], "patients");
+    assert_eq!(cur["record_id"], "p-1");
+    assert_eq!(cur["deleted"], false);
+
+    let mut forced = put("patients", "p-1", Some(1), json!({"name": "C"}));
+    forced["force"] = json!(true);
+    let r = s.push(BEN, vec![forced]).await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(3))
+    );
+
+    // A new record whose id exists conflicts; a base on a missing record conflicts
+    // with current null.
+    let r = s
+        .push(BEN, vec![put("patients", "p-1", None, json!({}))])
+        .await;
+    assert_eq!(r[0]["current"]["version"], 3);
+    let r = s
+        .push(BEN, vec![put("patients", "nope", Some(2), json!({}))])
+        .await;
+    assert_eq!(
+        r[0],
+        json!({"op_id": r[0]["op_id"], "status": "conflict", "current": null})
+    );
+    let r = s.push(BEN, vec![delete("patients", "p-1", Some(2))]).await;
+    assert_eq!(r[0]["status"], "conflict");
+}
+
+#[tokio::test]
+async fn crdt_counters_from_two_replicas_merge_against_a_stale_base() {
+    let s = TestServer::start();
+    let counter = |p: Value| json!({"$crdt": "pncounter", "p": p, "n": {}});
+    s.push(
+        AMINA,
+        vec![put(
+            "patients",
+            "p-1",
+            None,
+            json!({"name": "A", "visits": counter(json!({}))}),
+        )],
+    )
+    .await;
+    // Both replicas edited version 1 offline.
+    let r = s
+        .push(
+            AMINA,
+            vec![patch(
+                "patients",
+                "p-1",
+                Some(1),
+                json!({"visits": counter(json!({"tab-a": 3}))}),
+            )],
+        )
+        .await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(2))
+    );
+    let r = s
+        .push(
+            BEN,
+            vec![patch(
+                "patients",
+                "p-1",
+                Some(1),
+                json!({"visits": counter(json!({"tab-b": 2}))}),
+            )],
+        )
+        .await;
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+        (Some("applied"), Some(3))
+    );
+    // A whole-record put that only changes the counter merges too.
+    let r = s
+        .push(
+            BEN,
+            vec![put(
+                "patients",
+                "p-1",
+                Some(1),
+                json!({"name": "A", "visits": {"$crdt": "gcounter", "p": {"tab-b": 5}}}),
+            )],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "applied");
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(
+        changes[0]["data"],
+        json!({"name": "A", "visits": {"$crdt": "pncounter", "p": {"tab-a": 3, "tab-b": 5}, "n": {}}})
+    );
+    assert_eq!(changes[0]["version"], 4);
+    // A stale write that also changes a plain field still conflicts.
+    let r = s
+        .push(
+            BEN,
+            vec![patch(
+                "patients",
+                "p-1",
+                Some(1),
+                json!({"name": "Z", "visits": counter(json!({"tab-b": 9}))}),
+            )],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "conflict");
+}
+
+#[tokio::test]
+async fn paging_1200_records_at_limit_500() {
+    let s = TestServer::start();
+    for chunk in 0..2 {
+        let ops = (0..600)
+            .map(|i| {
+                put(
+                    "patients",
+                    &format!("p-{}", chunk * 600 + i),
+                    None,
+                    json!({"i": i}),
+                )
+            })
+            .collect();
+        let r = s.push(AMINA, ops).await;
+        assert!(r.iter().all(|x| x["status"] == "applied"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut last_seq = 0;
+    let mut cursor: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("?since={c}&limit=500"),
+            None => "?limit=500".to_owned(),
+        };
+        let (st, body) = s.pull_raw(AMINA, &q).await;
+        assert_eq!(st, 200);
+        let changes = body["changes"].as_array().unwrap();
+        for c in changes {
+            let seq = c["seq"].as_i64().unwrap();
+            assert!(seq > last_seq);
+            last_seq = seq;
+            assert!(seen.insert(c["record_id"].as_str().unwrap().to_owned()));
+        }
+        pages.push((changes.len(), body["has_more"].as_bool().unwrap()));
+        cursor = Some(body["cursor"].as_str().unwrap().to_owned());
+        if !body["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(pages, vec![(500, true), (500, true), (200, false)]);
+    assert_eq!(seen.len(), 1200);
+    // An empty page keeps the cursor.
+    let (_, body) = s
+        .pull_raw(AMINA, &format!("?since={}", cursor.clone().unwrap()))
+        .await;
+    assert_eq!(body["changes"], json!([]));
+    assert_eq!(body["cursor"].as_str(), cursor.as_deref());
+
+    // Limits: large is clamped, others are 400.
+    let (st, body) = s.pull_raw(AMINA, "?limit=999999999999999999999").await;
+    assert_eq!((st, body["changes"].as_array().unwrap().len()), (200, 1200));
+    for q in [
+        "?limit=0",
+        "?limit=-1",
+        "?limit=abc",
+        "?limit=1.5",
+        "?limit=",
+        "?since=c1.zz",
+        "?since=",
+        "?collections=Bad",
+        "?collections=a,,b",
+        "?limit=1&limit=2",
+    ] {
+        let (st, body) = s.pull_raw(AMINA, q).await;
+        assert_eq!(
+            (st, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{q}"
+        );
+    }
+    // Collection filter.
+    s.push(AMINA, vec![put("visits", "v-1", None, json!({}))])
+        .await;
+    let (changes, _) = s.pull_all(AMINA, "&collections=visits").await;
+    assert_eq!(changes.len(), 1);
+    let (changes, _) = s.pull_all(AMINA, "&collections=visits,patients").await;
+    assert_eq!(changes.len(), 1201);
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_let_a_puller_skip_a_change() {
+    let s = TestServer::start();
+    let writers = 8;
+    let pushes = 15;
+    let per_push = 5;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (c, url) = (s.client.clone(), s.url("/v1/push"));
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for p in 0..pushes {
+                let mut ops = Vec::new();
+                for i in 0..per_push {
+                    // Writers also update each other's records, so rows move to new seqs.
+                    let id = format!("w{w}-{p}-{i}");
+                    ops.push(put("patients", &id, None, json!({"w": w})));
+                    written.push(id);
+                }
+                let r = c
+                    .post(&url)
+                    .bearer_auth(AMINA)
+                    .json(&json!({"client_id": format!("w{w}"), "ops": ops}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+            written
+        }));
+    }
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    let mut last_seq = 0;
+    let mut pull_once = async |cursor: &mut Option<String>, last_seq: &mut i64| {
+        let q = match cursor.as_ref() {
+            Some(c) => format!("?since={c}&limit=7"),
+            None => "?limit=7".to_owned(),
+        };
+        let (st, body) = s.pull_raw(AMINA, &q).await;
+        assert_eq!(st, 200);
+        for ch in body["changes"].as_array().unwrap() {
+            let seq = ch["seq"].as_i64().unwrap();
+            assert!(seq > *last_seq, "seq went back");
+            *last_seq = seq;
+            seen.insert(ch["record_id"].as_str().unwrap().to_owned(), seq);
+        }
+        *cursor = Some(body["cursor"].as_str().unwrap().to_owned());
+        body["has_more"].as_bool().unwrap()
+    };
+    while tasks.iter().any(|t| !t.is_finished()) {
+        pull_once(&mut cursor, &mut last_seq).await;
+    }
+    let mut written = BTreeSet::new();
+    for t in tasks {
+        written.extend(t.await.unwrap());
+    }
+    while pull_once(&mut cursor, &mut last_seq).await {}
+    let seen: BTreeSet<String> = seen.into_keys().collect();
+    assert_eq!(seen, written);
+    assert_eq!(written.len(), writers * pushes * per_push);
+}
+
+#[tokio::test]
+async fn purged_tombstones_expire_older_cursors() {
+    let s = TestServer::start_with("purge_interval_secs = 0.2");
+    // Retention is 30 days here, so nothing is purged yet.
+    let s2 = {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("server.db");
+        let config = dir.path().join("server.toml");
+        let text = base_config(&db, "purge_interval_secs = 0.2").replace(
+            "tombstone_retention_days = 30",
+            "tombstone_retention_days = 0",
+        );
+        std::fs::write(&config, text).unwrap();
+        TestServer::start_config(dir, config)
+    };
+    for srv in [&s, &s2] {
+        srv.push(AMINA, vec![put("patients", "keep", None, json!({}))])
+            .await;
+        srv.push(AMINA, vec![put("patients", "gone", None, json!({}))])
+            .await;
+    }
+    let (_, cursor) = s2.pull_all(AMINA, "").await;
+    let (_, cursor_s) = s.pull_all(AMINA, "").await;
+    for srv in [&s, &s2] {
+        srv.push(AMINA, vec![delete("patients", "gone", Some(1))])
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, body) = s2.pull_raw(AMINA, &format!("?since={cursor}")).await;
+        if st == 410 {
+            assert_eq!(body["error"]["code"], "cursor_expired");
+            break;
+        }
+        assert_eq!(st, 200);
+        assert!(Instant::now() < deadline, "tombstone never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // From the beginning is always fine, and the tombstone is gone.
+    let (changes, fresh) = s2.pull_all(AMINA, "").await;
+    let ids: Vec<_> = changes
+        .iter()
+        .map(|c| c["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["keep"]);
+    let (st, _) = s2.pull_raw(AMINA, &format!("?since={fresh}")).await;
+    assert_eq!(st, 200);
+    // With the 30-day retention the tombstone stays and the cursor is fine.
+    let (st, body) = s.pull_raw(AMINA, &format!("?since={cursor_s}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(body["changes"][0]["deleted"], true);
+}
+
+#[tokio::test]
+async fn access_isolation_on_pull_and_push() {
+    let s = TestServer::start();
+    // The body cannot choose an owner: these are just data fields.
+    s.push(
+        AMINA,
+        vec![put(
+            "drafts",
+            "d-1",
+            None,
+            json!({"owner": "ben", "team": "south"}),
+        )],
+    )
+    .await;
+    s.push(
+        AMINA,
+        vec![put("patients", "p-1", None, json!({"secret": "x"}))],
+    )
+    .await;
+    s.push(AMINA, vec![put("forms", "f-1", None, json!({"q": 1}))])
+        .await;
+    s.push(
+        CHIOMA,
+        vec![put("patients", "p-s", None, json!({"secret": "south"}))],
+    )
+    .await;
+
+    let ids = |changes: Vec<Value>| -> BTreeSet<String> {
+        changes
+            .iter()
+            .map(|c| c["record_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(s.pull_all(AMINA, "").await.0),
+        set(&["d-1", "p-1", "f-1"])
+    );
+    assert_eq!(ids(s.pull_all(BEN, "").await.0), set(&["p-1", "f-1"]));
+    assert_eq!(ids(s.pull_all(CHIOMA, "").await.0), set(&["p-s", "f-1"]));
+
+    for (token, coll, id) in [
+        (BEN, "drafts", "d-1"),
+        (CHIOMA, "drafts", "d-1"),
+        (CHIOMA, "patients", "p-1"),
+        (AMINA, "patients", "p-s"),
+    ] {
+        for op in [
+            put(coll, id, Some(1), json!({"x": 1})),
+            patch(coll, id, None, json!({"x": 1})),
+            delete(coll, id, Some(1)),
+        ] {
+            let mut forced = op.clone();
+            forced["force"] = json!(true);
+            for op in [op, forced] {
+                let r = s.push(token, vec![op]).await;
+                assert_eq!(r[0]["status"], "rejected");
+                assert_eq!(r[0]["error"]["code"], "forbidden");
+                assert!(!r[0].to_string().contains("secret"));
+            }
+        }
+    }
+    // Team members may write; shared records anyone.
+    let r = s
+        .push(
+            BEN,
+            vec![patch("patients", "p-1", Some(1), json!({"y": 1}))],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "applied");
+    let r = s
+        .push(
+            CHIOMA,
+            vec![patch("forms", "f-1", Some(1), json!({"y": 1}))],
+        )
+        .await;
+    assert_eq!(r[0]["status"], "applied");
+    // Nothing forbidden changed anything.
+    let (changes, _) = s.pull_all(AMINA, "&collections=drafts").await;
+    assert_eq!(changes[0]["version"], 1);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+async fn post_bytes(s: &TestServer, body: Vec<u8>, gz: bool) -> (u16, Value) {
+    let mut req = s
+        .client
+        .post(s.url("/v1/push"))
+        .bearer_auth(AMINA)
+        .body(body);
+    if gz {
+        req = req.header("content-encoding", "gzip");
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn bodies_over_8_mib_get_413_raw_or_gzipped() {
+    let s = TestServer::start();
+    let big = format!(
+        r#"{{"client_id":"c","ops":[],"pad":"{}"}}"#,
+        "x".repeat(8 * 1024 * 1024)
+    );
+    let (st, body) = post_bytes(&s, big.clone().into_bytes(), false).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let packed = gzip(big.as_bytes());
+    assert!(packed.len() < 100_000);
+    let (st, body) = post_bytes(&s, packed, true).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    // gzip of a valid push is accepted; broken gzip is a 400.
+    let ok = json!({"client_id": "c", "ops": [put("patients", "g", None, json!({"a": 1}))]});
+    let (st, body) = post_bytes(&s, gzip(ok.to_string().as_bytes()), true).await;
+    assert_eq!(
+        (st, body["results"][0]["status"].as_str()),
+        (200, Some("applied"))
+    );
+    let (st, _) = post_bytes(&s, b"not gzip".to_vec(), true).await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn answers_are_gzipped_when_asked() {
+    let s = TestServer::start();
+    let ops = (0..50)
+        .map(|i| put("patients", &format!("p{i}"), None, json!({"i": i})))
+        .collect();
+    s.push(AMINA, ops).await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = raw
+        .get(s.url("/v1/pull"))
+        .bearer_auth(AMINA)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let bytes = r.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+        .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 50);
+}
+
+#[tokio::test]
+async fn whole_push_400s_change_nothing() {
+    let s = TestServer::start();
+    let good = || put("patients", "must-not-exist", None, json!({"a": 1}));
+    let mut deep = json!(1);
+    for _ in 0..62 {
+        deep = json!([deep]);
+    }
+    let too_many: Vec<Value> = (0..1001).map(|_| good()).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", br#"{"client_id":"c","ops":[{"op_id":"a",}]}"#.to_vec()),
+        ("trailing", br#"{"client_id":"c","ops":[]} {}"#.to_vec()),
+        ("top array", b"[]".to_vec()),
+        ("ops not array", br#"{"client_id":"c","ops":{}}"#.to_vec()),
+        ("client_id number", br#"{"client_id":1,"ops":[]}"#.to_vec()),
+        ("missing ops", br#"{"client_id":"c"}"#.to_vec()),
+        ("op not object", json!({"client_id": "c", "ops": [good(), 5]}).to_string().into_bytes()),
+        ("op_id number", json!({"client_id": "c", "ops": [good(), {"op_id": 5}]}).to_string().into_bytes()),
+        ("too many ops", json!({"client_id": "c", "ops": too_many}).to_string().into_bytes()),
+        (
+            "duplicate keys",
+            format!(
+                r#"{{"client_id":"c","ops":[{},{{"op_id":"x","collection":"patients","record_id":"r","kind":"put","hlc":"{}","data":{{"a":1,"a":2}}}}]}}"#,
+                good(),
+                hlc()
+            )
+            .into_bytes(),
+        ),
+        (
+            "deep nesting",
+            json!({"client_id": "c", "ops": [good(), {"op_id": "x", "collection": "patients", "record_id": "r",
+                "kind": "put", "hlc": hlc(), "data": {"d": deep}}]})
+            .to_string()
+            .into_bytes(),
+        ),
+        (
+            "invalid utf-8",
+            [&br#"{"client_id":"c","ops":[],"x":""#[..], b"\xff\xfe", b"\"}"].concat(),
+        ),
+        ("empty", Vec::new()),
+    ];
+    for (name, body) in cases {
+        let (st, v) = post_bytes(&s, body, false).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{name}: {v}"
+        );
+    }
+    // 10000-deep input is refused without parsing it.
+    let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(post_bytes(&s, bomb.into_bytes(), false).await.0, 400);
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(changes, Vec::<Value>::new());
+    // Exactly 1000 ops and depth 64 are fine.
+    let ops: Vec<Value> = (0..1000)
+        .map(|i| put("patients", &format!("r{i}"), None, json!({})))
+        .collect();
+    assert_eq!(s.push(AMINA, ops).await.len(), 1000);
+}
+
+#[tokio::test]
+async fn a_bad_op_is_rejected_while_its_neighbours_apply() {
+    let s = TestServer::start();
+    let mut bad = Vec::new();
+    let mut b = put("Patients", "r", None, json!({}));
+    bad.push(b.clone());
+    b = put("patients", "", None, json!({}));
+    bad.push(b.clone());
+    b = put("patients", "a\u{1}b", None, json!({}));
+    bad.push(b.clone());
+    b = put("patients", "r", None, json!({}));
+    b["kind"] = json!("upsert");
+    bad.push(b.clone());
+    b = put("patients", "r", None, json!({}));
+    b["hlc"] = json!("yesterday");
+    bad.push(b.clone());
+    b = put("patients", "r", None, json!({}));
+    b.as_object_mut().unwrap().remove("data");
+    bad.push(b.clone());
+    b = patch("patients", "r", None, json!({}));
+    b["data"] = json!([1]);
+    bad.push(b.clone());
+    bad.push(put(
+        "patients",
+        "r",
+        None,
+        json!({"c": {"$crdt": "gcounter", "p": {"a": -1}}}),
+    ));
+    bad.push(put(
+        "patients",
+        "r",
+        None,
+        json!({"big": "x".repeat(1024 * 1024)}),
+    ));
+    b = put("patients", "r", None, json!({}));
+    b["base_version"] = json!("3");
+    bad.push(b.clone());
+    b = put("patients", "r", None, json!({}));
+    b["force"] = json!(1);
+    bad.push(b.clone());
+    b = put("patients", "r", None, json!({}));
+    b["colour"] = json!("red");
+    bad.push(b.clone());
+    let mut d = delete("patients", "r", None);
+    d["data"] = json!({"a": 1});
+    bad.push(d);
+    for (i, b) in bad.into_iter().enumerate() {
+        let ops = vec![
+            put("patients", &format!("left-{i}"), None, json!({})),
+            b.clone(),
+            put("patients", &format!("right-{i}"), None, json!({})),
+        ];
+        let r = s.push(AMINA, ops).await;
+        assert_eq!(r[0]["status"], "applied", "{b}");
+        assert_eq!(r[1]["status"], "rejected", "{b}");
+        assert_eq!(r[1]["error"]["code"], "invalid_request");
+        assert_eq!(r[1]["op_id"], b["op_id"]);
+        assert_eq!(r[2]["status"], "applied");
+    }
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert!(changes.iter().all(|c| c["record_id"] != "r"));
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let s = TestServer::start_with("rate_limit_per_minute = 3");
+    for _ in 0..3 {
+        assert_eq!(s.pull_raw(AMINA, "").await.0, 200);
+    }
+    let r = s
+        .client
+        .get(s.url("/v1/pull"))
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let (st, body) = answer(r).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    // Other users have their own budget.
+    assert_eq!(s.pull_raw(BEN, "").await.0, 200);
+}
