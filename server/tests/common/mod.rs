@@ -82,10 +82,7 @@ impl TestServer {
             dir,
             addr: String::new(),
             config,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            client: new_client(),
         };
         s.spawn();
         s
@@ -145,6 +142,8 @@ impl TestServer {
         while std::net::TcpListener::bind(&listen).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Pooled connections went to the killed process.
+        self.client = new_client();
         self.spawn();
     }
 
@@ -233,6 +232,13 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn new_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Status and JSON body; asserts that every answer is JSON.
