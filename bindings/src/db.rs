@@ -236,6 +236,7 @@ impl Outpost {
     }
 
     /// Calls `listener` after each commit that changed records, on a background thread.
+    /// Keep the handle: releasing it (or `close()`) stops delivery.
     pub fn subscribe(
         &self,
         listener: Box<dyn ChangeListener>,

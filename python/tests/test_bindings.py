@@ -1,0 +1,226 @@
+"""The device API through the generated Python bindings, against a real server.
+
+The same path the Kotlin and Swift layers take: records as JSON text, typed errors,
+foreign listeners called from Rust threads, and `sync_now` awaited under asyncio.
+"""
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import USERS, ffi, wait_until
+
+AMINA, BEN = USERS[0][2], USERS[1][2]
+
+
+def sync(device, deadline_ms=30_000):
+    return asyncio.run(device.sync_now(deadline_ms))
+
+
+def data(record):
+    return json.loads(record.data_json)
+
+
+class Events(ffi.ChangeListener):
+    def __init__(self, fail_first=False):
+        self.events = []
+        self.fail_first = fail_first
+        self.lock = threading.Lock()
+
+    def on_change(self, event):
+        with self.lock:
+            self.events.append(event)
+            n = len(self.events)
+        if self.fail_first and n == 1:
+            raise RuntimeError("a listener bug")
+
+    def count(self):
+        with self.lock:
+            return len(self.events)
+
+
+def test_offline_writes_then_sync_reach_another_device(devices):
+    a, b = devices("a", AMINA), devices("b", BEN)
+    a.set_network_available(False)
+    for i in range(5):
+        a.put("answers", f"q{i}", json.dumps({"q": i, "a": "yes"}))
+    report = sync(a)
+    assert report.outcome == ffi.SyncOutcome.OFFLINE and report.should_retry
+    assert a.status().activity == ffi.SyncActivity.OFFLINE
+    assert a.status().pending == 5
+    a.set_network_available(True)
+    wait_until(a.is_network_available, what="network trusted after the health probe")
+    report = sync(a)
+    assert report.outcome == ffi.SyncOutcome.COMPLETED, report
+    assert report.applied == 5 and not report.should_retry
+    assert a.status().pending == 0
+    assert a.get("answers", "q3").sync_state == ffi.SyncState.SYNCED
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    assert b.count("answers", []) == 5
+    got = b.query("answers", ffi.Query(filters=[ffi.Filter(field="q", value_json="3")]))
+    assert [data(r)["a"] for r in got] == ["yes"]
+
+
+def test_listener_hears_local_and_remote_changes(devices):
+    a, b = devices("a", AMINA), devices("b", BEN)
+    events = Events()
+    handle = b.subscribe(events)
+    b.put("answers", "local", "{}")
+    wait_until(lambda: events.count() >= 1, what="local change event")
+    assert events.events[0].origin == ffi.ChangeOrigin.LOCAL
+    a.put("answers", "remote", json.dumps({"from": "a"}))
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    wait_until(lambda: any(r.id == "remote" for e in events.events for r in e.records),
+               what="remote change event")
+    handle.close()
+    before = events.count()
+    b.put("answers", "after-close", "{}")
+    time.sleep(0.2)
+    assert events.count() == before
+
+
+def test_a_throwing_listener_is_skipped_not_fatal(devices):
+    a = devices("a", AMINA)
+    events = Events(fail_first=True)
+    handle = a.subscribe(events)  # noqa: F841 (releasing the handle unsubscribes)
+    a.put("answers", "one", "{}")
+    wait_until(lambda: events.count() >= 1, what="first event")
+    a.put("answers", "two", "{}")
+    wait_until(lambda: events.count() >= 2, what="event after the listener threw")
+    assert a.get("answers", "two") is not None
+
+
+def test_manual_conflict_resolved_from_python(devices):
+    a, b = devices("a", AMINA), devices("b", BEN)
+    seen = []
+
+    class OnConflict(ffi.ConflictListener):
+        def on_conflict(self, conflict):
+            seen.append(conflict)
+    b.set_conflict_listener(OnConflict())
+    a.put("reviews", "r1", json.dumps({"score": 1, "note": "base"}))
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    a.patch("reviews", "r1", json.dumps({"score": 2}))
+    b.patch("reviews", "r1", json.dumps({"score": 3}))
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+    report = sync(b)
+    assert report.conflicts == 1, report
+    wait_until(lambda: seen, what="conflict listener")
+    [open_conflict] = b.conflicts()
+    assert open_conflict.id == seen[0].id
+    assert json.loads(open_conflict.local_json)["score"] == 3
+    assert json.loads(open_conflict.remote_json)["score"] == 2
+    assert b.get("reviews", "r1").sync_state == ffi.SyncState.CONFLICTED
+    assert b.status().conflicts == 1
+    b.resolve(open_conflict.id, ffi.Resolution.MERGED(data_json=json.dumps({"score": 5, "note": "agreed"})))
+    assert b.conflicts() == []
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+    assert data(a.get("reviews", "r1")) == {"score": 5, "note": "agreed"}
+
+
+def test_invalid_input_raises_typed_errors(devices):
+    a = devices("a", AMINA)
+    with pytest.raises(ffi.OutpostError.InvalidData):
+        a.put("answers", "x", "{not json")
+    with pytest.raises(ffi.OutpostError.InvalidData):
+        a.put("answers", "x", "[1, 2]")
+    with pytest.raises(ffi.OutpostError.InvalidCollection) as e:
+        a.put("Answers", None, "{}")
+    assert e.value.name == "Answers"
+    with pytest.raises(ffi.OutpostError.UnknownCollection):
+        a.get("nope", "x")
+    with pytest.raises(ffi.OutpostError.InvalidRecordId):
+        a.put("answers", "", "{}")
+    with pytest.raises(ffi.OutpostError.NotFound):
+        a.patch("answers", "missing", "{}")
+    with pytest.raises(ffi.OutpostError.InvalidData):
+        a.batch([ffi.WriteOp.PUT(collection="answers", id="ok", data_json="{}"),
+                 ffi.WriteOp.PATCH(collection="answers", id="ok", fields_json="nope")])
+    assert a.get("answers", "ok") is None
+    assert a.count("answers", []) == 0
+
+
+def test_batch_and_crdt_operations(devices):
+    a = devices("a", AMINA)
+    out = a.batch([
+        ffi.WriteOp.PUT(collection="patients", id="p1", data_json='{"name": "Amina"}'),
+        ffi.WriteOp.INCREMENT(collection="patients", id="p1", field="visits", by=2),
+        ffi.WriteOp.SET_ADD(collection="patients", id="p1", field="tags", element="fever"),
+        ffi.WriteOp.SET_REGISTER(collection="patients", id="p1", field="owner", value_json='"ben"'),
+    ])
+    assert len(out) == 4
+    rec = a.set_remove("patients", "p1", "tags", "fever")
+    assert data(rec)["tags"]["$crdt"] == "orset"
+    assert data(a.increment("patients", "p1", "visits", -1))["visits"]["$crdt"] == "pncounter"
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+
+
+def test_concurrent_writes_from_threads(devices):
+    a = devices("a", AMINA)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: a.put("answers", f"t{i}", json.dumps({"i": i})), range(200)))
+    assert a.count("answers", []) == 200
+    assert sync(a).applied == 200
+
+
+def test_use_after_close_raises_closed(devices):
+    a = devices("a", AMINA)
+    a.put("answers", "kept", "{}")
+    a.close()
+    assert a.is_closed()
+    with pytest.raises(ffi.OutpostError.Closed):
+        a.get("answers", "kept")
+    with pytest.raises(ffi.OutpostError.Closed):
+        a.put("answers", "x", "{}")
+    with pytest.raises(ffi.OutpostError.Closed):
+        sync(a)
+    a.close()
+
+
+def test_sync_now_cancelled_under_asyncio(devices):
+    release = threading.Event()
+
+    class SlowToken(ffi.TokenProvider):
+        def token(self, refresh):
+            release.wait(5)
+            return AMINA
+
+    a = devices("a", provider=SlowToken())
+    a.put("answers", "c1", "{}")
+
+    async def cancel_midway():
+        task = asyncio.ensure_future(a.sync_now(None))
+        await asyncio.sleep(0.2)
+        assert a.status().activity == ffi.SyncActivity.SYNCING
+        a.cancel_sync()
+        return await task
+
+    report = asyncio.run(cancel_midway())
+    release.set()
+    assert report.outcome == ffi.SyncOutcome.CANCELLED
+    assert a.status().pending == 1
+    report = sync(a)
+    assert report.outcome == ffi.SyncOutcome.COMPLETED and report.applied == 1
+
+
+def test_deadline_stops_a_sync(devices):
+    release = threading.Event()
+
+    class SlowToken(ffi.TokenProvider):
+        def token(self, refresh):
+            release.wait(5)
+            return AMINA
+
+    a = devices("a", provider=SlowToken())
+    a.put("answers", "d1", "{}")
+    report = sync(a, deadline_ms=100)
+    release.set()
+    assert report.outcome == ffi.SyncOutcome.DEADLINE_EXCEEDED and report.should_retry
+    assert a.status().pending == 1
