@@ -224,7 +224,7 @@ async fn real_answers_match_the_document() {
     let (st, body) = s.pull_raw(AMINA, "?limit=1").await;
     check(&spec, "get", "/v1/pull", st, &body);
     let (st, body) = s.pull_raw(AMINA, "").await;
-    assert!(body["changes"].as_array().unwrap().len() >= 1);
+    assert!(!body["changes"].as_array().unwrap().is_empty());
     check(&spec, "get", "/v1/pull", st, &body);
 
     // Every error the routes produce.
