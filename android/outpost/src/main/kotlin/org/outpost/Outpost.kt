@@ -1,0 +1,218 @@
+// The Kotlin face of Outpost: coroutines and Flows over the generated UniFFI bindings.
+//
+// Why a layer at all: the generated API is blocking calls and callback interfaces, which
+// an Android app should not call from the main thread or wire by hand into every screen.
+// This file only adapts them (Dispatchers.IO, Flow, StateFlow, AutoCloseable); all logic
+// stays in the Rust core, where it is tested once. It has no Android dependency, so it
+// is compiled and tested on a plain JVM.
+package org.outpost
+
+import java.util.concurrent.atomic.AtomicBoolean
+import kotlin.time.Duration
+import kotlinx.coroutines.CancellationException
+import kotlinx.coroutines.CoroutineDispatcher
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.channels.awaitClose
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.MutableSharedFlow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.SharedFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asSharedFlow
+import kotlinx.coroutines.flow.asStateFlow
+import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.flow.channelFlow
+import kotlinx.coroutines.flow.flowOn
+import kotlinx.coroutines.withContext
+import org.outpost.ffi.ChangeEvent
+import org.outpost.ffi.ChangeListener
+import org.outpost.ffi.Conflict
+import org.outpost.ffi.ConflictListener
+import org.outpost.ffi.Filter
+import org.outpost.ffi.OutpostConfig
+import org.outpost.ffi.Query
+import org.outpost.ffi.Record
+import org.outpost.ffi.Resolution
+import org.outpost.ffi.StatusListener
+import org.outpost.ffi.SubscriptionHandle
+import org.outpost.ffi.SyncReport
+import org.outpost.ffi.SyncStatus
+import org.outpost.ffi.TokenProvider
+import org.outpost.ffi.WriteOp
+import org.outpost.ffi.Outpost as Native
+
+/** A [TokenProvider] from a lambda; `refresh` is true after the server answered 401. */
+fun tokenProvider(fetch: (refresh: Boolean) -> String): TokenProvider =
+    object : TokenProvider {
+        override fun token(refresh: Boolean): String = fetch(refresh)
+    }
+
+/**
+ * An open Outpost database with its sync engine. Open one per database for the app's
+ * lifetime (e.g. in the Application), share it, and [close] it when done.
+ *
+ * Every `suspend` function runs on [Dispatchers.IO]: writes are durable when they return
+ * (an fsync with the default durability), which must never happen on the main thread.
+ * Errors are [org.outpost.ffi.OutpostException] subclasses (`InvalidData`, `Closed`, ...).
+ */
+class Outpost private constructor(
+    /** The generated object, for anything this layer does not wrap. */
+    val native: Native,
+    private val io: CoroutineDispatcher,
+) : AutoCloseable {
+    private val closed = AtomicBoolean(false)
+    private val status = MutableStateFlow(native.status())
+    private val conflictEvents = MutableSharedFlow<Conflict>(extraBufferCapacity = 64)
+
+    // The status listener lives as long as this object; the engine coalesces updates, so
+    // the StateFlow always ends on the latest status.
+    private val statusHandle: SubscriptionHandle =
+        native.subscribeStatus(
+            object : StatusListener {
+                override fun onStatus(status: SyncStatus) {
+                    this@Outpost.status.value = status
+                }
+            },
+        )
+
+    init {
+        native.setConflictListener(
+            object : ConflictListener {
+                override fun onConflict(conflict: Conflict) {
+                    conflictEvents.tryEmit(conflict)
+                }
+            },
+        )
+    }
+
+    companion object {
+        /** Opens (or creates) the database described by [config]. No network call is made. */
+        suspend fun open(
+            config: OutpostConfig,
+            tokens: TokenProvider,
+            io: CoroutineDispatcher = Dispatchers.IO,
+        ): Outpost = withContext(io) { Outpost(Native.open(config, tokens), io) }
+    }
+
+    /** The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago". */
+    val syncStatus: StateFlow<SyncStatus> = status.asStateFlow()
+
+    /**
+     * Manual conflicts as the sync engine finds them, while collected. [openConflicts]
+     * lists every conflict still waiting, including ones found before collection began.
+     */
+    val conflicts: SharedFlow<Conflict> = conflictEvents.asSharedFlow()
+
+    suspend fun put(collection: String, id: String? = null, json: String): Record =
+        withContext(io) { native.put(collection, id, json) }
+
+    suspend fun patch(collection: String, id: String, fieldsJson: String): Record =
+        withContext(io) { native.patch(collection, id, fieldsJson) }
+
+    suspend fun delete(collection: String, id: String) = withContext(io) { native.delete(collection, id) }
+
+    suspend fun get(collection: String, id: String): Record? = withContext(io) { native.get(collection, id) }
+
+    suspend fun query(collection: String, query: Query = Query()): List<Record> =
+        withContext(io) { native.query(collection, query) }
+
+    suspend fun count(collection: String, filters: List<Filter> = emptyList()): Long =
+        withContext(io) { native.count(collection, filters).toLong() }
+
+    /** All [ops] in one transaction: a whole screen of answers commits together or not at all. */
+    suspend fun batch(ops: List<WriteOp>): List<Record?> = withContext(io) { native.batch(ops) }
+
+    suspend fun increment(collection: String, id: String, field: String, by: Long = 1): Record =
+        withContext(io) { native.increment(collection, id, field, by) }
+
+    suspend fun setRegister(collection: String, id: String, field: String, valueJson: String): Record =
+        withContext(io) { native.setRegister(collection, id, field, valueJson) }
+
+    suspend fun setAdd(collection: String, id: String, field: String, element: String): Record =
+        withContext(io) { native.setAdd(collection, id, field, element) }
+
+    suspend fun setRemove(collection: String, id: String, field: String, element: String): Record =
+        withContext(io) { native.setRemove(collection, id, field, element) }
+
+    /** Every change event, local or pulled, while collected. */
+    fun changes(): Flow<ChangeEvent> =
+        callbackFlow {
+            val handle =
+                native.subscribe(
+                    object : ChangeListener {
+                        override fun onChange(event: ChangeEvent) {
+                            trySend(event)
+                        }
+                    },
+                )
+            awaitClose { handle.cancel(); handle.destroy() }
+        }.flowOn(io)
+
+    /**
+     * The result of [query] on [collection]: emitted once now, then again after every
+     * commit that touches the collection. Changes arriving while a query runs collapse
+     * into one re-query, so a burst of writes never queues a burst of queries.
+     */
+    fun observe(collection: String, query: Query = Query()): Flow<List<Record>> =
+        channelFlow {
+            val dirty = Channel<Unit>(Channel.CONFLATED)
+            // Subscribed before the first query, so no commit falls between the two.
+            val handle =
+                native.subscribe(
+                    object : ChangeListener {
+                        override fun onChange(event: ChangeEvent) {
+                            if (collection in event.collections) dirty.trySend(Unit)
+                        }
+                    },
+                )
+            try {
+                dirty.trySend(Unit)
+                for (signal in dirty) send(native.query(collection, query))
+            } finally {
+                handle.cancel()
+                handle.destroy()
+            }
+        }.flowOn(io)
+
+    /**
+     * Pushes local edits, then pulls. [deadline] bounds the run (WorkManager and
+     * BGTaskScheduler give about 30 s). Cancelling the calling coroutine cancels the sync:
+     * in-flight edits go back to the queue and are resent later, never lost or doubled.
+     */
+    suspend fun syncNow(deadline: Duration? = null): SyncReport =
+        withContext(io) {
+            try {
+                native.syncNow(deadline?.inWholeMilliseconds?.coerceAtLeast(0)?.toULong())
+            } catch (e: CancellationException) {
+                withContext(NonCancellable) { runCatching { native.cancelSync() } }
+                throw e
+            }
+        }
+
+    /** Stops a running sync; safe at any time. */
+    fun cancelSync() = native.cancelSync()
+
+    /** The platform's view of the network (see the ConnectivityManager bridge). */
+    fun setNetworkAvailable(available: Boolean) = native.setNetworkAvailable(available)
+
+    /** Manual conflicts waiting for [resolve], oldest first. */
+    suspend fun openConflicts(): List<Conflict> = withContext(io) { native.conflicts() }
+
+    /** Settles a manual conflict; the result is sent with the next sync. */
+    suspend fun resolve(conflictId: Long, resolution: Resolution) =
+        withContext(io) { native.resolve(conflictId, resolution) }
+
+    /** Puts edits the server rejected back in the queue; returns how many. */
+    suspend fun retryFailed(): Long = withContext(io) { native.retryFailed().toLong() }
+
+    /** Stops sync and listeners and closes the database; later calls throw `Closed`. */
+    override fun close() {
+        if (!closed.compareAndSet(false, true)) return
+        statusHandle.cancel()
+        // The native handle itself is freed by its cleaner once unreachable, so a stray
+        // later call gets OutpostException.Closed rather than a use-after-free error.
+        native.closeStore()
+    }
+}
