@@ -2,7 +2,8 @@
 //!
 //! Apps with no backend of their own, the demo and the end-to-end tests all need a
 //! server that speaks the protocol of `DESIGN.md` exactly; this is it. It runs on one
-//! SQLite file, behind a storage trait that a PostgreSQL backend will also implement.
+//! SQLite file, or on PostgreSQL (`database = "postgres://…"`) with any number of
+//! server processes over one database, behind one storage trait.
 //!
 //! # Running it
 //!
@@ -21,7 +22,10 @@
 //!
 //! # Tests
 //!
-//! `cargo test -p outpost-server` runs black-box tests against the real binary.
+//! `cargo test -p outpost-server` runs black-box tests against the real binary, each on
+//! SQLite and on PostgreSQL. The PostgreSQL ones need `OUTPOST_TEST_POSTGRES_URL` (a
+//! role that may create databases; `scripts/postgres.sh` starts one and prints it);
+//! without it each prints `SKIPPED postgres: <test> ...` on stderr.
 //!
 //! # Embedding it
 //!
@@ -47,6 +51,7 @@ use std::sync::Arc;
 
 pub use config::{Access, Config, ConfigError, Database, User};
 pub use http::{AppState, build_app};
+pub use storage::postgres::{PostgresStorage, PostgresUrl};
 pub use storage::sqlite::SqliteStorage;
 pub use storage::{Storage, StorageError};
 
@@ -66,10 +71,21 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Opens the storage a config names.
+/// Opens the storage a config names, without waiting: PostgreSQL connects and
+/// migrates on first use, so a database that cannot be reached shows up as failing
+/// requests. [`connect_storage`] checks it before returning; servers use that.
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
     match &config.database {
         Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path)?)),
+        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::lazy(url)?)),
+    }
+}
+
+/// Opens the storage a config names, connecting and migrating before it returns.
+pub async fn connect_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    match &config.database {
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path)?)),
+        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::connect(url).await?)),
     }
 }
 
@@ -84,7 +100,7 @@ pub struct Server {
 impl Server {
     /// Opens the database (running migrations) and binds the listen address.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let storage = open_storage(&config)?;
+        let storage = connect_storage(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind {

@@ -7,6 +7,7 @@
 //! serialized writer; PostgreSQL can lock or serialize differently) and explains it
 //! where seq is allocated. The rules themselves are shared, in [`crate::logic`].
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
