@@ -2,6 +2,7 @@
 //! restart with no loss, and graceful shutdown with a request in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -11,31 +12,46 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn the_example_config_starts_as_is() {
+async fn the_example_config_starts_as_is(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/server.example.toml"))
             .unwrap();
     assert!(example.contains("listen = \"127.0.0.1:8787\""));
     // Only the port changes, so parallel tests do not collide; the relative database
-    // path lands next to the copied config.
+    // path lands next to the copied config. On PostgreSQL the database line names the
+    // test's own database instead, and everything else is kept as it is.
     let config = dir.path().join("server.toml");
-    std::fs::write(&config, example.replace("127.0.0.1:8787", "127.0.0.1:0")).unwrap();
-    let s = TestServer::start_config(dir, config);
+    let mut text = example.replace("127.0.0.1:8787", "127.0.0.1:0");
+    let db = match &b {
+        Backend::Sqlite => TestDb::Sqlite(dir.path().join("outpost-server.db")),
+        Backend::Postgres(_) => {
+            let db = TestDb::new(&b, dir.path());
+            text = text.replace(
+                "database = \"outpost-server.db\"",
+                &format!("database = {:?}", db.database()),
+            );
+            assert!(text.contains("postgres://"));
+            db
+        }
+    };
+    std::fs::write(&config, text).unwrap();
+    let s = TestServer::start_config(&b, dir, config, db);
     let r = s.client.get(s.url("/health")).send().await.unwrap();
     assert_eq!(answer(r).await.0, 200);
     for token in ["change-me-amina-secret-token", "change-me-ben-secret-token"] {
         assert_eq!(s.pull_raw(token, "").await.0, 200, "{token}");
     }
-    assert!(s.dir.path().join("outpost-server.db").exists());
+    if b == Backend::Sqlite {
+        assert!(s.dir.path().join("outpost-server.db").exists());
+    }
 }
 
 #[test]
 fn a_bad_config_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");
-    let base = base_config(&db, "");
+    let base = base_config(&db.display().to_string(), "");
     let cases = [
         (
             base.replacen(
@@ -72,6 +88,24 @@ fn a_bad_config_fails_naming_the_key() {
         assert!(stderr.contains(want), "{stderr} !~ {want}");
         assert!(out.stdout.is_empty());
     }
+    // PostgreSQL: a malformed URL is a config error; a database that cannot be
+    // reached stops the server at start, not at its first request.
+    for (database, want) in [
+        ("postgres://u@127.0.0.1/db?no_such_option=1", "database:"),
+        ("postgres://u@127.0.0.1:1/db?connect_timeout=2", "database"),
+    ] {
+        let config = dir.path().join("pg.toml");
+        std::fs::write(&config, base_config(database, "")).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{database}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{stderr} !~ {want}");
+        assert!(out.stdout.is_empty());
+    }
     let out = Command::new(BIN)
         .args(["--config", "/nonexistent/x.toml"])
         .output()
@@ -79,9 +113,8 @@ fn a_bad_config_fails_naming_the_key() {
     assert!(!out.status.success());
 }
 
-#[tokio::test]
-async fn a_restart_loses_nothing_and_keeps_idempotency() {
-    let mut s = TestServer::start();
+async fn a_restart_loses_nothing_and_keeps_idempotency(b: Backend) {
+    let mut s = TestServer::start(&b);
     let ops: Vec<Value> = (0..50)
         .map(|i| put("patients", &format!("p{i}"), None, json!({"i": i})))
         .collect();
@@ -116,9 +149,8 @@ async fn a_restart_loses_nothing_and_keeps_idempotency() {
     assert_eq!(body["changes"][0]["record_id"], "new");
 }
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_push_finish() {
-    let mut s = TestServer::start();
+async fn sigterm_lets_an_in_flight_push_finish(b: Backend) {
+    let mut s = TestServer::start(&b);
     let body =
         json!({"client_id": "c", "ops": [put("patients", "inflight", None, json!({"a": 1}))]})
             .to_string();
@@ -149,13 +181,7 @@ async fn sigterm_lets_an_in_flight_push_finish() {
     let (s, status) = pid_exit.join().unwrap();
     assert!(status.success(), "{status:?}");
     // The record is in the database.
-    let conn = rusqlite::Connection::open(s.db_path()).unwrap();
-    let n: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM records WHERE record_id = 'inflight'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(s.count("records", "record_id", "inflight"), 1);
 }
+
+backend_tests!("lifecycle": the_example_config_starts_as_is, a_restart_loses_nothing_and_keeps_idempotency, sigterm_lets_an_in_flight_push_finish);

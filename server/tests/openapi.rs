@@ -7,6 +7,7 @@
 //! `minLength`, `maxLength`, `maxItems`. `pattern` and `format` are not checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -173,10 +174,12 @@ fn the_document_is_self_consistent() {
     );
 }
 
-#[tokio::test]
-async fn real_answers_match_the_document() {
+async fn real_answers_match_the_document(backend: Backend) {
     let spec = spec();
-    let s = TestServer::start_with("rate_limit_per_minute = 40\npurge_interval_secs = 0.2");
+    let s = TestServer::start_with(
+        &backend,
+        "rate_limit_per_minute = 40\npurge_interval_secs = 0.2",
+    );
     let r = s.client.get(s.url("/health")).send().await.unwrap();
     let (st, body) = answer(r).await;
     check(&spec, "get", "/health", st, &body);
@@ -277,12 +280,13 @@ async fn real_answers_match_the_document() {
     // 410: a cursor from before a purge (retention 0 on this server).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("server.toml");
-    let text = base_config(&dir.path().join("server.db"), "purge_interval_secs = 0.2").replace(
+    let db = TestDb::new(&backend, dir.path());
+    let text = base_config(&db.database(), "purge_interval_secs = 0.2").replace(
         "tombstone_retention_days = 30",
         "tombstone_retention_days = 0",
     );
     std::fs::write(&config, text).unwrap();
-    let s2 = TestServer::start_config(dir, config);
+    let s2 = TestServer::start_config(&backend, dir, config, db);
     s2.push(AMINA, vec![put("patients", "x", None, json!({}))])
         .await;
     let (_, c) = s2.pull_all(AMINA, "").await;
@@ -317,3 +321,5 @@ async fn real_answers_match_the_document() {
     let want: std::collections::BTreeSet<u16> = [400, 401, 404, 405, 410, 413, 429].into();
     assert_eq!(seen, want);
 }
+
+backend_tests!("openapi": real_answers_match_the_document);

@@ -2,6 +2,7 @@
 //! idempotency, CRDT merges, paging, concurrency, purge, access and limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,9 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn health_auth_and_routes() {
-    let s = TestServer::start();
+async fn health_auth_and_routes(b: Backend) {
+    let s = TestServer::start(&b);
     let r = s.client.get(s.url("/health")).send().await.unwrap();
     assert_eq!(
         answer(r).await,
@@ -70,9 +70,8 @@ async fn health_auth_and_routes() {
     assert_eq!(answer(r).await.0, 405);
 }
 
-#[tokio::test]
-async fn create_put_patch_delete_versions() {
-    let s = TestServer::start();
+async fn create_put_patch_delete_versions(b: Backend) {
+    let s = TestServer::start(&b);
     let r = s
         .push(
             AMINA,
@@ -156,9 +155,8 @@ async fn create_put_patch_delete_versions() {
     assert_eq!(r[0]["version"], 1);
 }
 
-#[tokio::test]
-async fn repeated_op_id_gets_the_first_answer() {
-    let s = TestServer::start();
+async fn repeated_op_id_gets_the_first_answer(b: Backend) {
+    let s = TestServer::start(&b);
     let op = put("patients", "p-1", None, json!({"name": "A"}));
     let first = s.push(AMINA, vec![op.clone()]).await;
     assert_eq!(first[0]["status"], "applied");
@@ -197,9 +195,8 @@ async fn repeated_op_id_gets_the_first_answer() {
     assert_ne!(r[0]["seq"], first[0]["seq"]);
 }
 
-#[tokio::test]
-async fn concurrent_repeats_have_one_effect() {
-    let s = TestServer::start();
+async fn concurrent_repeats_have_one_effect(b: Backend) {
+    let s = TestServer::start(&b);
     let op = put("patients", "p-1", None, json!({"n": 1}));
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -223,9 +220,8 @@ async fn concurrent_repeats_have_one_effect() {
     assert_eq!(s.audit_rows(op["op_id"].as_str().unwrap()), 1);
 }
 
-#[tokio::test]
-async fn stale_base_conflicts_and_force_wins() {
-    let s = TestServer::start();
+async fn stale_base_conflicts_and_force_wins(b: Backend) {
+    let s = TestServer::start(&b);
     s.push(
         AMINA,
         vec![put("patients", "p-1", None, json!({"name": "A"}))],
@@ -275,9 +271,8 @@ async fn stale_base_conflicts_and_force_wins() {
     assert_eq!(r[0]["status"], "conflict");
 }
 
-#[tokio::test]
-async fn crdt_counters_from_two_replicas_merge_against_a_stale_base() {
-    let s = TestServer::start();
+async fn crdt_counters_from_two_replicas_merge_against_a_stale_base(b: Backend) {
+    let s = TestServer::start(&b);
     let counter = |p: Value| json!({"$crdt": "pncounter", "p": p, "n": {}});
     s.push(
         AMINA,
@@ -354,9 +349,8 @@ async fn crdt_counters_from_two_replicas_merge_against_a_stale_base() {
     assert_eq!(r[0]["status"], "conflict");
 }
 
-#[tokio::test]
-async fn paging_1200_records_at_limit_500() {
-    let s = TestServer::start();
+async fn paging_1200_records_at_limit_500(b: Backend) {
+    let s = TestServer::start(&b);
     for chunk in 0..2 {
         let ops = (0..600)
             .map(|i| {
@@ -435,9 +429,8 @@ async fn paging_1200_records_at_limit_500() {
     assert_eq!(changes.len(), 1201);
 }
 
-#[tokio::test]
-async fn concurrent_writers_never_let_a_puller_skip_a_change() {
-    let s = TestServer::start();
+async fn concurrent_writers_never_let_a_puller_skip_a_change(b: Backend) {
+    let s = TestServer::start(&b);
     let writers = 8;
     let pushes = 15;
     let per_push = 5;
@@ -498,20 +491,19 @@ async fn concurrent_writers_never_let_a_puller_skip_a_change() {
     assert_eq!(written.len(), writers * pushes * per_push);
 }
 
-#[tokio::test]
-async fn purged_tombstones_expire_older_cursors() {
-    let s = TestServer::start_with("purge_interval_secs = 0.2");
+async fn purged_tombstones_expire_older_cursors(b: Backend) {
+    let s = TestServer::start_with(&b, "purge_interval_secs = 0.2");
     // Retention is 30 days here, so nothing is purged yet.
     let s2 = {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("server.db");
+        let db = TestDb::new(&b, dir.path());
         let config = dir.path().join("server.toml");
-        let text = base_config(&db, "purge_interval_secs = 0.2").replace(
+        let text = base_config(&db.database(), "purge_interval_secs = 0.2").replace(
             "tombstone_retention_days = 30",
             "tombstone_retention_days = 0",
         );
         std::fs::write(&config, text).unwrap();
-        TestServer::start_config(dir, config)
+        TestServer::start_config(&b, dir, config, db)
     };
     for srv in [&s, &s2] {
         srv.push(AMINA, vec![put("patients", "keep", None, json!({}))])
@@ -551,9 +543,8 @@ async fn purged_tombstones_expire_older_cursors() {
     assert_eq!(body["changes"][0]["deleted"], true);
 }
 
-#[tokio::test]
-async fn access_isolation_on_pull_and_push() {
-    let s = TestServer::start();
+async fn access_isolation_on_pull_and_push(b: Backend) {
+    let s = TestServer::start(&b);
     // The body cannot choose an owner: these are just data fields.
     s.push(
         AMINA,
@@ -651,9 +642,8 @@ async fn post_bytes(s: &TestServer, body: Vec<u8>, gz: bool) -> (u16, Value) {
     answer(req.send().await.unwrap()).await
 }
 
-#[tokio::test]
-async fn bodies_over_8_mib_get_413_raw_or_gzipped() {
-    let s = TestServer::start();
+async fn bodies_over_8_mib_get_413_raw_or_gzipped(b: Backend) {
+    let s = TestServer::start(&b);
     let big = format!(
         r#"{{"client_id":"c","ops":[],"pad":"{}"}}"#,
         "x".repeat(8 * 1024 * 1024)
@@ -681,9 +671,8 @@ async fn bodies_over_8_mib_get_413_raw_or_gzipped() {
     assert_eq!(st, 400);
 }
 
-#[tokio::test]
-async fn answers_are_gzipped_when_asked() {
-    let s = TestServer::start();
+async fn answers_are_gzipped_when_asked(b: Backend) {
+    let s = TestServer::start(&b);
     let ops = (0..50)
         .map(|i| put("patients", &format!("p{i}"), None, json!({"i": i})))
         .collect();
@@ -706,9 +695,8 @@ async fn answers_are_gzipped_when_asked() {
     assert_eq!(v["changes"].as_array().unwrap().len(), 50);
 }
 
-#[tokio::test]
-async fn whole_push_400s_change_nothing() {
-    let s = TestServer::start();
+async fn whole_push_400s_change_nothing(b: Backend) {
+    let s = TestServer::start(&b);
     let good = || put("patients", "must-not-exist", None, json!({"a": 1}));
     let mut deep = json!(1);
     for _ in 0..62 {
@@ -767,9 +755,8 @@ async fn whole_push_400s_change_nothing() {
     assert_eq!(s.push(AMINA, ops).await.len(), 1000);
 }
 
-#[tokio::test]
-async fn a_bad_op_is_rejected_while_its_neighbours_apply() {
-    let s = TestServer::start();
+async fn a_bad_op_is_rejected_while_its_neighbours_apply(b: Backend) {
+    let s = TestServer::start(&b);
     let mut bad = Vec::new();
     let mut b = put("Patients", "r", None, json!({}));
     bad.push(b.clone());
@@ -830,9 +817,8 @@ async fn a_bad_op_is_rejected_while_its_neighbours_apply() {
     assert!(changes.iter().all(|c| c["record_id"] != "r"));
 }
 
-#[tokio::test]
-async fn rate_limit_answers_429_with_retry_after() {
-    let s = TestServer::start_with("rate_limit_per_minute = 3");
+async fn rate_limit_answers_429_with_retry_after(b: Backend) {
+    let s = TestServer::start_with(&b, "rate_limit_per_minute = 3");
     for _ in 0..3 {
         assert_eq!(s.pull_raw(AMINA, "").await.0, 200);
     }
@@ -857,3 +843,5 @@ async fn rate_limit_answers_429_with_retry_after() {
     // Other users have their own budget.
     assert_eq!(s.pull_raw(BEN, "").await.0, 200);
 }
+
+backend_tests!("protocol": health_auth_and_routes, create_put_patch_delete_versions, repeated_op_id_gets_the_first_answer, concurrent_repeats_have_one_effect, stale_base_conflicts_and_force_wins, crdt_counters_from_two_replicas_merge_against_a_stale_base, paging_1200_records_at_limit_500, concurrent_writers_never_let_a_puller_skip_a_change, purged_tombstones_expire_older_cursors, access_isolation_on_pull_and_push, bodies_over_8_mib_get_413_raw_or_gzipped, answers_are_gzipped_when_asked, whole_push_400s_change_nothing, a_bad_op_is_rejected_while_its_neighbours_apply, rate_limit_answers_429_with_retry_after);

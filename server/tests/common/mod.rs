@@ -1,8 +1,18 @@
 //! Shared helpers for the black-box tests: the real binary on a loopback port with a
 //! temporary config and database, and a small HTTP client for the protocol.
+//!
+//! Every protocol test is one `async fn(Backend)`; [`backend_tests!`] turns it into
+//! `sqlite::<name>` and `postgres::<name>` tests. The PostgreSQL ones need
+//! `OUTPOST_TEST_POSTGRES_URL` (a role that may create databases; `scripts/postgres.sh`
+//! starts one and prints its URL). Without it each one prints
+//! `SKIPPED postgres: <file>::<name> (OUTPOST_TEST_POSTGRES_URL not set)` and passes:
+//! written straight to the process's stderr, not through `eprintln!`, which the test
+//! harness captures and hides for passing tests, so the skip is visible in a plain
+//! `cargo test` run. Each PostgreSQL test gets a database of its own, created with a
+//! random name and dropped after, so tests run in parallel.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +26,228 @@ pub const CHIOMA: &str = "token-chioma-0123456789";
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost-server");
 
+/// The variable naming the PostgreSQL server for the PostgreSQL variants.
+pub const PG_ENV: &str = "OUTPOST_TEST_POSTGRES_URL";
+
+/// Declares `sqlite::<name>` and `postgres::<name>` tests for each
+/// `async fn <name>(Backend)` of the file; the file's name goes into skip lines.
+macro_rules! backend_tests {
+    ($file:literal: $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let test = concat!($file, "::", stringify!($name));
+                    if let Some(b) = crate::common::Backend::postgres_or_skip(test) {
+                        super::$name(b).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The database a test server runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// The admin URL from [`PG_ENV`]; each test makes its own database there.
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL backend if [`PG_ENV`] is set; otherwise says on stderr that
+    /// `test` is skipped, and returns `None`.
+    pub fn postgres_or_skip(test: &str) -> Option<Backend> {
+        match std::env::var(PG_ENV) {
+            Ok(url) if !url.trim().is_empty() => Some(Backend::Postgres(url.trim().to_owned())),
+            _ => {
+                let line = format!("SKIPPED postgres: {test} ({PG_ENV} not set)\n");
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                None
+            }
+        }
+    }
+}
+
+/// A test's database: a SQLite file in the test's temp dir, or a fresh PostgreSQL
+/// database dropped with this value.
+#[derive(Debug)]
+pub enum TestDb {
+    Sqlite(PathBuf),
+    Postgres {
+        admin: String,
+        name: String,
+        url: String,
+        /// False for a second server's handle on another test's database.
+        owned: bool,
+    },
+}
+
+static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    pub fn new(backend: &Backend, dir: &Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb::Sqlite(dir.join("server.db")),
+            Backend::Postgres(admin) => {
+                let name = format!(
+                    "outpost_test_{}_{}_{}",
+                    std::process::id(),
+                    DB_COUNTER.fetch_add(1, Ordering::Relaxed),
+                    uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap()
+                );
+                pg_exec(
+                    admin,
+                    &format!("CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"),
+                );
+                let url = with_dbname(admin, &name);
+                TestDb::Postgres {
+                    admin: admin.clone(),
+                    name,
+                    url,
+                    owned: true,
+                }
+            }
+        }
+    }
+
+    /// The config's `database` value.
+    pub fn database(&self) -> String {
+        match self {
+            TestDb::Sqlite(p) => p.display().to_string(),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// Another handle on the same database that does not drop it.
+    pub fn share(&self) -> TestDb {
+        match self {
+            TestDb::Sqlite(p) => TestDb::Sqlite(p.clone()),
+            TestDb::Postgres {
+                admin, name, url, ..
+            } => TestDb::Postgres {
+                admin: admin.clone(),
+                name: name.clone(),
+                url: url.clone(),
+                owned: false,
+            },
+        }
+    }
+
+    /// `SELECT count(*) FROM <table> WHERE <column> = <value>`.
+    pub fn count(&self, table: &str, column: &str, value: &str) -> i64 {
+        match self {
+            TestDb::Sqlite(p) => {
+                let conn = rusqlite::Connection::open(p).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE {column} = ?1"),
+                    [value],
+                    |r| r.get(0),
+                )
+                .unwrap()
+            }
+            TestDb::Postgres { url, .. } => pg_count(
+                url,
+                &format!("SELECT count(*) FROM {table} WHERE {column} = $1"),
+                value,
+            ),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres {
+            admin,
+            name,
+            owned: true,
+            ..
+        } = self
+        {
+            // FORCE: a killed server's connections may not be gone yet.
+            pg_exec(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+pub fn with_dbname(url: &str, name: &str) -> String {
+    let mut u = url::Url::parse(url).expect("OUTPOST_TEST_POSTGRES_URL is not a URL");
+    u.set_path(&format!("/{name}"));
+    u.to_string()
+}
+
+/// Runs `f` on a runtime of its own on another thread, so it works from sync code,
+/// from async tests and from `Drop` alike.
+fn pg_blocking<T: Send + 'static>(
+    url: &str,
+    f: impl for<'c> FnOnce(
+        &'c tokio_postgres::Client,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>
+    + Send
+    + 'static,
+) -> T {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+            let task = tokio::spawn(conn);
+            let out = f(&client).await;
+            drop(client);
+            let _ = task.await;
+            out
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+pub fn pg_exec(url: &str, sql: &str) {
+    let sql = sql.to_owned();
+    pg_blocking(url, move |c| {
+        Box::pin(async move {
+            c.batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        })
+    });
+}
+
+pub fn pg_count(url: &str, sql: &str, param: &str) -> i64 {
+    let (sql, param) = (sql.to_owned(), param.to_owned());
+    pg_blocking(url, move |c| {
+        Box::pin(async move {
+            c.query_one(&sql, &[&param])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .get(0)
+        })
+    })
+}
+
 /// The config every test starts from: amina and ben in team north, chioma in south;
-/// `drafts` private, `forms` shared, everything else team.
-pub fn base_config(db: &Path, extra: &str) -> String {
+/// `drafts` private, `forms` shared, everything else team. `db` is the `database`
+/// value: a SQLite path or a PostgreSQL URL.
+pub fn base_config(db: &str, extra: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
 database = {db:?}
@@ -47,11 +276,10 @@ access = "private"
 [collections.forms]
 access = "shared"
 "#,
-        db = db.display().to_string()
     )
 }
 
-/// A running `outpost-server`; killed on drop.
+/// A running `outpost-server`; killed on drop (and then its database dropped).
 #[derive(Debug)]
 pub struct TestServer {
     child: Option<Child>,
@@ -59,33 +287,63 @@ pub struct TestServer {
     pub addr: String,
     pub config: PathBuf,
     pub client: reqwest::Client,
+    pub backend: Backend,
+    pub db: TestDb,
 }
 
 impl TestServer {
-    pub fn start() -> TestServer {
-        TestServer::start_with("")
+    pub fn start(backend: &Backend) -> TestServer {
+        TestServer::start_with(backend, "")
     }
 
     /// Starts with extra top-level TOML keys.
-    pub fn start_with(extra: &str) -> TestServer {
+    pub fn start_with(backend: &Backend, extra: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("server.db");
+        let db = TestDb::new(backend, dir.path());
         let config = dir.path().join("server.toml");
-        std::fs::write(&config, base_config(&db, extra)).unwrap();
-        TestServer::start_config(dir, config)
+        std::fs::write(&config, base_config(&db.database(), extra)).unwrap();
+        TestServer::start_config(backend, dir, config, db)
     }
 
-    /// Starts with a config file already written in `dir`.
-    pub fn start_config(dir: tempfile::TempDir, config: PathBuf) -> TestServer {
+    /// Starts with a config file already written in `dir`, naming `db`.
+    pub fn start_config(
+        backend: &Backend,
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        db: TestDb,
+    ) -> TestServer {
         let mut s = TestServer {
             child: None,
             dir,
             addr: String::new(),
             config,
             client: new_client(),
+            backend: backend.clone(),
+            db,
         };
         s.spawn();
         s
+    }
+
+    /// Another server process on the same database and config, on a port of its
+    /// own: what a second instance behind a load balancer is.
+    pub fn another(&self) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("server.toml");
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen =") {
+                    "listen = \"127.0.0.1:0\"".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&config, text).unwrap();
+        TestServer::start_config(&self.backend, dir, config, self.db.share())
     }
 
     fn spawn(&mut self) {
@@ -117,8 +375,9 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("server.db")
+    /// Rows of `table` whose `column` is `value`, read straight from the database.
+    pub fn count(&self, table: &str, column: &str, value: &str) -> i64 {
+        self.db.count(table, column, value)
     }
 
     /// SIGKILL, then start again on the same port and database.
@@ -217,14 +476,7 @@ impl TestServer {
 
     /// Number of audit rows for an op.
     pub fn audit_rows(&self, op_id: &str) -> i64 {
-        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn.query_row(
-            "SELECT count(*) FROM audit WHERE op_id = ?1",
-            [op_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+        self.count("audit", "op_id", op_id)
     }
 }
 
