@@ -31,6 +31,7 @@ pub const PG_ENV: &str = "OUTPOST_TEST_POSTGRES_URL";
 
 /// Declares `sqlite::<name>` and `postgres::<name>` tests for each
 /// `async fn <name>(Backend)` of the file; the file's name goes into skip lines.
+#[allow(unused_macros)] // scale_out.rs is PostgreSQL-only and declares its tests itself
 macro_rules! backend_tests {
     ($file:literal: $($name:ident),* $(,)?) => {
         mod sqlite {
