@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::{Error, Result};
 use crate::feed::ChangeOrigin;
-use crate::protocol::{ErrorBody, JsonObject, Op, OpKind};
+use crate::protocol::{Change, ErrorBody, JsonObject, Op, OpKind};
 use crate::store::{Store, SyncState};
 
 /// Where an entry is in its life.
@@ -534,7 +534,14 @@ fn mark_applied(
     data: Option<&str>,
     version: i64,
 ) -> Result<()> {
+    // A newer server state pulled while this edit was in flight: the server has moved
+    // on past our op (or merged CRDT fields into it), so that state is the truth now.
+    let remote = deferred_remote(tx, collection, record_id)?.filter(|c| c.version >= version);
     if unfinished_for(tx, collection, record_id)? == 0 {
+        if let Some(c) = remote {
+            adopt_change(tx, collection, record_id, &c)?;
+            return Ok(());
+        }
         // Nothing else queued: local data is exactly the server's.
         let deleted: Option<bool> = tx
             .prepare_cached("SELECT deleted FROM records WHERE collection = ?1 AND id = ?2")?
@@ -545,8 +552,8 @@ fn mark_applied(
                 .execute(params![collection, record_id])?;
         } else {
             tx.prepare_cached(
-                "UPDATE records SET version = ?3, base = data, base_hlc = hlc, sync_state = ?4
-                 WHERE collection = ?1 AND id = ?2",
+                "UPDATE records SET version = ?3, base = data, base_hlc = hlc, sync_state = ?4,
+                 remote = NULL WHERE collection = ?1 AND id = ?2",
             )?
             .execute(params![
                 collection,
@@ -613,6 +620,45 @@ fn revert_if_idle(tx: &Transaction<'_>, collection: &str, record_id: &str) -> Re
             )?;
         }
         None => {}
+    }
+    Ok(())
+}
+
+/// The server state stashed by a pull while the record had local edits, if any.
+pub(crate) fn deferred_remote(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+) -> Result<Option<Change>> {
+    let json: Option<String> = tx
+        .prepare_cached("SELECT remote FROM records WHERE collection = ?1 AND id = ?2")?
+        .query_row(params![collection, record_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(json.and_then(|j| serde_json::from_str::<Change>(&j).ok()))
+}
+
+/// Makes the record exactly the server's state `c` (and clears any stash).
+pub(crate) fn adopt_change(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    c: &Change,
+) -> Result<()> {
+    match c.data.as_ref().filter(|_| !c.deleted) {
+        Some(data) => {
+            let data = serde_json::to_string(data)?;
+            tx.prepare_cached(
+                "UPDATE records SET data = ?3, deleted = 0, version = ?4, hlc = ?5,
+                 sync_state = 'synced', base = ?3, base_hlc = ?5, remote = NULL
+                 WHERE collection = ?1 AND id = ?2",
+            )?
+            .execute(params![collection, record_id, data, c.version, c.hlc])?;
+        }
+        None => {
+            tx.prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
+                .execute(params![collection, record_id])?;
+        }
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ CREATE TABLE records (
     base       TEXT,
     base_hlc   TEXT,
     pulled_gen INTEGER NOT NULL DEFAULT 0,
+    remote     TEXT,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 
@@ -129,11 +130,13 @@ CREATE TABLE cursors (
 
 /// Upgrades from version `n` to `n + 1`, indexed by `n - 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1 -> 2: the conflict log, the HLC of the synced base for last-write-wins, and the
-    // pull generation that a full re-pull after `cursor_expired` marks records with.
+    // 1 -> 2: the conflict log, the HLC of the synced base for last-write-wins, the
+    // pull generation that a full re-pull after `cursor_expired` marks records with, and
+    // the newest server state pulled while the record had local edits (`remote`).
     "
     ALTER TABLE records ADD COLUMN base_hlc TEXT;
     ALTER TABLE records ADD COLUMN pulled_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE records ADD COLUMN remote TEXT;
     CREATE TABLE conflicts (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
         collection TEXT NOT NULL,

@@ -335,8 +335,16 @@ impl Store {
                 shared: &self.shared,
                 event,
                 now,
+                observed: false,
             };
             let out = f(&mut wtx)?;
+            if wtx.observed {
+                // Stamps seen from others may live in no row we keep (a pulled tombstone
+                // deletes its row), so the clock itself is saved: it must never go back.
+                wtx.tx
+                    .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?1)")?
+                    .execute([wtx.clock.last().to_string()])?;
+            }
             let WriteTx { tx, event, .. } = wtx;
             tx.commit()?;
             (out, event)
@@ -535,6 +543,8 @@ pub struct WriteTx<'a> {
     shared: &'a Shared,
     pub(crate) event: ChangeEvent,
     pub(crate) now: i64,
+    /// Set when a remote stamp moved the clock during this transaction.
+    pub(crate) observed: bool,
 }
 
 impl std::fmt::Debug for WriteTx<'_> {

@@ -187,40 +187,53 @@ impl HttpTransport {
         timeout: Duration,
     ) -> Result<T, TransportError> {
         let response = request.timeout(timeout).send().await.map_err(map_reqwest)?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(str::to_owned);
         // Compressed size is what the radio paid for; reqwest hides it, so estimate
         // with the content length when the server sent one.
         let wire_len = response.content_length().map(|n| n as usize);
         let body = response.bytes().await.map_err(map_reqwest)?;
         self.count(sent, wire_len.unwrap_or(body.len()));
-        if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|e| TransportError::Protocol(format!("undecodable answer: {e}")));
-        }
-        let (code, message) = match serde_json::from_slice::<ErrorResponse>(&body) {
-            Ok(e) => (e.error.code, e.error.message),
-            Err(_) => (
-                String::new(),
-                String::from_utf8_lossy(&body).chars().take(200).collect(),
-            ),
-        };
-        Err(match status.as_u16() {
-            401 => TransportError::Unauthorized(message),
-            410 => TransportError::CursorExpired,
-            429 => TransportError::RateLimited { retry_after },
-            s => TransportError::Http {
-                status: s,
-                code,
-                message,
-            },
-        })
+        decode_answer(status, retry_after.as_deref(), &body)
     }
+}
+
+/// Turns an HTTP answer of protocol v1 into a result: the JSON of a 2xx, or the
+/// error the status and error body mean. Shared by every transport over HTTP.
+pub fn decode_answer<T: serde::de::DeserializeOwned>(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<T, TransportError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body)
+            .map_err(|e| TransportError::Protocol(format!("undecodable answer: {e}")));
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(e) => (e.error.code, e.error.message),
+        Err(_) => (
+            String::new(),
+            String::from_utf8_lossy(body).chars().take(200).collect(),
+        ),
+    };
+    Err(match status {
+        401 => TransportError::Unauthorized(message),
+        410 => TransportError::CursorExpired,
+        429 => TransportError::RateLimited {
+            retry_after: retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        },
+        s => TransportError::Http {
+            status: s,
+            code,
+            message,
+        },
+    })
 }
 
 fn map_reqwest(e: reqwest::Error) -> TransportError {

@@ -138,7 +138,7 @@ impl WriteTx<'_> {
                          ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data,
                            deleted = 0, version = excluded.version, hlc = excluded.hlc,
                            sync_state = 'synced', updated_at = excluded.updated_at,
-                           base = excluded.base, base_hlc = excluded.base_hlc",
+                           base = excluded.base, base_hlc = excluded.base_hlc, remote = NULL",
                     )?
                     .execute(params![collection, id, data, c.version, c.hlc, self.now])?;
             }
@@ -183,7 +183,7 @@ impl WriteTx<'_> {
                  ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data,
                    deleted = excluded.deleted, version = excluded.version, hlc = excluded.hlc,
                    sync_state = 'pending', updated_at = excluded.updated_at,
-                   base = excluded.base, base_hlc = excluded.base_hlc",
+                   base = excluded.base, base_hlc = excluded.base_hlc, remote = NULL",
             )?
             .execute(params![
                 collection,
@@ -269,7 +269,7 @@ impl WriteTx<'_> {
 
     fn observe(&mut self, hlc: &str) {
         if let Ok(h) = hlc.parse::<Hlc>() {
-            self.clock.observe(&h, self.now.max(0) as u64);
+            self.observed |= self.clock.observe(&h, self.now.max(0) as u64);
         }
     }
 }
@@ -378,6 +378,20 @@ impl Store {
                 if n > 0 {
                     w.event.add(collection, &c.record_id);
                     applied += 1;
+                } else {
+                    // The record has local edits: keep the newest server state aside, to
+                    // settle against when the edit's answer comes back.
+                    w.tx.prepare_cached(
+                        "UPDATE records SET remote = ?3 WHERE collection = ?1 AND id = ?2
+                         AND sync_state != 'synced'
+                         AND (remote IS NULL OR json_extract(remote, '$.version') < ?4)",
+                    )?
+                    .execute(params![
+                        collection,
+                        c.record_id,
+                        serde_json::to_string(c)?,
+                        c.version
+                    ])?;
                 }
             }
             w.tx.prepare_cached(
@@ -404,9 +418,6 @@ impl Store {
                     [format!("resync:{collection}")],
                 )?;
             }
-            let last = w.clock.last().to_string();
-            w.tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?1)")?
-                .execute([last])?;
             Ok(applied)
         })
     }
@@ -421,11 +432,18 @@ impl Store {
         let strategy = self.strategy(&entry.collection)?;
         let (collection, id) = (entry.collection.as_str(), entry.record_id.as_str());
         self.write(ChangeOrigin::Remote, |w| {
+            // A replayed answer can carry an old `current`; a pull may have seen newer.
+            let stash = crate::outbox::deferred_remote(&w.tx, collection, id)?;
+            let newer = stash.filter(|s| current.is_none_or(|c| s.version > c.version));
+            let current = newer.as_ref().or(current);
             if let Some(c) = current {
                 w.observe(&c.hlc);
             }
             let local = load_local(&w.tx, collection, id)?;
-            let local_data = local.as_ref().filter(|l| !l.deleted).and_then(|l| l.data.clone());
+            let local_data = local
+                .as_ref()
+                .filter(|l| !l.deleted)
+                .and_then(|l| l.data.clone());
             let base = local.as_ref().and_then(|l| l.base.clone());
             let local_hlc = local
                 .as_ref()
@@ -438,8 +456,14 @@ impl Store {
             let decided = conflict::decide(
                 strategy,
                 base.as_ref(),
-                Side { data: local_data.as_ref(), hlc: &local_hlc },
-                Side { data: remote_live.as_ref(), hlc: &remote_hlc },
+                Side {
+                    data: local_data.as_ref(),
+                    hlc: &local_hlc,
+                },
+                Side {
+                    data: remote_live.as_ref(),
+                    hlc: &remote_hlc,
+                },
             );
             // A CRDT type clash cannot be merged automatically: let the app decide.
             let (decision, winner) = match decided {
@@ -468,15 +492,20 @@ impl Store {
                 Decision::Manual => {
                     // The sent entry's content lives on in the record and the log; later
                     // edits wait behind the conflict until the app resolves it.
-                    w.tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry.id])?;
+                    w.tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                        .execute([entry.id])?;
                     w.tx.prepare_cached(
-                        "UPDATE records SET sync_state = 'conflicted' WHERE collection = ?1 AND id = ?2",
+                        "UPDATE records SET sync_state = 'conflicted', remote = NULL
+                         WHERE collection = ?1 AND id = ?2",
                     )?
                     .execute(params![collection, id])?;
                     w.event.add(collection, id);
                 }
             }
-            Ok(Settled { conflict, manual: decision == Decision::Manual })
+            Ok(Settled {
+                conflict,
+                manual: decision == Decision::Manual,
+            })
         })
     }
 
