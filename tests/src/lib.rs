@@ -6,6 +6,7 @@
 
 mod faults;
 mod server;
+pub mod sim;
 
 pub use faults::{Fault, FaultyTransport};
 pub use server::{AMINA, BEN, CHIOMA, TestServer, User, server_binary};

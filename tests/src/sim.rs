@@ -1,0 +1,823 @@
+//! Deterministic simulation: seeded schedules of edits, syncs and faults across several
+//! devices and the server's real request handling, checked against Outpost's promises.
+//!
+//! A happy path proves little about a sync protocol; counterexamples hide in rare
+//! interleavings of crashes, lost answers and retries. Each schedule is fully decided
+//! by its seed: the server's router is called in process (no sockets, no timing), wall
+//! time is a fake clock advanced by the schedule, and faults are drawn from the same
+//! seeded generator, so a failing seed replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use outpost_core::clock::{FakeClock, WallClock};
+use outpost_core::protocol::{HealthResponse, PullResponse, PushRequest, PushResponse};
+use outpost_core::transport::{BoxFuture, PullParams, decode_answer};
+use outpost_core::{
+    ConflictStrategy, Durability, Resolution, StaticToken, Store, StoreConfig, SyncConfig,
+    SyncEngine, SyncOutcome, Transport, TransportError,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// What one schedule found. All zero means every promise held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimResult {
+    pub lost: u64,
+    pub duplicate_effects: u64,
+    pub diverged: u64,
+    pub stalled: u64,
+    pub crdt_mismatch: u64,
+    pub hlc_regressions: u64,
+    /// What the schedule exercised (not failures).
+    pub stats: SimStats,
+}
+
+/// Counts of what a schedule did, to show the faults really happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub writes: u64,
+    pub faults: u64,
+    pub crashes: u64,
+    pub server_restarts: u64,
+    pub conflicts: u64,
+}
+
+impl SimResult {
+    pub fn ok(&self) -> bool {
+        SimResult {
+            stats: SimStats::default(),
+            ..*self
+        } == SimResult::default()
+    }
+
+    pub fn add(&mut self, o: &SimResult) {
+        self.lost += o.lost;
+        self.duplicate_effects += o.duplicate_effects;
+        self.diverged += o.diverged;
+        self.stalled += o.stalled;
+        self.crdt_mismatch += o.crdt_mismatch;
+        self.hlc_regressions += o.hlc_regressions;
+        self.stats.writes += o.stats.writes;
+        self.stats.faults += o.stats.faults;
+        self.stats.crashes += o.stats.crashes;
+        self.stats.server_restarts += o.stats.server_restarts;
+        self.stats.conflicts += o.stats.conflicts;
+    }
+}
+
+const NOTE_IDS: [&str; 4] = ["n1", "n2", "n3", "n4"];
+const TALLY_IDS: [&str; 2] = ["t1", "t2"];
+const TOKEN: &str = "sim-token-0123456789";
+
+fn strategies() -> [(&'static str, ConflictStrategy); 6] {
+    [
+        ("notes", ConflictStrategy::LastWriteWins),
+        ("patients", ConflictStrategy::FieldMerge),
+        ("plans", ConflictStrategy::Manual),
+        ("central", ConflictStrategy::ServerWins),
+        ("field", ConflictStrategy::ClientWins),
+        ("tallies", ConflictStrategy::LastWriteWins),
+    ]
+}
+
+fn server_config(db: &Path) -> outpost_server::Config {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndatabase = {:?}\ndefault_access = \"team\"\n\
+         tombstone_retention_days = 30\n\n[[users]]\nname = \"sim\"\nteam = \"t\"\ntoken = \"{TOKEN}\"\n",
+        db.display().to_string()
+    );
+    #[allow(clippy::expect_used)]
+    outpost_server::Config::parse(&text, db.parent().unwrap_or(Path::new(".")))
+        .expect("simulation server config")
+}
+
+/// The server: its router over the SQLite file, rebuilt on a simulated restart.
+struct SimServer {
+    db: PathBuf,
+    router: Mutex<axum::Router>,
+}
+
+impl SimServer {
+    fn start(db: &Path) -> SimServer {
+        SimServer {
+            db: db.to_owned(),
+            router: Mutex::new(Self::router(db)),
+        }
+    }
+
+    fn router(db: &Path) -> axum::Router {
+        let config = server_config(db);
+        #[allow(clippy::expect_used)]
+        let storage = outpost_server::open_storage(&config).expect("server storage");
+        outpost_server::build_app(outpost_server::AppState::new(&config, storage))
+    }
+
+    fn restart(&self) {
+        let fresh = Self::router(&self.db);
+        *self.router.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    async fn call(
+        &self,
+        req: Request<Body>,
+    ) -> Result<(u16, Option<String>, Vec<u8>), TransportError> {
+        let router = self
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let resp = router
+            .oneshot(req)
+            .await
+            .map_err(|e| TransportError::Network(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .map_err(|e| TransportError::Network(e.to_string()))?;
+        Ok((status, retry, body.to_vec()))
+    }
+}
+
+/// Faults the schedule arms for the next request of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetFault {
+    DropRequest,
+    DropResponse,
+    Duplicate,
+    ServerError,
+    RateLimited,
+    TokenExpired,
+    /// The device dies after the server committed: its database is imaged right there.
+    Crash,
+}
+
+/// One device's link to the simulated server.
+struct SimLink {
+    server: Arc<SimServer>,
+    fault: Mutex<Option<NetFault>>,
+    partitioned: AtomicBool,
+    /// Set when the device "died" during a request: `Some(image)` to restore a crash
+    /// image taken mid-push, `None` inside to reopen the file as it is (mid-pull).
+    crash_image: Mutex<Option<Option<PathBuf>>>,
+    device_db: PathBuf,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for SimLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimLink").finish_non_exhaustive()
+    }
+}
+
+fn copy_db(from: &Path, to: &Path) {
+    for suffix in ["", "-wal"] {
+        let src = PathBuf::from(format!("{}{suffix}", from.display()));
+        let dst = PathBuf::from(format!("{}{suffix}", to.display()));
+        let _ = std::fs::remove_file(&dst);
+        if src.exists() {
+            let _ = std::fs::copy(&src, &dst);
+        }
+    }
+    let _ = std::fs::remove_file(format!("{}-shm", to.display()));
+}
+
+impl SimLink {
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        is_push: bool,
+        make: impl Fn() -> Request<Body>,
+    ) -> Result<T, TransportError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.partitioned.load(Ordering::SeqCst) {
+            return Err(TransportError::Network("partitioned".into()));
+        }
+        let fault = self.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match fault {
+            Some(NetFault::DropRequest) => Err(TransportError::Network("request dropped".into())),
+            Some(NetFault::ServerError) => decode_answer(
+                500,
+                None,
+                br#"{"error":{"code":"internal","message":"sim"}}"#,
+            ),
+            Some(NetFault::RateLimited) => decode_answer(
+                429,
+                Some("3"),
+                br#"{"error":{"code":"rate_limited","message":"sim"}}"#,
+            ),
+            Some(NetFault::TokenExpired) => decode_answer(
+                401,
+                None,
+                br#"{"error":{"code":"unauthorized","message":"sim"}}"#,
+            ),
+            Some(NetFault::DropResponse) => {
+                let _ = self.server.call(make()).await?;
+                Err(TransportError::Network("response dropped".into()))
+            }
+            Some(NetFault::Crash) => {
+                let _ = self.server.call(make()).await?;
+                // Mid-push nothing else writes the device file, so a copy now is exactly
+                // what a power cut would leave (entries still `syncing`). Mid-pull a page
+                // may be committing, so that crash reopens the file once the sync ends.
+                let image = is_push.then(|| {
+                    let image = PathBuf::from(format!("{}.crash", self.device_db.display()));
+                    copy_db(&self.device_db, &image);
+                    image
+                });
+                *self.crash_image.lock().unwrap_or_else(|p| p.into_inner()) = Some(image);
+                Err(TransportError::Network("device crashed".into()))
+            }
+            Some(NetFault::Duplicate) => {
+                let _ = self.server.call(make()).await?;
+                let (s, r, b) = self.server.call(make()).await?;
+                decode_answer(s, r.as_deref(), &b)
+            }
+            None => {
+                let (s, r, b) = self.server.call(make()).await?;
+                decode_answer(s, r.as_deref(), &b)
+            }
+        }
+    }
+}
+
+fn request(method: &str, uri: &str, body: Option<Vec<u8>>) -> Request<Body> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json");
+    #[allow(clippy::expect_used)]
+    builder
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request")
+}
+
+impl Transport for SimLink {
+    fn health(&self) -> BoxFuture<'_, Result<HealthResponse, TransportError>> {
+        Box::pin(async move {
+            self.exchange(false, || request("GET", "/health", None))
+                .await
+        })
+    }
+
+    fn push<'a>(
+        &'a self,
+        _token: &'a str,
+        req: &'a PushRequest,
+    ) -> BoxFuture<'a, Result<PushResponse, TransportError>> {
+        Box::pin(async move {
+            let body =
+                serde_json::to_vec(req).map_err(|e| TransportError::Protocol(e.to_string()))?;
+            self.exchange(true, || request("POST", "/v1/push", Some(body.clone())))
+                .await
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        _token: &'a str,
+        p: &'a PullParams,
+    ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
+        Box::pin(async move {
+            let mut uri = format!(
+                "/v1/pull?limit={}&collections={}",
+                p.limit,
+                p.collections.join(",")
+            );
+            if let Some(since) = &p.since {
+                uri.push_str(&format!("&since={since}"));
+            }
+            self.exchange(false, || request("GET", &uri, None)).await
+        })
+    }
+}
+
+struct SimDevice {
+    path: PathBuf,
+    store: Store,
+    engine: SyncEngine,
+    link: Arc<SimLink>,
+}
+
+fn device_config() -> StoreConfig {
+    let mut c = StoreConfig {
+        durability: Durability::Normal,
+        ..StoreConfig::default()
+    };
+    for (name, s) in strategies() {
+        c = c.with_collection(name, s);
+    }
+    c
+}
+
+fn sync_config() -> SyncConfig {
+    SyncConfig {
+        batch: outpost_core::BatchLimits {
+            max_ops: 3,
+            max_bytes: 1 << 20,
+        },
+        pull_limit: 4,
+        backoff_initial: std::time::Duration::from_millis(500),
+        backoff_max: std::time::Duration::from_secs(8),
+        ..SyncConfig::default()
+    }
+}
+
+impl SimDevice {
+    fn open(path: &Path, server: &Arc<SimServer>, clock: &Arc<FakeClock>) -> SimDevice {
+        #[allow(clippy::expect_used)]
+        let store = Store::open_with_clock(path, device_config(), clock.clone()).expect("device");
+        let link = Arc::new(SimLink {
+            server: Arc::clone(server),
+            fault: Mutex::new(None),
+            partitioned: AtomicBool::new(false),
+            crash_image: Mutex::new(None),
+            device_db: path.to_owned(),
+            requests: AtomicU64::new(0),
+        });
+        let engine = SyncEngine::new(
+            store.clone(),
+            link.clone(),
+            Arc::new(StaticToken(TOKEN.into())),
+            sync_config(),
+            tokio::runtime::Handle::current(),
+        );
+        SimDevice {
+            path: path.to_owned(),
+            store,
+            engine,
+            link,
+        }
+    }
+
+    /// Drops everything in memory and reopens from `image` (or the file as it is).
+    fn crash_and_reopen(
+        self,
+        server: &Arc<SimServer>,
+        clock: &Arc<FakeClock>,
+        image: Option<PathBuf>,
+    ) -> SimDevice {
+        let SimDevice {
+            path,
+            store,
+            engine,
+            ..
+        } = self;
+        engine.shutdown();
+        drop(engine);
+        drop(store); // no close(): a crash
+        if let Some(image) = image {
+            copy_db(&image, &path);
+        }
+        SimDevice::open(&path, server, clock)
+    }
+}
+
+/// An acknowledged write, to check it was not lost.
+#[derive(Debug, Clone)]
+struct Ack {
+    device: usize,
+    collection: &'static str,
+    id: String,
+    hlc: String,
+    /// Per device, the newest conflict-log id when the write returned: a conflict logged
+    /// after the write has a larger id (wall time may have been set back meanwhile).
+    marks: Vec<i64>,
+    /// A delete of a record the server never had from this device: coalescing drops the
+    /// create and the delete together, by design.
+    delete: Option<bool>,
+}
+
+/// Runs one schedule. `steps` random actions, then the network heals.
+pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let clock = FakeClock::new(1_800_000_000_000);
+    let server = Arc::new(SimServer::start(&dir.join("server.db")));
+    let n = rng.random_range(2..=5usize);
+    let steps = rng.random_range(20..60usize);
+    let mut devices: Vec<Option<SimDevice>> = (0..n)
+        .map(|i| {
+            Some(SimDevice::open(
+                &dir.join(format!("d{i}.db")),
+                &server,
+                &clock,
+            ))
+        })
+        .collect();
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut increments: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut set_adds: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let mut result = SimResult::default();
+
+    // Counter records exist on every device before the schedule starts.
+    if let Some(d0) = devices[0].as_ref() {
+        for t in TALLY_IDS {
+            let _ = d0.store.put("tallies", Some(t), json!({"label": t}));
+        }
+        let _ = d0.engine.sync_now(None).await;
+    }
+    for d in devices.iter().flatten() {
+        let _ = d.engine.sync_now(None).await;
+    }
+
+    for _ in 0..steps {
+        let i = rng.random_range(0..n);
+        let Some(d) = devices[i].take() else { continue };
+        let roll = rng.random_range(0..100);
+        let d = match roll {
+            0..=44 => {
+                let before = acks.len();
+                write_step(&mut rng, &d, i, &mut acks, &mut increments, &mut set_adds);
+                if let Some(ack) = acks.get_mut(before) {
+                    ack.marks = (0..n)
+                        .map(|j| {
+                            let store = if j == i {
+                                Some(&d.store)
+                            } else {
+                                devices[j].as_ref().map(|x| &x.store)
+                            };
+                            store
+                                .and_then(|s| s.conflict_log().ok())
+                                .and_then(|l| l.last().map(|c| c.id))
+                                .unwrap_or(0)
+                        })
+                        .collect();
+                }
+                d
+            }
+            45..=74 => {
+                let fault = match rng.random_range(0..12) {
+                    0 => Some(NetFault::DropRequest),
+                    1 => Some(NetFault::DropResponse),
+                    2 => Some(NetFault::Duplicate),
+                    3 => Some(NetFault::ServerError),
+                    4 => Some(NetFault::RateLimited),
+                    5 => Some(NetFault::TokenExpired),
+                    6 => Some(NetFault::Crash),
+                    _ => None,
+                };
+                result.stats.faults += u64::from(fault.is_some());
+                *d.link.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+                // Sometimes two devices sync at once, interleaving their requests.
+                let other = (rng.random_bool(0.3) && n > 1).then(|| (i + 1) % n);
+                match other.and_then(|j| devices[j].as_ref()) {
+                    Some(o) => {
+                        let _ = tokio::join!(d.engine.sync_now(None), o.engine.sync_now(None));
+                    }
+                    None => {
+                        let _ = d.engine.sync_now(None).await;
+                    }
+                }
+                let crashed = d
+                    .link
+                    .crash_image
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match crashed {
+                    Some(image) => {
+                        result.stats.crashes += 1;
+                        d.crash_and_reopen(&server, &clock, image)
+                    }
+                    None => d,
+                }
+            }
+            75..=79 => {
+                let p = !d.link.partitioned.load(Ordering::SeqCst);
+                d.link.partitioned.store(p, Ordering::SeqCst);
+                d
+            }
+            80..=83 => {
+                result.stats.crashes += 1;
+                d.crash_and_reopen(&server, &clock, None)
+            }
+            84..=86 => {
+                result.stats.server_restarts += 1;
+                server.restart();
+                d
+            }
+            87..=89 => {
+                // A device clock set back by hand: stamps must still only go forward.
+                let now = clock.now_ms();
+                clock.set(now.saturating_sub(rng.random_range(1..30_000)));
+                d
+            }
+            _ => {
+                clock.advance(rng.random_range(100..10_000));
+                d
+            }
+        };
+        devices[i] = Some(d);
+    }
+
+    // Heal: no more faults, every link up; sync until quiet.
+    for d in devices.iter().flatten() {
+        *d.link.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        d.link.partitioned.store(false, Ordering::SeqCst);
+    }
+    let mut quiet = false;
+    for _round in 0..30 {
+        clock.advance(10_000); // past every backoff
+        let mut busy = false;
+        for d in devices.iter().flatten() {
+            for c in d.store.conflicts().unwrap_or_default() {
+                let _ = d.engine.resolve(c.id, Resolution::KeepLocal);
+            }
+            let r = d.engine.sync_now(None).await;
+            let counts = d.store.outbox_counts().unwrap_or_default();
+            if r.outcome != SyncOutcome::Completed
+                || r.pushed > 0
+                || r.pulled > 0
+                || counts.pending > 0
+            {
+                busy = true;
+            }
+        }
+        if !busy {
+            quiet = true;
+            break;
+        }
+    }
+    if !quiet {
+        result.stalled += 1;
+    }
+
+    let devices: Vec<SimDevice> = devices.into_iter().flatten().collect();
+    result.stats.writes = acks.len() as u64 + increments.len() as u64;
+    result.stats.conflicts = devices
+        .iter()
+        .map(|d| d.store.conflict_log().unwrap_or_default().len() as u64)
+        .sum();
+    check_outcome(
+        &server.db,
+        &devices,
+        &acks,
+        &increments,
+        &set_adds,
+        &mut result,
+    );
+    for d in &devices {
+        d.engine.shutdown();
+    }
+    result
+}
+
+fn write_step(
+    rng: &mut StdRng,
+    d: &SimDevice,
+    device: usize,
+    acks: &mut Vec<Ack>,
+    increments: &mut BTreeMap<&'static str, i64>,
+    set_adds: &mut BTreeMap<&'static str, BTreeSet<String>>,
+) {
+    let collections = ["notes", "patients", "plans", "central", "field"];
+    let collection = collections[rng.random_range(0..collections.len())];
+    let id = NOTE_IDS[rng.random_range(0..NOTE_IDS.len())].to_owned();
+    let value = rng.random_range(0..1000);
+    let mut delete = None;
+    let res = match rng.random_range(0..10) {
+        0..=3 => d
+            .store
+            .put(collection, Some(&id), json!({"a": value, "b": value % 7}))
+            .map(|r| r.hlc),
+        4..=6 => {
+            let field = if rng.random_bool(0.5) { "a" } else { "b" };
+            d.store
+                .patch(collection, &id, json!({ field: value }))
+                .map(|r| r.hlc)
+        }
+        7 => {
+            let unsynced = d
+                .store
+                .get(collection, &id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.version == 0);
+            delete = Some(unsynced);
+            d.store
+                .delete(collection, &id)
+                .and_then(|()| d.store.last_hlc())
+        }
+        _ => {
+            let t = TALLY_IDS[rng.random_range(0..TALLY_IDS.len())];
+            if rng.random_bool(0.5) {
+                let by = rng.random_range(-3..=5);
+                let r = d.store.increment("tallies", t, "count", by);
+                if r.is_ok() {
+                    *increments.entry(t).or_default() += by;
+                }
+                return;
+            }
+            let elem = format!("e{}", rng.random_range(0..6));
+            if d.store.set_add("tallies", t, "tags", &elem).is_ok() {
+                set_adds.entry(t).or_default().insert(elem);
+            }
+            return;
+        }
+    };
+    if let Ok(hlc) = res {
+        acks.push(Ack {
+            device,
+            collection,
+            id,
+            hlc,
+            marks: Vec::new(),
+            delete,
+        });
+    }
+}
+
+type ServerRows = HashMap<(String, String), (Option<Value>, String)>;
+
+fn server_rows(db: &Path) -> (ServerRows, u64) {
+    let mut rows = HashMap::new();
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return (rows, u64::MAX);
+    };
+    if let Ok(mut stmt) =
+        conn.prepare("SELECT collection, record_id, data, deleted, hlc FROM records")
+    {
+        let it = stmt.query_map([], |r| {
+            let data: Option<String> = r.get(2)?;
+            let deleted: bool = r.get(3)?;
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                (
+                    data.filter(|_| !deleted)
+                        .and_then(|s| serde_json::from_str(&s).ok()),
+                    r.get::<_, String>(4)?,
+                ),
+            ))
+        });
+        if let Ok(it) = it {
+            rows.extend(it.flatten());
+        }
+    }
+    let dups: u64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT op_id FROM audit GROUP BY user, op_id HAVING count(*) > 1)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_or(u64::MAX, |n| n.max(0) as u64);
+    (rows, dups)
+}
+
+fn check_outcome(
+    server_db: &Path,
+    devices: &[SimDevice],
+    acks: &[Ack],
+    increments: &BTreeMap<&'static str, i64>,
+    set_adds: &BTreeMap<&'static str, BTreeSet<String>>,
+    result: &mut SimResult,
+) {
+    let (rows, dups) = server_rows(server_db);
+    result.duplicate_effects += dups;
+
+    // 1. Nothing acknowledged is lost: the server's state of the record comes from an
+    //    edit at least as new, or the write's version was kept in a conflict log.
+    let logs: Vec<Vec<outpost_core::Conflict>> = devices
+        .iter()
+        .map(|d| d.store.conflict_log().unwrap_or_default())
+        .collect();
+    for ack in acks {
+        if ack.delete == Some(true) {
+            continue;
+        }
+        // A later local delete of the same record answers for this write.
+        let retracted = acks.iter().any(|a| {
+            a.delete.is_some()
+                && a.device == ack.device
+                && a.collection == ack.collection
+                && a.id == ack.id
+                && a.hlc > ack.hlc
+        });
+        if retracted {
+            continue;
+        }
+        let key = (ack.collection.to_owned(), ack.id.clone());
+        let superseded = rows.get(&key).is_some_and(|(_, hlc)| *hlc >= ack.hlc);
+        let logged = logs.iter().enumerate().any(|(j, log)| {
+            let mark = ack.marks.get(j).copied().unwrap_or(0);
+            log.iter()
+                .any(|c| c.collection == ack.collection && c.record_id == ack.id && c.id > mark)
+        });
+        let failed = devices.get(ack.device).is_some_and(|d| {
+            d.store
+                .failed_entries()
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.record_id == ack.id)
+        });
+        if !(superseded || logged || failed) {
+            result.lost += 1;
+            if std::env::var_os("OUTPOST_SIM_VERBOSE").is_some() {
+                eprintln!("  lost: {ack:?}; server: {:?}", rows.get(&key));
+                for (i, log) in logs.iter().enumerate() {
+                    for c in log
+                        .iter()
+                        .filter(|c| c.record_id == ack.id && c.collection == ack.collection)
+                    {
+                        eprintln!(
+                            "    d{i} log: {} at {} local={:?} remote={:?}",
+                            c.outcome, c.created_at_ms, c.local, c.remote
+                        );
+                    }
+                }
+                for a in acks
+                    .iter()
+                    .filter(|a| a.id == ack.id && a.collection == ack.collection)
+                {
+                    eprintln!("    ack {a:?}");
+                }
+            }
+        }
+    }
+
+    // 6. Stamps a device issues only go forward, across restarts and clock changes.
+    let mut last: HashMap<usize, &str> = HashMap::new();
+    for ack in acks {
+        if last
+            .insert(ack.device, &ack.hlc)
+            .is_some_and(|prev| *prev >= *ack.hlc)
+        {
+            result.hlc_regressions += 1;
+        }
+    }
+
+    // 3. Convergence: every device holds exactly the server's live records.
+    let server_live: BTreeMap<(String, String), Value> = rows
+        .iter()
+        .filter_map(|(k, (d, _))| d.clone().map(|d| (k.clone(), d)))
+        .collect();
+    for d in devices {
+        let mut local = BTreeMap::new();
+        for (c, _) in strategies() {
+            for r in d
+                .store
+                .query(c, &outpost_core::Query::new())
+                .unwrap_or_default()
+            {
+                local.insert((c.to_owned(), r.id), Value::Object(r.data));
+            }
+        }
+        if local != server_live {
+            result.diverged += 1;
+            if std::env::var_os("OUTPOST_SIM_VERBOSE").is_some() {
+                for (k, v) in &server_live {
+                    if local.get(k) != Some(v) {
+                        eprintln!(
+                            "  {}: {k:?} server={v} device={:?}",
+                            d.path.display(),
+                            local.get(k)
+                        );
+                    }
+                }
+                for (k, v) in &local {
+                    if !server_live.contains_key(k) {
+                        eprintln!("  {}: {k:?} only on device: {v}", d.path.display());
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. CRDT values equal the sum / union of every operation.
+    for t in TALLY_IDS {
+        let Some(data) = server_live.get(&("tallies".to_owned(), t.to_owned())) else {
+            result.crdt_mismatch += 1;
+            continue;
+        };
+        let count = data
+            .get("count")
+            .and_then(|v| outpost_core::crdt::Crdt::from_json(v).ok())
+            .map(|c| c.value());
+        let want = increments.get(t).copied().unwrap_or(0);
+        if (want != 0 || count.is_some()) && count != Some(json!(want)) {
+            result.crdt_mismatch += 1;
+        }
+        let tags: BTreeSet<String> = data
+            .get("tags")
+            .and_then(|v| outpost_core::crdt::Crdt::from_json(v).ok())
+            .and_then(|c| serde_json::from_value::<Vec<String>>(c.value()).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if tags != set_adds.get(t).cloned().unwrap_or_default() {
+            result.crdt_mismatch += 1;
+        }
+    }
+}
