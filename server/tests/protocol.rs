@@ -844,4 +844,27 @@ async fn rate_limit_answers_429_with_retry_after(b: Backend) {
     assert_eq!(s.pull_raw(BEN, "").await.0, 200);
 }
 
-backend_tests!("protocol": health_auth_and_routes, create_put_patch_delete_versions, repeated_op_id_gets_the_first_answer, concurrent_repeats_have_one_effect, stale_base_conflicts_and_force_wins, crdt_counters_from_two_replicas_merge_against_a_stale_base, paging_1200_records_at_limit_500, concurrent_writers_never_let_a_puller_skip_a_change, purged_tombstones_expire_older_cursors, access_isolation_on_pull_and_push, bodies_over_8_mib_get_413_raw_or_gzipped, answers_are_gzipped_when_asked, whole_push_400s_change_nothing, a_bad_op_is_rejected_while_its_neighbours_apply, rate_limit_answers_429_with_retry_after);
+/// PostgreSQL text cannot hold NUL; ids that contain one must still be ordinary ids.
+async fn nul_and_backslashes_in_ids_are_ordinary_ids(b: Backend) {
+    let s = TestServer::start(&b);
+    let mut a = put("patients", "n-1", None, json!({"t": "x\u{0}y"}));
+    a["op_id"] = json!("op\u{0}1");
+    let mut b2 = put("patients", "n-2", None, json!({}));
+    b2["op_id"] = json!("op\\01"); // the escaped spelling of the first one
+    let body = json!({"client_id": "dev\u{0}ice\\", "ops": [a.clone(), b2.clone()]});
+    let (st, first) = s.push_raw(AMINA, &body).await;
+    assert_eq!(st, 200, "{first}");
+    let r = first["results"].as_array().unwrap();
+    assert_eq!(
+        (r[0]["status"].as_str(), r[1]["status"].as_str()),
+        (Some("applied"), Some("applied"))
+    );
+    assert_eq!(r[0]["op_id"], "op\u{0}1");
+    let (st, again) = s.push_raw(AMINA, &body).await;
+    assert_eq!((st, &again), (200, &first));
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["data"]["t"], "x\u{0}y");
+}
+
+backend_tests!("protocol": health_auth_and_routes, create_put_patch_delete_versions, repeated_op_id_gets_the_first_answer, concurrent_repeats_have_one_effect, stale_base_conflicts_and_force_wins, crdt_counters_from_two_replicas_merge_against_a_stale_base, paging_1200_records_at_limit_500, concurrent_writers_never_let_a_puller_skip_a_change, purged_tombstones_expire_older_cursors, access_isolation_on_pull_and_push, bodies_over_8_mib_get_413_raw_or_gzipped, answers_are_gzipped_when_asked, whole_push_400s_change_nothing, a_bad_op_is_rejected_while_its_neighbours_apply, rate_limit_answers_429_with_retry_after, nul_and_backslashes_in_ids_are_ordinary_ids);
