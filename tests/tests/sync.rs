@@ -730,3 +730,39 @@ async fn cursor_expired_repulls_and_keeps_pending_edits() {
     }
     assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
 }
+
+/// Regression (found by the simulation): a pull that arrives while the device's own edit
+/// is in flight must not be lost when the edit's answer is a replayed `applied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_server_state_pulled_during_an_edit_in_flight_is_kept() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    a.store.put("answers", Some("x"), json!({"v": 0})).unwrap();
+    a.store.increment("answers", "x", "n", 1).unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    // a's increment reaches the server, but its answer is lost: it stays pending.
+    a.store.increment("answers", "x", "n", 1).unwrap();
+    a.link.fail_next_push(Fault::DropResponse);
+    assert_eq!(
+        a.engine.sync_now(None).await.outcome,
+        SyncOutcome::BackingOff
+    );
+    // b changes x after that.
+    b.store.increment("answers", "x", "n", 10).unwrap();
+    b.store.patch("answers", "x", json!({"v": "b"})).unwrap();
+    b.sync_until_quiet().await;
+    // a pulls while its edit waits out the backoff (the pull skips x), then resends and
+    // gets the first answer again.
+    let r = a.engine.sync_now(None).await;
+    assert_eq!((r.outcome, r.pushed), (SyncOutcome::Completed, 0));
+    a.sync_until_quiet().await;
+    let rec = a.store.get("answers", "x").unwrap().unwrap();
+    assert_eq!(rec.data["v"], json!("b"), "the newer server state was kept");
+    let n = outpost_core::crdt::Crdt::from_json(&rec.data["n"])
+        .unwrap()
+        .value();
+    assert_eq!(n, json!(12));
+    assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
+}
