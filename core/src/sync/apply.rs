@@ -805,4 +805,26 @@ mod tests {
         assert!(s.conflicts().unwrap().is_empty());
         assert_eq!(s.conflict_log().unwrap()[0].outcome, "resolved_local");
     }
+
+    /// Regression (found by the simulation): a remote stamp seen only on a tombstone
+    /// must still hold the clock up after a restart.
+    #[test]
+    fn observed_stamps_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        // An hour ahead of this device's clock: plausible, so it is taken in.
+        let ahead = s.now_ms() as u64 + 3_600_000;
+        let mut tomb = change("gone", 7, None);
+        tomb.hlc = Hlc::new(ahead, 42, "far").to_string();
+        s.apply_pull_page("c", &[tomb], "x", None).unwrap();
+        drop(s);
+        let s = store(&dir);
+        let stamp: Hlc = s
+            .put("c", Some("new"), json!({}))
+            .unwrap()
+            .hlc
+            .parse()
+            .unwrap();
+        assert!((stamp.millis, stamp.counter) > (ahead, 42), "{stamp}");
+    }
 }
