@@ -375,4 +375,38 @@ mod tests {
         assert!(!e(403).is_transient());
         assert!(!TransportError::Unauthorized(String::new()).is_transient());
     }
+
+    #[test]
+    fn answers_decode_to_protocol_errors() {
+        let body = br#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
+        let r: Result<HealthResponse, _> = decode_answer(429, Some(" 7 "), body);
+        assert_eq!(
+            r,
+            Err(TransportError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+        let r: Result<HealthResponse, _> = decode_answer(410, None, b"{}");
+        assert_eq!(r, Err(TransportError::CursorExpired));
+        let r: Result<HealthResponse, _> = decode_answer(401, None, b"");
+        assert!(matches!(r, Err(TransportError::Unauthorized(_))));
+        let body = br#"{"error":{"code":"invalid_request","message":"bad"}}"#;
+        let r: Result<HealthResponse, _> = decode_answer(400, None, body);
+        assert_eq!(
+            r,
+            Err(TransportError::Http {
+                status: 400,
+                code: "invalid_request".into(),
+                message: "bad".into()
+            })
+        );
+        let r: Result<HealthResponse, _> = decode_answer(502, None, b"<html>bad gateway</html>");
+        assert!(matches!(r, Err(TransportError::Http { status: 502, .. })));
+        assert!(r.unwrap_err().is_transient());
+        let r: Result<HealthResponse, _> = decode_answer(200, None, b"not json");
+        assert!(matches!(r, Err(TransportError::Protocol(_))));
+        let ok: HealthResponse =
+            decode_answer(200, None, br#"{"status":"ok","protocol":1}"#).unwrap();
+        assert_eq!(ok.protocol, 1);
+    }
 }
