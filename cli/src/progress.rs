@@ -33,4 +33,17 @@ impl Progress {
         bar.set_prefix(label.to_owned());
         bar
     }
+
+    /// Clears every bar, so the report's next line starts on a clean line.
+    pub fn done(&self, bars: &[&ProgressBar]) {
+        for b in bars {
+            b.finish_and_clear();
+        }
+        if let Some(multi) = &self.multi {
+            for b in bars {
+                multi.remove(b);
+            }
+            let _ = multi.clear();
+        }
+    }
 }

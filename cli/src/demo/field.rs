@@ -144,7 +144,6 @@ fn fill_surveys(
         nurse.store.increment("patients", &patient, "visits", 1)?;
         *typed.visits.entry(patient).or_default() += 1;
     }
-    bar.finish();
     Ok(typed)
 }
 
@@ -194,7 +193,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     );
     println!(
         "   replay this run with: outpost demo --seed {seed}{}",
-        replay_flags(args)
+        super::replay_flags(args)
     );
 
     let coordinator = harness.device("coordinator", "coordinator", 0)?;
@@ -308,9 +307,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
             .collect()
     });
     let typed: Vec<Typed> = typed.into_iter().collect::<DemoResult<_>>()?;
-    for b in &bars {
-        b.finish_and_clear();
-    }
+    progress.done(&bars.iter().collect::<Vec<_>>());
     for (d, t) in nurses.iter().zip(&typed) {
         println!(
             "   {:<10} saved {} answers one at a time ({} corrected), counted {} visits",
@@ -428,7 +425,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
         resolve_scripted(d, &mut resolved, &mut unexpected)
     })
     .await?;
-    bar.finish_and_clear();
+    progress.done(&[&bar]);
     for d in &all {
         d.link.set_flaky(false);
     }
@@ -631,20 +628,6 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     }
     harness.stop().await;
     Ok(checks.all_passed() && lost == 0)
-}
-
-fn replay_flags(args: &DemoArgs) -> String {
-    let mut s = String::new();
-    if args.devices != 3 {
-        s.push_str(&format!(" --devices {}", args.devices));
-    }
-    if let Some(m) = args.surveys {
-        s.push_str(&format!(" --surveys {m}"));
-    }
-    if (args.fail_rate - 0.2).abs() > f64::EPSILON {
-        s.push_str(&format!(" --fail-rate {}", args.fail_rate));
-    }
-    s
 }
 
 /// The app's scripted answer to a manual conflict: for a care plan, keep the earlier

@@ -36,7 +36,7 @@ use link::FlakyLink;
 pub type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Rounds of "every device syncs once" before the demo gives up on quiet.
-const MAX_ROUNDS: u32 = 200;
+const MAX_ROUNDS: u32 = 1000;
 /// Wall-clock bound of the reconnect phase.
 const MAX_SYNC_TIME: Duration = Duration::from_secs(120);
 
@@ -535,9 +535,9 @@ fn row(name: &str, v: &[u64; 9]) -> Vec<String> {
 }
 
 fn bytes(n: u64) -> String {
-    if n < 10 * 1024 {
+    if n < 1024 {
         format!("{n} B")
-    } else if n < 10 * 1024 * 1024 {
+    } else if n < 1024 * 1024 {
         format!("{:.1} KiB", n as f64 / 1024.0)
     } else {
         format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
@@ -590,6 +590,21 @@ pub fn print_kept(h: &Harness, devices: &[&Device]) {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The options besides the seed that a replay needs.
+pub fn replay_flags(args: &DemoArgs) -> String {
+    let mut s = String::new();
+    if args.devices != 3 {
+        s.push_str(&format!(" --devices {}", args.devices));
+    }
+    if let Some(m) = args.surveys {
+        s.push_str(&format!(" --surveys {m}"));
+    }
+    if (args.fail_rate - 0.2).abs() > f64::EPSILON {
+        s.push_str(&format!(" --fail-rate {}", args.fail_rate));
+    }
+    s
 }
 
 /// An HLC stamp for the report: UTC time of day, counter and the replica's first
