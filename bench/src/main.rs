@@ -1,0 +1,675 @@
+//! `outpost-bench`: the eight figures of Outpost's performance, each measured side by
+//! side with its baseline in the same run.
+//!
+//! Absolute times drift on shared machines, so every figure is reported as a ratio to a
+//! baseline that runs in the same process, alternating with it: raw rusqlite for local
+//! writes and pull apply, a minimal HTTP endpoint for push, a one-request-per-op loop
+//! for wire cost, plain Rust calls for the FFI. Everything measured goes through the
+//! public API and the real `outpost-server` binary on loopback.
+//!
+//! ```sh
+//! cargo run --release -p outpost-bench -- --size full   # the documented figures
+//! cargo run -p outpost-bench -- --size tiny             # CI: keeps the command working
+//! ```
+//!
+//! Writes `target/bench/results.json` (or `--out PATH`) and a Markdown table to stdout
+//! and next to the JSON. There are no thresholds: a target not met is reported, not failed.
+
+mod ffi;
+mod local;
+mod net;
+mod server;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use outpost_core::Durability;
+use serde_json::{Value, json};
+
+use crate::util::{Result, fail};
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    name: &'static str,
+    put_full: usize,
+    put_normal: usize,
+    batch_rounds: usize,
+    push_ops: usize,
+    push_rounds: usize,
+    pull_changes: usize,
+    pull_rounds: usize,
+    initial_records: usize,
+    wire_ops: usize,
+    callbacks: usize,
+    ffi_calls: u64,
+}
+
+const TINY: Size = Size {
+    name: "tiny",
+    put_full: 200,
+    put_normal: 500,
+    batch_rounds: 2,
+    push_ops: 1000,
+    push_rounds: 2,
+    pull_changes: 1000,
+    pull_rounds: 2,
+    initial_records: 5000,
+    wire_ops: 1000,
+    callbacks: 200,
+    ffi_calls: 1000,
+};
+
+const FULL: Size = Size {
+    name: "full",
+    put_full: 10_000,
+    put_normal: 100_000,
+    batch_rounds: 20,
+    push_ops: 100_000,
+    push_rounds: 1,
+    pull_changes: 100_000,
+    pull_rounds: 1,
+    initial_records: 1_000_000,
+    wire_ops: 1000,
+    callbacks: 10_000,
+    ffi_calls: 50_000,
+};
+
+#[derive(Debug)]
+struct Args {
+    size: Size,
+    out: PathBuf,
+    server_bin: Option<PathBuf>,
+    only: Option<Vec<u32>>,
+    python: bool,
+    kotlin: Option<bool>,
+}
+
+const USAGE: &str = "usage: outpost-bench [--size tiny|full] [--out PATH] [--only 1,2,..] \
+[--server-bin PATH] [--no-python] [--kotlin|--no-kotlin]";
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
+    let mut args = Args {
+        size: TINY,
+        out: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("target/bench/results.json"),
+        server_bin: None,
+        only: None,
+        python: true,
+        kotlin: None,
+    };
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| fail(format!("{a} needs a value\n{USAGE}")))
+        };
+        match a.as_str() {
+            "--size" => {
+                args.size = match value()?.as_str() {
+                    "tiny" => TINY,
+                    "full" => FULL,
+                    other => return Err(fail(format!("unknown size {other:?}\n{USAGE}"))),
+                }
+            }
+            "--out" => args.out = PathBuf::from(value()?),
+            "--server-bin" => args.server_bin = Some(PathBuf::from(value()?)),
+            "--only" => {
+                let list = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| fail(format!("--only: {e}\n{USAGE}")))?;
+                args.only = Some(list);
+            }
+            "--no-python" => args.python = false,
+            "--kotlin" => args.kotlin = Some(true),
+            "--no-kotlin" => args.kotlin = Some(false),
+            "-h" | "--help" => return Err(fail(USAGE)),
+            other => return Err(fail(format!("unknown argument {other:?}\n{USAGE}"))),
+        }
+    }
+    Ok(args)
+}
+
+/// One line of the table.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    figure: String,
+    measured: String,
+    baseline: String,
+    /// measured ÷ baseline, in the unit the target names.
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+fn row(
+    figure: &str,
+    measured: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: &str,
+    met: Option<bool>,
+) -> Row {
+    Row {
+        figure: figure.to_owned(),
+        measured,
+        baseline,
+        ratio,
+        target: target.to_owned(),
+        met,
+    }
+}
+
+fn unmeasured(figure: &str, why: String, target: &str) -> Row {
+    row(
+        figure,
+        format!("not measured: {why}"),
+        "—".into(),
+        None,
+        target,
+        None,
+    )
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+struct Run {
+    args: Args,
+    dir: tempfile::TempDir,
+    rows: Vec<Row>,
+    details: serde_json::Map<String, Value>,
+}
+
+impl Run {
+    fn wants(&self, fig: u32) -> bool {
+        self.args.only.as_ref().is_none_or(|o| o.contains(&fig))
+    }
+
+    fn log(&self, msg: &str) {
+        eprintln!("[outpost-bench {}] {msg}", self.args.size.name);
+    }
+
+    fn fig1(&mut self) -> Result<()> {
+        for (mode, durability, n) in [
+            ("full", Durability::Full, self.args.size.put_full),
+            ("normal", Durability::Normal, self.args.size.put_normal),
+        ] {
+            self.log(&format!("1: {n} puts, durability {mode}"));
+            let (s, r) = local::put_latency(self.dir.path(), durability, n)?;
+            let q = ratio(s.ops_per_s(), r.ops_per_s());
+            self.rows.push(row(
+                &format!("1 put throughput ({mode})"),
+                format!("{:.0} ops/s", s.ops_per_s()),
+                format!("{:.0} ops/s", r.ops_per_s()),
+                q,
+                "≥ 0.9×",
+                q.map(|q| q >= 0.9),
+            ));
+            self.rows.push(row(
+                &format!("1 put latency p50 / p99 ({mode})"),
+                format!("{:.0} / {:.0} µs", s.p50_us, s.p99_us),
+                format!("{:.0} / {:.0} µs", r.p50_us, r.p99_us),
+                ratio(s.p50_us, r.p50_us),
+                "—",
+                None,
+            ));
+            self.details
+                .insert(format!("1_put_{mode}"), json!({"store": s, "raw": r}));
+        }
+        Ok(())
+    }
+
+    fn fig2(&mut self) -> Result<()> {
+        self.log("2: batches of 1,000 puts");
+        let (s, r) = local::batch(self.dir.path(), self.args.size.batch_rounds)?;
+        let (st, rt) = (s.p50_us / 1000.0, r.p50_us / 1000.0);
+        let q = ratio(rt, st);
+        self.rows.push(row(
+            "2 batch of 1,000 puts (p50, throughput ratio)",
+            format!("{st:.1} ms"),
+            format!("{rt:.1} ms"),
+            q,
+            "≥ 0.8×",
+            q.map(|q| q >= 0.8),
+        ));
+        self.details
+            .insert("2_batch".into(), json!({"store": s, "raw": r}));
+        Ok(())
+    }
+
+    fn fig3(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
+        let size = self.args.size;
+        let (mut real, mut base) = (Vec::new(), Vec::new());
+        for round in 0..size.push_rounds {
+            self.log(&format!(
+                "3: push {} ops, round {}",
+                size.push_ops,
+                round + 1
+            ));
+            let tag = format!("r{round}");
+            // Alternate which side goes first, so drift hits both.
+            if round % 2 == 0 {
+                base.push(net::push_baseline(
+                    rt,
+                    self.dir.path(),
+                    &tag,
+                    size.push_ops,
+                )?);
+                real.push(net::push_real(
+                    rt,
+                    self.dir.path(),
+                    url,
+                    &tag,
+                    size.push_ops,
+                )?);
+            } else {
+                real.push(net::push_real(
+                    rt,
+                    self.dir.path(),
+                    url,
+                    &tag,
+                    size.push_ops,
+                )?);
+                base.push(net::push_baseline(
+                    rt,
+                    self.dir.path(),
+                    &tag,
+                    size.push_ops,
+                )?);
+            }
+        }
+        let ops = (size.push_ops * size.push_rounds) as f64;
+        let real_s: f64 = real.iter().map(|r| r.push_s).sum();
+        let base_s: f64 = base.iter().map(|r| r.push_s).sum();
+        let (a, b) = (ops / real_s.max(1e-9), ops / base_s.max(1e-9));
+        let q = ratio(a, b);
+        self.rows.push(row(
+            &format!("3 push {} pending ops (throughput)", size.push_ops),
+            format!("{a:.0} ops/s ({real_s:.2} s)"),
+            format!("{b:.0} ops/s ({base_s:.2} s)"),
+            q,
+            "≥ 0.5×",
+            q.map(|q| q >= 0.5),
+        ));
+        self.details
+            .insert("3_push".into(), json!({"real": real, "baseline": base}));
+        Ok(())
+    }
+
+    fn fig4(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
+        let size = self.args.size;
+        self.log(&format!(
+            "4: fetching {} changes for the baseline",
+            size.pull_changes
+        ));
+        let pages = net::fetch_pages(rt, url, "pulled")?;
+        let (mut real, mut base) = (Vec::new(), Vec::new());
+        for round in 0..size.pull_rounds {
+            self.log(&format!(
+                "4: pull {} changes, round {}",
+                size.pull_changes,
+                round + 1
+            ));
+            let tag = format!("r{round}");
+            if round % 2 == 0 {
+                base.push(net::pull_baseline(self.dir.path(), &pages, &tag)?);
+                real.push(net::pull_real(rt, self.dir.path(), url, "pulled", &tag)?);
+            } else {
+                real.push(net::pull_real(rt, self.dir.path(), url, "pulled", &tag)?);
+                base.push(net::pull_baseline(self.dir.path(), &pages, &tag)?);
+            }
+        }
+        let n: u64 = real.iter().map(|r| r.changes).sum();
+        let apply_s: f64 = real.iter().map(|r| r.apply_s).sum();
+        let whole_s: f64 = real.iter().map(|r| r.whole_sync_s).sum();
+        let bn: u64 = base.iter().map(|b| b.0).sum();
+        let base_s: f64 = base.iter().map(|b| b.1.as_secs_f64()).sum();
+        if n != bn {
+            return Err(fail(format!(
+                "pull: the device applied {n} changes, the baseline {bn}"
+            )));
+        }
+        let (a, b) = (n as f64 / apply_s.max(1e-9), bn as f64 / base_s.max(1e-9));
+        let q = ratio(a, b);
+        self.rows.push(row(
+            &format!("4 pull apply of {} changes (throughput)", size.pull_changes),
+            format!("{a:.0} changes/s ({apply_s:.2} s apply, {whole_s:.2} s whole sync)"),
+            format!("{b:.0} changes/s ({base_s:.2} s)"),
+            q,
+            "≥ 0.8×",
+            q.map(|q| q >= 0.8),
+        ));
+        let base_json: Vec<Value> = base
+            .iter()
+            .map(|(n, d)| json!({"changes": n, "secs": d.as_secs_f64()}))
+            .collect();
+        self.details.insert(
+            "4_pull".into(),
+            json!({"real": real, "baseline": base_json}),
+        );
+        Ok(())
+    }
+
+    fn fig5(&mut self, url: &str) -> Result<()> {
+        let n = self.args.size.initial_records;
+        self.log(&format!(
+            "5: initial sync of {n} records in a child process"
+        ));
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(exe)
+            .arg("__initial-sync")
+            .arg(url)
+            .arg(self.dir.path().join("f5.db"))
+            .arg("initial")
+            .output()?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "initial sync child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
+        let secs = v["secs"].as_f64().unwrap_or(f64::NAN);
+        let mib = v["vm_hwm_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+        let pulled = v["pulled"].as_u64().unwrap_or(0);
+        if pulled != n as u64 {
+            return Err(fail(format!("initial sync pulled {pulled} of {n} records")));
+        }
+        // The time target is for 1M records; scale it linearly for smaller sizes.
+        let time_target = 30.0 * n as f64 / 1e6;
+        self.rows.push(row(
+            &format!("5 initial sync of {n} records: time"),
+            format!("{secs:.2} s"),
+            "—".into(),
+            None,
+            &format!("≤ {time_target:.3} s (30 s per 1M)"),
+            Some(secs <= time_target),
+        ));
+        self.rows.push(row(
+            &format!("5 initial sync of {n} records: peak RSS"),
+            format!("{mib:.1} MiB"),
+            "—".into(),
+            None,
+            "≤ 100 MB",
+            Some(mib * 1.048_576 <= 100.0),
+        ));
+        self.details.insert("5_initial_sync".into(), v);
+        Ok(())
+    }
+
+    fn fig6(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
+        let n = self.args.size.wire_ops;
+        self.log(&format!("6: wire cost of pushing {n} ops"));
+        let w = net::wire(rt, self.dir.path(), url, n)?;
+        let qr = ratio(w.batched_requests as f64, w.naive_requests as f64);
+        self.rows.push(row(
+            &format!("6 HTTP requests to push {n} ops"),
+            w.batched_requests.to_string(),
+            format!("{} (one per op)", w.naive_requests),
+            qr,
+            "≤ 0.01×",
+            qr.map(|q| q <= 0.01),
+        ));
+        let qb = ratio(w.batched_bytes as f64, w.json_bytes as f64);
+        self.rows.push(row(
+            &format!("6 request bytes to push {n} ops"),
+            format!("{} B", w.batched_bytes),
+            format!(
+                "{} B as one JSON body (naive loop: {} B)",
+                w.json_bytes, w.naive_bytes
+            ),
+            qb,
+            "≤ 0.5× JSON size",
+            qb.map(|q| q <= 0.5),
+        ));
+        self.details
+            .insert("6_wire".into(), serde_json::to_value(&w)?);
+        Ok(())
+    }
+
+    fn fig7(&mut self) -> Result<()> {
+        let n = self.args.size.callbacks;
+        self.log(&format!("7: {n} commit → callback"));
+        let (after, from_call) = local::callback_latency(self.dir.path(), n)?;
+        self.rows.push(row(
+            "7 commit → change callback p99",
+            format!("{:.0} µs (p50 {:.0} µs)", after.p99_us, after.p50_us),
+            "—".into(),
+            None,
+            "≤ 1 ms",
+            Some(after.p99_us <= 1000.0),
+        ));
+        self.details.insert(
+            "7_callback".into(),
+            json!({"after_put_returned": after, "from_put_call": from_call}),
+        );
+        Ok(())
+    }
+
+    fn fig8(&mut self) -> Result<()> {
+        let n = self.args.size.ffi_calls;
+        self.log(&format!("8: FFI, {n} puts and gets per language"));
+        let rust = ffi::rust(self.dir.path(), n)?;
+        let mut langs = vec![];
+        if self.args.python {
+            langs.push("Python");
+        } else {
+            self.rows.push(unmeasured(
+                "8 FFI get/put from Python",
+                "--no-python".into(),
+                "reported",
+            ));
+        }
+        let kotlin = self.args.kotlin.unwrap_or(self.args.size.name == "full");
+        if kotlin {
+            langs.push("Kotlin");
+        } else {
+            self.rows.push(unmeasured(
+                "8 FFI get/put from Kotlin",
+                "off at this size (--kotlin to enable)".into(),
+                "reported",
+            ));
+        }
+        let mut detail = serde_json::Map::new();
+        detail.insert("rust".into(), serde_json::to_value(rust)?);
+        for lang in langs {
+            self.log(&format!("8: {lang}"));
+            let got = match lang {
+                "Python" => ffi::python(self.dir.path(), n),
+                _ => ffi::kotlin(self.dir.path(), n),
+            };
+            match got {
+                Ok(t) => {
+                    for (call, f, r) in [
+                        ("put", t.put_p50_us, rust.put_p50_us),
+                        ("get", t.get_p50_us, rust.get_p50_us),
+                    ] {
+                        self.rows.push(row(
+                            &format!("8 FFI {call} from {lang} (p50 per call)"),
+                            format!("{f:.1} µs (+{:.1} µs)", f - r),
+                            format!("{r:.1} µs in Rust"),
+                            ratio(f, r),
+                            "reported",
+                            None,
+                        ));
+                    }
+                    detail.insert(lang.to_lowercase(), serde_json::to_value(t)?);
+                }
+                Err(e) => {
+                    self.log(&format!("8: {lang} not measured: {e}"));
+                    let why: String = e.to_string().lines().next().unwrap_or_default().to_owned();
+                    self.rows.push(unmeasured(
+                        &format!("8 FFI get/put from {lang}"),
+                        why,
+                        "reported",
+                    ));
+                }
+            }
+        }
+        self.details.insert("8_ffi".into(), Value::Object(detail));
+        Ok(())
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r >= 0.1 => format!("{r:.2}×"),
+        Some(r) => format!("{r:.4}×"),
+        None => "—".into(),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| figure | measured | baseline | ratio | target | met? |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.figure,
+            r.measured,
+            r.baseline,
+            fmt_ratio(r.ratio),
+            r.target,
+            met
+        ));
+    }
+    s
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    json!({
+        "cpus": cpus,
+        "cpu_model": cpu,
+        "os": std::env::consts::OS,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut run = Run {
+        dir: tempfile::Builder::new().prefix("outpost-bench").tempdir()?,
+        args,
+        rows: Vec::new(),
+        details: serde_json::Map::new(),
+    };
+    if run.wants(1) {
+        run.fig1()?;
+    }
+    if run.wants(2) {
+        run.fig2()?;
+    }
+    if run.wants(7) {
+        run.fig7()?;
+    }
+    if [3, 4, 5, 6].iter().any(|f| run.wants(*f)) {
+        let bin = server::server_binary(run.args.server_bin.as_deref())?;
+        let rt = net::runtime()?;
+        if run.wants(3) || run.wants(6) {
+            let push_server = server::RealServer::start(&bin)?;
+            if run.wants(3) {
+                run.fig3(&rt, push_server.url())?;
+            }
+            if run.wants(6) {
+                run.fig6(&rt, push_server.url())?;
+            }
+        }
+        if run.wants(4) || run.wants(5) {
+            let seeded = server::RealServer::start(&bin)?;
+            if run.wants(4) {
+                run.log(&format!(
+                    "seeding {} records for figure 4",
+                    run.args.size.pull_changes
+                ));
+                net::seed(&rt, seeded.url(), "pulled", run.args.size.pull_changes)?;
+                run.fig4(&rt, seeded.url())?;
+            }
+            if run.wants(5) {
+                run.log(&format!(
+                    "seeding {} records for figure 5",
+                    run.args.size.initial_records
+                ));
+                net::seed(&rt, seeded.url(), "initial", run.args.size.initial_records)?;
+                run.fig5(seeded.url())?;
+            }
+        }
+    }
+    if run.wants(8) {
+        run.fig8()?;
+    }
+    // Figures in their number order.
+    run.rows.sort_by_key(|r| {
+        r.figure
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    let md = table(&run.rows);
+    let result = json!({
+        "size": run.args.size.name,
+        "machine": machine(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "rows": run.rows,
+        "details": run.details,
+    });
+    if let Some(parent) = run.args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&run.args.out, serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(run.args.out.with_extension("md"), &md)?;
+    println!("{md}");
+    println!(
+        "machine: {} · size {} · {:.0} s · results in {}",
+        result["machine"],
+        run.args.size.name,
+        started.elapsed().as_secs_f64(),
+        run.args.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1).peekable();
+    let outcome = if argv.peek().map(String::as_str) == Some("__initial-sync") {
+        let rest: Vec<String> = argv.skip(1).collect();
+        match rest.as_slice() {
+            [url, db, collection] => {
+                net::initial_sync_child(url, std::path::Path::new(db), collection)
+            }
+            _ => Err(fail("__initial-sync URL DB COLLECTION")),
+        }
+    } else {
+        parse_args(argv).and_then(run)
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
