@@ -59,6 +59,7 @@ fn field_demo_reports_no_lost_answers_and_every_conflict() {
         "[ ok ] visit counters equal the sum of increments: 9 visits",
         "[ ok ] conflicts settled as their strategies say (3 logged)",
         "[ ok ] nothing left behind",
+        "[ ok ] offline, a sync made no request",
         "amina",
         "chioma",
         "coordinator",

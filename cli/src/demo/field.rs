@@ -11,6 +11,7 @@
 //! 4. Verify against the server's own database and a fresh device, and report.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use outpost_core::protocol::JsonObject;
@@ -150,6 +151,8 @@ fn fill_surveys(
 /// The scripted conflicting edits, for the report and the checks.
 #[derive(Debug)]
 struct Script {
+    /// The two nurses who edit the shared patient and the care plan.
+    pair: [String; 2],
     phone: String,
     village: String,
     dates: [String; 2],
@@ -262,12 +265,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     go_offline(&all);
     let before: u64 = all
         .iter()
-        .map(|d| {
-            d.link
-                .counters
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        .map(|d| d.link.counters.requests.load(Relaxed))
         .sum();
     let mut offline_ok = true;
     for d in &all {
@@ -275,12 +273,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     }
     let after: u64 = all
         .iter()
-        .map(|d| {
-            d.link
-                .counters
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        .map(|d| d.link.counters.requests.load(Relaxed))
         .sum();
     let progress = Progress::new();
     let bars: Vec<_> = nurses
@@ -336,7 +329,18 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     let (a, b) = (&nurses[0], &nurses[1]);
     let editor = if n >= 3 { 2 } else { 1 };
     let phone = format!("+256 7{:08}", rng.random_range(0..100_000_000u32));
-    let village = VILLAGES[rng.random_range(0..VILLAGES.len())].to_owned();
+    // A village other than the current one: an edit that changes nothing but the
+    // counter is no conflict at all, and the scenario is about two real edits.
+    let current = b
+        .store
+        .get("patients", SHARED_PATIENT)?
+        .and_then(|r| r.data.get("village").cloned());
+    let others: Vec<&str> = VILLAGES
+        .iter()
+        .copied()
+        .filter(|v| current.as_ref() != Some(&json!(v)))
+        .collect();
+    let village = others[rng.random_range(0..others.len())].to_owned();
     a.store
         .patch("patients", SHARED_PATIENT, json!({"phone": phone}))?;
     b.store
@@ -393,6 +397,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     }
     let edit = edit.ok_or("the draft edit did not happen")?;
     let script = Script {
+        pair: [a.name.clone(), b.name.clone()],
         phone,
         village,
         dates,
@@ -432,14 +437,8 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     let faults: u64 = all
         .iter()
         .map(|d| {
-            d.link
-                .counters
-                .dropped_requests
-                .load(std::sync::atomic::Ordering::Relaxed)
-                + d.link
-                    .counters
-                    .dropped_answers
-                    .load(std::sync::atomic::Ordering::Relaxed)
+            d.link.counters.dropped_requests.load(Relaxed)
+                + d.link.counters.dropped_answers.load(Relaxed)
         })
         .sum();
     println!(
@@ -467,6 +466,17 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     let vsettle = sync_until_quiet(&[&verifier], &hidden, |_| Ok(0)).await?;
     let server = ServerDb::read(&harness.server_db)?;
     let mut checks = Checks::default();
+    checks.add(
+        "offline, a sync made no request and everything was saved locally",
+        if offline_ok && after == before {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{} requests went out while the network was reported down",
+                after - before
+            )]
+        },
+    );
 
     // Every saved answer, exactly once, with the data last saved.
     let mut lost = 0u64;
@@ -755,11 +765,30 @@ fn conflict_problems(
         .get("patients", SHARED_PATIENT)
         .and_then(|r| r.data.clone())
         .unwrap_or(Value::Null);
-    if patient.get("phone") != Some(&json!(script.phone))
-        || patient.get("village") != Some(&json!(script.village))
-    {
+    for (nurse, field, want) in [
+        (&script.pair[0], "phone", &script.phone),
+        (&script.pair[1], "village", &script.village),
+    ] {
+        let got = patient.get(field).cloned().unwrap_or(Value::Null);
+        if got != json!(want) {
+            problems.push(format!(
+                "{SHARED_PATIENT}: {nurse}'s {field} {want:?} was lost: the server has {got} \
+                 (field_merge must keep a field changed by one nurse)"
+            ));
+        }
+    }
+    let merged_logged = devices.iter().try_fold(false, |found, d| {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            found
+                || d.store
+                    .conflict_log()?
+                    .iter()
+                    .any(|c| c.record_id == SHARED_PATIENT && c.outcome == "merged"),
+        )
+    })?;
+    if !merged_logged {
         problems.push(format!(
-            "{SHARED_PATIENT}: both nurses' fields should be kept, the server has {patient}"
+            "{SHARED_PATIENT}: the two nurses' edits should meet in a field_merge conflict"
         ));
     }
     let plan = server
