@@ -766,3 +766,88 @@ async fn a_newer_server_state_pulled_during_an_edit_in_flight_is_kept() {
     assert_eq!(n, json!(12));
     assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
 }
+
+/// Regression (found by the demo): merged results go out unforced, so two devices
+/// merging against the same server state cannot overwrite each other's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_merging_one_record_keep_every_field() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    a.store
+        .put(
+            "patients",
+            Some("p"),
+            json!({"phone": "1", "village": "Kole"}),
+        )
+        .unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    c.sync_until_quiet().await;
+    a.store
+        .patch("patients", "p", json!({"phone": "2"}))
+        .unwrap();
+    b.store
+        .patch("patients", "p", json!({"village": "Mbale"}))
+        .unwrap();
+    c.store.increment("patients", "p", "visits", 1).unwrap();
+    c.sync_until_quiet().await;
+    // a merges against c's version, but its merged result does not get out yet...
+    a.link.fail_next_push(Fault::Delay(Duration::ZERO));
+    a.link.fail_next_push(Fault::DropRequest);
+    assert_eq!(a.engine.sync_now(None).await.conflicts, 1);
+    // ...while b merges against the same version and gets there first.
+    b.sync_until_quiet().await;
+    a.sync_until_quiet().await;
+    for d in [&a, &b, &c] {
+        d.sync_until_quiet().await;
+    }
+    let want = b.store.get("patients", "p").unwrap().unwrap().data;
+    assert_eq!(
+        (want["phone"].clone(), want["village"].clone()),
+        (json!("2"), json!("Mbale"))
+    );
+    for d in [&a, &c] {
+        assert_eq!(d.store.get("patients", "p").unwrap().unwrap().data, want);
+    }
+}
+
+/// Regression (found by the demo): a last-write-wins winner resent after a conflict keeps
+/// its own stamp, so a later edit from a third device still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_winner_keeps_its_stamp() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    a.store
+        .put("answers", Some("scan"), json!({"by": "nobody"}))
+        .unwrap();
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await;
+    c.sync_until_quiet().await;
+    a.store
+        .patch("answers", "scan", json!({"by": "a"}))
+        .unwrap();
+    pause();
+    b.store
+        .patch("answers", "scan", json!({"by": "b"}))
+        .unwrap();
+    pause();
+    c.store
+        .patch("answers", "scan", json!({"by": "c"}))
+        .unwrap(); // the last edit
+    a.sync_until_quiet().await;
+    b.sync_until_quiet().await; // b beats a and resends its version
+    c.sync_until_quiet().await; // c's later edit must still win
+    for d in [&a, &b, &c] {
+        d.sync_until_quiet().await;
+    }
+    for d in [&a, &b, &c] {
+        assert_eq!(
+            d.store.get("answers", "scan").unwrap().unwrap().data["by"],
+            json!("c")
+        );
+    }
+}

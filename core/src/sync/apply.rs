@@ -161,17 +161,25 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Replaces everything queued for a record with one forced op carrying `result`, made
-    /// on top of the server's `remote` state.
-    fn requeue_forced(
+    /// Replaces everything queued for a record with one op carrying `result`, made on top
+    /// of the server's `remote` state. `force` only where the local side must win outright
+    /// (client_wins, an app's resolution); a merge goes unforced, so that if the server
+    /// moved again meanwhile it conflicts and is merged again instead of overwriting.
+    /// `stamp` keeps the winning edit's HLC; `None` makes this a new edit.
+    fn requeue(
         &mut self,
         collection: &str,
         id: &str,
         result: Option<&JsonObject>,
         remote: Option<&Change>,
+        force: bool,
+        stamp: Option<String>,
     ) -> Result<()> {
         self.drop_unfinished(collection, id)?;
-        let hlc = self.clock.tick(self.now.max(0) as u64).to_string();
+        let hlc = match stamp {
+            Some(s) => s,
+            None => self.clock.tick(self.now.max(0) as u64).to_string(),
+        };
         let remote_version = remote.map_or(0, |c| c.version);
         let remote_live = remote.filter(|c| !c.deleted).and_then(|c| c.data.as_ref());
         let data = to_json(result)?;
@@ -206,7 +214,7 @@ impl WriteTx<'_> {
             .prepare_cached(
                 "INSERT INTO outbox (op_id, collection, record_id, kind, base_version, data, hlc,
                    force, state, created_at, bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'pending', ?8, ?9)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'pending', ?8, ?9)",
             )?
             .execute(params![
                 uuid::Uuid::now_v7().to_string(),
@@ -217,7 +225,8 @@ impl WriteTx<'_> {
                 data,
                 hlc,
                 self.now,
-                bytes as i64
+                bytes as i64,
+                force
             ])?;
         self.event.add(collection, id);
         Ok(())
@@ -487,7 +496,16 @@ impl Store {
                     w.adopt_remote(collection, id, current)?;
                 }
                 Decision::Push(result) => {
-                    w.requeue_forced(collection, id, result.as_ref(), current)?;
+                    let stamp = match winner {
+                        Winner::Local => local_hlc.clone(),
+                        Winner::Remote => remote_hlc.clone(),
+                        Winner::Merged => local_hlc.clone().max(remote_hlc.clone()),
+                    };
+                    // A stamp with no replica (a remote state without a usable HLC) is no
+                    // stamp to keep: the result becomes a new edit.
+                    let stamp = (!stamp.replica.is_empty()).then(|| stamp.to_string());
+                    let force = strategy == ConflictStrategy::ClientWins;
+                    w.requeue(collection, id, result.as_ref(), current, force, stamp)?;
                 }
                 Decision::Manual => {
                     // The sent entry's content lives on in the record and the log; later
@@ -582,7 +600,8 @@ impl Store {
             let remote_ref = (c.remote_version > 0).then_some(&remote);
             let outcome = match resolution {
                 Resolution::KeepLocal => {
-                    w.requeue_forced(&c.collection, &c.record_id, local_data.as_ref(), remote_ref)?;
+                    let (col, rid) = (&c.collection, &c.record_id);
+                    w.requeue(col, rid, local_data.as_ref(), remote_ref, true, None)?;
                     "resolved_local"
                 }
                 Resolution::KeepRemote => {
@@ -596,7 +615,8 @@ impl Store {
                 Resolution::Merged(data) => {
                     let live = local_data.as_ref();
                     let merged = crate::crdt::apply_write(live, &data, OpKind::Put)?;
-                    w.requeue_forced(&c.collection, &c.record_id, Some(&merged), remote_ref)?;
+                    let (col, rid) = (&c.collection, &c.record_id);
+                    w.requeue(col, rid, Some(&merged), remote_ref, true, None)?;
                     "resolved_merged"
                 }
             };
