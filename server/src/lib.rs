@@ -153,3 +153,67 @@ impl Server {
         result.map_err(ServeError::Io)
     }
 }
+
+/// What a server program does: load the config, bind, print the one stdout line
+/// (`outpost-server listening on http://<addr>`, which scripts read to learn the port),
+/// and serve until SIGTERM or Ctrl-C. Shared by `outpost-server` and `outpost serve`.
+/// Exit code 2 for a bad config, 1 for any other failure.
+pub async fn run_main(program: &str, config_path: &std::path::Path) -> std::process::ExitCode {
+    use std::io::Write;
+    use std::process::ExitCode;
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{program}: bad config {}: {e}", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "outpost-server listening on http://{}",
+        server.local_addr()
+    );
+    let _ = out.flush();
+    tracing::info!(addr = %server.local_addr(), "started");
+    match server.run(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down; finishing in-flight requests");
+}
