@@ -440,6 +440,7 @@ impl Store {
             };
             w.tx.execute("DELETE FROM outbox WHERE id = ?1", [entry_id])?;
             revert_if_idle(&w.tx, &collection, &record_id)?;
+            w.save_clock = true;
             w.event.add(&collection, &record_id);
             Ok(())
         })

@@ -335,12 +335,13 @@ impl Store {
                 shared: &self.shared,
                 event,
                 now,
-                observed: false,
+                save_clock: false,
             };
             let out = f(&mut wtx)?;
-            if wtx.observed {
-                // Stamps seen from others may live in no row we keep (a pulled tombstone
-                // deletes its row), so the clock itself is saved: it must never go back.
+            if wtx.save_clock {
+                // The clock resumes from the stamps stored in rows; when this transaction
+                // saw a stamp or deleted rows holding ours, save the clock itself, since
+                // it must never go back across a restart.
                 wtx.tx
                     .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?1)")?
                     .execute([wtx.clock.last().to_string()])?;
@@ -543,8 +544,8 @@ pub struct WriteTx<'a> {
     shared: &'a Shared,
     pub(crate) event: ChangeEvent,
     pub(crate) now: i64,
-    /// Set when a remote stamp moved the clock during this transaction.
-    pub(crate) observed: bool,
+    /// Set when a remote stamp was observed, or rows holding stamps were deleted.
+    pub(crate) save_clock: bool,
 }
 
 impl std::fmt::Debug for WriteTx<'_> {
@@ -805,6 +806,7 @@ impl WriteTx<'_> {
         self.event.add(collection, id);
         if outcome == Enqueued::Vanished {
             // A record created and deleted before the server ever saw it leaves no trace.
+            self.save_clock = true;
             self.tx
                 .prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
                 .execute(params![collection, id])?;

@@ -435,6 +435,22 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         let i = rng.random_range(0..n);
         let Some(d) = devices[i].take() else { continue };
         let roll = rng.random_range(0..100);
+        if std::env::var_os("OUTPOST_SIM_TRACE").is_some() {
+            let st = d.store.outbox_entries().unwrap_or_default();
+            let st: Vec<_> = st
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}:{:?}:{}",
+                        e.record_id,
+                        e.kind.as_str(),
+                        e.state,
+                        e.base_version.unwrap_or(-1)
+                    )
+                })
+                .collect();
+            eprintln!("step d{i} roll {roll} outbox {st:?}");
+        }
         let d = match roll {
             0..=44 => {
                 let before = acks.len();
@@ -479,19 +495,14 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
                         let _ = d.engine.sync_now(None).await;
                     }
                 }
-                let crashed = d
-                    .link
-                    .crash_image
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                match crashed {
-                    Some(image) => {
-                        result.stats.crashes += 1;
-                        d.crash_and_reopen(&server, &clock, image)
+                // Either device may have died mid-request (a fault armed earlier can
+                // fire during another device's step): restore what it left.
+                if let Some(j) = other {
+                    if let Some(o) = devices[j].take() {
+                        devices[j] = Some(reopen_if_crashed(o, &server, &clock, &mut result));
                     }
-                    None => d,
                 }
+                reopen_if_crashed(d, &server, &clock, &mut result)
             }
             75..=79 => {
                 let p = !d.link.partitioned.load(Ordering::SeqCst);
@@ -571,6 +582,27 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         d.engine.shutdown();
     }
     result
+}
+
+fn reopen_if_crashed(
+    d: SimDevice,
+    server: &Arc<SimServer>,
+    clock: &Arc<FakeClock>,
+    result: &mut SimResult,
+) -> SimDevice {
+    let crashed = d
+        .link
+        .crash_image
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match crashed {
+        Some(image) => {
+            result.stats.crashes += 1;
+            d.crash_and_reopen(server, clock, image)
+        }
+        None => d,
+    }
 }
 
 fn write_step(
@@ -750,11 +782,12 @@ fn check_outcome(
     // 6. Stamps a device issues only go forward, across restarts and clock changes.
     let mut last: HashMap<usize, &str> = HashMap::new();
     for ack in acks {
-        if last
-            .insert(ack.device, &ack.hlc)
-            .is_some_and(|prev| *prev >= *ack.hlc)
-        {
+        let prev = last.insert(ack.device, &ack.hlc);
+        if let Some(prev) = prev.filter(|p| **p >= *ack.hlc) {
             result.hlc_regressions += 1;
+            if std::env::var_os("OUTPOST_SIM_VERBOSE").is_some() {
+                eprintln!("  d{}: stamp {} issued after {prev}", ack.device, ack.hlc);
+            }
         }
     }
 

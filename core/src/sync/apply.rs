@@ -152,7 +152,8 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    fn drop_unfinished(&self, collection: &str, id: &str) -> Result<()> {
+    fn drop_unfinished(&mut self, collection: &str, id: &str) -> Result<()> {
+        self.save_clock = true;
         self.tx
             .prepare_cached(
                 "DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2 AND state != 'synced'",
@@ -278,7 +279,7 @@ impl WriteTx<'_> {
 
     fn observe(&mut self, hlc: &str) {
         if let Ok(h) = hlc.parse::<Hlc>() {
-            self.observed |= self.clock.observe(&h, self.now.max(0) as u64);
+            self.save_clock |= self.clock.observe(&h, self.now.max(0) as u64);
         }
     }
 }
@@ -442,6 +443,8 @@ impl Store {
         let (collection, id) = (entry.collection.as_str(), entry.record_id.as_str());
         self.write(ChangeOrigin::Remote, |w| {
             // A replayed answer can carry an old `current`; a pull may have seen newer.
+            // Settling may drop rows that held this device's stamps.
+            w.save_clock = true;
             let stash = crate::outbox::deferred_remote(&w.tx, collection, id)?;
             let newer = stash.filter(|s| current.is_none_or(|c| s.version > c.version));
             let current = newer.as_ref().or(current);
