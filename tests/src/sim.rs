@@ -497,10 +497,9 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
                 }
                 // Either device may have died mid-request (a fault armed earlier can
                 // fire during another device's step): restore what it left.
-                if let Some(j) = other {
-                    if let Some(o) = devices[j].take() {
-                        devices[j] = Some(reopen_if_crashed(o, &server, &clock, &mut result));
-                    }
+                if let Some(o) = other.and_then(|j| devices[j].take()) {
+                    let j = (i + 1) % n;
+                    devices[j] = Some(reopen_if_crashed(o, &server, &clock, &mut result));
                 }
                 reopen_if_crashed(d, &server, &clock, &mut result)
             }
