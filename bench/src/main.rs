@@ -302,13 +302,12 @@ impl Run {
         Ok(())
     }
 
+    /// Figure 4. The engine overlaps fetching the next page with applying the current
+    /// one, so apply time cannot be separated through the public API: the whole first
+    /// sync is compared with the baseline's fetch of the same pages (sequential, through
+    /// the same `HttpTransport`) plus its raw batched upsert.
     fn fig4(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
         let size = self.args.size;
-        self.log(&format!(
-            "4: fetching {} changes for the baseline",
-            size.pull_changes
-        ));
-        let pages = net::fetch_pages(rt, url, "pulled")?;
         let (mut real, mut base) = (Vec::new(), Vec::new());
         for round in 0..size.pull_rounds {
             self.log(&format!(
@@ -317,37 +316,50 @@ impl Run {
                 round + 1
             ));
             let tag = format!("r{round}");
+            let baseline = |dir: &std::path::Path| -> Result<(u64, f64, f64)> {
+                let t = std::time::Instant::now();
+                let pages = net::fetch_pages(rt, url, "pulled")?;
+                let fetch = t.elapsed().as_secs_f64();
+                let (n, apply) = net::pull_baseline(dir, &pages, &tag)?;
+                Ok((n, fetch, apply.as_secs_f64()))
+            };
             if round % 2 == 0 {
-                base.push(net::pull_baseline(self.dir.path(), &pages, &tag)?);
+                base.push(baseline(self.dir.path())?);
                 real.push(net::pull_real(rt, self.dir.path(), url, "pulled", &tag)?);
             } else {
                 real.push(net::pull_real(rt, self.dir.path(), url, "pulled", &tag)?);
-                base.push(net::pull_baseline(self.dir.path(), &pages, &tag)?);
+                base.push(baseline(self.dir.path())?);
             }
         }
         let n: u64 = real.iter().map(|r| r.changes).sum();
-        let apply_s: f64 = real.iter().map(|r| r.apply_s).sum();
         let whole_s: f64 = real.iter().map(|r| r.whole_sync_s).sum();
         let bn: u64 = base.iter().map(|b| b.0).sum();
-        let base_s: f64 = base.iter().map(|b| b.1.as_secs_f64()).sum();
+        let fetch_s: f64 = base.iter().map(|b| b.1).sum();
+        let upsert_s: f64 = base.iter().map(|b| b.2).sum();
         if n != bn {
             return Err(fail(format!(
                 "pull: the device applied {n} changes, the baseline {bn}"
             )));
         }
-        let (a, b) = (n as f64 / apply_s.max(1e-9), bn as f64 / base_s.max(1e-9));
+        let (a, b) = (
+            n as f64 / whole_s.max(1e-9),
+            bn as f64 / (fetch_s + upsert_s).max(1e-9),
+        );
         let q = ratio(a, b);
         self.rows.push(row(
-            &format!("4 pull apply of {} changes (throughput)", size.pull_changes),
-            format!("{a:.0} changes/s ({apply_s:.2} s apply, {whole_s:.2} s whole sync)"),
-            format!("{b:.0} changes/s ({base_s:.2} s)"),
+            &format!(
+                "4 pull of {} changes, whole first sync (throughput)",
+                size.pull_changes
+            ),
+            format!("{a:.0} changes/s ({whole_s:.2} s)"),
+            format!("{b:.0} changes/s ({fetch_s:.2} s fetch + {upsert_s:.2} s upsert)"),
             q,
             "≥ 0.8×",
             q.map(|q| q >= 0.8),
         ));
         let base_json: Vec<Value> = base
             .iter()
-            .map(|(n, d)| json!({"changes": n, "secs": d.as_secs_f64()}))
+            .map(|(n, f, u)| json!({"changes": n, "fetch_s": f, "upsert_s": u}))
             .collect();
         self.details.insert(
             "4_pull".into(),
