@@ -58,7 +58,8 @@ const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
 
 /// Numbered migrations: entry `i` brings the schema to version `i + 1`. Never edit an
 /// applied one; append a new one.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     collection TEXT NOT NULL,
     record_id  TEXT NOT NULL,
@@ -121,7 +122,13 @@ BEGIN
         PERFORM pg_advisory_xact_lock(k);
     END LOOP;
 END $$;
-"#];
+"#,
+    // 2: a pull page is a range of one collection in seq order; without this index each
+    // page read and sorted the whole collection, making a first sync quadratic.
+    r#"
+CREATE INDEX records_collection_seq ON records (collection, seq);
+"#,
+];
 
 /// A PostgreSQL URL whose password never reaches a log through `{:?}`.
 #[derive(Clone, PartialEq, Eq)]

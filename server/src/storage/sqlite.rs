@@ -24,7 +24,8 @@ use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
 const READERS: usize = 4;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     collection TEXT NOT NULL,
     record_id  TEXT NOT NULL,
@@ -66,7 +67,13 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('last_seq', 0), ('purged_through_seq', 0);
-"#];
+"#,
+    // 2: a pull page is a range of one collection in seq order; without this index each
+    // page read and sorted the whole collection, making a first sync quadratic.
+    r#"
+CREATE INDEX records_collection_seq ON records (collection, seq);
+"#,
+];
 
 /// Records, answers and audit in one SQLite file.
 #[derive(Debug, Clone)]
