@@ -334,6 +334,27 @@ fn sync_config() -> SyncConfig {
     }
 }
 
+/// Gives a new device database replica and client ids drawn from the seed. Random ids
+/// would decide ties between equal stamps differently on every run, and a seed must
+/// replay exactly.
+fn seed_identity(path: &Path, replica: u64, client: u128) {
+    #[allow(clippy::expect_used)]
+    {
+        drop(Store::open(path, device_config()).expect("device"));
+        let conn = rusqlite::Connection::open(path).expect("device file");
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'replica_id'",
+            [format!("{replica:016x}")],
+        )
+        .expect("replica id");
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'client_id'",
+            [uuid::Uuid::from_u128(client).to_string()],
+        )
+        .expect("client id");
+    }
+}
+
 impl SimDevice {
     fn open(path: &Path, server: &Arc<SimServer>, clock: &Arc<FakeClock>) -> SimDevice {
         #[allow(clippy::expect_used)]
@@ -397,6 +418,9 @@ struct Ack {
     /// A delete of a record the server never had from this device: coalescing drops the
     /// create and the delete together, by design.
     delete: Option<bool>,
+    /// The fields the write set: the whole record for a put, one field for a patch,
+    /// `None` for a delete.
+    fields: Option<Value>,
 }
 
 /// Runs one schedule. `steps` random actions, then the network heals.
@@ -406,13 +430,14 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
     let server = Arc::new(SimServer::start(&dir.join("server.db")));
     let n = rng.random_range(2..=5usize);
     let steps = rng.random_range(20..60usize);
+    // Identities come from their own stream, so the schedule drawn from `rng` stays
+    // what it was before they were seeded.
+    let mut ids = StdRng::seed_from_u64(seed ^ 0x1d5e_ed1d);
     let mut devices: Vec<Option<SimDevice>> = (0..n)
         .map(|i| {
-            Some(SimDevice::open(
-                &dir.join(format!("d{i}.db")),
-                &server,
-                &clock,
-            ))
+            let path = dir.join(format!("d{i}.db"));
+            seed_identity(&path, ids.random(), ids.random());
+            Some(SimDevice::open(&path, &server, &clock))
         })
         .collect();
     let mut acks: Vec<Ack> = Vec::new();
@@ -621,12 +646,12 @@ fn write_step(
         0..=3 => d
             .store
             .put(collection, Some(&id), json!({"a": value, "b": value % 7}))
-            .map(|r| r.hlc),
+            .map(|r| (r.hlc, Some(json!({"a": value, "b": value % 7})))),
         4..=6 => {
             let field = if rng.random_bool(0.5) { "a" } else { "b" };
             d.store
                 .patch(collection, &id, json!({ field: value }))
-                .map(|r| r.hlc)
+                .map(|r| (r.hlc, Some(json!({ field: value }))))
         }
         7 => {
             let unsynced = d
@@ -639,6 +664,7 @@ fn write_step(
             d.store
                 .delete(collection, &id)
                 .and_then(|()| d.store.last_hlc())
+                .map(|h| (h, None))
         }
         _ => {
             let t = TALLY_IDS[rng.random_range(0..TALLY_IDS.len())];
@@ -657,7 +683,7 @@ fn write_step(
             return;
         }
     };
-    if let Ok(hlc) = res {
+    if let Ok((hlc, fields)) = res {
         acks.push(Ack {
             device,
             collection,
@@ -665,6 +691,7 @@ fn write_step(
             hlc,
             marks: Vec::new(),
             delete,
+            fields,
         });
     }
 }
@@ -707,6 +734,35 @@ fn server_rows(db: &Path) -> (ServerRows, u64) {
     (rows, dups)
 }
 
+/// The audit trail and stored answers of one record, for a failure report.
+fn server_history(db: &Path, collection: &str, id: &str) -> Vec<String> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = conn.prepare(
+        "SELECT a.client_id, a.op_id, a.kind, a.old_version, a.new_version, o.answer
+         FROM audit a LEFT JOIN ops o ON o.op_id = a.op_id
+         WHERE a.collection = ?1 AND a.record_id = ?2 ORDER BY a.id",
+    ) else {
+        return Vec::new();
+    };
+    stmt.query_map([collection, id], |r| {
+        Ok(format!(
+            "{} {} {} {:?}->{} {}",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        ))
+    })
+    .map(|it| it.flatten().collect())
+    .unwrap_or_default()
+}
+
 fn check_outcome(
     server_db: &Path,
     devices: &[SimDevice],
@@ -740,7 +796,17 @@ fn check_outcome(
             continue;
         }
         let key = (ack.collection.to_owned(), ack.id.clone());
-        let superseded = rows.get(&key).is_some_and(|(_, hlc)| *hlc >= ack.hlc);
+        let server = rows.get(&key);
+        let superseded = server.is_some_and(|(_, hlc)| *hlc >= ack.hlc);
+        // Every field the write set stands on the server as written. A merge can leave the
+        // record's stamp older than this write (a later no-op patch from another device
+        // restamps it), while the write's values are there.
+        let stands = match (server.and_then(|(d, _)| d.as_ref()), &ack.fields) {
+            (Some(Value::Object(have)), Some(Value::Object(set))) => {
+                set.iter().all(|(k, v)| have.get(k) == Some(v))
+            }
+            _ => false,
+        };
         let logged = logs.iter().enumerate().any(|(j, log)| {
             let mark = ack.marks.get(j).copied().unwrap_or(0);
             log.iter()
@@ -753,7 +819,7 @@ fn check_outcome(
                 .iter()
                 .any(|e| e.record_id == ack.id)
         });
-        if !(superseded || logged || failed) {
+        if !(superseded || stands || logged || failed) {
             result.lost += 1;
             if std::env::var_os("OUTPOST_SIM_VERBOSE").is_some() {
                 eprintln!("  lost: {ack:?}; server: {:?}", rows.get(&key));
@@ -773,6 +839,9 @@ fn check_outcome(
                     .filter(|a| a.id == ack.id && a.collection == ack.collection)
                 {
                     eprintln!("    ack {a:?}");
+                }
+                for line in server_history(server_db, ack.collection, &ack.id) {
+                    eprintln!("    server: {line}");
                 }
             }
         }

@@ -14,6 +14,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Seeds that once failed, beyond the default range; each names what it found.
+const REGRESSIONS: &[(u64, &str)] = &[
+    // Another device's patch that changed nothing restamped the record with an older
+    // stamp: the write's fields stood on the server, but its stamp did not.
+    (
+        1496,
+        "an equal edit from two devices leaves the older stamp",
+    ),
+    (
+        1813,
+        "a no-op patch applied after a newer edit restamps the record",
+    ),
+];
+
+#[test]
+fn regression_seeds_keep_every_promise() {
+    let rt = runtime();
+    for &(seed, what) in REGRESSIONS {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rt.block_on(run_schedule(seed, dir.path()));
+        assert!(r.ok(), "seed {seed} ({what}): {r:?}");
+    }
+}
+
 #[test]
 fn seeded_schedules_keep_every_promise() {
     let (first, count) = match std::env::var("OUTPOST_SIM_SEED") {
