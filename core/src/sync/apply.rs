@@ -164,8 +164,8 @@ impl WriteTx<'_> {
 
     /// Replaces everything queued for a record with one op carrying `result`, made on top
     /// of the server's `remote` state. `force` only where the local side must win outright
-    /// (client_wins, an app's resolution); a merge goes unforced, so that if the server
-    /// moved again meanwhile it conflicts and is merged again instead of overwriting.
+    /// (client_wins); a merge or an app's resolution goes unforced, so that if the server
+    /// moved again meanwhile it conflicts again instead of overwriting an edit nobody saw.
     /// `stamp` keeps the winning edit's HLC; `None` makes this a new edit.
     fn requeue(
         &mut self,
@@ -559,8 +559,10 @@ impl Store {
         })
     }
 
-    /// Settles a manual conflict with the app's decision. The result is queued as a
-    /// forced op (a new op_id), so the next sync sends it.
+    /// Settles a manual conflict with the app's decision. The result is queued as a new
+    /// op on top of the server version the app was shown, so the next sync sends it; if
+    /// the server has moved since, that op conflicts and the app decides again, seeing
+    /// the newer edit, rather than overwriting it unseen.
     pub fn resolve(&self, conflict_id: i64, resolution: Resolution) -> Result<()> {
         if let Resolution::Merged(data) = &resolution {
             validate_record(data)?;
@@ -604,7 +606,7 @@ impl Store {
             let outcome = match resolution {
                 Resolution::KeepLocal => {
                     let (col, rid) = (&c.collection, &c.record_id);
-                    w.requeue(col, rid, local_data.as_ref(), remote_ref, true, None)?;
+                    w.requeue(col, rid, local_data.as_ref(), remote_ref, false, None)?;
                     "resolved_local"
                 }
                 Resolution::KeepRemote => {
@@ -619,7 +621,7 @@ impl Store {
                     let live = local_data.as_ref();
                     let merged = crate::crdt::apply_write(live, &data, OpKind::Put)?;
                     let (col, rid) = (&c.collection, &c.record_id);
-                    w.requeue(col, rid, Some(&merged), remote_ref, true, None)?;
+                    w.requeue(col, rid, Some(&merged), remote_ref, false, None)?;
                     "resolved_merged"
                 }
             };
@@ -809,7 +811,9 @@ mod tests {
             .outbox_next_batch(BatchLimits::default(), i64::MAX)
             .unwrap();
         assert_eq!(batch.len(), 1);
-        assert!(batch[0].force);
+        // Made on top of the version the app was shown: if the server moved on since,
+        // the resolution conflicts again instead of overwriting an unseen edit.
+        assert!(!batch[0].force);
         assert_eq!(batch[0].base_version, Some(2));
         assert_eq!(
             batch[0].data.as_ref().unwrap()["w"],
