@@ -244,11 +244,9 @@ fn push_blocking(
         let storable = logic::op_id_ok(&op_id);
         if storable {
             let stored: Option<String> = tx
-                .query_row(
-                    "SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2",
-                    params![ctx.user.name, op_id],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2")
+                .map_err(db_err)?
+                .query_row(params![ctx.user.name, op_id], |r| r.get(0))
                 .optional()
                 .map_err(db_err)?;
             if let Some(answer) = stored {
@@ -260,13 +258,11 @@ fn push_blocking(
             PushItem::Invalid { op_id, error } => OpResult::Rejected { op_id, error },
             PushItem::Valid(op) => {
                 let existing = tx
-                    .query_row(
-                        &format!(
-                            "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
-                        ),
-                        params![op.collection, op.record_id],
-                        read_record,
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
+                    ))
+                    .map_err(db_err)?
+                    .query_row(params![op.collection, op.record_id], read_record)
                     .optional()
                     .map_err(db_err)?
                     .map(with_data)
@@ -330,20 +326,18 @@ fn push_blocking(
         };
         if storable {
             let answer = serde_json::to_string(&result).map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)",
-                params![ctx.user.name, result.op_id(), answer, now_ms],
-            )
-            .map_err(db_err)?;
+            tx.prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db_err)?
+                .execute(params![ctx.user.name, result.op_id(), answer, now_ms])
+                .map_err(db_err)?;
         }
         results.push(result);
     }
     if last_seq != start_seq {
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
-            [last_seq],
-        )
-        .map_err(db_err)?;
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")
+            .map_err(db_err)?
+            .execute([last_seq])
+            .map_err(db_err)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(results)
@@ -409,7 +403,7 @@ fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, Stora
     args.push(SqlValue::Integer(i64::from(q.limit) + 1));
     let mut changes: Vec<Change> = Vec::new();
     {
-        let mut stmt = tx.prepare(&sql).map_err(db_err)?;
+        let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
         let rows = stmt
             .query_map(params_from_iter(args), read_record)
             .map_err(db_err)?;
