@@ -765,7 +765,10 @@ impl WriteTx<'_> {
             }
             _ => None,
         };
-        if let Some(d) = &new_data {
+        // A put that merged nothing stores exactly its input: validated once already,
+        // and serialised once for both the record and its outbox entry.
+        let stored_as_sent = kind == OpKind::Put && new_data.is_some() && new_data == input;
+        if let Some(d) = new_data.as_ref().filter(|_| !stored_as_sent) {
             validate_record(d)?;
         }
         let version = existing.as_ref().map_or(0, |e| e.version);
@@ -799,6 +802,7 @@ impl WriteTx<'_> {
             base_version: (version > 0).then_some(version),
             op_data: input.as_ref(),
             full_data: new_data.as_ref(),
+            op_json: data_json.as_deref().filter(|_| stored_as_sent),
             hlc: &hlc,
             force: false,
         };
