@@ -20,7 +20,8 @@ pub enum EntryState {
     Pending,
     /// Handed to the network; its answer is not in yet.
     Syncing,
-    /// The server answered `applied`.
+    /// The server answered `applied`. Such entries are deleted in the same transaction
+    /// (and by migration 3 in older databases), so this is never read back.
     Synced,
     /// The server rejected it; kept until the app retries or discards it.
     Failed,
@@ -125,6 +126,8 @@ pub(crate) struct NewEntry<'a> {
     pub base_version: Option<i64>,
     /// What the op carries: the whole record for put, the fields for patch.
     pub op_data: Option<&'a JsonObject>,
+    /// `op_data` already serialised, when the caller has it.
+    pub op_json: Option<&'a str>,
     /// The whole record after the write, for coalescing a patch into a put.
     pub full_data: Option<&'a JsonObject>,
     pub hlc: &'a str,
@@ -230,8 +233,9 @@ fn op_bytes(e: &NewEntry<'_>, json: Option<&str>) -> usize {
 }
 
 fn insert(tx: &Transaction<'_>, e: &NewEntry<'_>, now: i64) -> Result<()> {
-    let json = match e.kind {
-        OpKind::Delete => None,
+    let json = match (e.kind, e.op_json) {
+        (OpKind::Delete, _) => None,
+        (_, Some(j)) => Some(j.to_owned()),
         _ => e.op_data.map(serde_json::to_string).transpose()?,
     };
     let bytes = op_bytes(e, json.as_deref());
@@ -316,48 +320,32 @@ impl Store {
     /// waiting on a manual conflict. Stops at the count
     /// or byte limit (always taking at least one entry).
     pub fn outbox_next_batch(&self, limits: BatchLimits, now_ms: i64) -> Result<Vec<OutboxEntry>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM outbox o
-                 WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
-                   AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.collection = o.collection AND p.record_id = o.record_id
-                                     AND p.id < o.id AND p.state != 'synced')
-                   AND NOT EXISTS (SELECT 1 FROM records r
-                                   WHERE r.collection = o.collection AND r.id = o.record_id
-                                     AND r.sync_state = 'conflicted')
-                 ORDER BY o.id LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(
-                params![now_ms, limits.max_ops.max(1) as i64],
-                entry_from_row,
-            )?;
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            for row in rows {
-                let entry = row?;
-                bytes += entry.bytes;
-                if !out.is_empty() && bytes > limits.max_bytes {
-                    break;
-                }
-                out.push(entry);
+        self.read(|conn| next_batch(conn, limits, now_ms))
+    }
+
+    /// In one transaction: records the answers for a batch that came back, then takes
+    /// the next batch (as [`Store::outbox_next_batch`] would choose it) and marks it in
+    /// flight. One commit, so one sync to disk, between two requests.
+    pub fn outbox_settle_and_take(
+        &self,
+        results: &[(i64, PushOutcome)],
+        limits: BatchLimits,
+        now_ms: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.write(ChangeOrigin::Local, |w| {
+            for (id, outcome) in results {
+                apply_one(&w.tx, *id, outcome)?;
             }
-            Ok(out)
+            let batch = next_batch(&w.tx, limits, now_ms)?;
+            let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+            mark_in_flight(&w.tx, &ids)?;
+            Ok(batch)
         })
     }
 
     /// Marks entries as handed to the network. From here on they are never coalesced.
     pub fn outbox_mark_in_flight(&self, ids: &[i64]) -> Result<()> {
-        self.write(ChangeOrigin::Local, |w| {
-            let mut stmt = w.tx.prepare_cached(
-                "UPDATE outbox SET state = 'syncing', sent = 1, attempts = attempts + 1
-                 WHERE id = ?1 AND state = 'pending'",
-            )?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-            Ok(())
-        })
+        self.write(ChangeOrigin::Local, |w| mark_in_flight(&w.tx, ids))
     }
 
     /// Records what the server (or the network) said about sent entries.
@@ -370,7 +358,7 @@ impl Store {
         })
     }
 
-    /// Every entry, oldest first (synced ones included until pruned).
+    /// Every entry still queued, in flight or failed, oldest first (applied ones are gone).
     pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>> {
         self.read(|conn| {
             let mut stmt =
@@ -475,31 +463,62 @@ fn unfinished_for(tx: &Transaction<'_>, collection: &str, record_id: &str) -> Re
 }
 
 fn apply_one(tx: &Transaction<'_>, id: i64, outcome: &PushOutcome) -> Result<()> {
-    let Some((collection, record_id, kind, data)) = record_key(tx, id)? else {
-        return Ok(());
-    };
-    match outcome {
-        PushOutcome::Applied { version } => {
-            tx.prepare_cached(
-                "UPDATE outbox SET state = 'synced', data = NULL, last_error_code = NULL,
-                 last_error = NULL WHERE id = ?1",
+    if let PushOutcome::Applied { version } = outcome {
+        // The server holds this edit now: the entry has done its work and goes. Its
+        // op_id lives on in the server's answers, which is what makes resends safe.
+        let row = tx
+            .prepare_cached(
+                "DELETE FROM outbox WHERE id = ?1 RETURNING collection, record_id, kind, data",
             )?
-            .execute([id])?;
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .optional()?;
+        let Some((collection, record_id, kind, data)) = row else {
+            return Ok(());
+        };
+        let unfinished = unfinished_for(tx, &collection, &record_id)?;
+        let (remote, deleted) = tx
+            .prepare_cached(
+                "SELECT remote, deleted FROM records WHERE collection = ?1 AND id = ?2",
+            )?
+            .query_row(params![collection, record_id], |r| {
+                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?))
+            })
+            .optional()?
+            .unwrap_or((None, false));
+        if unfinished > 0 {
             // Later edits of this record were made on top of this one.
             tx.prepare_cached(
                 "UPDATE outbox SET base_version = ?3 WHERE collection = ?1 AND record_id = ?2
                  AND id > ?4 AND state != 'synced'",
             )?
             .execute(params![collection, record_id, version, id])?;
-            mark_applied(
-                tx,
-                &collection,
-                &record_id,
-                &kind,
-                data.as_deref(),
-                *version,
-            )?;
         }
+        return mark_applied(
+            tx,
+            &collection,
+            &record_id,
+            &kind,
+            data.as_deref(),
+            *version,
+            Pending {
+                unfinished,
+                remote,
+                deleted,
+            },
+        );
+    }
+    let Some((collection, record_id, ..)) = record_key(tx, id)? else {
+        return Ok(());
+    };
+    match outcome {
+        PushOutcome::Applied { .. } => {}
         PushOutcome::Retry {
             error,
             next_attempt_at_ms,
@@ -530,6 +549,15 @@ fn apply_one(tx: &Transaction<'_>, id: i64, outcome: &PushOutcome) -> Result<()>
     Ok(())
 }
 
+/// What is left of a record once one of its entries was applied.
+struct Pending {
+    /// Entries of the record still queued, in flight or failed.
+    unfinished: i64,
+    /// The server state stashed by a pull meanwhile (JSON of a `Change`).
+    remote: Option<String>,
+    deleted: bool,
+}
+
 /// After an applied op: the record's base is what the server now holds.
 fn mark_applied(
     tx: &Transaction<'_>,
@@ -538,21 +566,24 @@ fn mark_applied(
     kind: &str,
     data: Option<&str>,
     version: i64,
+    Pending {
+        unfinished,
+        remote,
+        deleted,
+    }: Pending,
 ) -> Result<()> {
     // A newer server state pulled while this edit was in flight: the server has moved
     // on past our op (or merged CRDT fields into it), so that state is the truth now.
-    let remote = deferred_remote(tx, collection, record_id)?.filter(|c| c.version >= version);
-    if unfinished_for(tx, collection, record_id)? == 0 {
+    let remote = remote
+        .and_then(|j| serde_json::from_str::<Change>(&j).ok())
+        .filter(|c| c.version >= version);
+    if unfinished == 0 {
         if let Some(c) = remote {
             adopt_change(tx, collection, record_id, &c)?;
             return Ok(());
         }
         // Nothing else queued: local data is exactly the server's.
-        let deleted: Option<bool> = tx
-            .prepare_cached("SELECT deleted FROM records WHERE collection = ?1 AND id = ?2")?
-            .query_row(params![collection, record_id], |r| r.get(0))
-            .optional()?;
-        if deleted == Some(true) {
+        if deleted {
             tx.prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
                 .execute(params![collection, record_id])?;
         } else {
@@ -595,6 +626,47 @@ fn mark_applied(
     )?
     .execute(params![collection, record_id, version, base])?;
     Ok(())
+}
+
+fn mark_in_flight(conn: &Connection, ids: &[i64]) -> Result<()> {
+    // One statement for the whole batch: it runs before every push request.
+    let ids = serde_json::to_string(ids)?;
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'syncing', sent = 1, attempts = attempts + 1
+         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'",
+    )?
+    .execute([ids])?;
+    Ok(())
+}
+
+/// The entries that may go out now; see [`Store::outbox_next_batch`].
+fn next_batch(conn: &Connection, limits: BatchLimits, now_ms: i64) -> Result<Vec<OutboxEntry>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM outbox o
+             WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM outbox p
+                               WHERE p.collection = o.collection AND p.record_id = o.record_id
+                                 AND p.id < o.id AND p.state != 'synced')
+               AND NOT EXISTS (SELECT 1 FROM records r
+                               WHERE r.collection = o.collection AND r.id = o.record_id
+                                 AND r.sync_state = 'conflicted')
+             ORDER BY o.id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(
+        params![now_ms, limits.max_ops.max(1) as i64],
+        entry_from_row,
+    )?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let entry = row?;
+        bytes += entry.bytes;
+        if !out.is_empty() && bytes > limits.max_bytes {
+            break;
+        }
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 /// With nothing left queued for a record, it goes back to its last synced base (or away,

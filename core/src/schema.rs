@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// The latest schema, for a new database.
 const CREATE: &str = "
@@ -152,6 +152,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX conflicts_open ON conflicts (resolved, id);
     ",
+    // 2 -> 3: applied entries are deleted as their answers arrive; drop those that
+    // earlier versions kept as `synced`.
+    "DELETE FROM outbox WHERE state = 'synced';",
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == VERSION - 1);
@@ -257,8 +260,24 @@ mod tests {
             [],
         )
         .unwrap();
+        for (op, state) in [("o1", "synced"), ("o2", "pending")] {
+            old.execute(
+                "INSERT INTO outbox (op_id, collection, record_id, kind, hlc, state, created_at)
+                 VALUES (?1, 'patients', 'p1', 'put', '0000000000001-00000-r', ?2, 1)",
+                [op, state],
+            )
+            .unwrap();
+        }
         migrate(&mut old).unwrap();
         assert_eq!(shape(&old), want);
+        let left: Vec<String> = old
+            .prepare("SELECT op_id FROM outbox")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, ["o2"], "applied entries go, queued ones stay");
         let v: i64 = old
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
