@@ -24,7 +24,9 @@ pub use status::{SyncActivity, SyncStatus};
 use crate::error::Error;
 use crate::feed::{ChangeEvent, ChangeOrigin, Fanout, Subscription};
 use crate::outbox::{BatchLimits, OutboxEntry, PushOutcome};
-use crate::protocol::{ErrorBody, ErrorCode, OpResult, PullResponse, PushRequest, PushResponse};
+use crate::protocol::{
+    Change, ErrorBody, ErrorCode, OpResult, PullResponse, PushRequest, PushResponse,
+};
 use crate::store::Store;
 use crate::transport::{PullParams, Transport, TransportError};
 
@@ -155,6 +157,9 @@ enum Stop {
     Transient(String),
     Fatal(String),
 }
+
+/// Entries the server answered with a conflict, with the record's server state.
+type Conflicts<'b> = Vec<(&'b OutboxEntry, Option<Change>)>;
 
 impl From<Error> for Stop {
     fn from(e: Error) -> Stop {
@@ -603,6 +608,13 @@ impl Inner {
             _ = deadline_reached => None,
         };
         let mut r = report.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(Err(_)) = &finished {
+            // A stop between a batch being marked and its answer being applied leaves
+            // it in flight: back to pending, keeping its op_ids.
+            if let Err(e) = self.store.release_in_flight() {
+                r.errors.push(e.to_string());
+            }
+        }
         let mut st = lock(&self.state);
         st.running = false;
         match finished {
@@ -661,31 +673,63 @@ impl Inner {
         self.pull_all(report).await
     }
 
+    /// Pushes the outbox in batches, one request in flight at a time. The database work
+    /// around each request (applying the previous answer, choosing and marking the next
+    /// batch) runs while it is on the wire, so the link is never idle waiting on disk.
+    /// Two batches never hold entries of the same record: a record's next entry becomes
+    /// eligible only once the answer for its previous one has been applied.
     async fn push_all(&self, report: &Mutex<SyncReport>) -> Result<(), Stop> {
         let mut limits = self.config.batch;
+        // A sync cancelled while a batch was being taken can leave it marked in flight
+        // after its release ran; nothing is in flight between syncs.
+        self.store.release_in_flight()?;
+        let mut current = self.start_batch(limits).await?;
+        let mut answered: Option<(Vec<OutboxEntry>, PushResponse)> = None;
         loop {
-            let batch = self.store.outbox_next_batch(limits, self.now_ms())?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-            self.store.outbox_mark_in_flight(&ids)?;
-            let req = PushRequest {
-                client_id: self.store.client_id().to_owned(),
-                ops: batch.iter().map(OutboxEntry::to_op).collect(),
+            let Some((batch, req)) = current.take() else {
+                // The last answer: applying it can free a record's next entry or queue
+                // a settled conflict's result, which go out in this same sync.
+                let Some((b, resp)) = answered.take() else {
+                    return Ok(());
+                };
+                self.apply_push_response(&b, resp, report)?;
+                current = self.start_batch(limits).await?;
+                if current.is_none() {
+                    return Ok(());
+                }
+                continue;
             };
             {
                 let mut r = lock_report(report);
                 r.pushed += batch.len() as u64;
                 r.requests += 1;
             }
-            match self.push_request(&req).await {
-                Ok(resp) => self.apply_push_response(&batch, resp, report)?,
+            let (sent, prepared) = tokio::join!(self.push_request(&req), async {
+                // The previous answer and the next batch share one transaction.
+                let (outcomes, conflicts) = match &answered {
+                    Some((b, resp)) => self.read_answer(b, resp, report),
+                    None => Default::default(),
+                };
+                let next = self.take_batch(outcomes, limits).await?;
+                self.settle_conflicts(conflicts, report)?;
+                Ok::<_, Stop>(next)
+            });
+            answered = None;
+            // On an early return both batches are still marked in flight; sync_now
+            // returns whatever is left in flight to pending.
+            let next = prepared?;
+            match sent {
+                Ok(resp) => {
+                    answered = Some((batch, resp));
+                    current = next;
+                }
                 Err(TransportError::Unauthorized(m)) => {
+                    self.release_unsent(next)?;
                     self.release(&batch)?;
                     return Err(Stop::Auth(m));
                 }
                 Err(e) if e.is_transient() => {
+                    self.release_unsent(next)?;
                     let retry_after = match &e {
                         TransportError::RateLimited { retry_after } => *retry_after,
                         _ => None,
@@ -717,8 +761,10 @@ impl Inner {
                     // The whole request was refused (400, 413): find the culprit by
                     // sending one op at a time, so other records still sync.
                     tracing::warn!(error = %e, "push refused as a whole; isolating ops");
+                    self.release_unsent(next)?;
                     self.release(&batch)?;
                     limits.max_ops = 1;
+                    current = self.start_batch(limits).await?;
                 }
                 Err(e) => {
                     let error = ErrorBody {
@@ -728,8 +774,49 @@ impl Inner {
                     self.store
                         .outbox_apply_results(&[(batch[0].id, PushOutcome::Failed { error })])?;
                     lock_report(report).rejected += 1;
+                    current = next;
                 }
             }
+        }
+    }
+
+    /// The next batch that may go out, marked in flight, with its request.
+    async fn start_batch(
+        &self,
+        limits: BatchLimits,
+    ) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>, Stop> {
+        self.take_batch(Vec::new(), limits).await
+    }
+
+    /// Records `outcomes`, then takes and marks the next batch, in one transaction.
+    /// On a blocking thread, as pull pages are applied: the disk work then overlaps the
+    /// request on the wire and its encoding, rather than taking turns with them.
+    async fn take_batch(
+        &self,
+        outcomes: Vec<(i64, PushOutcome)>,
+        limits: BatchLimits,
+    ) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>, Stop> {
+        let store = self.store.clone();
+        let now = self.now_ms();
+        let taken = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let batch = store.outbox_settle_and_take(&outcomes, limits, now)?;
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            let req = PushRequest {
+                client_id: store.client_id().to_owned(),
+                ops: batch.iter().map(OutboxEntry::to_op).collect(),
+            };
+            Ok(Some((batch, req)))
+        });
+        Ok(taken.await.map_err(|e| Stop::Fatal(e.to_string()))??)
+    }
+
+    /// A batch that was chosen but never sent goes back, untouched.
+    fn release_unsent(&self, next: Option<(Vec<OutboxEntry>, PushRequest)>) -> Result<(), Stop> {
+        match next {
+            Some((batch, _)) => self.release(&batch),
+            None => Ok(()),
         }
     }
 
@@ -747,6 +834,19 @@ impl Inner {
         resp: PushResponse,
         report: &Mutex<SyncReport>,
     ) -> Result<(), Stop> {
+        let (outcomes, conflicts) = self.read_answer(batch, &resp, report);
+        self.store.outbox_apply_results(&outcomes)?;
+        self.settle_conflicts(conflicts, report)
+    }
+
+    /// What the server said about each entry of a batch: outcomes to record, and the
+    /// conflicts to settle by strategy.
+    fn read_answer<'b>(
+        &self,
+        batch: &'b [OutboxEntry],
+        resp: &PushResponse,
+        report: &Mutex<SyncReport>,
+    ) -> (Vec<(i64, PushOutcome)>, Conflicts<'b>) {
         let by_op: HashMap<&str, &OpResult> = resp.results.iter().map(|r| (r.op_id(), r)).collect();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut conflicts = Vec::new();
@@ -790,7 +890,14 @@ impl Inner {
                 }
             }
         }
-        self.store.outbox_apply_results(&outcomes)?;
+        (outcomes, conflicts)
+    }
+
+    fn settle_conflicts(
+        &self,
+        conflicts: Conflicts<'_>,
+        report: &Mutex<SyncReport>,
+    ) -> Result<(), Stop> {
         for (entry, current) in conflicts {
             let settled = self.store.settle_conflict(entry, current.as_ref())?;
             lock_report(report).conflicts += 1;
