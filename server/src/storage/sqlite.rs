@@ -277,13 +277,16 @@ fn push_blocking(
                             Some(d) => Some(serde_json::to_string(d).map_err(db_err)?),
                             None => None,
                         };
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
                              hlc, owner, team, created_at, updated_at) \
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                              ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
                              deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-                             hlc = excluded.hlc, updated_at = excluded.updated_at",
+                             hlc = excluded.hlc, updated_at = excluded.updated_at"
+                        )
+                        .map_err(db_err)?
+                        .execute(
                             params![
                                 op.collection,
                                 op.record_id,
@@ -299,9 +302,12 @@ fn push_blocking(
                             ],
                         )
                         .map_err(db_err)?;
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
-                             kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                        )
+                        .map_err(db_err)?
+                        .execute(
                             params![
                                 at,
                                 ctx.user.name,
