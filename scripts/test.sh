@@ -9,3 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-features --locked
 ./scripts/bindings-test.sh
+# Benchmarks are not tests: at tiny size this only keeps the command working (no
+# thresholds). The documented full run is in the README's performance section.
+echo "== benchmark (tiny)"
+cargo run -q --locked -p outpost-bench -- --size tiny --no-kotlin
