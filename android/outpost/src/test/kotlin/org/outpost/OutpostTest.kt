@@ -67,7 +67,9 @@ class OutpostTest {
             val offline = a.syncNow(30.seconds)
             assertEquals(SyncOutcome.OFFLINE, offline.outcome)
             assertTrue(offline.shouldRetry)
-            assertEquals(5uL, a.syncStatus.value.pending)
+            assertEquals(5uL, a.native.status().pending)
+            // The flow follows change callbacks, which arrive on Rust threads a moment later.
+            eventually(what = "status flow shows 5 pending") { a.syncStatus.value.pending == 5uL }
             assertEquals(SyncActivity.OFFLINE, a.syncStatus.value.activity)
             a.setNetworkAvailable(true)
             eventually(what = "network trusted") { a.native.isNetworkAvailable() }
