@@ -18,8 +18,8 @@ use crate::listeners::{
 };
 use crate::runtime::runtime;
 use crate::types::{
-    Conflict, Filter, OutpostConfig, Query, Record, Resolution, SyncReport, SyncStatus, WriteOp,
-    parse_filters, parse_object, parse_value,
+    Conflict, FailedEdit, Filter, OutpostConfig, Query, Record, Resolution, SyncReport, SyncStatus,
+    WriteOp, parse_filters, parse_object, parse_value,
 };
 
 /// An open Outpost database and its sync engine.
@@ -332,6 +332,25 @@ impl Outpost {
     /// Puts edits the server rejected back in the queue. Returns how many.
     pub fn retry_failed(&self) -> Result<u64, OutpostError> {
         self.call(|| Ok(self.engine.retry_failed()? as u64))
+    }
+
+    /// Edits the server rejected for good, oldest first.
+    pub fn failed_edits(&self) -> Result<Vec<FailedEdit>, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .failed_entries()?
+                .iter()
+                .map(FailedEdit::from)
+                .collect())
+        })
+    }
+
+    /// Gives up one rejected edit: the user's decision. The record goes back to its last
+    /// synced state once nothing else is queued for it. An unknown or not-failed entry is
+    /// `NotFound` and changes nothing.
+    pub fn discard_failed(&self, entry_id: i64) -> Result<(), OutpostError> {
+        self.call(|| Ok(self.store.discard_failed(entry_id)?))
     }
 
     /// This device's replica id (its HLC stamps and CRDT key).

@@ -564,6 +564,46 @@ impl From<&core::Conflict> for Conflict {
     }
 }
 
+/// An edit the server rejected for good (`forbidden`, `invalid_op`, ...). It stays on
+/// the device, with the record showing `Failed`, until the app retries or discards it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FailedEdit {
+    /// Pass to `discard_failed`.
+    pub entry_id: i64,
+    pub collection: String,
+    pub record_id: String,
+    /// `put`, `patch` or `delete`.
+    pub kind: String,
+    /// The edit's fields, a JSON object as text; absent for a delete.
+    pub data_json: Option<String>,
+    /// The server's error code, e.g. `forbidden`.
+    pub error_code: String,
+    pub error_message: String,
+    pub attempts: u32,
+    pub created_at_ms: i64,
+}
+
+impl From<&core::OutboxEntry> for FailedEdit {
+    fn from(e: &core::OutboxEntry) -> Self {
+        let (error_code, error_message) = e
+            .last_error
+            .as_ref()
+            .map(|b| (b.code.clone(), b.message.clone()))
+            .unwrap_or_default();
+        FailedEdit {
+            entry_id: e.id,
+            collection: e.collection.clone(),
+            record_id: e.record_id.clone(),
+            kind: e.kind.as_str().to_owned(),
+            data_json: object_text(e.data.as_ref()),
+            error_code,
+            error_message,
+            attempts: e.attempts,
+            created_at_ms: e.created_at_ms,
+        }
+    }
+}
+
 /// The app's answer to a manual conflict.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum Resolution {

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import USERS, ffi, wait_until
 
-AMINA, BEN = USERS[0][2], USERS[1][2]
+AMINA, BEN, CHIOMA = USERS[0][2], USERS[1][2], USERS[2][2]
 
 
 def sync(device, deadline_ms=30_000):
@@ -123,6 +123,39 @@ def test_manual_conflict_resolved_from_python(devices):
     assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
     assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
     assert data(a.get("reviews", "r1")) == {"score": 5, "note": "agreed"}
+
+
+def test_a_rejected_edit_is_kept_until_retried_or_discarded(devices):
+    a, c = devices("a", AMINA), devices("c", CHIOMA)
+    a.put("answers", "north-1", json.dumps({"team": "north"}))
+    assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
+    # Chioma is on team south: writing team north's record is forbidden for good.
+    c.put("answers", "north-1", json.dumps({"team": "south?"}))
+    c.put("answers", "south-1", json.dumps({"team": "south"}))
+    report = sync(c)
+    assert (report.applied, report.rejected) == (1, 1), report
+    [edit] = c.failed_edits()
+    assert (edit.collection, edit.record_id, edit.kind) == ("answers", "north-1", "put")
+    assert (edit.error_code, edit.attempts) == ("forbidden", 1)
+    assert json.loads(edit.data_json) == {"team": "south?"}
+    rec = c.get("answers", "north-1")
+    assert rec.sync_state == ffi.SyncState.FAILED and data(rec) == {"team": "south?"}
+    assert c.status().failed == 1
+    assert c.retry_failed() == 1
+    assert sync(c).rejected == 1
+    [edit] = c.failed_edits()
+    assert edit.attempts == 2
+    # Only a failed entry can be discarded; anything else is NotFound and changes nothing.
+    with pytest.raises(ffi.OutpostError.NotFound):
+        c.discard_failed(edit.entry_id + 1000)
+    assert len(c.failed_edits()) == 1
+    c.discard_failed(edit.entry_id)
+    assert c.failed_edits() == []
+    assert c.get("answers", "north-1") is None, "never synced, so it goes"
+    assert c.get("answers", "south-1").sync_state == ffi.SyncState.SYNCED
+    assert c.status().failed == 0
+    assert sync(a).pulled == 0
+    assert data(a.get("answers", "north-1")) == {"team": "north"}
 
 
 def test_invalid_input_raises_typed_errors(devices):

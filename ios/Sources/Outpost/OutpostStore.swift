@@ -129,6 +129,22 @@ public final class OutpostStore: @unchecked Sendable {
         try await offMain { try self.native.resolve(conflictId: conflictId, resolution: resolution) }
     }
 
+    /// Puts edits the server rejected back in the queue; returns how many.
+    public func retryFailed() async throws -> UInt64 {
+        try await offMain { try self.native.retryFailed() }
+    }
+
+    /// Edits the server rejected for good, oldest first; each keeps its data.
+    public func failedEdits() async throws -> [FailedEdit] {
+        try await offMain { try self.native.failedEdits() }
+    }
+
+    /// Gives up one rejected edit (the user's decision); the record returns to its last
+    /// synced state.
+    public func discardFailed(entryId: Int64) async throws {
+        try await offMain { try self.native.discardFailed(entryId: entryId) }
+    }
+
     /// Pushes, then pulls, within `deadline` seconds. Cancelling the calling task cancels
     /// the sync: in-flight edits go back to the queue, never lost or doubled.
     public func syncNow(deadline: TimeInterval? = nil) async throws -> SyncReport {

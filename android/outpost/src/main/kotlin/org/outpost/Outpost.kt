@@ -30,6 +30,7 @@ import org.outpost.ffi.ChangeEvent
 import org.outpost.ffi.ChangeListener
 import org.outpost.ffi.Conflict
 import org.outpost.ffi.ConflictListener
+import org.outpost.ffi.FailedEdit
 import org.outpost.ffi.Filter
 import org.outpost.ffi.OutpostConfig
 import org.outpost.ffi.Query
@@ -206,6 +207,15 @@ class Outpost private constructor(
 
     /** Puts edits the server rejected back in the queue; returns how many. */
     suspend fun retryFailed(): Long = withContext(io) { native.retryFailed().toLong() }
+
+    /** Edits the server rejected for good, oldest first; each keeps its data. */
+    suspend fun failedEdits(): List<FailedEdit> = withContext(io) { native.failedEdits() }
+
+    /**
+     * Gives up one rejected edit (the user's decision); the record returns to its last
+     * synced state. An entry that is not failed throws `OutpostException.NotFound`.
+     */
+    suspend fun discardFailed(entryId: Long) = withContext(io) { native.discardFailed(entryId) }
 
     /** Stops sync and listeners and closes the database; later calls throw `Closed`. */
     override fun close() {

@@ -141,6 +141,28 @@ class OutpostTest {
         }
 
     @Test
+    fun rejectedEditIsKeptUntilRetriedOrDiscarded() =
+        runBlocking<Unit> {
+            val a = device("a")
+            val c = device("c", CHIOMA)
+            a.put("answers", "north-1", """{"team":"north"}""")
+            assertEquals(SyncOutcome.COMPLETED, a.syncNow(30.seconds).outcome)
+            // Chioma is on team south: writing team north's record is forbidden for good.
+            c.put("answers", "north-1", """{"team":"south?"}""")
+            val report = c.syncNow(30.seconds)
+            assertEquals(1uL, report.rejected, report.toString())
+            val edit = c.failedEdits().single()
+            assertEquals(listOf("north-1", "put", "forbidden"), listOf(edit.recordId, edit.kind, edit.errorCode))
+            assertEquals(SyncState.FAILED, c.get("answers", "north-1")?.syncState)
+            eventually(what = "status counts the failure") { c.syncStatus.value.failed == 1uL }
+            assertThrows<OutpostException.NotFound> { runBlocking { c.discardFailed(edit.entryId + 1000) } }
+            c.discardFailed(edit.entryId)
+            assertTrue(c.failedEdits().isEmpty())
+            assertNull(c.get("answers", "north-1"))
+            eventually(what = "status drops the failure") { c.syncStatus.value.failed == 0uL }
+        }
+
+    @Test
     fun invalidInputThrowsTypedExceptions() =
         runBlocking<Unit> {
             val a = device("a")

@@ -18,6 +18,7 @@ import org.outpost.ffi.TokenProvider
 
 const val AMINA = "token-amina-0123456789"
 const val BEN = "token-ben-0123456789"
+const val CHIOMA = "token-chioma-0123456789"
 
 class TestServer : AutoCloseable {
     val dir: File = Files.createTempDirectory("outpost-kt").toFile()
@@ -27,9 +28,10 @@ class TestServer : AutoCloseable {
     init {
         val config = File(dir, "server.toml")
         val users =
-            listOf("amina" to AMINA, "ben" to BEN).joinToString("") { (name, token) ->
-                "\n[[users]]\nname = \"$name\"\nteam = \"north\"\ntoken = \"$token\"\n"
-            }
+            listOf(Triple("amina", "north", AMINA), Triple("ben", "north", BEN), Triple("chioma", "south", CHIOMA))
+                .joinToString("") { (name, team, token) ->
+                    "\n[[users]]\nname = \"$name\"\nteam = \"$team\"\ntoken = \"$token\"\n"
+                }
         config.writeText(
             "listen = \"127.0.0.1:0\"\ndatabase = \"${File(dir, "server.db").path}\"\n" +
                 "default_access = \"team\"\ntombstone_retention_days = 30\n" + users,
