@@ -13,16 +13,14 @@ use crate::feed::ChangeOrigin;
 use crate::protocol::{Change, ErrorBody, JsonObject, Op, OpKind};
 use crate::store::{Store, SyncState};
 
-/// Where an entry is in its life.
+/// Where an entry is in its life. An applied entry is deleted in the transaction that
+/// records its answer, so there is no state for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryState {
     /// Waiting to be sent (or re-sent).
     Pending,
     /// Handed to the network; its answer is not in yet.
     Syncing,
-    /// The server answered `applied`. Such entries are deleted in the same transaction
-    /// (and by migration 3 in older databases), so this is never read back.
-    Synced,
     /// The server rejected it; kept until the app retries or discards it.
     Failed,
 }
@@ -32,7 +30,6 @@ impl EntryState {
         match self {
             EntryState::Pending => "pending",
             EntryState::Syncing => "syncing",
-            EntryState::Synced => "synced",
             EntryState::Failed => "failed",
         }
     }
@@ -40,7 +37,6 @@ impl EntryState {
     fn parse(s: &str) -> EntryState {
         match s {
             "syncing" => EntryState::Syncing,
-            "synced" => EntryState::Synced,
             "failed" => EntryState::Failed,
             _ => EntryState::Pending,
         }
@@ -198,7 +194,7 @@ pub(crate) fn enqueue(tx: &Transaction<'_>, e: &NewEntry<'_>, now: i64) -> Resul
             let unsynced_before: i64 = tx
                 .prepare_cached(
                     "SELECT count(*) FROM outbox WHERE collection = ?1 AND record_id = ?2
-                     AND id < ?3 AND state != 'synced'",
+                     AND id < ?3",
                 )?
                 .query_row(params![e.collection, e.record_id, tail.id], |r| r.get(0))?;
             if tail.base_version.is_none() && tail.kind != OpKind::Delete && unsynced_before == 0 {
@@ -379,9 +375,8 @@ impl Store {
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT state, count(*) FROM outbox WHERE state != 'synced' GROUP BY state",
-            )?;
+            let mut stmt =
+                conn.prepare_cached("SELECT state, count(*) FROM outbox GROUP BY state")?;
             let mut counts = OutboxCounts::default();
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
@@ -391,7 +386,6 @@ impl Store {
                     EntryState::Pending => counts.pending = n,
                     EntryState::Syncing => counts.syncing = n,
                     EntryState::Failed => counts.failed = n,
-                    EntryState::Synced => {}
                 }
             }
             Ok(counts)
@@ -444,81 +438,15 @@ impl Store {
     }
 }
 
-/// The record an entry belongs to, with the entry's kind and data.
-type EntryKey = (String, String, String, Option<String>);
-
-fn record_key(tx: &Transaction<'_>, id: i64) -> Result<Option<EntryKey>> {
-    Ok(tx
-        .prepare_cached("SELECT collection, record_id, kind, data FROM outbox WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?)
-}
-
 fn unfinished_for(tx: &Transaction<'_>, collection: &str, record_id: &str) -> Result<i64> {
     Ok(tx
-        .prepare_cached(
-            "SELECT count(*) FROM outbox WHERE collection = ?1 AND record_id = ?2 AND state != 'synced'",
-        )?
+        .prepare_cached("SELECT count(*) FROM outbox WHERE collection = ?1 AND record_id = ?2")?
         .query_row(params![collection, record_id], |r| r.get(0))?)
 }
 
 fn apply_one(tx: &Transaction<'_>, id: i64, outcome: &PushOutcome) -> Result<()> {
-    if let PushOutcome::Applied { version } = outcome {
-        // The server holds this edit now: the entry has done its work and goes. Its
-        // op_id lives on in the server's answers, which is what makes resends safe.
-        let row = tx
-            .prepare_cached(
-                "DELETE FROM outbox WHERE id = ?1 RETURNING collection, record_id, kind, data",
-            )?
-            .query_row([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })
-            .optional()?;
-        let Some((collection, record_id, kind, data)) = row else {
-            return Ok(());
-        };
-        let unfinished = unfinished_for(tx, &collection, &record_id)?;
-        let (remote, deleted) = tx
-            .prepare_cached(
-                "SELECT remote, deleted FROM records WHERE collection = ?1 AND id = ?2",
-            )?
-            .query_row(params![collection, record_id], |r| {
-                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?))
-            })
-            .optional()?
-            .unwrap_or((None, false));
-        if unfinished > 0 {
-            // Later edits of this record were made on top of this one.
-            tx.prepare_cached(
-                "UPDATE outbox SET base_version = ?3 WHERE collection = ?1 AND record_id = ?2
-                 AND id > ?4 AND state != 'synced'",
-            )?
-            .execute(params![collection, record_id, version, id])?;
-        }
-        return mark_applied(
-            tx,
-            &collection,
-            &record_id,
-            &kind,
-            data.as_deref(),
-            *version,
-            Pending {
-                unfinished,
-                remote,
-                deleted,
-            },
-        );
-    }
-    let Some((collection, record_id, ..)) = record_key(tx, id)? else {
-        return Ok(());
-    };
     match outcome {
-        PushOutcome::Applied { .. } => {}
+        PushOutcome::Applied { version } => settle_applied(tx, id, *version)?,
         PushOutcome::Retry {
             error,
             next_attempt_at_ms,
@@ -530,14 +458,21 @@ fn apply_one(tx: &Transaction<'_>, id: i64, outcome: &PushOutcome) -> Result<()>
             .execute(params![id, next_attempt_at_ms, error.code, error.message])?;
         }
         PushOutcome::Failed { error } => {
-            tx.prepare_cached(
-                "UPDATE outbox SET state = 'failed', last_error_code = ?2, last_error = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, error.code, error.message])?;
-            tx.prepare_cached(
-                "UPDATE records SET sync_state = 'failed' WHERE collection = ?1 AND id = ?2",
-            )?
-            .execute(params![collection, record_id])?;
+            let record = tx
+                .prepare_cached(
+                    "UPDATE outbox SET state = 'failed', last_error_code = ?2, last_error = ?3
+                     WHERE id = ?1 RETURNING collection, record_id",
+                )?
+                .query_row(params![id, error.code, error.message], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?;
+            if let Some((collection, record_id)) = record {
+                tx.prepare_cached(
+                    "UPDATE records SET sync_state = 'failed' WHERE collection = ?1 AND id = ?2",
+                )?
+                .execute(params![collection, record_id])?;
+            }
         }
         PushOutcome::Released => {
             tx.prepare_cached(
@@ -549,58 +484,75 @@ fn apply_one(tx: &Transaction<'_>, id: i64, outcome: &PushOutcome) -> Result<()>
     Ok(())
 }
 
-/// What is left of a record once one of its entries was applied.
-struct Pending {
-    /// Entries of the record still queued, in flight or failed.
-    unfinished: i64,
-    /// The server state stashed by a pull meanwhile (JSON of a `Change`).
-    remote: Option<String>,
-    deleted: bool,
+/// The server holds this edit now: the entry has done its work and goes (its op_id lives
+/// on in the server's answers, which is what makes resends safe), and the record's base
+/// becomes what the server holds.
+fn settle_applied(tx: &Transaction<'_>, id: i64, version: i64) -> Result<()> {
+    let row = tx
+        .prepare_cached(
+            "DELETE FROM outbox WHERE id = ?1 RETURNING collection, record_id, kind, data",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((collection, record_id, kind, data)) = row else {
+        return Ok(());
+    };
+    if unfinished_for(tx, &collection, &record_id)? > 0 {
+        // Later edits of this record were made on top of this one.
+        tx.prepare_cached(
+            "UPDATE outbox SET base_version = ?3 WHERE collection = ?1 AND record_id = ?2
+             AND id > ?4",
+        )?
+        .execute(params![collection, record_id, version, id])?;
+        return move_base(tx, &collection, &record_id, &kind, data.as_deref(), version);
+    }
+    let (remote, deleted) = tx
+        .prepare_cached("SELECT remote, deleted FROM records WHERE collection = ?1 AND id = ?2")?
+        .query_row(params![collection, record_id], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?))
+        })
+        .optional()?
+        .unwrap_or((None, false));
+    // A newer server state pulled while this edit was in flight: the server has moved
+    // on past our op (or merged CRDT fields into it), so that state is the truth now.
+    if let Some(c) = parse_stash(remote).filter(|c| c.version >= version) {
+        return adopt_change(tx, &collection, &record_id, &c);
+    }
+    // Nothing else queued: local data is exactly the server's.
+    if deleted {
+        tx.prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
+            .execute(params![collection, record_id])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE records SET version = ?3, base = data, base_hlc = hlc, sync_state = ?4,
+             remote = NULL WHERE collection = ?1 AND id = ?2",
+        )?
+        .execute(params![
+            collection,
+            record_id,
+            version,
+            SyncState::Synced.as_str()
+        ])?;
+    }
+    Ok(())
 }
 
-/// After an applied op: the record's base is what the server now holds.
-fn mark_applied(
+/// Later edits are still queued: the base moves to what the applied op carried.
+fn move_base(
     tx: &Transaction<'_>,
     collection: &str,
     record_id: &str,
     kind: &str,
     data: Option<&str>,
     version: i64,
-    Pending {
-        unfinished,
-        remote,
-        deleted,
-    }: Pending,
 ) -> Result<()> {
-    // A newer server state pulled while this edit was in flight: the server has moved
-    // on past our op (or merged CRDT fields into it), so that state is the truth now.
-    let remote = remote
-        .and_then(|j| serde_json::from_str::<Change>(&j).ok())
-        .filter(|c| c.version >= version);
-    if unfinished == 0 {
-        if let Some(c) = remote {
-            adopt_change(tx, collection, record_id, &c)?;
-            return Ok(());
-        }
-        // Nothing else queued: local data is exactly the server's.
-        if deleted {
-            tx.prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
-                .execute(params![collection, record_id])?;
-        } else {
-            tx.prepare_cached(
-                "UPDATE records SET version = ?3, base = data, base_hlc = hlc, sync_state = ?4,
-                 remote = NULL WHERE collection = ?1 AND id = ?2",
-            )?
-            .execute(params![
-                collection,
-                record_id,
-                version,
-                SyncState::Synced.as_str()
-            ])?;
-        }
-        return Ok(());
-    }
-    // Later edits are still queued: the base moves to what this op carried.
     let base: Option<String> = match OpKind::parse(kind) {
         Some(OpKind::Put) => data.map(str::to_owned),
         Some(OpKind::Patch) => {
@@ -646,7 +598,7 @@ fn next_batch(conn: &Connection, limits: BatchLimits, now_ms: i64) -> Result<Vec
              WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
                AND NOT EXISTS (SELECT 1 FROM outbox p
                                WHERE p.collection = o.collection AND p.record_id = o.record_id
-                                 AND p.id < o.id AND p.state != 'synced')
+                                 AND p.id < o.id)
                AND NOT EXISTS (SELECT 1 FROM records r
                                WHERE r.collection = o.collection AND r.id = o.record_id
                                  AND r.sync_state = 'conflicted')
@@ -712,7 +664,13 @@ pub(crate) fn deferred_remote(
         .query_row(params![collection, record_id], |r| r.get(0))
         .optional()?
         .flatten();
-    Ok(json.and_then(|j| serde_json::from_str::<Change>(&j).ok()))
+    Ok(parse_stash(json))
+}
+
+/// A stash is our own serialisation of a `Change`, so one that does not parse is
+/// treated as absent rather than wedging the record.
+fn parse_stash(json: Option<String>) -> Option<Change> {
+    json.and_then(|j| serde_json::from_str::<Change>(&j).ok())
 }
 
 /// Makes the record exactly the server's state `c` (and clears any stash).

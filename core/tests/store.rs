@@ -23,15 +23,6 @@ fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(dir.path().join("device.db"), config()).unwrap()
 }
 
-fn live_entries(store: &Store) -> Vec<outpost_core::OutboxEntry> {
-    store
-        .outbox_entries()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.state != EntryState::Synced)
-        .collect()
-}
-
 #[test]
 fn put_get_patch_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,7 +45,7 @@ fn put_get_patch_delete() {
     store.delete("patients", "p-1").unwrap();
     assert_eq!(store.get("patients", "p-1").unwrap(), None);
     // Created and deleted before any sync: nothing is left to upload.
-    assert!(live_entries(&store).is_empty());
+    assert!(store.outbox_entries().unwrap().is_empty());
     assert_eq!(
         store.patch("patients", "p-1", json!({"a": 1})),
         Err(Error::NotFound {
@@ -243,7 +234,7 @@ fn a_batch_commits_all_or_nothing() {
         })
         .unwrap();
     assert_eq!(store.count("answers", &[]).unwrap(), 40);
-    assert_eq!(live_entries(&store).len(), 40);
+    assert_eq!(store.outbox_entries().unwrap().len(), 40);
 }
 
 #[test]
@@ -266,7 +257,7 @@ fn crdt_operations_go_through_the_outbox() {
     let tags = outpost_core::crdt::Crdt::from_json(&r.data["tags"]).unwrap();
     assert_eq!(tags.value(), json!(["diabetic"]));
     // All coalesced into the never-sent create.
-    let entries = live_entries(&store);
+    let entries = store.outbox_entries().unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].kind, OpKind::Put);
     assert_eq!(
@@ -282,7 +273,7 @@ fn coalescing_rules() {
     // put + patch -> put with the whole record
     store.put("patients", Some("a"), json!({"x": 1})).unwrap();
     store.patch("patients", "a", json!({"y": 2})).unwrap();
-    let e = live_entries(&store);
+    let e = store.outbox_entries().unwrap();
     assert_eq!(e.len(), 1);
     assert_eq!(
         (e[0].kind, Value::Object(e[0].data.clone().unwrap())),
@@ -296,7 +287,7 @@ fn coalescing_rules() {
     store.outbox_mark_in_flight(&[batch[0].id]).unwrap();
     store.patch("patients", "a", json!({"z": 3})).unwrap();
     store.patch("patients", "a", json!({"w": 4})).unwrap();
-    let e = live_entries(&store);
+    let e = store.outbox_entries().unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(e[1].kind, OpKind::Patch);
     assert_eq!(
@@ -321,7 +312,7 @@ fn coalescing_rules() {
     assert_eq!(next[0].base_version, Some(1));
     // patch + delete -> delete on the same base.
     store.delete("patients", "a").unwrap();
-    let e = live_entries(&store);
+    let e = store.outbox_entries().unwrap();
     assert_eq!(e.len(), 1);
     assert_eq!(
         (e[0].kind, e[0].base_version, e[0].data.clone()),
@@ -331,20 +322,24 @@ fn coalescing_rules() {
     store
         .put("patients", Some("a"), json!({"again": true}))
         .unwrap();
-    let e = live_entries(&store);
+    let e = store.outbox_entries().unwrap();
     assert_eq!(
         (e.len(), e[0].kind, e[0].base_version),
         (1, OpKind::Put, Some(1))
     );
     // A create in flight plus a delete: the delete must still be sent.
     store.put("patients", Some("b"), json!({})).unwrap();
-    let b = live_entries(&store)
+    let b = store
+        .outbox_entries()
+        .unwrap()
         .into_iter()
         .find(|e| e.record_id == "b")
         .unwrap();
     store.outbox_mark_in_flight(&[b.id]).unwrap();
     store.delete("patients", "b").unwrap();
-    let kinds: Vec<_> = live_entries(&store)
+    let kinds: Vec<_> = store
+        .outbox_entries()
+        .unwrap()
         .into_iter()
         .filter(|e| e.record_id == "b")
         .map(|e| e.kind)
@@ -373,7 +368,7 @@ fn syncing_entries_return_to_pending_on_reopen() {
     assert_eq!(e[0].attempts, 1);
     // Still sealed: a new edit does not change what the op_id carries.
     store.patch("patients", "a", json!({"y": 2})).unwrap();
-    let e = live_entries(&store);
+    let e = store.outbox_entries().unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(Value::Object(e[0].data.clone().unwrap()), json!({"x": 1}));
 }

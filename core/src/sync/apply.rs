@@ -155,9 +155,7 @@ impl WriteTx<'_> {
     fn drop_unfinished(&mut self, collection: &str, id: &str) -> Result<()> {
         self.save_clock = true;
         self.tx
-            .prepare_cached(
-                "DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2 AND state != 'synced'",
-            )?
+            .prepare_cached("DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2")?
             .execute(params![collection, id])?;
         Ok(())
     }
