@@ -45,3 +45,8 @@ pub use sync::{
     SyncEngine, SyncOutcome, SyncReport, SyncStatus, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
+
+/// The device database's latest schema, for benchmarks whose raw-SQLite baselines must
+/// do the same B-tree work as the store. Not an API: apps never open the database.
+#[doc(hidden)]
+pub const SCHEMA_SQL: &str = schema::CREATE;

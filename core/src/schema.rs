@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub const VERSION: i64 = 3;
 
 /// The latest schema, for a new database.
-const CREATE: &str = "
+pub(crate) const CREATE: &str = "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
