@@ -114,7 +114,7 @@ impl StoreConfig {
     }
 
     /// Checks names and settings; returns the collections by name.
-    pub(crate) fn validated(&self) -> Result<BTreeMap<String, ConflictStrategy>> {
+    pub(crate) fn validated(&self) -> Result<Collections> {
         let mut out = BTreeMap::new();
         for c in &self.collections {
             validate_collection(&c.name)?;
@@ -131,7 +131,31 @@ impl StoreConfig {
                 key.len()
             )));
         }
-        Ok(out)
+        Ok(Collections(out))
+    }
+}
+
+/// The declared collections, checked: every call's collection name is looked up here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Collections(BTreeMap<String, ConflictStrategy>);
+
+impl Collections {
+    /// The strategy of a declared collection; an invalid or undeclared name is an error.
+    pub(crate) fn strategy(&self, collection: &str) -> Result<ConflictStrategy> {
+        validate_collection(collection)?;
+        self.0
+            .get(collection)
+            .copied()
+            .ok_or_else(|| Error::UnknownCollection(collection.to_owned()))
+    }
+
+    pub(crate) fn check(&self, collection: &str) -> Result<()> {
+        self.strategy(collection).map(|_| ())
+    }
+
+    /// The names, in order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
     }
 }
 

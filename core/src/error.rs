@@ -54,6 +54,15 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A stored value this build does not know: a corrupt row, never read as a default.
+    pub(crate) fn corrupt(table: &str, column: &str, value: &str) -> Error {
+        Error::Database(format!(
+            "corrupt row in {table}: unknown {column} {value:?}"
+        ))
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         use rusqlite::ffi::ErrorCode;

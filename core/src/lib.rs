@@ -26,27 +26,32 @@ pub mod clock;
 mod config;
 pub mod conflict;
 pub mod crdt;
+mod db;
 mod error;
 mod feed;
 mod outbox;
 pub mod protocol;
-mod schema;
+mod query;
+mod record;
 mod store;
 pub mod sync;
 pub mod transport;
 
 pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
+pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
 pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, RecordRef, Subscription};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
-pub use store::{Order, Query, Record, Store, SyncState, WriteTx};
+pub use query::{Order, Query};
+pub use record::{Record, SyncState};
+pub use store::{Store, WriteTx};
 pub use sync::{
-    Conflict, ConflictListener, Resolution, StaticToken, StatusListener, SyncActivity, SyncConfig,
-    SyncEngine, SyncOutcome, SyncReport, SyncStatus, TokenProvider,
+    ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
+    SyncOutcome, SyncReport, SyncStatus, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
 
 /// The device database's latest schema, for benchmarks whose raw-SQLite baselines must
 /// do the same B-tree work as the store. Not an API: apps never open the database.
 #[doc(hidden)]
-pub const SCHEMA_SQL: &str = schema::CREATE;
+pub const SCHEMA_SQL: &str = db::schema::CREATE;

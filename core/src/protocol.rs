@@ -298,6 +298,18 @@ pub fn validate_record(data: &JsonObject) -> Result<usize, ValidationError> {
     Ok(size)
 }
 
+/// "a boolean", "an array", …: a JSON value's type, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Nesting depth: a scalar is 0, `[]` and `{}` are 1, `[[1]]` is 2.
 pub fn json_depth(v: &Value) -> usize {
     // Iterative so that hostile input cannot overflow the stack.

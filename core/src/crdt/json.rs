@@ -91,17 +91,6 @@ impl Crdt {
     }
 }
 
-pub(super) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 pub(super) fn valid_replica(r: &str) -> bool {
     !r.is_empty() && r.len() <= MAX_REPLICA_BYTES && !r.chars().any(char::is_control)
 }

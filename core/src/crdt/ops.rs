@@ -3,9 +3,10 @@
 
 use serde_json::Value;
 
-use super::json::{check_replica, json_kind};
+use super::json::check_replica;
 use super::*;
 use crate::clock::Hlc;
+use crate::protocol::json_kind;
 
 /// Adds `by` (negative to decrement) to the counter held by a field, for `replica`.
 /// An absent field becomes a new pncounter: always a pncounter, so two offline

@@ -3,6 +3,8 @@
 //! A plain value type, recomputed from the store's counts and the engine's state and
 //! pushed to listeners on every change; a listener that lags sees only the latest.
 
+use super::Inner;
+use crate::db::lock;
 use crate::feed::Coalesce;
 
 /// What the engine is doing.
@@ -36,5 +38,41 @@ pub struct SyncStatus {
 impl Coalesce for SyncStatus {
     fn absorb(&mut self, later: Self) {
         *self = later;
+    }
+}
+
+impl Inner {
+    /// Recomputed from the store's counts (on readers, never the writer) and the
+    /// engine's state, so asking never waits on a sync's disk work.
+    pub(super) fn status(&self) -> SyncStatus {
+        let counts = self.store.outbox_counts().unwrap_or_default();
+        let conflicts = self.store.open_conflict_count().unwrap_or(0);
+        let now = self.now_ms();
+        let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
+        let st = lock(&self.state);
+        let activity = if !self.online() {
+            SyncActivity::Offline
+        } else if st.running {
+            SyncActivity::Syncing
+        } else if st.auth_failed {
+            SyncActivity::AuthError
+        } else if next_retry_at_ms.is_some() && st.consecutive_failures > 0 {
+            SyncActivity::BackingOff
+        } else {
+            SyncActivity::Idle
+        };
+        SyncStatus {
+            activity,
+            pending: counts.pending + counts.syncing,
+            failed: counts.failed,
+            conflicts,
+            last_synced_at_ms: st.last_synced_at_ms,
+            last_error: st.last_error.clone(),
+            next_retry_at_ms,
+        }
+    }
+
+    pub(super) fn publish_status(&self) {
+        self.statuses.publish(self.status());
     }
 }

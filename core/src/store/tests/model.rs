@@ -1,12 +1,12 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Property: whatever the interleaving of edits, sends, lost answers and restarts,
 //! replaying the (coalesced) outbox on a server gives the same state as replaying every
 //! write, and every op_id takes effect once.
 
 use std::collections::{BTreeMap, HashSet};
 
-use outpost_core::protocol::{JsonObject, OpKind};
-use outpost_core::{BatchLimits, ConflictStrategy, PushOutcome, Query, Store, StoreConfig};
+use crate::outbox::{BatchLimits, PushOutcome};
+use crate::protocol::{JsonObject, OpKind};
+use crate::{ConflictStrategy, Query, Store, StoreConfig};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -42,7 +42,7 @@ struct Server {
 }
 
 impl Server {
-    fn apply(&mut self, e: &outpost_core::OutboxEntry) -> i64 {
+    fn apply(&mut self, e: &crate::OutboxEntry) -> i64 {
         if self.applied.insert(e.op_id.clone()) {
             self.effects += 1;
             let data = e.data.clone().unwrap_or_default();
@@ -165,7 +165,7 @@ proptest! {
             .collect();
         prop_assert_eq!(&local, &model);
         for r in store.query("c", &Query::new()).unwrap() {
-            prop_assert_eq!(r.sync_state, outpost_core::SyncState::Synced);
+            prop_assert_eq!(r.sync_state, crate::SyncState::Synced);
             prop_assert_eq!(Some(&r.version), server.versions.get(&r.id));
         }
     }

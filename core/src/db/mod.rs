@@ -1,0 +1,392 @@
+//! The device database's connections: one writer, a pool of readers, and the handles
+//! that interrupt them.
+//!
+//! SQLite allows one writer at a time, so every write goes through the single writer
+//! connection behind a mutex (waiting there, not in busy-retry loops), and WAL lets
+//! queries read committed snapshots on their own connections meanwhile. Each table has
+//! one owner module below with the only SQL that writes it; [`Tx`] is what they take,
+//! and it keeps the one rule that spans tables: the clock resumes from the stamps
+//! stored in rows, so a transaction that drops such rows saves the clock itself.
+
+pub(crate) mod conflicts;
+pub(crate) mod cursors;
+pub(crate) mod meta;
+pub(crate) mod outbox;
+pub(crate) mod records;
+pub(crate) mod schema;
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, InterruptHandle, OpenFlags, Params, Transaction};
+
+use crate::clock::{Hlc, HybridClock};
+use crate::config::{Durability, StoreConfig};
+use crate::error::{Error, Result};
+use crate::protocol::JsonObject;
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves its data consistent
+/// (SQLite rolls back an unfinished transaction), so a panic elsewhere must not make the
+/// store unusable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stored value this build cannot read, as the error rusqlite reports it.
+pub(crate) fn unreadable(
+    col: usize,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// A column holding a JSON object, or NULL.
+pub(crate) fn json_col(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<Option<JsonObject>> {
+    let s: Option<String> = r.get(col)?;
+    s.map(|s| serde_json::from_str::<JsonObject>(&s))
+        .transpose()
+        .map_err(|e| unreadable(col, e))
+}
+
+/// How connections are opened: the parts of the store config SQLite sees.
+#[derive(Clone)]
+struct OpenSettings {
+    durability: Durability,
+    encryption_key: Option<Vec<u8>>,
+    busy_timeout: std::time::Duration,
+    read_connections: usize,
+}
+
+struct Writer {
+    conn: Connection,
+    clock: HybridClock,
+}
+
+/// A pooled read connection and the key of its interrupt handle.
+struct Reader {
+    conn: Connection,
+    key: u64,
+}
+
+/// The open database: its writer, its readers and their interrupt handles.
+pub(crate) struct Db {
+    path: PathBuf,
+    settings: OpenSettings,
+    writer: Mutex<Option<Writer>>,
+    readers: Mutex<Vec<Reader>>,
+    // Outside the connection locks, so `interrupt` and `close` reach a busy query.
+    // Keyed so that a reader dropped past the pool size takes its handle with it.
+    interrupts: Mutex<HashMap<u64, InterruptHandle>>,
+    next_key: AtomicU64,
+    closed: AtomicBool,
+    replica_id: String,
+    client_id: String,
+}
+
+impl Db {
+    /// Opens (or creates) the database, migrates it, and returns entries a crash left
+    /// in flight to pending.
+    pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Db> {
+        let settings = OpenSettings {
+            durability: config.durability,
+            encryption_key: config.encryption_key.clone(),
+            busy_timeout: config.busy_timeout,
+            read_connections: config.read_connections,
+        };
+        let mut conn = open_connection(path, &settings, false)?;
+        schema::migrate(&mut conn)?;
+        let (replica_id, client_id) = meta::identity(&conn)?;
+        let clock = recover_clock(&conn, &replica_id)?;
+        outbox::release_all(&conn)?;
+        let interrupts = HashMap::from([(0, conn.get_interrupt_handle())]);
+        Ok(Db {
+            path: path.to_path_buf(),
+            settings,
+            writer: Mutex::new(Some(Writer { conn, clock })),
+            readers: Mutex::new(Vec::new()),
+            interrupts: Mutex::new(interrupts),
+            next_key: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            replica_id,
+            client_id,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops any running query with [`Error::Interrupted`].
+    pub(crate) fn interrupt(&self) {
+        for h in lock(&self.interrupts).values() {
+            h.interrupt();
+        }
+    }
+
+    /// Interrupts running queries, drops every connection and folds the WAL back so
+    /// the file is complete on its own. Returns false if it was already closed.
+    pub(crate) fn close(&self) -> bool {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.interrupt();
+        lock(&self.readers).clear();
+        let writer = lock(&self.writer).take();
+        if let Some(Err(e)) =
+            writer.map(|w| w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
+        {
+            tracing::warn!(error = %e, "checkpoint at close failed; the WAL stays beside the file");
+        }
+        true
+    }
+
+    /// The writer, locked: writes queue here rather than in SQLite's busy handler.
+    pub(crate) fn writer(&self) -> Result<WriterGuard<'_>> {
+        self.check_open()?;
+        Ok(WriterGuard(lock(&self.writer)))
+    }
+
+    /// Runs `f` on a read connection (never the writer), so reads do not wait on writes.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.check_open()?;
+        let pooled = lock(&self.readers).pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => {
+                let conn = open_connection(&self.path, &self.settings, true)?;
+                let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+                lock(&self.interrupts).insert(key, conn.get_interrupt_handle());
+                Reader { conn, key }
+            }
+        };
+        let out = f(&reader.conn);
+        let mut pool = lock(&self.readers);
+        if !self.is_closed() && pool.len() < self.settings.read_connections.max(1) {
+            pool.push(reader);
+        } else {
+            drop(pool);
+            lock(&self.interrupts).remove(&reader.key);
+        }
+        out
+    }
+
+    /// The highest stamp this device has issued or seen.
+    pub(crate) fn last_hlc(&self) -> Result<Hlc> {
+        let guard = lock(&self.writer);
+        let w = guard.as_ref().ok_or(Error::Closed)?;
+        Ok(w.clock.last().clone())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn interrupt_handles(&self) -> usize {
+        lock(&self.interrupts).len()
+    }
+}
+
+/// The locked writer connection, with the clock that stamps its edits.
+pub(crate) struct WriterGuard<'a>(MutexGuard<'a, Option<Writer>>);
+
+impl WriterGuard<'_> {
+    /// Begins an immediate transaction, `now_ms` being its time. Nothing of it is kept
+    /// unless [`Tx::commit`] is called.
+    pub(crate) fn begin(&mut self, now_ms: i64) -> Result<Tx<'_>> {
+        let Writer { conn, clock } = self.0.as_mut().ok_or(Error::Closed)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(Tx {
+            tx,
+            clock,
+            now: now_ms,
+            save_clock: false,
+        })
+    }
+}
+
+/// A write transaction on the writer, with the clock it stamps edits with.
+///
+/// Owner modules take `&Tx` to write their table; deleting rows goes through
+/// [`Tx::delete_stamped`], because those rows may hold the highest stamp stored.
+pub(crate) struct Tx<'a> {
+    tx: Transaction<'a>,
+    clock: &'a mut HybridClock,
+    now: i64,
+    save_clock: bool,
+}
+
+impl<'a> Deref for Tx<'a> {
+    type Target = Transaction<'a>;
+    fn deref(&self) -> &Transaction<'a> {
+        &self.tx
+    }
+}
+
+impl Tx<'_> {
+    /// The wall-clock time of this transaction (ms since the epoch).
+    pub(crate) fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// A new stamp for a local edit.
+    pub(crate) fn tick(&mut self) -> Hlc {
+        self.clock.tick(self.now.max(0) as u64)
+    }
+
+    /// Takes in a stamp seen from the server, so later local stamps sort after it.
+    /// It may end up in no row (a tombstone, a stash), so the clock is saved.
+    pub(crate) fn observe(&mut self, hlc: &str) {
+        if let Ok(h) = hlc.parse::<Hlc>() {
+            self.save_clock |= self.clock.observe(&h, self.now.max(0) as u64);
+        }
+    }
+
+    /// Runs a DELETE of rows that hold HLC stamps. The clock resumes at open from the
+    /// highest stamp stored, so once such rows go it must be saved with the commit, or
+    /// it could go back across a restart. Every delete of `records` and `outbox` rows
+    /// goes through here.
+    pub(crate) fn delete_stamped(&mut self, sql: &str, params: impl Params) -> Result<usize> {
+        let n = self.tx.prepare_cached(sql)?.execute(params)?;
+        self.save_clock |= n > 0;
+        Ok(n)
+    }
+
+    /// [`Tx::delete_stamped`] for a `DELETE … RETURNING` of one row.
+    pub(crate) fn take_stamped<T>(
+        &mut self,
+        sql: &str,
+        params: impl Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        use rusqlite::OptionalExtension;
+        let out = self
+            .tx
+            .prepare_cached(sql)?
+            .query_row(params, row)
+            .optional()?;
+        self.save_clock |= out.is_some();
+        Ok(out)
+    }
+
+    pub(crate) fn commit(self) -> Result<()> {
+        if self.save_clock {
+            meta::save_clock(&self.tx, self.clock.last())?;
+        }
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
+fn open_connection(path: &Path, settings: &OpenSettings, read_only: bool) -> Result<Connection> {
+    let mode = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let flags = mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    apply_key(&conn, settings.encryption_key.as_deref())?;
+    // Fails with NOTADB (WrongKey) when the key does not fit, before anything is written.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    conn.busy_timeout(settings.busy_timeout)?;
+    // Android has no writable temp directory; keep temporary tables in memory.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "trusted_schema", "OFF")?;
+    let sync = match settings.durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    if !read_only {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Database(format!(
+                "could not enable WAL (journal_mode={mode})"
+            )));
+        }
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[cfg(feature = "encryption")]
+fn apply_key(conn: &Connection, key: Option<&[u8]>) -> Result<()> {
+    if let Some(key) = key {
+        use std::fmt::Write;
+        let mut hex = String::with_capacity(key.len() * 2);
+        for b in key {
+            let _ = write!(hex, "{b:02x}");
+        }
+        // A raw 256-bit key: no passphrase derivation, so opening stays fast.
+        conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "encryption"))]
+fn apply_key(_conn: &Connection, key: Option<&[u8]>) -> Result<()> {
+    match key {
+        Some(_) => Err(Error::EncryptionUnavailable),
+        None => Ok(()),
+    }
+}
+
+/// The clock resumes above every stamp stored, so it never goes back across restarts.
+fn recover_clock(conn: &Connection, replica: &str) -> Result<HybridClock> {
+    let mut clock = HybridClock::new(replica, 0, 0);
+    let stamps = [
+        records::max_hlc(conn)?,
+        outbox::max_hlc(conn)?,
+        meta::saved_clock(conn)?,
+    ];
+    for s in stamps.into_iter().flatten() {
+        if let Ok(h) = s.parse::<Hlc>() {
+            // Stored stamps were accepted once; trust them regardless of drift.
+            clock.observe(&h, h.millis);
+        }
+    }
+    Ok(clock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_past_the_pool_size_leave_no_interrupt_handle_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            read_connections: 1,
+            ..StoreConfig::default()
+        };
+        let db = Db::open(&dir.path().join("s.db"), &config).unwrap();
+        for _ in 0..20 {
+            // Nested reads need a second connection while the pooled one is busy.
+            db.read(|_| db.read(|c| Ok(c.is_autocommit()))).unwrap();
+        }
+        // The writer's handle, the pooled reader's, and nothing for the 20 extra ones.
+        assert_eq!(db.interrupt_handles(), 2);
+    }
+}

@@ -1,0 +1,66 @@
+//! How an app tunes and feeds the engine: its knobs, and the callbacks it supplies
+//! (the token, manual conflicts, status changes).
+
+use std::time::Duration;
+
+use crate::conflict::Conflict;
+use crate::outbox::BatchLimits;
+use crate::sync::SyncStatus;
+
+/// Knobs of the engine. The defaults suit a phone on a field network.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Ops per push request, by count and bytes.
+    pub batch: BatchLimits,
+    /// Changes per pull page.
+    pub pull_limit: u32,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long the network must stay up before the engine trusts it.
+    pub network_debounce: Duration,
+    /// Quiet time after a local write before auto mode syncs.
+    pub write_debounce: Duration,
+    /// Sync by itself after reconnecting, after local writes, and when a backoff ends.
+    pub auto_sync: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch: BatchLimits::default(),
+            pull_limit: 1000,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            network_debounce: Duration::from_secs(2),
+            write_debounce: Duration::from_secs(1),
+            auto_sync: false,
+        }
+    }
+}
+
+/// Supplies the bearer token. Called with `refresh = true` after a 401.
+pub trait TokenProvider: Send + Sync {
+    fn token(&self, refresh: bool) -> Result<String, String>;
+}
+
+/// A fixed token, for servers with long-lived device tokens and for tests.
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub String);
+
+impl TokenProvider for StaticToken {
+    fn token(&self, _refresh: bool) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Told about conflicts that need the app (strategy `manual`).
+pub trait ConflictListener: Send + Sync {
+    fn on_conflict(&self, conflict: &Conflict) -> Result<(), String>;
+}
+
+/// Told about every status change.
+pub trait StatusListener: Send + Sync {
+    fn on_status(&self, status: &SyncStatus) -> Result<(), String>;
+}

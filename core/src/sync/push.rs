@@ -1,0 +1,325 @@
+//! The push phase: the outbox goes out in batches, one request in flight at a time.
+//!
+//! The database work around each request (recording the previous answer, choosing and
+//! marking the next batch) runs while it is on the wire, so the link is never idle
+//! waiting on disk. Two batches never hold entries of the same record: a record's next
+//! entry becomes eligible only once the answer for its previous one is recorded.
+
+use std::collections::HashMap;
+
+use super::Inner;
+use super::report::{Stop, Tally, error_code, tally};
+use crate::conflict::Conflict;
+use crate::db::lock;
+use crate::error::Error;
+use crate::outbox::{BatchLimits, OutboxEntry, PushOutcome};
+use crate::protocol::{Change, ErrorBody, ErrorCode, OpResult, PushRequest, PushResponse};
+use crate::transport::TransportError;
+
+/// A batch marked in flight, with its request.
+type Batch = (Vec<OutboxEntry>, PushRequest);
+
+/// Entries the server answered with a conflict, with the record's server state.
+type Conflicts<'b> = Vec<(&'b OutboxEntry, Option<Change>)>;
+
+/// How many ops the next request may carry. A request refused as a whole (400, 413)
+/// is retried one op at a time to find the culprit, so other records still sync; once
+/// the ops of that request have each been tried alone, batches are full again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sizer {
+    full: BatchLimits,
+    /// Single-op requests still to make.
+    isolating: usize,
+}
+
+impl Sizer {
+    fn new(full: BatchLimits) -> Sizer {
+        Sizer { full, isolating: 0 }
+    }
+
+    fn single(&self) -> BatchLimits {
+        BatchLimits {
+            max_ops: 1,
+            ..self.full
+        }
+    }
+
+    /// For a batch taken now, with no request in flight.
+    fn now(&self) -> BatchLimits {
+        if self.isolating > 0 {
+            self.single()
+        } else {
+            self.full
+        }
+    }
+
+    /// For the batch taken while the current one is on the wire: it goes after it.
+    fn after_current(&self) -> BatchLimits {
+        if self.isolating > 1 {
+            self.single()
+        } else {
+            self.full
+        }
+    }
+
+    /// The current batch has gone out.
+    fn sent(&mut self) {
+        self.isolating = self.isolating.saturating_sub(1);
+    }
+
+    /// A request of `ops` ops was refused as a whole.
+    fn refused(&mut self, ops: usize) {
+        self.isolating = ops;
+    }
+}
+
+impl Inner {
+    pub(super) async fn push_all(&self, report: &Tally) -> Result<(), Stop> {
+        let mut sizer = Sizer::new(self.config.batch);
+        // A sync cancelled while a batch was being taken can leave it marked in flight
+        // after its release ran; nothing is in flight between syncs.
+        self.store.release_in_flight()?;
+        let mut current = self.take_batch(Vec::new(), sizer.now()).await?;
+        let mut answered: Option<(Vec<OutboxEntry>, PushResponse)> = None;
+        loop {
+            let Some((batch, req)) = current.take() else {
+                // The last answer: recording it can free a record's next entry or queue
+                // a settled conflict's result, which go out in this same sync.
+                let Some((b, resp)) = answered.take() else {
+                    return Ok(());
+                };
+                let (outcomes, conflicts) = self.read_answer(&b, &resp, report);
+                self.store.outbox_apply_results(&outcomes)?;
+                self.settle_conflicts(conflicts, report)?;
+                current = self.take_batch(Vec::new(), sizer.now()).await?;
+                if current.is_none() {
+                    return Ok(());
+                }
+                continue;
+            };
+            {
+                let mut r = tally(report);
+                r.pushed += batch.len() as u64;
+                r.requests += 1;
+            }
+            let next_limits = sizer.after_current();
+            sizer.sent();
+            let (sent, prepared) = tokio::join!(self.push_request(&req), async {
+                // The previous answer and the next batch share one transaction.
+                let (outcomes, conflicts) = match &answered {
+                    Some((b, resp)) => self.read_answer(b, resp, report),
+                    None => Default::default(),
+                };
+                let next = self.take_batch(outcomes, next_limits).await?;
+                self.settle_conflicts(conflicts, report)?;
+                Ok::<_, Stop>(next)
+            });
+            answered = None;
+            // On an early return both batches are still marked in flight; the run
+            // returns whatever is left in flight to pending.
+            let next = prepared?;
+            match sent {
+                Ok(resp) => {
+                    answered = Some((batch, resp));
+                    current = next;
+                }
+                Err(TransportError::Unauthorized(m)) => {
+                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
+                    self.release(Some(&batch))?;
+                    return Err(Stop::Auth(m));
+                }
+                Err(e) if e.is_transient() => {
+                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
+                    self.back_off(&batch, &e)?;
+                    return Err(Stop::Transient(e.to_string()));
+                }
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(error = %e, "push refused as a whole; isolating ops");
+                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
+                    self.release(Some(&batch))?;
+                    sizer.refused(batch.len());
+                    current = self.take_batch(Vec::new(), sizer.now()).await?;
+                }
+                Err(e) => {
+                    let error = ErrorBody {
+                        code: error_code(&e),
+                        message: e.to_string(),
+                    };
+                    self.store
+                        .outbox_apply_results(&[(batch[0].id, PushOutcome::Failed { error })])?;
+                    tally(report).rejected += 1;
+                    current = next;
+                }
+            }
+        }
+    }
+
+    async fn push_request(&self, req: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.authorized(|token| async move { self.transport.push(&token, req).await })
+            .await
+    }
+
+    /// Records `outcomes`, then takes and marks the next batch, in one transaction.
+    /// On a blocking thread, as pull pages are applied: the disk work then overlaps the
+    /// request on the wire and its encoding, rather than taking turns with them.
+    async fn take_batch(
+        &self,
+        outcomes: Vec<(i64, PushOutcome)>,
+        limits: BatchLimits,
+    ) -> Result<Option<Batch>, Stop> {
+        let store = self.store.clone();
+        let now = self.now_ms();
+        let taken = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let batch = store.outbox_settle_and_take(&outcomes, limits, now)?;
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            let req = PushRequest {
+                client_id: store.client_id().to_owned(),
+                ops: batch.iter().map(OutboxEntry::to_op).collect(),
+            };
+            Ok(Some((batch, req)))
+        });
+        Ok(taken.await??)
+    }
+
+    /// Entries that were marked but got no answer go back, untouched.
+    fn release(&self, batch: Option<&[OutboxEntry]>) -> Result<(), Stop> {
+        let released: Vec<_> = batch
+            .unwrap_or_default()
+            .iter()
+            .map(|e| (e.id, PushOutcome::Released))
+            .collect();
+        if released.is_empty() {
+            return Ok(());
+        }
+        Ok(self.store.outbox_apply_results(&released)?)
+    }
+
+    /// The request failed transiently: each entry waits out its own backoff (at least
+    /// the server's `Retry-After`), keeping its op_id.
+    fn back_off(&self, batch: &[OutboxEntry], e: &TransportError) -> Result<(), Stop> {
+        let retry_after = match e {
+            TransportError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        };
+        let error = ErrorBody {
+            code: error_code(e),
+            message: e.to_string(),
+        };
+        let now = self.now_ms();
+        let outcomes: Vec<_> = batch
+            .iter()
+            .map(|entry| {
+                let delay = self
+                    .backoff(entry.attempts + 1)
+                    .max(retry_after.unwrap_or_default());
+                let retry = PushOutcome::Retry {
+                    error: error.clone(),
+                    next_attempt_at_ms: now + delay.as_millis() as i64,
+                };
+                (entry.id, retry)
+            })
+            .collect();
+        Ok(self.store.outbox_apply_results(&outcomes)?)
+    }
+
+    /// What the server said about each entry of a batch: outcomes to record, and the
+    /// conflicts to settle by strategy.
+    fn read_answer<'b>(
+        &self,
+        batch: &'b [OutboxEntry],
+        resp: &PushResponse,
+        report: &Tally,
+    ) -> (Vec<(i64, PushOutcome)>, Conflicts<'b>) {
+        let by_op: HashMap<&str, &OpResult> = resp.results.iter().map(|r| (r.op_id(), r)).collect();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut conflicts = Vec::new();
+        let now = self.now_ms();
+        for entry in batch {
+            match by_op.get(entry.op_id.as_str()) {
+                Some(OpResult::Applied { version, .. }) => {
+                    outcomes.push((entry.id, PushOutcome::Applied { version: *version }));
+                    tally(report).applied += 1;
+                }
+                Some(OpResult::Rejected { error, .. }) => {
+                    let transient = matches!(
+                        ErrorCode::parse(&error.code),
+                        Some(ErrorCode::Internal | ErrorCode::RateLimited)
+                    );
+                    let outcome = if transient {
+                        let delay = self.backoff(entry.attempts + 1);
+                        PushOutcome::Retry {
+                            error: error.clone(),
+                            next_attempt_at_ms: now + delay.as_millis() as i64,
+                        }
+                    } else {
+                        tally(report).rejected += 1;
+                        PushOutcome::Failed {
+                            error: error.clone(),
+                        }
+                    };
+                    outcomes.push((entry.id, outcome));
+                }
+                Some(OpResult::Conflict { current, .. }) => {
+                    conflicts.push((entry, current.clone()))
+                }
+                // The server skipped it: send it again, same op_id.
+                None => outcomes.push((entry.id, PushOutcome::Released)),
+            }
+        }
+        (outcomes, conflicts)
+    }
+
+    fn settle_conflicts(&self, conflicts: Conflicts<'_>, report: &Tally) -> Result<(), Stop> {
+        for (entry, current) in conflicts {
+            let settled = self.store.settle_conflict(entry, current.as_ref())?;
+            tally(report).conflicts += 1;
+            if settled.manual {
+                self.notify_conflict(settled.conflict);
+            }
+        }
+        Ok(())
+    }
+
+    fn notify_conflict(&self, conflict: Conflict) {
+        let Some(listener) = lock(&self.conflict_listener).clone() else {
+            return;
+        };
+        // Off the sync path and outside every lock; a failing listener is only logged.
+        self.runtime.spawn_blocking(move || {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener.on_conflict(&conflict)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "conflict listener failed"),
+                Err(_) => tracing::warn!("conflict listener panicked"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_isolating_a_refused_request_batches_are_full_again() {
+        let full = BatchLimits {
+            max_ops: 5,
+            max_bytes: 1 << 20,
+        };
+        let mut s = Sizer::new(full);
+        assert_eq!((s.now(), s.after_current()), (full, full));
+        s.sent();
+        // A request of 3 ops refused: the next 3 requests carry one op each.
+        s.refused(3);
+        let mut sizes = vec![s.now().max_ops];
+        for _ in 0..5 {
+            sizes.push(s.after_current().max_ops);
+            s.sent();
+        }
+        assert_eq!(sizes, [1, 1, 1, 5, 5, 5]);
+        assert_eq!(s.now(), full);
+    }
+}
