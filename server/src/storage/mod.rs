@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use outpost_core::protocol::{Change, OpResult};
 
-use crate::config::{Access, User};
+use crate::logic::{Access, User};
 use crate::logic::{Cursor, PushItem};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.

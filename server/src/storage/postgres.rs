@@ -36,7 +36,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError};
-use crate::config::Access;
+use crate::config::PostgresUrl;
+use crate::logic::Access;
 use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
@@ -129,39 +130,6 @@ END $$;
 CREATE INDEX records_collection_seq ON records (collection, seq);
 "#,
 ];
-
-/// A PostgreSQL URL whose password never reaches a log through `{:?}`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PostgresUrl(String);
-
-impl PostgresUrl {
-    /// Checks the URL's syntax (no connection is made).
-    pub fn parse(url: &str) -> Result<PostgresUrl, String> {
-        tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
-        Ok(PostgresUrl(url.to_owned()))
-    }
-
-    /// The URL as written, password included.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PostgresUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match tokio_postgres::Config::from_str(&self.0) {
-            Ok(c) => write!(
-                f,
-                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?})",
-                c.get_user(),
-                c.get_dbname(),
-                c.get_hosts(),
-                c.get_ports()
-            ),
-            Err(_) => f.write_str("PostgresUrl(<unparsable>)"),
-        }
-    }
-}
 
 /// Records, answers and audit in a PostgreSQL database shared by any number of server
 /// processes.
@@ -813,14 +781,5 @@ mod tests {
         assert_ne!(lock_key("op", "ab", "c"), lock_key("op", "a", "bc"));
         assert_ne!(lock_key("op", "a", "b"), lock_key("record", "a", "b"));
         assert_eq!(lock_key("op", "a", "b"), lock_key("op", "a", "b"));
-    }
-
-    #[test]
-    fn the_url_is_checked_and_its_password_never_printed() {
-        let u = PostgresUrl::parse("postgres://amina:s3cret@db.example:5432/outpost").unwrap();
-        let shown = format!("{u:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("outpost"), "{shown}");
-        assert!(PostgresUrl::parse("postgres://h/db?nonsense_option=1").is_err());
     }
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
 };
-use crate::config::Access;
+use crate::logic::Access;
 use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
 
 /// Reader connections kept open between pulls.
