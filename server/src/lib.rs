@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod logic;
+mod push;
 pub mod storage;
 
 use std::future::Future;

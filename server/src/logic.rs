@@ -3,8 +3,8 @@
 //! Every storage backend must give the same answer to the same push, so the rules of
 //! DESIGN.md live here once, as plain functions: reading a push body into ops, who a
 //! user is and what they may access, the conflict rule with its CRDT merge, and the
-//! cursor format. The config only says which rule applies where; a backend only loads
-//! the stored record, calls [`decide`], and writes what it is told.
+//! cursor format. The config only says which rule applies where, and the push loop
+//! (`push.rs`) only applies these.
 
 use outpost_core::clock::Hlc;
 use outpost_core::crdt::{self, Crdt};

@@ -28,17 +28,21 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use outpost_core::protocol::{Change, JsonObject, OpResult, rfc3339_millis};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
+};
+use outpost_core::protocol::{Change, JsonObject, OpResult};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, NoTls, Row, Statement};
 
-use super::{BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError};
+use super::{
+    BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
+};
 use crate::config::PostgresUrl;
-use crate::logic::Access;
-use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
+use crate::logic::{self, Access, Cursor, PushItem, StoredRecord};
+use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
 /// short. Several processes share the database's `max_connections` (default 100).
@@ -146,10 +150,6 @@ impl fmt::Debug for PostgresStorage {
             .field("pool", &self.pool.status())
             .finish_non_exhaustive()
     }
-}
-
-fn db_err(e: impl fmt::Display) -> StorageError {
-    StorageError(e.to_string())
 }
 
 /// A tokio-postgres error with the server's own message, which its `Display` hides.
@@ -417,10 +417,6 @@ async fn push_once(
     items: &[PushItem],
     now_ms: i64,
 ) -> Result<Vec<OpResult>, Abort> {
-    let user = ctx.user.name.as_str();
-    let client_id = pg_text(&ctx.client_id);
-    let at = rfc3339_millis(now_ms);
-
     // Statements first, outside the transaction: cached per connection, so after the
     // first push on a connection these cost nothing.
     let st_lock = client
@@ -468,6 +464,7 @@ async fn push_once(
     // answer and returns it, with no second effect. Two pushes that write the same
     // record run one after the other, so the version check and the write see the
     // same state. Keys are sorted so that two pushes always lock in the same order.
+    let user = ctx.user.name.as_str();
     let mut keys: Vec<i64> = Vec::with_capacity(items.len() * 2);
     for item in items {
         if logic::op_id_ok(item.op_id()) {
@@ -483,128 +480,150 @@ async fn push_once(
         tx.execute(&st_lock, &[&keys]).await?;
     }
 
-    let mut results = Vec::with_capacity(items.len());
-    for item in items {
-        let op_id = item.op_id();
-        let key = pg_text(op_id);
-        let storable = logic::op_id_ok(op_id);
-        if storable && let Some(row) = tx.query_opt(&st_answer, &[&user, &key.as_ref()]).await? {
-            let answer: String = row.try_get(0)?;
-            results.push(serde_json::from_str::<OpResult>(&answer).map_err(db_err)?);
-            continue;
-        }
-        let result = match item {
-            PushItem::Invalid { op_id, error } => OpResult::Rejected {
-                op_id: op_id.clone(),
-                error: error.clone(),
-            },
-            PushItem::Valid(op) => {
-                // FOR UPDATE: other pushes are already kept out by the advisory lock;
-                // this keeps the purge (which skips locked rows) off a tombstone that
-                // this push is about to decide on.
-                let existing = match tx
-                    .query_opt(&st_record, &[&op.collection, &op.record_id])
-                    .await?
-                {
-                    Some(row) => Some(read_record(&row)?),
-                    None => None,
-                };
-                let access = ctx.access.of(&op.collection);
-                match logic::decide(op, existing.as_ref(), &ctx.user, access, now_ms) {
-                    Decision::Conflict(current) => OpResult::Conflict {
-                        op_id: op_id.to_owned(),
-                        current,
-                    },
-                    Decision::Reject(error) => OpResult::Rejected {
-                        op_id: op_id.to_owned(),
-                        error,
-                    },
-                    Decision::Apply(state) => {
-                        // Why no puller can miss a change: seq comes from one counter
-                        // row, and taking it row-locks that row until this transaction
-                        // commits. So between allocating a seq and committing, a
-                        // transaction is the only one in the database (whatever
-                        // process runs it) that can allocate: the next one waits in
-                        // this UPDATE, and reads the counter only after this one has
-                        // committed. PostgreSQL makes a commit visible before it
-                        // releases the commit's locks, so commits become visible in
-                        // seq order: a snapshot that holds seq S holds every seq < S.
-                        // A pull reads its page and the counter in one snapshot, so a
-                        // cursor at S never has a change below S still to come.
-                        // A standby replays commits in the same order, so the same
-                        // holds for pulls served by a replica.
-                        //
-                        // The cost is that allocating-to-commit is serialized across
-                        // all servers. Everything before (auth, parsing, op_id
-                        // look-ups, the version check) runs in parallel, and the held
-                        // span is a few statements long. The alternative, a sequence
-                        // plus holding cursors back below the oldest open transaction
-                        // (pg_snapshot_xmin), avoids that but makes pulls lag behind
-                        // any long transaction and exposes xid plumbing to every
-                        // pull; this deployment's writes are small, so ordered commits
-                        // are the simpler guarantee.
-                        let seq: i64 = tx.query_one(&st_seq, &[]).await?.try_get(0)?;
-                        let data = match &state.data {
-                            Some(d) => Some(serde_json::to_string(d).map_err(db_err)?),
-                            None => None,
-                        };
-                        tx.execute(
-                            &st_upsert,
-                            &[
-                                &op.collection,
-                                &op.record_id,
-                                &data,
-                                &state.deleted,
-                                &state.version,
-                                &seq,
-                                &op.hlc,
-                                &state.owner,
-                                &state.team,
-                                &state.created_at_ms,
-                                &now_ms,
-                            ],
-                        )
-                        .await?;
-                        tx.execute(
-                            &st_audit,
-                            &[
-                                &at,
-                                &user,
-                                &client_id.as_ref(),
-                                &key.as_ref(),
-                                &op.collection,
-                                &op.record_id,
-                                &op.kind.as_str(),
-                                &state.old_version,
-                                &state.version,
-                            ],
-                        )
-                        .await?;
-                        OpResult::Applied {
-                            op_id: op_id.to_owned(),
-                            version: state.version,
-                            seq,
-                        }
-                    }
-                }
-            }
-        };
-        if storable {
-            let answer = serde_json::to_string(&result).map_err(db_err)?;
-            let stored = tx
-                .execute(&st_store, &[&user, &key.as_ref(), &answer, &now_ms])
-                .await?;
-            if stored == 0 {
-                // Cannot happen while the advisory lock above is held; should it
-                // anyway (someone wrote to the table by hand), the stored answer
-                // wins: roll back and run again, and the new attempt returns it.
-                return Err(Abort::Retry("op_id answered concurrently".into()));
-            }
-        }
-        results.push(result);
-    }
+    let mut steps = PgPush {
+        tx: &tx,
+        st_answer,
+        st_record,
+        st_seq,
+        st_upsert,
+        st_audit,
+        st_store,
+    };
+    let results = push::apply(&mut steps, ctx, items, now_ms).await?;
     tx.commit().await?;
     Ok(results)
+}
+
+/// The storage steps of a push, inside its transaction, with its statements prepared.
+/// op_id and client_id are stored escaped ([`pg_text`]).
+struct PgPush<'a> {
+    tx: &'a Transaction<'a>,
+    st_answer: Statement,
+    st_record: Statement,
+    st_seq: Statement,
+    st_upsert: Statement,
+    st_audit: Statement,
+    st_store: Statement,
+}
+
+impl PushSteps for PgPush<'_> {
+    type Error = Abort;
+
+    async fn stored_answer(&mut self, user: &str, op_id: &str) -> Result<Option<String>, Abort> {
+        let key = pg_text(op_id);
+        match self
+            .tx
+            .query_opt(&self.st_answer, &[&user, &key.as_ref()])
+            .await?
+        {
+            Some(row) => Ok(Some(row.try_get(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn load_record(
+        &mut self,
+        collection: &str,
+        record_id: &str,
+    ) -> Result<Option<StoredRecord>, Abort> {
+        // FOR UPDATE: other pushes are already kept out by the advisory lock; this keeps
+        // the purge (which skips locked rows) off a tombstone that this push is about to
+        // decide on.
+        match self
+            .tx
+            .query_opt(&self.st_record, &[&collection, &record_id])
+            .await?
+        {
+            Some(row) => Ok(Some(read_record(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn next_seq(&mut self) -> Result<i64, Abort> {
+        // Why no puller can miss a change: seq comes from one counter row, and taking
+        // it row-locks that row until this transaction commits. So between allocating a
+        // seq and committing, a transaction is the only one in the database (whatever
+        // process runs it) that can allocate: the next one waits in this UPDATE, and
+        // reads the counter only after this one has committed. PostgreSQL makes a
+        // commit visible before it releases the commit's locks, so commits become
+        // visible in seq order: a snapshot that holds seq S holds every seq < S. A pull
+        // reads its page and the counter in one snapshot, so a cursor at S never has a
+        // change below S still to come. A standby replays commits in the same order, so
+        // the same holds for pulls served by a replica.
+        //
+        // The cost is that allocating-to-commit is serialized across all servers.
+        // Everything before (auth, parsing, op_id look-ups, the version check) runs in
+        // parallel, and the held span is a few statements long. The alternative, a
+        // sequence plus holding cursors back below the oldest open transaction
+        // (pg_snapshot_xmin), avoids that but makes pulls lag behind any long
+        // transaction and exposes xid plumbing to every pull; this deployment's writes
+        // are small, so ordered commits are the simpler guarantee.
+        Ok(self.tx.query_one(&self.st_seq, &[]).await?.try_get(0)?)
+    }
+
+    async fn write_record(&mut self, row: RecordRow<'_>) -> Result<(), Abort> {
+        self.tx
+            .execute(
+                &self.st_upsert,
+                &[
+                    &row.collection,
+                    &row.record_id,
+                    &row.data,
+                    &row.deleted,
+                    &row.version,
+                    &row.seq,
+                    &row.hlc,
+                    &row.owner,
+                    &row.team,
+                    &row.created_at_ms,
+                    &row.updated_at_ms,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), Abort> {
+        self.tx
+            .execute(
+                &self.st_audit,
+                &[
+                    &row.at,
+                    &row.user,
+                    &pg_text(row.client_id).as_ref(),
+                    &pg_text(row.op_id).as_ref(),
+                    &row.collection,
+                    &row.record_id,
+                    &row.kind,
+                    &row.old_version,
+                    &row.new_version,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn store_answer(&mut self, row: AnswerRow<'_>) -> Result<(), Abort> {
+        let stored = self
+            .tx
+            .execute(
+                &self.st_store,
+                &[
+                    &row.user,
+                    &pg_text(row.op_id).as_ref(),
+                    &row.answer,
+                    &row.at_ms,
+                ],
+            )
+            .await?;
+        if stored == 0 {
+            // Cannot happen while the advisory lock of push_once is held; should it
+            // anyway (someone wrote to the table by hand), the stored answer wins: roll
+            // back and run again, and the new attempt returns it.
+            return Err(Abort::Retry("op_id answered concurrently".into()));
+        }
+        Ok(())
+    }
 }
 
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of

@@ -10,15 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_core::protocol::{Change, JsonObject, OpResult, rfc3339_millis};
+use outpost_core::protocol::{Change, JsonObject, OpResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
+    db_err,
 };
-use crate::logic::Access;
-use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
+use crate::logic::{Access, Cursor, PushItem, StoredRecord};
+use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
@@ -86,10 +87,6 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-}
-
-fn db_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StorageError> {
@@ -217,10 +214,17 @@ fn meta(conn: &Connection, key: &str) -> Result<i64, StorageError> {
         .map_err(db_err)
 }
 
+/// Drives a future of this backend's steps to its end on the calling blocking thread.
+/// The steps make plain rusqlite calls, so the future never waits; `block_on` is
+/// allowed here because this runs on tokio's blocking pool, not on an async worker.
+fn run_ready<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
 fn push_blocking(
     conn: &mut Connection,
     ctx: &PushContext,
-    items: Vec<PushItem>,
+    items: &[PushItem],
     now_ms: i64,
 ) -> Result<Vec<OpResult>, StorageError> {
     // Why no puller can miss a change: BEGIN IMMEDIATE takes SQLite's write lock
@@ -235,118 +239,125 @@ fn push_blocking(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    let mut last_seq = meta(&tx, "last_seq")?;
-    let start_seq = last_seq;
-    let mut results = Vec::with_capacity(items.len());
-    let at = rfc3339_millis(now_ms);
-    for item in items {
-        let op_id = item.op_id().to_owned();
-        let storable = logic::op_id_ok(&op_id);
-        if storable {
-            let stored: Option<String> = tx
-                .prepare_cached("SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2")
-                .map_err(db_err)?
-                .query_row(params![ctx.user.name, op_id], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            if let Some(answer) = stored {
-                results.push(serde_json::from_str::<OpResult>(&answer).map_err(db_err)?);
-                continue;
-            }
-        }
-        let result = match item {
-            PushItem::Invalid { op_id, error } => OpResult::Rejected { op_id, error },
-            PushItem::Valid(op) => {
-                let existing = tx
-                    .prepare_cached(&format!(
-                        "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
-                    ))
-                    .map_err(db_err)?
-                    .query_row(params![op.collection, op.record_id], read_record)
-                    .optional()
-                    .map_err(db_err)?
-                    .map(with_data)
-                    .transpose()?;
-                let access = ctx.access.of(&op.collection);
-                match logic::decide(&op, existing.as_ref(), &ctx.user, access, now_ms) {
-                    Decision::Conflict(current) => OpResult::Conflict { op_id, current },
-                    Decision::Reject(error) => OpResult::Rejected { op_id, error },
-                    Decision::Apply(state) => {
-                        last_seq += 1;
-                        let data = match &state.data {
-                            Some(d) => Some(serde_json::to_string(d).map_err(db_err)?),
-                            None => None,
-                        };
-                        tx.prepare_cached(
-                            "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
-                             hlc, owner, team, created_at, updated_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                             ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
-                             deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-                             hlc = excluded.hlc, updated_at = excluded.updated_at"
-                        )
-                        .map_err(db_err)?
-                        .execute(
-                            params![
-                                op.collection,
-                                op.record_id,
-                                data,
-                                state.deleted,
-                                state.version,
-                                last_seq,
-                                op.hlc,
-                                state.owner,
-                                state.team,
-                                state.created_at_ms,
-                                now_ms
-                            ],
-                        )
-                        .map_err(db_err)?;
-                        tx.prepare_cached(
-                            "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
-                             kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                        )
-                        .map_err(db_err)?
-                        .execute(
-                            params![
-                                at,
-                                ctx.user.name,
-                                ctx.client_id,
-                                op_id,
-                                op.collection,
-                                op.record_id,
-                                op.kind.as_str(),
-                                state.old_version,
-                                state.version
-                            ],
-                        )
-                        .map_err(db_err)?;
-                        OpResult::Applied {
-                            op_id,
-                            version: state.version,
-                            seq: last_seq,
-                        }
-                    }
-                }
-            }
-        };
-        if storable {
-            let answer = serde_json::to_string(&result).map_err(db_err)?;
-            tx.prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(db_err)?
-                .execute(params![ctx.user.name, result.op_id(), answer, now_ms])
-                .map_err(db_err)?;
-        }
-        results.push(result);
-    }
-    if last_seq != start_seq {
+    let start_seq = meta(&tx, "last_seq")?;
+    let mut steps = SqlitePush {
+        tx: &tx,
+        last_seq: start_seq,
+    };
+    let results = run_ready(push::apply(&mut steps, ctx, items, now_ms))?;
+    if steps.last_seq != start_seq {
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")
             .map_err(db_err)?
-            .execute([last_seq])
+            .execute([steps.last_seq])
             .map_err(db_err)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(results)
+}
+
+/// The storage steps of a push, inside its `BEGIN IMMEDIATE` transaction.
+struct SqlitePush<'a> {
+    tx: &'a Connection,
+    /// Allocated in memory; written to `meta` once, before commit.
+    last_seq: i64,
+}
+
+impl PushSteps for SqlitePush<'_> {
+    type Error = StorageError;
+
+    async fn stored_answer(
+        &mut self,
+        user: &str,
+        op_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        self.tx
+            .prepare_cached("SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2")
+            .map_err(db_err)?
+            .query_row(params![user, op_id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
+    async fn load_record(
+        &mut self,
+        collection: &str,
+        record_id: &str,
+    ) -> Result<Option<StoredRecord>, StorageError> {
+        self.tx
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![collection, record_id], read_record)
+            .optional()
+            .map_err(db_err)?
+            .map(with_data)
+            .transpose()
+    }
+
+    async fn next_seq(&mut self) -> Result<i64, StorageError> {
+        self.last_seq += 1;
+        Ok(self.last_seq)
+    }
+
+    async fn write_record(&mut self, row: RecordRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
+                 hlc, owner, team, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
+                 deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
+                 hlc = excluded.hlc, updated_at = excluded.updated_at",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                row.collection,
+                row.record_id,
+                row.data,
+                row.deleted,
+                row.version,
+                row.seq,
+                row.hlc,
+                row.owner,
+                row.team,
+                row.created_at_ms,
+                row.updated_at_ms
+            ])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
+                 kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                row.at,
+                row.user,
+                row.client_id,
+                row.op_id,
+                row.collection,
+                row.record_id,
+                row.kind,
+                row.old_version,
+                row.new_version
+            ])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn store_answer(&mut self, row: AnswerRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?
+            .execute(params![row.user, row.op_id, row.answer, row.at_ms])
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 /// `(a OR b ...)` of the access rule of each collection, with its parameters.
@@ -481,7 +492,7 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Vec<OpResult>, StorageError>> {
         let ctx = ctx.clone();
-        self.with_writer(move |conn| push_blocking(conn, &ctx, items, now_ms))
+        self.with_writer(move |conn| push_blocking(conn, &ctx, &items, now_ms))
     }
 
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>> {
