@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod logic;
+mod pull;
 mod push;
 pub mod storage;
 

@@ -3,8 +3,8 @@
 //! Every storage backend must give the same answer to the same push, so the rules of
 //! DESIGN.md live here once, as plain functions: reading a push body into ops, who a
 //! user is and what they may access, the conflict rule with its CRDT merge, and the
-//! cursor format. The config only says which rule applies where, and the push loop
-//! (`push.rs`) only applies these.
+//! cursor format. The config only says which rule applies where, and the push and pull
+//! flows (`push.rs`, `pull.rs`) only apply these.
 
 use outpost_core::clock::Hlc;
 use outpost_core::crdt::{self, Crdt};
@@ -215,18 +215,19 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The record's state on the wire.
     pub fn to_change(&self) -> Change {
+        self.clone().into_change()
+    }
+
+    /// [`StoredRecord::to_change`] without copying the data, for pull pages.
+    pub fn into_change(self) -> Change {
         Change {
-            collection: self.collection.clone(),
-            record_id: self.record_id.clone(),
+            collection: self.collection,
+            record_id: self.record_id,
             version: self.version,
             seq: self.seq,
             deleted: self.deleted,
-            data: if self.deleted {
-                None
-            } else {
-                self.data.clone()
-            },
-            hlc: self.hlc.clone(),
+            data: if self.deleted { None } else { self.data },
+            hlc: self.hlc,
             updated_at: rfc3339_millis(self.updated_at_ms),
         }
     }

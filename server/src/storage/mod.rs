@@ -6,7 +6,8 @@
 //! op_id under concurrency. Each backend picks its own scheme for that (SQLite: one
 //! serialized writer; PostgreSQL can lock or serialize differently) and explains it
 //! where seq is allocated. The rules themselves are shared, in [`crate::logic`], and so
-//! is the push loop, which calls a backend's storage steps (`push.rs`).
+//! are the push and pull flows, which call a backend's storage steps (`push.rs`,
+//! `pull.rs`).
 
 pub mod postgres;
 pub mod sqlite;

@@ -31,7 +31,7 @@ use std::time::Duration;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
-use outpost_core::protocol::{Change, JsonObject, OpResult};
+use outpost_core::protocol::{JsonObject, OpResult};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
@@ -41,7 +41,8 @@ use super::{
     BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
 };
 use crate::config::PostgresUrl;
-use crate::logic::{self, Access, Cursor, PushItem, StoredRecord};
+use crate::logic::{self, Access, PushItem, StoredRecord};
+use crate::pull::{self, Marks, PullSteps};
 use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
@@ -663,55 +664,59 @@ async fn pull(
         .start()
         .await
         .pg()?;
-    let row = tx.query_one(&st_meta, &[]).await.pg()?;
-    let purged: i64 = row.try_get(0).pg()?;
-    let last_seq: i64 = row.try_get(1).pg()?;
-    if q.since.is_some_and(|c| c.expired_by(purged)) {
-        return Ok(PullPage::Expired);
-    }
-    let since = q.since.map_or(0, |c| c.seq);
-    let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
-    let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
-    let limit = i64::from(q.limit) + 1;
-    let rows = tx
-        .query(
-            &st_page,
-            &[
-                &since,
-                &q.collections,
-                &names,
-                &rules,
-                &rule(q.access.default),
-                &q.user.name,
-                &q.user.team,
-                &limit,
-            ],
-        )
-        .await
-        .pg()?;
-    tx.commit().await.pg()?;
-    let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
-    for row in &rows {
-        changes.push(read_record(row)?.to_change());
-    }
-    let has_more = changes.len() > q.limit as usize;
-    changes.truncate(q.limit as usize);
-    // On the last page the puller has seen every change it may read up to the head of
-    // this snapshot (commits are in seq order, see `push_once`), so the cursor jumps
-    // there and the next pull does not rescan rows it may not read.
-    let seq = if has_more {
-        changes.last().map_or(since, |c| c.seq)
-    } else {
-        last_seq.max(since)
+    let mut steps = PgPull {
+        tx: &tx,
+        st_page,
+        st_meta,
     };
-    Ok(PullPage::Page {
-        changes,
-        cursor: Cursor {
-            seq,
-            purge_mark: purged,
-        },
-        has_more,
-    })
+    let page = pull::read_page(&mut steps, q).await?;
+    tx.commit().await.pg()?;
+    Ok(page)
+}
+
+/// The reads of a pull page, inside its REPEATABLE READ transaction.
+struct PgPull<'a> {
+    tx: &'a Transaction<'a>,
+    st_page: Statement,
+    st_meta: Statement,
+}
+
+impl PullSteps for PgPull<'_> {
+    async fn marks(&mut self) -> Result<Marks, StorageError> {
+        let row = self.tx.query_one(&self.st_meta, &[]).await.pg()?;
+        Ok(Marks {
+            purged_through_seq: row.try_get(0).pg()?,
+            last_seq: row.try_get(1).pg()?,
+        })
+    }
+
+    async fn records_after(
+        &mut self,
+        q: &PullQuery,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
+        let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
+        let rows = self
+            .tx
+            .query(
+                &self.st_page,
+                &[
+                    &since,
+                    &q.collections,
+                    &names,
+                    &rules,
+                    &rule(q.access.default),
+                    &q.user.name,
+                    &q.user.team,
+                    &limit,
+                ],
+            )
+            .await
+            .pg()?;
+        rows.iter().map(read_record).collect()
+    }
 }
 
 fn rule(a: Access) -> &'static str {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_core::protocol::{Change, JsonObject, OpResult};
+use outpost_core::protocol::{JsonObject, OpResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
@@ -18,7 +18,8 @@ use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
     db_err,
 };
-use crate::logic::{Access, Cursor, PushItem, StoredRecord};
+use crate::logic::{Access, PushItem, StoredRecord};
+use crate::pull::{self, Marks, PullSteps};
 use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Reader connections kept open between pulls.
@@ -395,58 +396,53 @@ fn access_filter(rules: &AccessRules, user: &str, team: &str, args: &mut Vec<Sql
 fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, StorageError> {
     // One read transaction: the purge mark and the page come from the same snapshot.
     let tx = conn.transaction().map_err(db_err)?;
-    let purged = meta(&tx, "purged_through_seq")?;
-    let last_seq = meta(&tx, "last_seq")?;
-    if q.since.is_some_and(|c| c.expired_by(purged)) {
-        return Ok(PullPage::Expired);
+    let page = run_ready(pull::read_page(&mut SqlitePull { tx: &tx }, q))?;
+    tx.commit().map_err(db_err)?;
+    Ok(page)
+}
+
+/// The reads of a pull page, inside one read transaction.
+struct SqlitePull<'a> {
+    tx: &'a Connection,
+}
+
+impl PullSteps for SqlitePull<'_> {
+    async fn marks(&mut self) -> Result<Marks, StorageError> {
+        Ok(Marks {
+            purged_through_seq: meta(self.tx, "purged_through_seq")?,
+            last_seq: meta(self.tx, "last_seq")?,
+        })
     }
-    let since = q.since.map_or(0, |c| c.seq);
-    let mut args = vec![SqlValue::Integer(since)];
-    let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
-    if let Some(cols) = &q.collections {
-        sql.push_str(" AND collection IN (");
-        sql.push_str(&vec!["?"; cols.len()].join(", "));
-        sql.push(')');
-        args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
-    }
-    sql.push_str(" AND ");
-    sql.push_str(&access_filter(
-        &q.access,
-        &q.user.name,
-        &q.user.team,
-        &mut args,
-    ));
-    sql.push_str(" ORDER BY seq LIMIT ?");
-    args.push(SqlValue::Integer(i64::from(q.limit) + 1));
-    let mut changes: Vec<Change> = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
+
+    async fn records_after(
+        &mut self,
+        q: &PullQuery,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut args = vec![SqlValue::Integer(since)];
+        let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
+        if let Some(cols) = &q.collections {
+            sql.push_str(" AND collection IN (");
+            sql.push_str(&vec!["?"; cols.len()].join(", "));
+            sql.push(')');
+            args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
+        }
+        sql.push_str(" AND ");
+        sql.push_str(&access_filter(
+            &q.access,
+            &q.user.name,
+            &q.user.team,
+            &mut args,
+        ));
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        args.push(SqlValue::Integer(limit));
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;
         let rows = stmt
             .query_map(params_from_iter(args), read_record)
             .map_err(db_err)?;
-        for row in rows {
-            changes.push(with_data(row.map_err(db_err)?)?.to_change());
-        }
+        rows.map(|row| with_data(row.map_err(db_err)?)).collect()
     }
-    tx.commit().map_err(db_err)?;
-    let has_more = changes.len() > q.limit as usize;
-    changes.truncate(q.limit as usize);
-    // On the last page the puller has seen every change it may read up to the head of
-    // this snapshot (commits are in seq order, see `push_blocking`), so the cursor can
-    // jump there and the next pull does not rescan rows it may not read.
-    let seq = if has_more {
-        changes.last().map_or(since, |c| c.seq)
-    } else {
-        last_seq.max(since)
-    };
-    Ok(PullPage::Page {
-        changes,
-        cursor: Cursor {
-            seq,
-            purge_mark: purged,
-        },
-        has_more,
-    })
 }
 
 fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
