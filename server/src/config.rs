@@ -6,56 +6,17 @@
 //! tokens are hashed at load, so only SHA-256 digests live in memory.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use outpost_core::protocol::validate_collection;
 use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
-pub use crate::storage::postgres::PostgresUrl;
-
-/// Who may read and write the records of a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Only the record's creator.
-    Private,
-    /// Users of the creator's team.
-    Team,
-    /// Every user.
-    Shared,
-}
-
-impl Access {
-    fn parse(s: &str) -> Option<Access> {
-        match s {
-            "private" => Some(Access::Private),
-            "team" => Some(Access::Team),
-            "shared" => Some(Access::Shared),
-            _ => None,
-        }
-    }
-}
-
-/// One user of the server.
-#[derive(Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub team: String,
-    /// SHA-256 of the bearer token.
-    pub token_sha256: [u8; 32],
-}
-
-// Hand-written so a digest never reaches a log through `{:?}`.
-impl std::fmt::Debug for User {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .field("team", &self.team)
-            .finish_non_exhaustive()
-    }
-}
+use crate::logic::{Access, User};
 
 /// Where records are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +25,39 @@ pub enum Database {
     Sqlite(PathBuf),
     /// A PostgreSQL database (any number of server processes).
     Postgres(PostgresUrl),
+}
+
+/// A PostgreSQL URL whose password never reaches a log through `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// Checks the URL's syntax (no connection is made).
+    pub fn parse(url: &str) -> Result<PostgresUrl, String> {
+        tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        Ok(PostgresUrl(url.to_owned()))
+    }
+
+    /// The URL as written, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match tokio_postgres::Config::from_str(&self.0) {
+            Ok(c) => write!(
+                f,
+                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?})",
+                c.get_user(),
+                c.get_dbname(),
+                c.get_hosts(),
+                c.get_ports()
+            ),
+            Err(_) => f.write_str("PostgresUrl(<unparsable>)"),
+        }
+    }
 }
 
 /// The whole configuration.
@@ -87,7 +81,7 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-fn err(key: &str, msg: impl std::fmt::Display) -> ConfigError {
+fn err(key: &str, msg: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {msg}"))
 }
 
@@ -376,6 +370,15 @@ access = "private"
                 Database::Sqlite(p) => panic!("{p:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_url_is_checked_and_its_password_never_printed() {
+        let u = PostgresUrl::parse("postgres://amina:s3cret@db.example:5432/outpost").unwrap();
+        let shown = format!("{u:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("outpost"), "{shown}");
+        assert!(PostgresUrl::parse("postgres://h/db?nonsense_option=1").is_err());
     }
 
     #[test]

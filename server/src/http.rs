@@ -25,10 +25,10 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 
-use crate::config::{Config, User};
+use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::json::{JsonError, parse_strict};
-use crate::logic::{self, BadPush, decode_cursor, encode_cursor};
+use crate::logic::{self, BadPush, User, decode_cursor, encode_cursor};
 use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
 
 /// Everything a request needs.

@@ -43,15 +43,18 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod logic;
+mod pull;
+mod push;
 pub mod storage;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{Access, Config, ConfigError, Database, User};
+pub use config::{Config, ConfigError, Database, PostgresUrl};
 pub use http::{AppState, build_app};
-pub use storage::postgres::{PostgresStorage, PostgresUrl};
+pub use logic::{Access, User};
+pub use storage::postgres::PostgresStorage;
 pub use storage::sqlite::SqliteStorage;
 pub use storage::{Storage, StorageError};
 

@@ -1,9 +1,10 @@
 //! Protocol rules that do not depend on the database.
 //!
 //! Every storage backend must give the same answer to the same push, so the rules of
-//! DESIGN.md live here once, as plain functions: reading a push body into ops, the
-//! access rule, the conflict rule with its CRDT merge, and the cursor format. A backend
-//! only loads the stored record, calls [`decide`], and writes what it is told.
+//! DESIGN.md live here once, as plain functions: reading a push body into ops, who a
+//! user is and what they may access, the conflict rule with its CRDT merge, and the
+//! cursor format. The config only says which rule applies where, and the push and pull
+//! flows (`push.rs`, `pull.rs`) only apply these.
 
 use outpost_core::clock::Hlc;
 use outpost_core::crdt::{self, Crdt};
@@ -13,8 +14,6 @@ use outpost_core::protocol::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::config::{Access, User};
 
 /// Longest accepted `op_id` and `client_id`; UUIDs are 36.
 pub const MAX_ID_CHARS: usize = 128;
@@ -216,20 +215,63 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The record's state on the wire.
     pub fn to_change(&self) -> Change {
+        self.clone().into_change()
+    }
+
+    /// [`StoredRecord::to_change`] without copying the data, for pull pages.
+    pub fn into_change(self) -> Change {
         Change {
-            collection: self.collection.clone(),
-            record_id: self.record_id.clone(),
+            collection: self.collection,
+            record_id: self.record_id,
             version: self.version,
             seq: self.seq,
             deleted: self.deleted,
-            data: if self.deleted {
-                None
-            } else {
-                self.data.clone()
-            },
-            hlc: self.hlc.clone(),
+            data: if self.deleted { None } else { self.data },
+            hlc: self.hlc,
             updated_at: rfc3339_millis(self.updated_at_ms),
         }
+    }
+}
+
+/// Who may read and write the records of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only the record's creator.
+    Private,
+    /// Users of the creator's team.
+    Team,
+    /// Every user.
+    Shared,
+}
+
+impl Access {
+    /// The rule a config names: `private`, `team` or `shared`.
+    pub(crate) fn parse(s: &str) -> Option<Access> {
+        match s {
+            "private" => Some(Access::Private),
+            "team" => Some(Access::Team),
+            "shared" => Some(Access::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// One user of the server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub team: String,
+    /// SHA-256 of the bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+// Hand-written so a digest never reaches a log through `{:?}`.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("team", &self.team)
+            .finish_non_exhaustive()
     }
 }
 

@@ -5,7 +5,9 @@
 //! in how a backend runs them: seq order equal to commit order, and one effect per
 //! op_id under concurrency. Each backend picks its own scheme for that (SQLite: one
 //! serialized writer; PostgreSQL can lock or serialize differently) and explains it
-//! where seq is allocated. The rules themselves are shared, in [`crate::logic`].
+//! where seq is allocated. The rules themselves are shared, in [`crate::logic`], and so
+//! are the push and pull flows, which call a backend's storage steps (`push.rs`,
+//! `pull.rs`).
 
 pub mod postgres;
 pub mod sqlite;
@@ -16,7 +18,7 @@ use std::pin::Pin;
 
 use outpost_core::protocol::{Change, OpResult};
 
-use crate::config::{Access, User};
+use crate::logic::{Access, User};
 use crate::logic::{Cursor, PushItem};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.
@@ -26,6 +28,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, thiserror::Error)]
 #[error("storage error: {0}")]
 pub struct StorageError(pub String);
+
+/// A failure of a driver or of (de)serializing what it stores, as a [`StorageError`].
+pub(crate) fn db_err(e: impl fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
 
 /// Who pushes, and the access rule of each collection.
 #[derive(Clone)]

@@ -10,15 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_core::protocol::{Change, JsonObject, OpResult, rfc3339_millis};
+use outpost_core::protocol::{JsonObject, OpResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
+    db_err,
 };
-use crate::config::Access;
-use crate::logic::{self, Cursor, Decision, PushItem, StoredRecord};
+use crate::logic::{Access, PushItem, StoredRecord};
+use crate::pull::{self, Marks, PullSteps};
+use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
@@ -86,10 +88,6 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-}
-
-fn db_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StorageError> {
@@ -217,10 +215,17 @@ fn meta(conn: &Connection, key: &str) -> Result<i64, StorageError> {
         .map_err(db_err)
 }
 
+/// Drives a future of this backend's steps to its end on the calling blocking thread.
+/// The steps make plain rusqlite calls, so the future never waits; `block_on` is
+/// allowed here because this runs on tokio's blocking pool, not on an async worker.
+fn run_ready<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
 fn push_blocking(
     conn: &mut Connection,
     ctx: &PushContext,
-    items: Vec<PushItem>,
+    items: &[PushItem],
     now_ms: i64,
 ) -> Result<Vec<OpResult>, StorageError> {
     // Why no puller can miss a change: BEGIN IMMEDIATE takes SQLite's write lock
@@ -235,118 +240,125 @@ fn push_blocking(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    let mut last_seq = meta(&tx, "last_seq")?;
-    let start_seq = last_seq;
-    let mut results = Vec::with_capacity(items.len());
-    let at = rfc3339_millis(now_ms);
-    for item in items {
-        let op_id = item.op_id().to_owned();
-        let storable = logic::op_id_ok(&op_id);
-        if storable {
-            let stored: Option<String> = tx
-                .prepare_cached("SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2")
-                .map_err(db_err)?
-                .query_row(params![ctx.user.name, op_id], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            if let Some(answer) = stored {
-                results.push(serde_json::from_str::<OpResult>(&answer).map_err(db_err)?);
-                continue;
-            }
-        }
-        let result = match item {
-            PushItem::Invalid { op_id, error } => OpResult::Rejected { op_id, error },
-            PushItem::Valid(op) => {
-                let existing = tx
-                    .prepare_cached(&format!(
-                        "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
-                    ))
-                    .map_err(db_err)?
-                    .query_row(params![op.collection, op.record_id], read_record)
-                    .optional()
-                    .map_err(db_err)?
-                    .map(with_data)
-                    .transpose()?;
-                let access = ctx.access.of(&op.collection);
-                match logic::decide(&op, existing.as_ref(), &ctx.user, access, now_ms) {
-                    Decision::Conflict(current) => OpResult::Conflict { op_id, current },
-                    Decision::Reject(error) => OpResult::Rejected { op_id, error },
-                    Decision::Apply(state) => {
-                        last_seq += 1;
-                        let data = match &state.data {
-                            Some(d) => Some(serde_json::to_string(d).map_err(db_err)?),
-                            None => None,
-                        };
-                        tx.prepare_cached(
-                            "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
-                             hlc, owner, team, created_at, updated_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                             ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
-                             deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-                             hlc = excluded.hlc, updated_at = excluded.updated_at"
-                        )
-                        .map_err(db_err)?
-                        .execute(
-                            params![
-                                op.collection,
-                                op.record_id,
-                                data,
-                                state.deleted,
-                                state.version,
-                                last_seq,
-                                op.hlc,
-                                state.owner,
-                                state.team,
-                                state.created_at_ms,
-                                now_ms
-                            ],
-                        )
-                        .map_err(db_err)?;
-                        tx.prepare_cached(
-                            "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
-                             kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                        )
-                        .map_err(db_err)?
-                        .execute(
-                            params![
-                                at,
-                                ctx.user.name,
-                                ctx.client_id,
-                                op_id,
-                                op.collection,
-                                op.record_id,
-                                op.kind.as_str(),
-                                state.old_version,
-                                state.version
-                            ],
-                        )
-                        .map_err(db_err)?;
-                        OpResult::Applied {
-                            op_id,
-                            version: state.version,
-                            seq: last_seq,
-                        }
-                    }
-                }
-            }
-        };
-        if storable {
-            let answer = serde_json::to_string(&result).map_err(db_err)?;
-            tx.prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(db_err)?
-                .execute(params![ctx.user.name, result.op_id(), answer, now_ms])
-                .map_err(db_err)?;
-        }
-        results.push(result);
-    }
-    if last_seq != start_seq {
+    let start_seq = meta(&tx, "last_seq")?;
+    let mut steps = SqlitePush {
+        tx: &tx,
+        last_seq: start_seq,
+    };
+    let results = run_ready(push::apply(&mut steps, ctx, items, now_ms))?;
+    if steps.last_seq != start_seq {
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")
             .map_err(db_err)?
-            .execute([last_seq])
+            .execute([steps.last_seq])
             .map_err(db_err)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(results)
+}
+
+/// The storage steps of a push, inside its `BEGIN IMMEDIATE` transaction.
+struct SqlitePush<'a> {
+    tx: &'a Connection,
+    /// Allocated in memory; written to `meta` once, before commit.
+    last_seq: i64,
+}
+
+impl PushSteps for SqlitePush<'_> {
+    type Error = StorageError;
+
+    async fn stored_answer(
+        &mut self,
+        user: &str,
+        op_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        self.tx
+            .prepare_cached("SELECT answer FROM ops WHERE user = ?1 AND op_id = ?2")
+            .map_err(db_err)?
+            .query_row(params![user, op_id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
+    async fn load_record(
+        &mut self,
+        collection: &str,
+        record_id: &str,
+    ) -> Result<Option<StoredRecord>, StorageError> {
+        self.tx
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
+            ))
+            .map_err(db_err)?
+            .query_row(params![collection, record_id], read_record)
+            .optional()
+            .map_err(db_err)?
+            .map(with_data)
+            .transpose()
+    }
+
+    async fn next_seq(&mut self) -> Result<i64, StorageError> {
+        self.last_seq += 1;
+        Ok(self.last_seq)
+    }
+
+    async fn write_record(&mut self, row: RecordRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
+                 hlc, owner, team, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
+                 deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
+                 hlc = excluded.hlc, updated_at = excluded.updated_at",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                row.collection,
+                row.record_id,
+                row.data,
+                row.deleted,
+                row.version,
+                row.seq,
+                row.hlc,
+                row.owner,
+                row.team,
+                row.created_at_ms,
+                row.updated_at_ms
+            ])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
+                 kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                row.at,
+                row.user,
+                row.client_id,
+                row.op_id,
+                row.collection,
+                row.record_id,
+                row.kind,
+                row.old_version,
+                row.new_version
+            ])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn store_answer(&mut self, row: AnswerRow<'_>) -> Result<(), StorageError> {
+        self.tx
+            .prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?
+            .execute(params![row.user, row.op_id, row.answer, row.at_ms])
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 /// `(a OR b ...)` of the access rule of each collection, with its parameters.
@@ -384,58 +396,53 @@ fn access_filter(rules: &AccessRules, user: &str, team: &str, args: &mut Vec<Sql
 fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, StorageError> {
     // One read transaction: the purge mark and the page come from the same snapshot.
     let tx = conn.transaction().map_err(db_err)?;
-    let purged = meta(&tx, "purged_through_seq")?;
-    let last_seq = meta(&tx, "last_seq")?;
-    if q.since.is_some_and(|c| c.expired_by(purged)) {
-        return Ok(PullPage::Expired);
+    let page = run_ready(pull::read_page(&mut SqlitePull { tx: &tx }, q))?;
+    tx.commit().map_err(db_err)?;
+    Ok(page)
+}
+
+/// The reads of a pull page, inside one read transaction.
+struct SqlitePull<'a> {
+    tx: &'a Connection,
+}
+
+impl PullSteps for SqlitePull<'_> {
+    async fn marks(&mut self) -> Result<Marks, StorageError> {
+        Ok(Marks {
+            purged_through_seq: meta(self.tx, "purged_through_seq")?,
+            last_seq: meta(self.tx, "last_seq")?,
+        })
     }
-    let since = q.since.map_or(0, |c| c.seq);
-    let mut args = vec![SqlValue::Integer(since)];
-    let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
-    if let Some(cols) = &q.collections {
-        sql.push_str(" AND collection IN (");
-        sql.push_str(&vec!["?"; cols.len()].join(", "));
-        sql.push(')');
-        args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
-    }
-    sql.push_str(" AND ");
-    sql.push_str(&access_filter(
-        &q.access,
-        &q.user.name,
-        &q.user.team,
-        &mut args,
-    ));
-    sql.push_str(" ORDER BY seq LIMIT ?");
-    args.push(SqlValue::Integer(i64::from(q.limit) + 1));
-    let mut changes: Vec<Change> = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
+
+    async fn records_after(
+        &mut self,
+        q: &PullQuery,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut args = vec![SqlValue::Integer(since)];
+        let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
+        if let Some(cols) = &q.collections {
+            sql.push_str(" AND collection IN (");
+            sql.push_str(&vec!["?"; cols.len()].join(", "));
+            sql.push(')');
+            args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
+        }
+        sql.push_str(" AND ");
+        sql.push_str(&access_filter(
+            &q.access,
+            &q.user.name,
+            &q.user.team,
+            &mut args,
+        ));
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        args.push(SqlValue::Integer(limit));
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;
         let rows = stmt
             .query_map(params_from_iter(args), read_record)
             .map_err(db_err)?;
-        for row in rows {
-            changes.push(with_data(row.map_err(db_err)?)?.to_change());
-        }
+        rows.map(|row| with_data(row.map_err(db_err)?)).collect()
     }
-    tx.commit().map_err(db_err)?;
-    let has_more = changes.len() > q.limit as usize;
-    changes.truncate(q.limit as usize);
-    // On the last page the puller has seen every change it may read up to the head of
-    // this snapshot (commits are in seq order, see `push_blocking`), so the cursor can
-    // jump there and the next pull does not rescan rows it may not read.
-    let seq = if has_more {
-        changes.last().map_or(since, |c| c.seq)
-    } else {
-        last_seq.max(since)
-    };
-    Ok(PullPage::Page {
-        changes,
-        cursor: Cursor {
-            seq,
-            purge_mark: purged,
-        },
-        has_more,
-    })
 }
 
 fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
@@ -481,7 +488,7 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Vec<OpResult>, StorageError>> {
         let ctx = ctx.clone();
-        self.with_writer(move |conn| push_blocking(conn, &ctx, items, now_ms))
+        self.with_writer(move |conn| push_blocking(conn, &ctx, &items, now_ms))
     }
 
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>> {

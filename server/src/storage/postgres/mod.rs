@@ -1,0 +1,351 @@
+//! The PostgreSQL backend: for deployments past one machine, with several stateless
+//! server processes over one database (and its replicas for failover).
+//!
+//! It keeps the guarantees of [`Storage`] with no help from the process it runs in:
+//! another `outpost-server` may be pushing into the same database at the same moment,
+//! so everything that SQLite got from its single writer is done here with
+//! PostgreSQL's own locks, which every process sees.
+//!
+//! - **Connections.** A `deadpool-postgres` pool of `tokio-postgres` connections;
+//!   every statement is a fixed text with `$n` parameters, prepared once per
+//!   connection (`prepare_cached`). Even the pull's access filter is one fixed
+//!   statement: the per-collection rules travel as array parameters.
+//! - **Schema.** Numbered migrations in [`MIGRATIONS`], recorded in
+//!   `outpost_schema_version`. They run at start in one transaction under an advisory
+//!   lock, so two servers starting together apply each migration once.
+//! - **Order of locks in a push** (why no push can deadlock another): first the
+//!   advisory locks of every op_id and every record the push touches, all at once in
+//!   ascending key order; then, at its first applied op, the row of the seq counter,
+//!   held to commit. Every push takes them in that order, so no cycle can form. The
+//!   purge takes only rows no push holds (`SKIP LOCKED`) and never waits for a push.
+//! - **Text columns** cannot hold a NUL character in PostgreSQL, but a client may send
+//!   one in an `op_id` or `client_id`; those two are stored escaped ([`pg_text`]) so the
+//!   request gets the same answer as on SQLite instead of a 500.
+//!
+//! The migrations are in `schema.rs`, the locks, storage steps and retries of a push in
+//! `push.rs` (with the reasoning for ordered commits); reads and the purge are here.
+
+mod push;
+mod schema;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
+};
+use outpost_core::protocol::{JsonObject, OpResult};
+use tokio::sync::OnceCell;
+use tokio_postgres::{IsolationLevel, NoTls, Row, Statement};
+
+pub use push::pg_text;
+pub use schema::MIGRATIONS;
+
+use super::{
+    BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
+};
+use crate::config::PostgresUrl;
+use crate::logic::{Access, PushItem, StoredRecord};
+use crate::pull::{self, Marks, PullSteps};
+
+/// Connections per server process. Each push holds one for its transaction; pulls are
+/// short. Several processes share the database's `max_connections` (default 100).
+const POOL_SIZE: usize = 16;
+
+/// How long a request waits for a free connection before it fails with 500 (the
+/// client retries 5xx), rather than queueing without bound under overload.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// Records, answers and audit in a PostgreSQL database shared by any number of server
+/// processes.
+#[derive(Clone)]
+pub struct PostgresStorage {
+    pool: Pool,
+    /// Set once the migrations have run in this process.
+    migrated: Arc<OnceCell<()>>,
+}
+
+impl fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tokio-postgres error with the server's own message, which its `Display` hides.
+fn pg_err(e: &tokio_postgres::Error) -> StorageError {
+    match e.as_db_error() {
+        Some(d) => StorageError(format!("postgres {}: {}", d.code().code(), d.message())),
+        None => StorageError(format!("postgres: {e}")),
+    }
+}
+
+/// `?` on a tokio-postgres result, keeping the server's message.
+trait Pg<T> {
+    fn pg(self) -> Result<T, StorageError>;
+}
+
+impl<T> Pg<T> for Result<T, tokio_postgres::Error> {
+    fn pg(self) -> Result<T, StorageError> {
+        self.map_err(|e| pg_err(&e))
+    }
+}
+
+impl PostgresStorage {
+    /// Connects and runs the migrations: a wrong URL, an unreachable database or a
+    /// schema newer than this server fails here, at start.
+    pub async fn connect(url: &PostgresUrl) -> Result<PostgresStorage, StorageError> {
+        let s = PostgresStorage::lazy(url)?;
+        s.ready().await?;
+        Ok(s)
+    }
+
+    /// Builds the pool without connecting; the first operation connects and runs the
+    /// migrations. For callers that cannot wait at construction (a synchronous
+    /// [`crate::open_storage`]).
+    pub fn lazy(url: &PostgresUrl) -> Result<PostgresStorage, StorageError> {
+        let mut config = tokio_postgres::Config::from_str(url.expose()).map_err(db_err)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("outpost-server");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection that died shows up as an error on its next query; the
+                // client retries 5xx. Checking each one on checkout costs a round trip.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .build()
+            .map_err(db_err)?;
+        Ok(PostgresStorage {
+            pool,
+            migrated: Arc::new(OnceCell::new()),
+        })
+    }
+
+    async fn ready(&self) -> Result<(), StorageError> {
+        self.migrated
+            .get_or_try_init(|| async {
+                let mut client = self.pool.get().await.map_err(db_err)?;
+                schema::migrate(&mut client).await
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn push_impl(
+        &self,
+        ctx: &PushContext,
+        items: Vec<PushItem>,
+        now_ms: i64,
+    ) -> Result<Vec<OpResult>, StorageError> {
+        self.ready().await?;
+        push::push(&self.pool, ctx, &items, now_ms).await
+    }
+
+    async fn pull_impl(&self, q: &PullQuery) -> Result<PullPage, StorageError> {
+        self.ready().await?;
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        pull(&mut client, q).await
+    }
+
+    async fn purge_impl(&self, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
+        self.ready().await?;
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        purge(&mut client, older_than_ms)
+            .await
+            .map_err(|e| pg_err(&e))
+    }
+}
+
+fn read_record(r: &Row) -> Result<StoredRecord, StorageError> {
+    let data: Option<String> = r.try_get(2).map_err(|e| pg_err(&e))?;
+    let data = match data {
+        Some(text) => Some(serde_json::from_str::<JsonObject>(&text).map_err(db_err)?),
+        None => None,
+    };
+    let get_s = |i: usize| r.try_get::<_, String>(i).map_err(|e| pg_err(&e));
+    let get_i = |i: usize| r.try_get::<_, i64>(i).map_err(|e| pg_err(&e));
+    Ok(StoredRecord {
+        collection: get_s(0)?,
+        record_id: get_s(1)?,
+        data,
+        deleted: r.try_get(3).map_err(|e| pg_err(&e))?,
+        version: get_i(4)?,
+        seq: get_i(5)?,
+        hlc: get_s(6)?,
+        owner: get_s(7)?,
+        team: get_s(8)?,
+        created_at_ms: get_i(9)?,
+        updated_at_ms: get_i(10)?,
+    })
+}
+
+/// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
+/// the sequence and the page agree with each other.
+async fn pull(
+    client: &mut deadpool_postgres::Client,
+    q: &PullQuery,
+) -> Result<PullPage, StorageError> {
+    // Fixed text, whatever the config: the access rule of each row is looked up in
+    // the (named, rule) arrays, falling back to the default rule.
+    let st_page = client
+        .prepare_cached(
+            "SELECT collection, record_id, data, deleted, version, seq, hlc, owner, team, \
+             created_at, updated_at FROM records r \
+             WHERE seq > $1 \
+               AND ($2::text[] IS NULL OR collection = ANY($2::text[])) \
+               AND CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
+                                  WHERE n.name = r.collection LIMIT 1), $5::text) \
+                     WHEN 'private' THEN owner = $6 \
+                     WHEN 'team' THEN team = $7 \
+                     WHEN 'shared' THEN true \
+                     ELSE false END \
+             ORDER BY seq LIMIT $8",
+        )
+        .await.pg()?;
+    let st_meta = client
+        .prepare_cached(
+            "SELECT (SELECT value FROM meta WHERE key = 'purged_through_seq'), \
+                    (SELECT value FROM meta WHERE key = 'last_seq')",
+        )
+        .await
+        .pg()?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg()?;
+    let mut steps = PgPull {
+        tx: &tx,
+        st_page,
+        st_meta,
+    };
+    let page = pull::read_page(&mut steps, q).await?;
+    tx.commit().await.pg()?;
+    Ok(page)
+}
+
+/// The reads of a pull page, inside its REPEATABLE READ transaction.
+struct PgPull<'a> {
+    tx: &'a Transaction<'a>,
+    st_page: Statement,
+    st_meta: Statement,
+}
+
+impl PullSteps for PgPull<'_> {
+    async fn marks(&mut self) -> Result<Marks, StorageError> {
+        let row = self.tx.query_one(&self.st_meta, &[]).await.pg()?;
+        Ok(Marks {
+            purged_through_seq: row.try_get(0).pg()?,
+            last_seq: row.try_get(1).pg()?,
+        })
+    }
+
+    async fn records_after(
+        &mut self,
+        q: &PullQuery,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
+        let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
+        let rows = self
+            .tx
+            .query(
+                &self.st_page,
+                &[
+                    &since,
+                    &q.collections,
+                    &names,
+                    &rules,
+                    &rule(q.access.default),
+                    &q.user.name,
+                    &q.user.team,
+                    &limit,
+                ],
+            )
+            .await
+            .pg()?;
+        rows.iter().map(read_record).collect()
+    }
+}
+
+fn rule(a: Access) -> &'static str {
+    match a {
+        Access::Private => "private",
+        Access::Team => "team",
+        Access::Shared => "shared",
+    }
+}
+
+async fn purge(
+    client: &mut deadpool_postgres::Client,
+    older_than_ms: i64,
+) -> Result<PurgeReport, tokio_postgres::Error> {
+    let st_delete = client
+        .prepare_cached(
+            "DELETE FROM records WHERE (collection, record_id) IN ( \
+                 SELECT collection, record_id FROM records \
+                 WHERE deleted AND updated_at < $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING seq",
+        )
+        .await?;
+    let st_mark = client
+        .prepare_cached(
+            "UPDATE meta SET value = GREATEST(value, $1) WHERE key = 'purged_through_seq' \
+             RETURNING value",
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    // SKIP LOCKED: a tombstone that a push is deciding on right now is left for the
+    // next purge, so the purge never waits on a push (and cannot deadlock with one).
+    let rows = tx.query(&st_delete, &[&older_than_ms]).await?;
+    let mut top = 0i64;
+    for r in &rows {
+        top = top.max(r.try_get::<_, i64>(0)?);
+    }
+    let mark: i64 = tx.query_one(&st_mark, &[&top]).await?.try_get(0)?;
+    tx.commit().await?;
+    Ok(PurgeReport {
+        purged: rows.len() as u64,
+        purged_through_seq: mark,
+    })
+}
+
+impl Storage for PostgresStorage {
+    fn push<'a>(
+        &'a self,
+        ctx: &'a PushContext,
+        items: Vec<PushItem>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<OpResult>, StorageError>> {
+        Box::pin(self.push_impl(ctx, items, now_ms))
+    }
+
+    fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>> {
+        Box::pin(self.pull_impl(query))
+    }
+
+    fn purge_tombstones(
+        &self,
+        older_than_ms: i64,
+    ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
+        Box::pin(self.purge_impl(older_than_ms))
+    }
+}
