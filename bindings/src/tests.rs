@@ -394,21 +394,136 @@ fn deadline_and_cancel_stop_a_sync_cleanly() {
     assert_eq!(r.outcome, SyncOutcome::AuthFailed, "{r:?}");
 }
 
-#[test]
-fn conflict_listener_can_be_set_and_cleared() {
-    struct L;
-    impl ConflictListener for L {
-        fn on_conflict(&self, _c: Conflict) -> Result<(), OutpostError> {
-            Ok(())
-        }
+/// The real server, in this process on a loopback port, with two users of one team.
+struct Server {
+    url: String,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "listen = \"127.0.0.1:0\"\ndatabase = \"server.db\"\ndefault_access = \"team\"\n\
+                [[users]]\nname = \"a\"\nteam = \"t\"\ntoken = \"token-a\"\n\
+                [[users]]\nname = \"b\"\nteam = \"t\"\ntoken = \"token-b\"\n";
+    let config = outpost_server::Config::parse(toml, dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(outpost_server::Server::bind(config))
+        .unwrap();
+    let url = format!("http://{}/", server.local_addr());
+    runtime.spawn(server.run(std::future::pending::<()>()));
+    Server {
+        url,
+        _dir: dir,
+        _runtime: runtime,
     }
-    let (_d, db) = open();
-    db.set_conflict_listener(Some(Box::new(L))).unwrap();
-    db.set_conflict_listener(None).unwrap();
-    assert!(db.conflict_log().unwrap().is_empty());
-    let e = db.resolve(42, Resolution::KeepLocal).unwrap_err();
+}
+
+struct Named(&'static str);
+impl TokenProvider for Named {
+    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
+        Ok(format!("token-{}", self.0))
+    }
+}
+
+fn device(server: &Server, dir: &tempfile::TempDir, user: &'static str) -> Arc<Outpost> {
+    let config = OutpostConfig {
+        server_url: server.url.clone(),
+        ..config(dir)
+    };
+    Outpost::open(config, Box::new(Named(user))).unwrap()
+}
+
+struct Conflicts(Mutex<mpsc::Sender<Conflict>>);
+impl ConflictListener for Conflicts {
+    fn on_conflict(&self, c: Conflict) -> Result<(), OutpostError> {
+        let _ = self.0.lock().unwrap().send(c);
+        Ok(())
+    }
+}
+
+/// Both devices edit `id` of the manual collection; `b` syncs last and conflicts.
+fn make_conflict(a: &Outpost, b: &Outpost, id: &str) {
+    let rt = crate::runtime::runtime().unwrap();
+    let sync = |db: &Outpost| rt.block_on(db.sync_now(Some(10_000))).unwrap();
+    a.put(s("reviews"), Some(s(id)), s(r#"{"score":1}"#))
+        .unwrap();
+    assert_eq!(sync(a).outcome, SyncOutcome::Completed);
+    assert_eq!(sync(b).outcome, SyncOutcome::Completed);
+    a.patch(s("reviews"), s(id), s(r#"{"score":2}"#)).unwrap();
+    b.patch(s("reviews"), s(id), s(r#"{"score":3}"#)).unwrap();
+    assert_eq!(sync(a).outcome, SyncOutcome::Completed);
+    let r = sync(b);
+    assert_eq!(
+        (r.outcome, r.conflicts),
+        (SyncOutcome::Completed, 1),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_conflict_listener_hears_conflicts_while_set_and_none_once_cleared() {
+    let server = server();
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (device(&server, &da, "a"), device(&server, &db_, "b"));
+    let (tx, rx) = mpsc::channel();
+    b.set_conflict_listener(Some(Box::new(Conflicts(Mutex::new(tx)))))
+        .unwrap();
+    make_conflict(&a, &b, "r1");
+    let heard = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        (heard.record_id.as_str(), heard.strategy),
+        ("r1", ConflictStrategy::Manual)
+    );
+    b.set_conflict_listener(None).unwrap();
+    make_conflict(&a, &b, "r2");
+    assert_eq!(
+        b.conflicts().unwrap().len(),
+        2,
+        "both conflicts wait for the app"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a cleared listener is not called"
+    );
+    let e = b.resolve(42, Resolution::KeepLocal).unwrap_err();
     assert!(matches!(e, OutpostError::NotFound { .. }), "{e:?}");
-    assert_eq!(db.replica_id().unwrap().len(), 16);
+    b.resolve(heard.id, Resolution::KeepLocal).unwrap();
+    assert_eq!(b.conflicts().unwrap().len(), 1);
+}
+
+#[test]
+fn a_sync_report_crosses_with_every_count() {
+    let r = outpost_core::SyncReport {
+        outcome: outpost_core::SyncOutcome::BackingOff,
+        pushed: 1,
+        applied: 2,
+        conflicts: 3,
+        rejected: 4,
+        pulled: 5,
+        repulls: 6,
+        requests: 7,
+        duration: Duration::from_millis(8),
+        errors: vec![s("nine")],
+    };
+    let got = SyncReport::from(r);
+    assert_eq!(
+        got,
+        SyncReport {
+            outcome: SyncOutcome::BackingOff,
+            pushed: 1,
+            applied: 2,
+            conflicts: 3,
+            rejected: 4,
+            pulled: 5,
+            repulls: 6,
+            requests: 7,
+            duration_ms: 8,
+            errors: vec![s("nine")],
+            should_retry: true,
+        }
+    );
 }
 
 #[test]
@@ -416,25 +531,60 @@ fn panics_become_internal_errors_and_core_errors_map_one_to_one() {
     let e = crate::error::guard::<()>(|| panic!("boom"));
     assert_eq!(e.unwrap_err(), OutpostError::Internal { detail: s("boom") });
     use outpost_core::Error as E;
-    assert_eq!(
-        OutpostError::from(E::SchemaTooNew {
-            found: 9,
-            supported: 3
-        }),
-        OutpostError::SchemaTooNew {
-            found: 9,
-            supported: 3
-        }
-    );
-    assert_eq!(OutpostError::from(E::WrongKey), OutpostError::WrongKey);
-    assert_eq!(
-        OutpostError::from(E::Interrupted),
-        OutpostError::Interrupted
-    );
-    assert_eq!(
-        OutpostError::from(E::Database(s("disk"))),
-        OutpostError::Database { detail: s("disk") }
-    );
+    let cases = [
+        (
+            E::InvalidCollection(s("X")),
+            OutpostError::InvalidCollection { name: s("X") },
+        ),
+        (
+            E::UnknownCollection(s("x")),
+            OutpostError::UnknownCollection { name: s("x") },
+        ),
+        (E::InvalidRecordId, OutpostError::InvalidRecordId),
+        (
+            E::InvalidData(s("d")),
+            OutpostError::InvalidData { detail: s("d") },
+        ),
+        (
+            E::InvalidConfig(s("c")),
+            OutpostError::InvalidConfig { detail: s("c") },
+        ),
+        (
+            E::NotFound {
+                collection: s("c"),
+                id: s("i"),
+            },
+            OutpostError::NotFound {
+                collection: s("c"),
+                id: s("i"),
+            },
+        ),
+        (E::Crdt(s("k")), OutpostError::Crdt { detail: s("k") }),
+        (
+            E::SchemaTooNew {
+                found: 9,
+                supported: 3,
+            },
+            OutpostError::SchemaTooNew {
+                found: 9,
+                supported: 3,
+            },
+        ),
+        (E::WrongKey, OutpostError::WrongKey),
+        (
+            E::EncryptionUnavailable,
+            OutpostError::EncryptionUnavailable,
+        ),
+        (E::Closed, OutpostError::Closed),
+        (E::Interrupted, OutpostError::Interrupted),
+        (
+            E::Database(s("disk")),
+            OutpostError::Database { detail: s("disk") },
+        ),
+    ];
+    for (core, ffi) in cases {
+        assert_eq!(OutpostError::from(core.clone()), ffi, "{core:?}");
+    }
     let e = OutpostError::from(uniffi::UnexpectedUniFFICallbackError::new(
         "RuntimeException",
     ));

@@ -501,6 +501,8 @@ pub struct SyncReport {
     pub conflicts: u64,
     pub rejected: u64,
     pub pulled: u64,
+    /// Full re-pulls after the server expired a cursor.
+    pub repulls: u64,
     pub requests: u64,
     pub duration_ms: u64,
     pub errors: Vec<String>,
@@ -517,6 +519,7 @@ impl From<core::SyncReport> for SyncReport {
             conflicts: r.conflicts,
             rejected: r.rejected,
             pulled: r.pulled,
+            repulls: r.repulls,
             requests: r.requests,
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
             errors: r.errors,
