@@ -331,6 +331,13 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("cannot restart outpost-server: {e}"));
     }
 
+    /// Whether the process is still alive (it may have crashed on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no chance to flush anything more.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
