@@ -256,7 +256,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     );
     order.push(&dispatcher);
     for d in &order {
-        d.link.set_flaky(true);
+        d.link.set_random_faults(true);
     }
     go_online(&order).await?;
     let to_send: u64 = order.iter().map(|d| d.engine.status().pending).sum();
@@ -264,7 +264,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     let settle = sync_until_quiet(&order, &bar, |_| Ok(0)).await?;
     progress.done(&[&bar]);
     for d in &order {
-        d.link.set_flaky(false);
+        d.link.set_random_faults(false);
     }
     println!(
         "   {} after {} rounds in {:.1} s ({} synced first)",

@@ -11,7 +11,6 @@
 //! 4. Verify against the server's own database and a fresh device, and report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use outpost_core::protocol::JsonObject;
@@ -263,18 +262,12 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     // ---- 2. offline ----
     println!("\n2. offline: the network is reported down on every device");
     go_offline(&all);
-    let before: u64 = all
-        .iter()
-        .map(|d| d.link.counters.requests.load(Relaxed))
-        .sum();
+    let before: u64 = all.iter().map(|d| d.link.requests()).sum();
     let mut offline_ok = true;
     for d in &all {
         offline_ok &= d.sync_once().await.outcome == outpost_core::SyncOutcome::Offline;
     }
-    let after: u64 = all
-        .iter()
-        .map(|d| d.link.counters.requests.load(Relaxed))
-        .sum();
+    let after: u64 = all.iter().map(|d| d.link.requests()).sum();
     let progress = Progress::new();
     let bars: Vec<_> = nurses
         .iter()
@@ -419,7 +412,7 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
         args.fail_rate * 100.0
     );
     for d in &all {
-        d.link.set_flaky(true);
+        d.link.set_random_faults(true);
     }
     go_online(&all).await?;
     let to_send: u64 = all.iter().map(|d| d.engine.status().pending).sum();
@@ -432,13 +425,13 @@ pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
     .await?;
     progress.done(&[&bar]);
     for d in &all {
-        d.link.set_flaky(false);
+        d.link.set_random_faults(false);
     }
     let faults: u64 = all
         .iter()
         .map(|d| {
-            d.link.counters.dropped_requests.load(Relaxed)
-                + d.link.counters.dropped_answers.load(Relaxed)
+            let s = d.link.stats();
+            s.lost_requests + s.lost_answers
         })
         .sum();
     println!(
