@@ -4,11 +4,14 @@
 //! user typed was lost or applied twice.
 //!
 //! This module holds what both scenarios share: the in-process server, the devices,
-//! the "sync until quiet" loop and the report's table. The stories themselves live in
-//! `field` (nurses) and `assets` (engineers); `verify` reads the server's database.
+//! the "sync until quiet" loop and the report's table; `scenario` holds the steps both
+//! stories' phases take. The stories themselves live in `field` (nurses) and `assets`
+//! (engineers), each as its phases over the run's state; `verify` reads the server's
+//! database.
 
 mod assets;
 mod field;
+mod scenario;
 mod verify;
 
 use std::collections::BTreeMap;
