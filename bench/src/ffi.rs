@@ -14,8 +14,8 @@ use outpost_ffi::{
     CollectionSpec, ConflictStrategy, Durability, Outpost, OutpostConfig, OutpostError,
 };
 
-use crate::server::{cargo_build, target_dir};
 use crate::util::{Latency, Result, fail};
+use outpost_testkit::{cargo_build, profile_dir};
 
 /// Per-call timings of one language.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -103,7 +103,7 @@ pub fn generate(language: &str, out: &Path) -> Result<PathBuf> {
         "--bin",
         "uniffi-bindgen",
     ])?;
-    let target = target_dir()?;
+    let target = profile_dir()?;
     let lib = target.join(format!(
         "{}outpost_ffi{}",
         std::env::consts::DLL_PREFIX,

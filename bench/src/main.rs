@@ -601,31 +601,41 @@ fn run(args: Args) -> Result<()> {
         let bin = server::server_binary(run.args.server_bin.as_deref())?;
         let rt = net::runtime()?;
         if run.wants(3) || run.wants(6) {
-            let push_server = server::RealServer::start(&bin)?;
+            let push_server = server::start(&bin)?;
             if run.wants(3) {
-                run.fig3(&rt, push_server.url())?;
+                run.fig3(&rt, &push_server.base_url())?;
             }
             if run.wants(6) {
-                run.fig6(&rt, push_server.url())?;
+                run.fig6(&rt, &push_server.base_url())?;
             }
         }
         if run.wants(4) || run.wants(5) {
-            let seeded = server::RealServer::start(&bin)?;
+            let seeded = server::start(&bin)?;
             if run.wants(4) {
                 run.log(&format!(
                     "seeding {} records for figure 4",
                     run.args.size.pull_changes
                 ));
-                net::seed(&rt, seeded.url(), "pulled", run.args.size.pull_changes)?;
-                run.fig4(&rt, seeded.url())?;
+                net::seed(
+                    &rt,
+                    &seeded.base_url(),
+                    "pulled",
+                    run.args.size.pull_changes,
+                )?;
+                run.fig4(&rt, &seeded.base_url())?;
             }
             if run.wants(5) {
                 run.log(&format!(
                     "seeding {} records for figure 5",
                     run.args.size.initial_records
                 ));
-                net::seed(&rt, seeded.url(), "initial", run.args.size.initial_records)?;
-                run.fig5(seeded.url())?;
+                net::seed(
+                    &rt,
+                    &seeded.base_url(),
+                    "initial",
+                    run.args.size.initial_records,
+                )?;
+                run.fig5(&seeded.base_url())?;
             }
         }
     }

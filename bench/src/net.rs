@@ -2,119 +2,31 @@
 //! against minimal hand-written equivalents.
 //!
 //! `SyncEngine::sync_now` always pushes and then pulls. To report push and pull apart,
-//! the engine is given a [`Timed`] transport: the public `HttpTransport` wrapped in a
-//! layer that only records when each request starts and how long it takes, through the
-//! public `Transport` trait. No engine code is bypassed.
+//! the engine is given the test kit's `FaultyTransport` with no faults: the public
+//! `HttpTransport` wrapped in a layer that only records when each request starts, how
+//! long it takes and its bytes, through the public `Transport` trait. No engine code is
+//! bypassed.
 
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outpost_core::protocol::{Op, OpKind, PullResponse, PushRequest, PushResponse};
-use outpost_core::transport::{BoxFuture, PullParams, WireStats};
+use outpost_core::protocol::{Op, OpKind, PullResponse, PushRequest};
+use outpost_core::transport::PullParams;
 use outpost_core::{
     ConflictStrategy, HttpTimeouts, HttpTransport, StaticToken, Store, StoreConfig, SyncConfig,
-    SyncEngine, SyncOutcome, SyncReport, Transport, TransportError,
+    SyncEngine, SyncOutcome, SyncReport, Transport,
 };
+use outpost_testkit::FaultyTransport;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde_json::Value;
 
 use crate::server::TOKEN;
 use crate::util::{Result, fail, now_ms, payload, raw_connection, raw_put};
 
-/// What the [`Timed`] transport saw.
-#[derive(Debug, Default, Clone)]
-pub struct TimeLog {
-    pub push_calls: u64,
-    pub push_time: Duration,
-    pub push_bytes_sent: u64,
-    pub pull_calls: u64,
-    pub pull_time: Duration,
-    pub pull_bytes_received: u64,
-    pub first_pull_at: Option<Instant>,
-}
-
-/// `HttpTransport` plus timing; forwards every call unchanged.
-#[derive(Debug)]
-pub struct Timed {
-    inner: HttpTransport,
-    stats: Arc<WireStats>,
-    log: Mutex<TimeLog>,
-}
-
-impl Timed {
-    pub fn new(url: &str) -> Result<Arc<Timed>> {
-        let inner = HttpTransport::new(url, HttpTimeouts::default())?;
-        let stats = inner.stats();
-        Ok(Arc::new(Timed {
-            inner,
-            stats,
-            log: Mutex::new(TimeLog::default()),
-        }))
-    }
-
-    pub fn log(&self) -> TimeLog {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut TimeLog)) {
-        if let Ok(mut l) = self.log.lock() {
-            f(&mut l);
-        }
-    }
-}
-
-impl Transport for Timed {
-    fn health(
-        &self,
-    ) -> BoxFuture<'_, std::result::Result<outpost_core::protocol::HealthResponse, TransportError>>
-    {
-        self.inner.health()
-    }
-
-    fn push<'a>(
-        &'a self,
-        token: &'a str,
-        request: &'a PushRequest,
-    ) -> BoxFuture<'a, std::result::Result<PushResponse, TransportError>> {
-        Box::pin(async move {
-            let sent = self.stats.bytes_sent.load(Relaxed);
-            let t = Instant::now();
-            let out = self.inner.push(token, request).await;
-            let el = t.elapsed();
-            let sent = self.stats.bytes_sent.load(Relaxed) - sent;
-            self.update(|l| {
-                l.push_calls += 1;
-                l.push_time += el;
-                l.push_bytes_sent += sent;
-            });
-            out
-        })
-    }
-
-    fn pull<'a>(
-        &'a self,
-        token: &'a str,
-        params: &'a PullParams,
-    ) -> BoxFuture<'a, std::result::Result<PullResponse, TransportError>> {
-        Box::pin(async move {
-            let received = self.stats.bytes_received.load(Relaxed);
-            let t = Instant::now();
-            self.update(|l| {
-                l.first_pull_at.get_or_insert(t);
-            });
-            let out = self.inner.pull(token, params).await;
-            let el = t.elapsed();
-            let received = self.stats.bytes_received.load(Relaxed) - received;
-            self.update(|l| {
-                l.pull_calls += 1;
-                l.pull_time += el;
-                l.pull_bytes_received += received;
-            });
-            out
-        })
-    }
+/// The engine's transport, timed: `HttpTransport` to `url` behind the kit's layer.
+fn timed_link(url: &str) -> Result<Arc<FaultyTransport>> {
+    Ok(Arc::new(FaultyTransport::http(url)?))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -194,13 +106,13 @@ pub fn push_real(
 ) -> Result<PushRun> {
     let store = device(&dir.join(format!("f3-{tag}.db")), "pushed")?;
     fill(&store, "pushed", &format!("push-{tag}"), n)?;
-    let timed = Timed::new(url)?;
+    let timed = timed_link(url)?;
     let engine = engine(rt, &store, timed.clone());
     let t0 = Instant::now();
     let report = rt.block_on(engine.sync_now(None));
     let whole = t0.elapsed();
     check(&report, "push")?;
-    let log = timed.log();
+    let log = timed.stats();
     let push = log.first_pull_at.map_or(whole, |t| t.duration_since(t0));
     let counts = store.outbox_counts()?;
     if report.applied < n as u64 || counts.pending + counts.syncing > 0 {
@@ -215,7 +127,7 @@ pub fn push_real(
     Ok(PushRun {
         ops: n,
         push_s: push.as_secs_f64(),
-        requests: log.push_calls,
+        requests: log.push.calls,
         whole_sync_s: whole.as_secs_f64(),
     })
 }
@@ -445,21 +357,21 @@ pub fn pull_real(
     tag: &str,
 ) -> Result<PullRun> {
     let store = device(&dir.join(format!("f4-{tag}.db")), collection)?;
-    let timed = Timed::new(url)?;
+    let timed = timed_link(url)?;
     let engine = engine(rt, &store, timed.clone());
     let t0 = Instant::now();
     let report = rt.block_on(engine.sync_now(None));
     let whole = t0.elapsed();
     check(&report, "pull")?;
-    let log = timed.log();
-    let network = log.pull_time + log.push_time;
+    let log = timed.stats();
+    let network = log.pull.time + log.push.time;
     engine.shutdown();
     store.close();
     Ok(PullRun {
         changes: report.pulled,
         whole_sync_s: whole.as_secs_f64(),
         network_overlapped_s: network.as_secs_f64(),
-        requests: log.pull_calls,
+        requests: log.pull.calls,
     })
 }
 
@@ -588,12 +500,12 @@ pub fn wire(rt: &tokio::runtime::Runtime, dir: &Path, url: &str, n: usize) -> Re
         ops,
     })?
     .len() as u64;
-    let timed = Timed::new(url)?;
+    let timed = timed_link(url)?;
     let engine = engine(rt, &store, timed.clone());
     let t0 = Instant::now();
     let report = rt.block_on(engine.sync_now(None));
     check(&report, "wire")?;
-    let log = timed.log();
+    let log = timed.stats();
     let batched_s = log
         .first_pull_at
         .map_or(t0.elapsed(), |t| t.duration_since(t0))
@@ -602,8 +514,8 @@ pub fn wire(rt: &tokio::runtime::Runtime, dir: &Path, url: &str, n: usize) -> Re
     store.close();
     Ok(WireRun {
         ops: n,
-        batched_requests: log.push_calls,
-        batched_bytes: log.push_bytes_sent,
+        batched_requests: log.push.calls,
+        batched_bytes: log.push.bytes_sent,
         batched_s,
         json_bytes,
         naive_requests,

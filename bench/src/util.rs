@@ -1,9 +1,9 @@
 //! Shared pieces: the error type, latency statistics, the record payload every figure
-//! writes, and the raw-SQLite baseline schema.
+//! writes, and the raw-SQLite baseline's connection.
 //!
 //! The baselines must do the same physical work as the code they are compared with, so
-//! the payload (about 300 bytes of JSON), the table shapes and the pragmas live here,
-//! in one place, rather than being re-invented by each figure.
+//! the payload (about 300 bytes of JSON) and the pragmas live here, in one place, and
+//! the tables are the device's own schema, rather than being re-invented by each figure.
 
 use std::time::Duration;
 
@@ -78,53 +78,10 @@ impl Latency {
     }
 }
 
-/// The same shapes as the device's `records` and `outbox` tables (core/src/schema.rs),
-/// with their indexes, so the raw baseline pays for the same B-tree work.
-pub const RAW_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    collection TEXT NOT NULL,
-    id         TEXT NOT NULL,
-    data       TEXT,
-    deleted    INTEGER NOT NULL DEFAULT 0,
-    version    INTEGER NOT NULL DEFAULT 0,
-    hlc        TEXT NOT NULL,
-    sync_state TEXT NOT NULL,
-    updated_at INTEGER NOT NULL,
-    base       TEXT,
-    base_hlc   TEXT,
-    pulled_gen INTEGER NOT NULL DEFAULT 0,
-    remote     TEXT,
-    PRIMARY KEY (collection, id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    op_id           TEXT NOT NULL UNIQUE,
-    collection      TEXT NOT NULL,
-    record_id       TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    base_version    INTEGER,
-    data            TEXT,
-    hlc             TEXT NOT NULL,
-    force           INTEGER NOT NULL DEFAULT 0,
-    state           TEXT NOT NULL,
-    sent            INTEGER NOT NULL DEFAULT 0,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER NOT NULL DEFAULT 0,
-    last_error_code TEXT,
-    last_error      TEXT,
-    created_at      INTEGER NOT NULL,
-    bytes           INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_record ON outbox (collection, record_id, id);
-CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, id);
-CREATE TABLE IF NOT EXISTS cursors (
-    collection TEXT PRIMARY KEY,
-    cursor     TEXT NOT NULL
-) WITHOUT ROWID;
-";
-
 /// A raw connection with the store's pragmas: WAL, the given `synchronous`, temp
-/// tables in memory.
+/// tables in memory. A new file gets the device's own schema (`outpost_core::SCHEMA_SQL`:
+/// the same tables and indexes, so the raw baseline pays for the same B-tree work);
+/// a file that has it already is used as it is.
 pub fn raw_connection(path: &std::path::Path, synchronous: &str) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -133,7 +90,10 @@ pub fn raw_connection(path: &std::path::Path, synchronous: &str) -> Result<Conne
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(fail(format!("WAL not enabled: {mode}")));
     }
-    conn.execute_batch(RAW_SCHEMA)?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables == 0 {
+        conn.execute_batch(outpost_core::SCHEMA_SQL)?;
+    }
     Ok(conn)
 }
 

@@ -2,15 +2,15 @@
 //! restart with no loss, and graceful shutdown with a request in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use outpost_testkit::*;
 use serde_json::{Value, json};
+
+/// The binary cargo built for these tests, for runs that are not a `TestServer`.
+const BIN: &str = env!("CARGO_BIN_EXE_outpost-server");
 
 async fn the_example_config_starts_as_is(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -37,13 +37,13 @@ async fn the_example_config_starts_as_is(b: Backend) {
     };
     std::fs::write(&config, text).unwrap();
     let s = TestServer::start_config(&b, dir, config, db);
-    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    let r = s.client().get(s.url("/health")).send().await.unwrap();
     assert_eq!(answer(r).await.0, 200);
     for token in ["change-me-amina-secret-token", "change-me-ben-secret-token"] {
         assert_eq!(s.pull_raw(token, "").await.0, 200, "{token}");
     }
     if b == Backend::Sqlite {
-        assert!(s.dir.path().join("outpost-server.db").exists());
+        assert!(s.dir().join("outpost-server.db").exists());
     }
 }
 
@@ -155,7 +155,7 @@ async fn sigterm_lets_an_in_flight_push_finish(b: Backend) {
         json!({"client_id": "c", "ops": [put("patients", "inflight", None, json!({"a": 1}))]})
             .to_string();
     let (head, tail) = body.split_at(body.len() / 2);
-    let addr = s.addr.clone();
+    let addr = s.addr().to_owned();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -184,4 +184,4 @@ async fn sigterm_lets_an_in_flight_push_finish(b: Backend) {
     assert_eq!(s.count("records", "record_id", "inflight"), 1);
 }
 
-backend_tests!("lifecycle": the_example_config_starts_as_is, a_restart_loses_nothing_and_keeps_idempotency, sigterm_lets_an_in_flight_push_finish);
+outpost_testkit::backend_tests!("lifecycle": the_example_config_starts_as_is, a_restart_loses_nothing_and_keeps_idempotency, sigterm_lets_an_in_flight_push_finish);

@@ -7,12 +7,9 @@
 //! `minLength`, `maxLength`, `maxItems`. `pattern` and `format` are not checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use outpost_testkit::*;
 use serde_json::{Value, json};
 
 fn spec() -> Value {
@@ -180,7 +177,7 @@ async fn real_answers_match_the_document(backend: Backend) {
         &backend,
         "rate_limit_per_minute = 40\npurge_interval_secs = 0.2",
     );
-    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    let r = s.client().get(s.url("/health")).send().await.unwrap();
     let (st, body) = answer(r).await;
     check(&spec, "get", "/health", st, &body);
 
@@ -246,7 +243,7 @@ async fn real_answers_match_the_document(backend: Backend) {
     record("post", "/v1/push", st, &b);
     let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(9 * 1024 * 1024));
     let r = s
-        .client
+        .client()
         .post(s.url("/v1/push"))
         .bearer_auth(AMINA)
         .body(big)
@@ -256,7 +253,7 @@ async fn real_answers_match_the_document(backend: Backend) {
     let (st, b) = answer(r).await;
     record("post", "/v1/push", st, &b);
     let r = s
-        .client
+        .client()
         .put(s.url("/v1/push"))
         .bearer_auth(AMINA)
         .send()
@@ -264,11 +261,11 @@ async fn real_answers_match_the_document(backend: Backend) {
         .unwrap();
     let (st, b) = answer(r).await;
     record("post", "/v1/push", st, &b);
-    let r = s.client.post(s.url("/health")).send().await.unwrap();
+    let r = s.client().post(s.url("/health")).send().await.unwrap();
     let (st, b) = answer(r).await;
     record("get", "/health", st, &b);
     let r = s
-        .client
+        .client()
         .get(s.url("/v1/nothing"))
         .bearer_auth(AMINA)
         .send()
@@ -278,15 +275,10 @@ async fn real_answers_match_the_document(backend: Backend) {
     record("get", "/v1/pull", st, &b); // the shared Error response
 
     // 410: a cursor from before a purge (retention 0 on this server).
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("server.toml");
-    let db = TestDb::new(&backend, dir.path());
-    let text = base_config(&db.database(), "purge_interval_secs = 0.2").replace(
-        "tombstone_retention_days = 30",
-        "tombstone_retention_days = 0",
+    let s2 = TestServer::start_with(
+        &backend,
+        "tombstone_retention_days = 0\npurge_interval_secs = 0.2",
     );
-    std::fs::write(&config, text).unwrap();
-    let s2 = TestServer::start_config(&backend, dir, config, db);
     s2.push(AMINA, vec![put("patients", "x", None, json!({}))])
         .await;
     let (_, c) = s2.pull_all(AMINA, "").await;
@@ -322,4 +314,4 @@ async fn real_answers_match_the_document(backend: Backend) {
     assert_eq!(seen, want);
 }
 
-backend_tests!("openapi": real_answers_match_the_document);
+outpost_testkit::backend_tests!("openapi": real_answers_match_the_document);

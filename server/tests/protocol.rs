@@ -2,19 +2,16 @@
 //! idempotency, CRDT merges, paging, concurrency, purge, access and limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use outpost_testkit::*;
 use serde_json::{Value, json};
 
 async fn health_auth_and_routes(b: Backend) {
     let s = TestServer::start(&b);
-    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    let r = s.client().get(s.url("/health")).send().await.unwrap();
     assert_eq!(
         answer(r).await,
         (200, json!({"status": "ok", "protocol": 1}))
@@ -22,9 +19,9 @@ async fn health_auth_and_routes(b: Backend) {
 
     for path in ["/v1/pull", "/v1/push"] {
         let req = if path == "/v1/pull" {
-            s.client.get(s.url(path))
+            s.client().get(s.url(path))
         } else {
-            s.client.post(s.url(path)).body("{}")
+            s.client().post(s.url(path)).body("{}")
         };
         let r = req.send().await.unwrap();
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
@@ -40,7 +37,7 @@ async fn health_auth_and_routes(b: Backend) {
         (401, Some("unauthorized"))
     );
     let r = s
-        .client
+        .client()
         .get(s.url("/v1/pull"))
         .header("authorization", format!("Basic {AMINA}"))
         .send()
@@ -48,14 +45,14 @@ async fn health_auth_and_routes(b: Backend) {
         .unwrap();
     assert_eq!(answer(r).await.0, 401);
 
-    let r = s.client.get(s.url("/nope")).send().await.unwrap();
+    let r = s.client().get(s.url("/nope")).send().await.unwrap();
     let (st, body) = answer(r).await;
     assert_eq!(
         (st, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
     let r = s
-        .client
+        .client()
         .get(s.url("/v1/push"))
         .bearer_auth(AMINA)
         .send()
@@ -66,7 +63,7 @@ async fn health_auth_and_routes(b: Backend) {
         (st, body["error"]["code"].as_str()),
         (405, Some("method_not_allowed"))
     );
-    let r = s.client.delete(s.url("/health")).send().await.unwrap();
+    let r = s.client().delete(s.url("/health")).send().await.unwrap();
     assert_eq!(answer(r).await.0, 405);
 }
 
@@ -200,7 +197,7 @@ async fn concurrent_repeats_have_one_effect(b: Backend) {
     let op = put("patients", "p-1", None, json!({"n": 1}));
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (c, url, op) = (s.client.clone(), s.url("/v1/push"), op.clone());
+        let (c, url, op) = (s.client().clone(), s.url("/v1/push"), op.clone());
         tasks.push(tokio::spawn(async move {
             let r = c
                 .post(url)
@@ -436,7 +433,7 @@ async fn concurrent_writers_never_let_a_puller_skip_a_change(b: Backend) {
     let per_push = 5;
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (c, url) = (s.client.clone(), s.url("/v1/push"));
+        let (c, url) = (s.client().clone(), s.url("/v1/push"));
         tasks.push(tokio::spawn(async move {
             let mut written = Vec::new();
             for p in 0..pushes {
@@ -494,17 +491,10 @@ async fn concurrent_writers_never_let_a_puller_skip_a_change(b: Backend) {
 async fn purged_tombstones_expire_older_cursors(b: Backend) {
     let s = TestServer::start_with(&b, "purge_interval_secs = 0.2");
     // Retention is 30 days here, so nothing is purged yet.
-    let s2 = {
-        let dir = tempfile::tempdir().unwrap();
-        let db = TestDb::new(&b, dir.path());
-        let config = dir.path().join("server.toml");
-        let text = base_config(&db.database(), "purge_interval_secs = 0.2").replace(
-            "tombstone_retention_days = 30",
-            "tombstone_retention_days = 0",
-        );
-        std::fs::write(&config, text).unwrap();
-        TestServer::start_config(&b, dir, config, db)
-    };
+    let s2 = TestServer::start_with(
+        &b,
+        "tombstone_retention_days = 0\npurge_interval_secs = 0.2",
+    );
     for srv in [&s, &s2] {
         srv.push(AMINA, vec![put("patients", "keep", None, json!({}))])
             .await;
@@ -632,7 +622,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 async fn post_bytes(s: &TestServer, body: Vec<u8>, gz: bool) -> (u16, Value) {
     let mut req = s
-        .client
+        .client()
         .post(s.url("/v1/push"))
         .bearer_auth(AMINA)
         .body(body);
@@ -823,7 +813,7 @@ async fn rate_limit_answers_429_with_retry_after(b: Backend) {
         assert_eq!(s.pull_raw(AMINA, "").await.0, 200);
     }
     let r = s
-        .client
+        .client()
         .get(s.url("/v1/pull"))
         .bearer_auth(AMINA)
         .send()
@@ -867,4 +857,4 @@ async fn nul_and_backslashes_in_ids_are_ordinary_ids(b: Backend) {
     assert_eq!(changes[0]["data"]["t"], "x\u{0}y");
 }
 
-backend_tests!("protocol": health_auth_and_routes, create_put_patch_delete_versions, repeated_op_id_gets_the_first_answer, concurrent_repeats_have_one_effect, stale_base_conflicts_and_force_wins, crdt_counters_from_two_replicas_merge_against_a_stale_base, paging_1200_records_at_limit_500, concurrent_writers_never_let_a_puller_skip_a_change, purged_tombstones_expire_older_cursors, access_isolation_on_pull_and_push, bodies_over_8_mib_get_413_raw_or_gzipped, answers_are_gzipped_when_asked, whole_push_400s_change_nothing, a_bad_op_is_rejected_while_its_neighbours_apply, rate_limit_answers_429_with_retry_after, nul_and_backslashes_in_ids_are_ordinary_ids);
+outpost_testkit::backend_tests!("protocol": health_auth_and_routes, create_put_patch_delete_versions, repeated_op_id_gets_the_first_answer, concurrent_repeats_have_one_effect, stale_base_conflicts_and_force_wins, crdt_counters_from_two_replicas_merge_against_a_stale_base, paging_1200_records_at_limit_500, concurrent_writers_never_let_a_puller_skip_a_change, purged_tombstones_expire_older_cursors, access_isolation_on_pull_and_push, bodies_over_8_mib_get_413_raw_or_gzipped, answers_are_gzipped_when_asked, whole_push_400s_change_nothing, a_bad_op_is_rejected_while_its_neighbours_apply, rate_limit_answers_429_with_retry_after, nul_and_backslashes_in_ids_are_ordinary_ids);

@@ -8,12 +8,9 @@
 //! is not set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use outpost_testkit::*;
 use serde_json::{Value, json};
 
 fn backend(test: &str) -> Option<Backend> {
@@ -41,9 +38,9 @@ async fn writers_on_three_processes_never_let_a_puller_skip_a_change() {
     for w in 0..writers {
         // Three writers per process.
         let (c, url) = match w % 3 {
-            0 => (first.client.clone(), first.url("/v1/push")),
+            0 => (first.client().clone(), first.url("/v1/push")),
             n => (
-                servers[n - 1].client.clone(),
+                servers[n - 1].client().clone(),
                 servers[n - 1].url("/v1/push"),
             ),
         };

@@ -1,23 +1,17 @@
-//! Test support for end-to-end tests: the real `outpost-server` binary on a loopback
-//! port, devices with their own database files, and a fault-injecting transport.
+//! Test support for end-to-end tests: devices with their own database files, each
+//! behind the test kit's fault-injecting transport to the kit's real server, and the
+//! deterministic simulation.
 //!
 //! Everything here drives the public APIs only, so the tests exercise exactly what an
 //! app and a deployment do.
 
-mod faults;
-mod server;
 pub mod sim;
-
-pub use faults::{Fault, FaultyTransport};
-pub use server::{AMINA, BEN, CHIOMA, TestServer, User, server_binary};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_core::{
-    ConflictStrategy, HttpTimeouts, HttpTransport, StaticToken, Store, StoreConfig, SyncConfig,
-    SyncEngine,
-};
+use outpost_core::{ConflictStrategy, StaticToken, Store, StoreConfig, SyncConfig, SyncEngine};
+use outpost_testkit::{FaultyTransport, TestServer};
 
 /// One simulated phone: its own database file, engine and (faultable) link.
 #[derive(Debug)]
@@ -81,8 +75,7 @@ impl Device {
     ) -> Device {
         let path = dir.join(format!("{name}.db"));
         let store = Store::open(&path, store_config()).expect("open device store");
-        let http = HttpTransport::new(&server.url(), HttpTimeouts::default()).expect("transport");
-        let link = Arc::new(FaultyTransport::new(Arc::new(http)));
+        let link = Arc::new(FaultyTransport::http(&server.base_url()).expect("transport"));
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),

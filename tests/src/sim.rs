@@ -4,13 +4,14 @@
 //! A happy path proves little about a sync protocol; counterexamples hide in rare
 //! interleavings of crashes, lost answers and retries. Each schedule is fully decided
 //! by its seed: the server's router is called in process (no sockets, no timing), wall
-//! time is a fake clock advanced by the schedule, and faults are drawn from the same
-//! seeded generator, so a failing seed replays exactly.
+//! time is a fake clock advanced by the schedule, and the faults the test kit's layer
+//! injects on top are drawn from the same seeded generator, so a failing seed replays
+//! exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, header};
@@ -21,6 +22,7 @@ use outpost_core::{
     ConflictStrategy, Durability, Resolution, StaticToken, Store, StoreConfig, SyncConfig,
     SyncEngine, SyncOutcome, Transport, TransportError,
 };
+use outpost_testkit::{Fault, FaultyTransport, Hook, RequestKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -150,36 +152,22 @@ impl SimServer {
     }
 }
 
-/// Faults the schedule arms for the next request of one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NetFault {
-    DropRequest,
-    DropResponse,
-    Duplicate,
-    ServerError,
-    RateLimited,
-    TokenExpired,
-    /// The device dies after the server committed: its database is imaged right there.
-    Crash,
-}
-
-/// One device's link to the simulated server.
-struct SimLink {
+/// One device's way to the in-process server: requests go to the router as HTTP
+/// would carry them, and its answers are decoded as the HTTP transport decodes them.
+/// Faults are the kit's layer on top.
+struct InProcess {
     server: Arc<SimServer>,
-    fault: Mutex<Option<NetFault>>,
-    partitioned: AtomicBool,
-    /// Set when the device "died" during a request: `Some(image)` to restore a crash
-    /// image taken mid-push, `None` inside to reopen the file as it is (mid-pull).
-    crash_image: Mutex<Option<Option<PathBuf>>>,
-    device_db: PathBuf,
-    requests: AtomicU64,
 }
 
-impl std::fmt::Debug for SimLink {
+impl std::fmt::Debug for InProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimLink").finish_non_exhaustive()
+        f.debug_struct("InProcess").finish_non_exhaustive()
     }
 }
+
+/// Where a device that died mid-request is left: `Some(image)` to restore a crash
+/// image taken mid-push, `None` inside to reopen the file as it is (mid-pull).
+type CrashSlot = Arc<Mutex<Option<Option<PathBuf>>>>;
 
 fn copy_db(from: &Path, to: &Path) {
     for suffix in ["", "-wal"] {
@@ -193,61 +181,37 @@ fn copy_db(from: &Path, to: &Path) {
     let _ = std::fs::remove_file(format!("{}-shm", to.display()));
 }
 
-impl SimLink {
+impl InProcess {
     async fn exchange<T: serde::de::DeserializeOwned>(
         &self,
-        is_push: bool,
-        make: impl Fn() -> Request<Body>,
+        req: Request<Body>,
     ) -> Result<T, TransportError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        if self.partitioned.load(Ordering::SeqCst) {
-            return Err(TransportError::Network("partitioned".into()));
-        }
-        let fault = self.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match fault {
-            Some(NetFault::DropRequest) => Err(TransportError::Network("request dropped".into())),
-            Some(NetFault::ServerError) => decode_answer(
-                500,
-                None,
-                br#"{"error":{"code":"internal","message":"sim"}}"#,
-            ),
-            Some(NetFault::RateLimited) => decode_answer(
-                429,
-                Some("3"),
-                br#"{"error":{"code":"rate_limited","message":"sim"}}"#,
-            ),
-            Some(NetFault::TokenExpired) => decode_answer(
-                401,
-                None,
-                br#"{"error":{"code":"unauthorized","message":"sim"}}"#,
-            ),
-            Some(NetFault::DropResponse) => {
-                let _ = self.server.call(make()).await?;
-                Err(TransportError::Network("response dropped".into()))
-            }
-            Some(NetFault::Crash) => {
-                let _ = self.server.call(make()).await?;
-                // Mid-push nothing else writes the device file, so a copy now is exactly
-                // what a power cut would leave (entries still `syncing`). Mid-pull a page
-                // may be committing, so that crash reopens the file once the sync ends.
-                let image = is_push.then(|| {
-                    let image = PathBuf::from(format!("{}.crash", self.device_db.display()));
-                    copy_db(&self.device_db, &image);
-                    image
-                });
-                *self.crash_image.lock().unwrap_or_else(|p| p.into_inner()) = Some(image);
-                Err(TransportError::Network("device crashed".into()))
-            }
-            Some(NetFault::Duplicate) => {
-                let _ = self.server.call(make()).await?;
-                let (s, r, b) = self.server.call(make()).await?;
-                decode_answer(s, r.as_deref(), &b)
-            }
-            None => {
-                let (s, r, b) = self.server.call(make()).await?;
-                decode_answer(s, r.as_deref(), &b)
-            }
-        }
+        let (s, r, b) = self.server.call(req).await?;
+        decode_answer(s, r.as_deref(), &b)
+    }
+}
+
+/// A crash right after the server committed a request: mid-push nothing else writes
+/// the device file, so a copy now is exactly what a power cut would leave (entries
+/// still `syncing`). Mid-pull a page may be committing, so that crash reopens the file
+/// once the sync ends.
+fn crash_fault(device_db: &Path, slot: &CrashSlot) -> Fault {
+    let (device_db, slot) = (device_db.to_owned(), Arc::clone(slot));
+    Fault::DropResponseThen(Hook::new(move |kind| {
+        let image = (kind == RequestKind::Push).then(|| {
+            let image = PathBuf::from(format!("{}.crash", device_db.display()));
+            copy_db(&device_db, &image);
+            image
+        });
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(image);
+    }))
+}
+
+/// Arms `fault` for the next request of any kind, replacing one armed before.
+fn arm(link: &FaultyTransport, fault: Option<Fault>) {
+    link.clear_faults();
+    if let Some(f) = fault {
+        link.fail_next_request(f);
     }
 }
 
@@ -263,12 +227,9 @@ fn request(method: &str, uri: &str, body: Option<Vec<u8>>) -> Request<Body> {
         .expect("request")
 }
 
-impl Transport for SimLink {
+impl Transport for InProcess {
     fn health(&self) -> BoxFuture<'_, Result<HealthResponse, TransportError>> {
-        Box::pin(async move {
-            self.exchange(false, || request("GET", "/health", None))
-                .await
-        })
+        Box::pin(async move { self.exchange(request("GET", "/health", None)).await })
     }
 
     fn push<'a>(
@@ -279,8 +240,7 @@ impl Transport for SimLink {
         Box::pin(async move {
             let body =
                 serde_json::to_vec(req).map_err(|e| TransportError::Protocol(e.to_string()))?;
-            self.exchange(true, || request("POST", "/v1/push", Some(body.clone())))
-                .await
+            self.exchange(request("POST", "/v1/push", Some(body))).await
         })
     }
 
@@ -298,7 +258,7 @@ impl Transport for SimLink {
             if let Some(since) = &p.since {
                 uri.push_str(&format!("&since={since}"));
             }
-            self.exchange(false, || request("GET", &uri, None)).await
+            self.exchange(request("GET", &uri, None)).await
         })
     }
 }
@@ -307,7 +267,10 @@ struct SimDevice {
     path: PathBuf,
     store: Store,
     engine: SyncEngine,
-    link: Arc<SimLink>,
+    link: Arc<FaultyTransport>,
+    crash: CrashSlot,
+    /// The fault that makes this device die mid-request.
+    crash_fault: Fault,
 }
 
 fn device_config() -> StoreConfig {
@@ -359,14 +322,11 @@ impl SimDevice {
     fn open(path: &Path, server: &Arc<SimServer>, clock: &Arc<FakeClock>) -> SimDevice {
         #[allow(clippy::expect_used)]
         let store = Store::open_with_clock(path, device_config(), clock.clone()).expect("device");
-        let link = Arc::new(SimLink {
+        let link = Arc::new(FaultyTransport::new(Arc::new(InProcess {
             server: Arc::clone(server),
-            fault: Mutex::new(None),
-            partitioned: AtomicBool::new(false),
-            crash_image: Mutex::new(None),
-            device_db: path.to_owned(),
-            requests: AtomicU64::new(0),
-        });
+        })));
+        let crash = CrashSlot::default();
+        let crash_fault = crash_fault(path, &crash);
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),
@@ -379,6 +339,8 @@ impl SimDevice {
             store,
             engine,
             link,
+            crash,
+            crash_fault,
         }
     }
 
@@ -499,17 +461,18 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
             }
             45..=74 => {
                 let fault = match rng.random_range(0..12) {
-                    0 => Some(NetFault::DropRequest),
-                    1 => Some(NetFault::DropResponse),
-                    2 => Some(NetFault::Duplicate),
-                    3 => Some(NetFault::ServerError),
-                    4 => Some(NetFault::RateLimited),
-                    5 => Some(NetFault::TokenExpired),
-                    6 => Some(NetFault::Crash),
+                    0 => Some(Fault::DropRequest),
+                    1 => Some(Fault::DropResponse),
+                    2 => Some(Fault::Duplicate),
+                    3 => Some(Fault::ServerError),
+                    4 => Some(Fault::RateLimited(Duration::from_secs(3))),
+                    // An expired token.
+                    5 => Some(Fault::Unauthorized),
+                    6 => Some(d.crash_fault.clone()),
                     _ => None,
                 };
                 result.stats.faults += u64::from(fault.is_some());
-                *d.link.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+                arm(&d.link, fault);
                 // Sometimes two devices sync at once, interleaving their requests.
                 let other = (rng.random_bool(0.3) && n > 1).then(|| (i + 1) % n);
                 match other.and_then(|j| devices[j].as_ref()) {
@@ -529,8 +492,7 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
                 reopen_if_crashed(d, &server, &clock, &mut result)
             }
             75..=79 => {
-                let p = !d.link.partitioned.load(Ordering::SeqCst);
-                d.link.partitioned.store(p, Ordering::SeqCst);
+                d.link.set_offline(!d.link.is_offline());
                 d
             }
             80..=83 => {
@@ -558,8 +520,8 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
 
     // Heal: no more faults, every link up; sync until quiet.
     for d in devices.iter().flatten() {
-        *d.link.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        d.link.partitioned.store(false, Ordering::SeqCst);
+        arm(&d.link, None);
+        d.link.set_offline(false);
     }
     let mut quiet = false;
     for _round in 0..30 {
@@ -614,12 +576,7 @@ fn reopen_if_crashed(
     clock: &Arc<FakeClock>,
     result: &mut SimResult,
 ) -> SimDevice {
-    let crashed = d
-        .link
-        .crash_image
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let crashed = d.crash.lock().unwrap_or_else(|p| p.into_inner()).take();
     match crashed {
         Some(image) => {
             result.stats.crashes += 1;

@@ -2,14 +2,14 @@
 //! Connectivity, with the network switched by hand the way the platform bridge does:
 //! no request while offline, a debounced sync on reconnect, and the status stream.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_core::{
     StaticToken, StatusListener, SyncActivity, SyncConfig, SyncOutcome, SyncStatus,
 };
-use outpost_tests::{AMINA, Device, Fault, TestServer, sync_config};
+use outpost_testkit::{AMINA, Backend, Fault, TestServer};
+use outpost_tests::{Device, sync_config};
 use serde_json::json;
 
 fn auto_config() -> SyncConfig {
@@ -34,9 +34,9 @@ async fn wait_for(mut cond: impl FnMut() -> bool, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_complete_with_no_network() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     a.engine.set_network_available(false);
     a.store
         .put("patients", Some("p"), json!({"name": "A"}))
@@ -53,9 +53,9 @@ async fn operations_complete_with_no_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_accumulates_while_offline() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     a.engine.set_network_available(false);
     for i in 0..10u64 {
         a.store
@@ -69,13 +69,13 @@ async fn the_queue_accumulates_while_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_runs_on_restore_after_the_debounce() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let a = Device::open_with(
         dir.path(),
         "a",
         &server,
-        Arc::new(StaticToken(AMINA.token.into())),
+        Arc::new(StaticToken(AMINA.into())),
         auto_config(),
     );
     a.engine.set_network_available(false);
@@ -102,7 +102,7 @@ async fn sync_runs_on_restore_after_the_debounce() {
         "auto sync did not run after reconnect"
     );
     assert!(
-        a.link.healths.load(Ordering::SeqCst) >= 1,
+        a.link.stats().health.calls >= 1,
         "the server was probed first"
     );
     a.engine.shutdown();
@@ -110,13 +110,13 @@ async fn sync_runs_on_restore_after_the_debounce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_network_and_offline_writes_make_no_request() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let a = Device::open_with(
         dir.path(),
         "a",
         &server,
-        Arc::new(StaticToken(AMINA.token.into())),
+        Arc::new(StaticToken(AMINA.into())),
         auto_config(),
     );
     a.engine.set_network_available(false);
@@ -146,9 +146,9 @@ impl StatusListener for Recorder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_stream_shows_each_state() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
     let _sub = a.engine.subscribe_status(rec.clone());
     let seen = |s: SyncActivity| rec.0.lock().unwrap().iter().any(|x| x.activity == s);

@@ -18,21 +18,17 @@
 //! `OUTPOST_HOSTILE_ONLY=<i>` replays just that request.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use outpost_tests::server_binary;
+use outpost_testkit::{AMINA, BEN, Backend, CHIOMA, TestServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-const AMINA: &str = "token-amina-0123456789";
-const BEN: &str = "token-ben-0123456789";
-const CHIOMA: &str = "token-chioma-0123456789";
 /// The victim: alone in team `east`; no hostile request carries this token.
 const DANA: &str = "token-dana-0123456789";
 const DANA_MARK: &str = "dana-secret-marker";
@@ -46,74 +42,18 @@ const VICTIM_IDS: &[(&str, &str)] = &[
     ("answers", "d-ans"),
 ];
 
-/// The real server with its stderr kept in a file, to look for panics.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: String,
+/// The kit's config plus the victim and a shared collection. (The kit keeps the
+/// server's stderr in a file, where the test looks for panics.)
+fn extra_config() -> String {
+    format!(
+        "[[users]]\nname = \"dana\"\nteam = \"east\"\ntoken = \"{DANA}\"\n\n\
+         [collections.notices]\naccess = \"shared\"\n"
+    )
 }
 
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("server.toml");
-        let mut toml = format!(
-            "listen = \"127.0.0.1:0\"\ndatabase = {:?}\ndefault_access = \"team\"\n\
-             tombstone_retention_days = 30\n",
-            dir.path().join("server.db").display().to_string()
-        );
-        for (name, team, token) in [
-            ("amina", "north", AMINA),
-            ("ben", "north", BEN),
-            ("chioma", "south", CHIOMA),
-            ("dana", "east", DANA),
-        ] {
-            toml.push_str(&format!(
-                "\n[[users]]\nname = \"{name}\"\nteam = \"{team}\"\ntoken = \"{token}\"\n"
-            ));
-        }
-        toml.push_str("\n[collections.drafts]\naccess = \"private\"\n");
-        toml.push_str("\n[collections.notices]\naccess = \"shared\"\n");
-        std::fs::write(&config, toml).unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(server_binary())
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("outpost-server listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        Server { child, dir, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("server.db")
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server's SQLite file.
+fn server_db(server: &TestServer) -> PathBuf {
+    server.dir().join("server.db")
 }
 
 /// One generated request.
@@ -906,7 +846,7 @@ fn is_error_object(body: &[u8]) -> bool {
 
 async fn send(
     client: &reqwest::Client,
-    server: &Server,
+    server: &TestServer,
     r: &Req,
 ) -> Result<(u16, Vec<u8>), String> {
     let method = reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?;
@@ -934,7 +874,7 @@ async fn get_json(client: &reqwest::Client, url: String, token: &str) -> (u16, V
 
 async fn post_json(
     client: &reqwest::Client,
-    server: &Server,
+    server: &TestServer,
     token: &str,
     body: Value,
 ) -> (u16, Value) {
@@ -1002,7 +942,7 @@ async fn hostile_requests_get_4xx_json_errors_and_change_nothing_they_may_not() 
     let only: Option<u64> = std::env::var("OUTPOST_HOSTILE_ONLY")
         .ok()
         .and_then(|v| v.parse().ok());
-    let server = Arc::new(Server::start());
+    let server = Arc::new(TestServer::start_with(&Backend::Sqlite, &extra_config()));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -1038,7 +978,7 @@ async fn hostile_requests_get_4xx_json_errors_and_change_nothing_they_may_not() 
         (s, v["results"][0]["status"].as_str()),
         (200, Some("applied"))
     );
-    let victim_before = victim_rows(&server.db());
+    let victim_before = victim_rows(&server_db(&server));
     let (_, dana_pull_before) = get_json(&client, server.url("/v1/pull"), DANA).await;
 
     let fx = Arc::new(fixtures());
@@ -1155,10 +1095,7 @@ async fn hostile_requests_get_4xx_json_errors_and_change_nothing_they_may_not() 
 
     // Still alive, and still right.
     let alive = Arc::into_inner(server).map(|mut s| {
-        assert!(
-            s.child.try_wait().unwrap().is_none(),
-            "the server process died"
-        );
+        assert!(s.is_running(), "the server process died");
         s
     });
     let server = alive.expect("workers done");
@@ -1198,7 +1135,7 @@ async fn hostile_requests_get_4xx_json_errors_and_change_nothing_they_may_not() 
         "{v}"
     );
     assert_eq!(
-        victim_rows(&server.db()),
+        victim_rows(&server_db(&server)),
         victim_before,
         "the victim's records changed"
     );
@@ -1218,7 +1155,7 @@ async fn hostile_requests_get_4xx_json_errors_and_change_nothing_they_may_not() 
     );
     // Forged owner fields never made dana the owner of anything new.
     assert!(
-        victim_rows(&server.db())
+        victim_rows(&server_db(&server))
             .iter()
             .all(|r| VICTIM_IDS.contains(&(r.0.as_str(), r.1.as_str())))
     );

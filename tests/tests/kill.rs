@@ -25,7 +25,8 @@ use outpost_core::{
     BatchLimits, HttpTimeouts, HttpTransport, Query, StaticToken, Store, SyncConfig, SyncEngine,
     SyncOutcome, SyncState,
 };
-use outpost_tests::{AMINA, Device, TestServer, store_config, sync_config};
+use outpost_testkit::{AMINA, Backend, TestServer};
+use outpost_tests::{Device, store_config, sync_config};
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -129,7 +130,7 @@ fn kill_child_device() {
         let engine = SyncEngine::new(
             store.clone(),
             Arc::new(http),
-            Arc::new(StaticToken(AMINA.token.to_owned())),
+            Arc::new(StaticToken(AMINA.to_owned())),
             SyncConfig {
                 batch: BatchLimits {
                     max_ops: 7,
@@ -198,7 +199,7 @@ fn device_killed_at_random_moments_loses_nothing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let started = Instant::now();
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("device.db");
     let exe = std::env::current_exe().unwrap();
@@ -218,7 +219,7 @@ fn device_killed_at_random_moments_loses_nothing() {
                 "--test-threads=1",
             ])
             .env(CHILD_DB, &db)
-            .env(CHILD_URL, server.url())
+            .env(CHILD_URL, server.base_url())
             .env(CHILD_ROUND, round.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -276,12 +277,12 @@ fn device_killed_at_random_moments_loses_nothing() {
     // A clean sync from the same database until quiet, then a fresh device.
     let rt = runtime();
     rt.block_on(async {
-        let device = Device::open(dir.path(), "device", &server, AMINA.token);
+        let device = Device::open(dir.path(), "device", &server, AMINA);
         let r = device.sync_until_quiet().await;
         assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
         let counts = device.store.outbox_counts().unwrap();
         assert_eq!((counts.pending, counts.syncing, counts.failed), (0, 0, 0));
-        let fresh = Device::open(dir.path(), "fresh", &server, AMINA.token);
+        let fresh = Device::open(dir.path(), "fresh", &server, AMINA);
         let r = fresh.sync_until_quiet().await;
         assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
         // Every acknowledged write is on the server.
@@ -355,7 +356,7 @@ fn check_writes(store: &Store, acked: &[Value], in_flight_incs: &[i64], what: &s
 fn server_killed_mid_push_applies_each_op_once() {
     const N: usize = 2000;
     let started = Instant::now();
-    let mut server = TestServer::start();
+    let mut server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let device = {
@@ -364,7 +365,7 @@ fn server_killed_mid_push_applies_each_op_once() {
             dir.path(),
             "pusher",
             &server,
-            Arc::new(StaticToken(AMINA.token.to_owned())),
+            Arc::new(StaticToken(AMINA.to_owned())),
             SyncConfig {
                 batch: BatchLimits {
                     max_ops: 40,
@@ -465,10 +466,7 @@ fn server_killed_mid_push_applies_each_op_once() {
         "server kills mid-push: {} at audit counts {killed_at:?}, pushes: {}, syncs: {}, ops: {N}, \
          applied twice: 0 in {:.1} s",
         killed_at.len(),
-        device
-            .link
-            .pushes
-            .load(std::sync::atomic::Ordering::Relaxed),
+        device.link.stats().push.calls,
         outcomes.len(),
         started.elapsed().as_secs_f64()
     );

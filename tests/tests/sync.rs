@@ -2,7 +2,6 @@
 //! End-to-end sync: devices on real database files against the real server binary.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +10,8 @@ use outpost_core::{
     Conflict, ConflictListener, EntryState, Query, Resolution, Store, SyncOutcome, SyncState,
     TokenProvider,
 };
-use outpost_tests::{AMINA, BEN, CHIOMA, Device, Fault, TestServer, sync_config};
+use outpost_testkit::{AMINA, BEN, Backend, CHIOMA, Fault, TestServer};
+use outpost_tests::{Device, sync_config};
 use serde_json::{Value, json};
 
 fn snapshot(store: &Store, collection: &str) -> BTreeMap<String, Value> {
@@ -29,14 +29,14 @@ fn pause() {
 }
 
 async fn synced_pair(server: &TestServer, dir: &std::path::Path) -> (Device, Device) {
-    let a = Device::open(dir, "a", server, AMINA.token);
-    let b = Device::open(dir, "b", server, BEN.token);
+    let a = Device::open(dir, "a", server, AMINA);
+    let b = Device::open(dir, "b", server, BEN);
     (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_writes_then_sync_gives_the_union_and_deltas() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     a.engine.set_network_available(false);
@@ -74,7 +74,7 @@ async fn offline_writes_then_sync_gives_the_union_and_deltas() {
         assert_eq!((r.sync_state, r.version), (SyncState::Synced, 1));
     }
     // A fresh device sees the same union: that is the server's state.
-    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    let c = Device::open(dir.path(), "c", &server, BEN);
     c.sync_until_quiet().await;
     assert_eq!(snapshot(&c.store, "answers"), sa);
 
@@ -120,7 +120,7 @@ async fn conflict_setup(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_strategy_settles_a_two_device_conflict() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
 
@@ -253,7 +253,7 @@ impl ConflictListener for Collect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_conflict_calls_the_app_and_resolve_converges() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     let seen = Arc::new(Collect(Mutex::new(Vec::new())));
@@ -334,7 +334,7 @@ async fn manual_conflict_calls_the_app_and_resolve_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_counter_increments_sum() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     a.store
@@ -373,7 +373,7 @@ async fn offline_counter_increments_sum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_on_one_device_while_the_other_edits() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     for id in ["d1", "d2", "d3"] {
@@ -412,7 +412,7 @@ async fn delete_on_one_device_while_the_other_edits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_response_is_resent_and_applied_once() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     a.store.put("answers", Some("x"), json!({"v": 1})).unwrap();
@@ -442,9 +442,9 @@ async fn a_dropped_response_is_resent_and_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_back_off_and_retry_after_is_honoured() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     a.store.put("answers", Some("x"), json!({})).unwrap();
     let now = || {
         std::time::SystemTime::now()
@@ -464,9 +464,9 @@ async fn server_errors_back_off_and_retry_after_is_honoured() {
     assert_eq!(e.last_error.unwrap().code, "internal");
     assert!(a.engine.status().next_retry_at_ms.is_some());
     // Not due yet: a sync right now sends nothing.
-    let pushes = a.link.pushes.load(Ordering::SeqCst);
+    let pushes = a.link.stats().push.calls;
     a.engine.sync_now(None).await;
-    assert_eq!(a.link.pushes.load(Ordering::SeqCst), pushes);
+    assert_eq!(a.link.stats().push.calls, pushes);
 
     tokio::time::sleep(Duration::from_millis(wait as u64 + 50)).await;
     a.link.fail_next_push(Fault::ServerError);
@@ -493,7 +493,7 @@ async fn server_errors_back_off_and_retry_after_is_honoured() {
     assert_eq!(e.last_error.unwrap().code, "rate_limited");
     // The backoff survives a restart of the app.
     drop(a);
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     let r = a.engine.sync_now(None).await;
     assert_eq!((r.pushed, r.outcome), (0, SyncOutcome::Completed));
     assert_eq!(a.store.outbox_counts().unwrap().pending, 1);
@@ -501,10 +501,10 @@ async fn server_errors_back_off_and_retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_op_fails_alone_and_can_be_retried() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
-    let c = Device::open(dir.path(), "c", &server, CHIOMA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
+    let c = Device::open(dir.path(), "c", &server, CHIOMA);
     a.store
         .put("answers", Some("north-1"), json!({"team": "north"}))
         .unwrap();
@@ -567,11 +567,11 @@ impl TokenProvider for Rotating {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_asks_for_a_fresh_token_once() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let good = Arc::new(Rotating {
         calls: Mutex::new(Vec::new()),
-        refreshed: AMINA.token,
+        refreshed: AMINA,
     });
     let a = Device::open_with(dir.path(), "a", &server, good.clone(), sync_config());
     a.store.put("answers", Some("x"), json!({})).unwrap();
@@ -602,7 +602,7 @@ async fn a_401_asks_for_a_fresh_token_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_deadline_mid_push_and_mid_pull_lose_nothing() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     for i in 0..5 {
@@ -656,22 +656,24 @@ async fn cancel_and_deadline_mid_push_and_mid_pull_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sync_calls_join_one_run() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let a = Device::open(dir.path(), "a", &server, AMINA.token);
+    let a = Device::open(dir.path(), "a", &server, AMINA);
     a.store.put("answers", Some("x"), json!({})).unwrap();
     a.link
         .fail_next_push(Fault::Delay(Duration::from_millis(300)));
     let (r1, r2) = tokio::join!(a.engine.sync_now(None), a.engine.sync_now(None));
     assert_eq!(r1, r2);
-    assert_eq!(a.link.pushes.load(Ordering::SeqCst), 1);
+    assert_eq!(a.link.stats().push.calls, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_expired_repulls_and_keeps_pending_edits() {
     // Tombstones are purged about a second after the delete.
-    let server =
-        TestServer::start_with("tombstone_retention_days = 0.00001\npurge_interval_secs = 0.2");
+    let server = TestServer::start_with(
+        &Backend::Sqlite,
+        "tombstone_retention_days = 0.00001\npurge_interval_secs = 0.2",
+    );
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     for id in ["keep", "gone", "edited"] {
@@ -735,7 +737,7 @@ async fn cursor_expired_repulls_and_keeps_pending_edits() {
 /// is in flight must not be lost when the edit's answer is a replayed `applied`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_server_state_pulled_during_an_edit_in_flight_is_kept() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
     a.store.put("answers", Some("x"), json!({"v": 0})).unwrap();
@@ -771,10 +773,10 @@ async fn a_newer_server_state_pulled_during_an_edit_in_flight_is_kept() {
 /// merging against the same server state cannot overwrite each other's fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_merging_one_record_keep_every_field() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
-    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    let c = Device::open(dir.path(), "c", &server, BEN);
     a.store
         .put(
             "patients",
@@ -817,10 +819,10 @@ async fn three_devices_merging_one_record_keep_every_field() {
 /// its own stamp, so a later edit from a third device still wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_winner_keeps_its_stamp() {
-    let server = TestServer::start();
+    let server = TestServer::start(&Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = synced_pair(&server, dir.path()).await;
-    let c = Device::open(dir.path(), "c", &server, BEN.token);
+    let c = Device::open(dir.path(), "c", &server, BEN);
     a.store
         .put("answers", Some("scan"), json!({"by": "nobody"}))
         .unwrap();

@@ -11,7 +11,6 @@
 //! 4. Verify against the server's own database and a fresh device, and report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use outpost_core::protocol::JsonObject;
@@ -21,13 +20,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use super::scenario::Scenario;
 use super::verify::{ServerDb, counter_value};
 use super::{
-    Checks, DemoResult, Device, Harness, compare_devices, device_table, go_offline, go_online,
-    leftovers, print_kept, short_hlc, sync_until_quiet,
+    Checks, DemoResult, Device, Settle, device_table, engine_summary, go_offline, short_hlc,
 };
 use crate::DemoArgs;
-use crate::progress::Progress;
 
 const NURSES: &[&str] = &[
     "amina", "ben", "chioma", "dawit", "esi", "farid", "grace", "hamza", "ifeoma", "juma", "kwame",
@@ -149,7 +147,7 @@ fn fill_surveys(
 }
 
 /// The scripted conflicting edits, for the report and the checks.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Script {
     /// The two nurses who edit the shared patient and the care plan.
     pair: [String; 2],
@@ -172,472 +170,511 @@ struct Resolved {
 }
 
 pub async fn run(args: &DemoArgs, seed: u64) -> DemoResult<bool> {
-    let n = args.devices as usize;
-    let surveys = args.surveys.unwrap_or(10);
-    let mut users: Vec<String> = (0..n).map(nurse_name).collect();
-    users.push("coordinator".to_owned());
-    let collections = vec![
-        ("answers", ConflictStrategy::LastWriteWins),
-        ("care_plans", ConflictStrategy::Manual),
-        ("drafts", ConflictStrategy::LastWriteWins),
-        ("patients", ConflictStrategy::FieldMerge),
-    ];
-    let started = Instant::now();
-    let harness = Harness::start(args, seed, &users, collections).await?;
-    println!(
-        "Outpost demo: field survey, {n} nurses x {surveys} surveys of {QUESTIONS} questions, \
-         seed {seed}, fail rate {:.2}",
-        args.fail_rate
-    );
-    println!(
-        "   reference server in this process on {} (SQLite: {})",
-        harness.url.trim_end_matches('/'),
-        harness.server_db.display()
-    );
-    println!(
-        "   replay this run with: outpost demo --seed {seed}{}",
-        super::replay_flags(args)
-    );
+    let mut f = Field::start(args, seed).await?;
+    f.online_start().await?;
+    f.offline().await?;
+    f.conflicting_edits()?;
+    f.reconnect().await?;
+    f.verify().await
+}
 
-    let coordinator = harness.device("coordinator", "coordinator", 0)?;
-    let mut nurses = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = nurse_name(i);
-        nurses.push(harness.device(&name, &name, i as u64 + 1)?);
-    }
-    let mut all: Vec<&Device> = nurses.iter().collect();
-    all.push(&coordinator);
+/// One run of the story: its devices, and what each phase leaves for the next.
+#[derive(Debug)]
+struct Field {
+    s: Scenario,
+    surveys: u32,
+    /// The seed's generator for the coordinator's data and the scripted edits.
+    rng: StdRng,
+    patients: Vec<String>,
+    /// What each nurse typed while offline, in the nurses' order.
+    typed: Vec<Typed>,
+    /// Whether every sync attempt while offline said so, and the requests they made.
+    offline_ok: bool,
+    offline_requests: u64,
+    script: Script,
+    resolved: Vec<Resolved>,
+    unexpected: Vec<String>,
+    settle: Settle,
+}
 
-    // ---- 1. online start ----
-    println!("\n1. online start");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let patient_count = (n * 4).max(8);
-    let mut patients = Vec::with_capacity(patient_count);
-    coordinator.store.batch(|tx| {
-        for i in 0..patient_count {
-            let id = format!("p-{:03}", i + 1);
-            tx.put(
-                "patients",
-                Some(&id),
-                json!({
-                    "name": format!("{} {}", PATIENT_NAMES[i % PATIENT_NAMES.len()], i / PATIENT_NAMES.len() + 1),
-                    "village": VILLAGES[rng.random_range(0..VILLAGES.len())],
-                    "age": rng.random_range(1..=80),
-                    "phone": format!("+256 7{:08}", rng.random_range(0..100_000_000u32)),
-                }),
-            )?;
-            patients.push(id);
-        }
-        tx.put(
-            "care_plans",
-            Some(CARE_PLAN),
-            json!({"patient": SHARED_PATIENT, "plan": "hypertension follow-up",
-                   "next_visit": "2026-03-20", "note": "routine"}),
-        )?;
-        tx.put(
-            "drafts",
-            Some(DRAFT),
-            json!({"patient": SHARED_PATIENT, "to": "district hospital",
-                   "reason": "persistent high blood pressure"}),
-        )?;
-        Ok(())
-    })?;
-    let hidden = indicatif::ProgressBar::hidden();
-    let settle = sync_until_quiet(&[&coordinator], &hidden, |_| Ok(0)).await?;
-    if !settle.quiet {
-        return Err("the coordinator could not upload the patient list".into());
-    }
-    println!(
-        "   coordinator registered {patient_count} patients, care plan {CARE_PLAN} and draft {DRAFT}"
-    );
-    let mut pulled = Vec::new();
-    for d in &nurses {
-        let r = d.sync_once().await;
-        pulled.push(format!("{} {}", d.name, r.pulled));
-    }
-    println!(
-        "   each phone pulled the list: {} records",
-        pulled.join(", ")
-    );
-
-    // ---- 2. offline ----
-    println!("\n2. offline: the network is reported down on every device");
-    go_offline(&all);
-    let before: u64 = all
-        .iter()
-        .map(|d| d.link.counters.requests.load(Relaxed))
-        .sum();
-    let mut offline_ok = true;
-    for d in &all {
-        offline_ok &= d.sync_once().await.outcome == outpost_core::SyncOutcome::Offline;
-    }
-    let after: u64 = all
-        .iter()
-        .map(|d| d.link.counters.requests.load(Relaxed))
-        .sum();
-    let progress = Progress::new();
-    let bars: Vec<_> = nurses
-        .iter()
-        .map(|d| progress.bar(u64::from(surveys) * QUESTIONS as u64, &d.name, "answers"))
-        .collect();
-    let fill_started = Instant::now();
-    let typed: Vec<DemoResult<Typed>> = std::thread::scope(|s| {
-        let handles: Vec<_> = nurses
-            .iter()
-            .zip(&bars)
-            .enumerate()
-            .map(|(i, (d, bar))| {
-                let patients = &patients;
-                s.spawn(move || fill_surveys(d, i, surveys, patients, seed, bar))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a survey thread panicked".into()))
-            })
-            .collect()
-    });
-    let typed: Vec<Typed> = typed.into_iter().collect::<DemoResult<_>>()?;
-    progress.done(&bars.iter().collect::<Vec<_>>());
-    for (d, t) in nurses.iter().zip(&typed) {
+impl Field {
+    async fn start(args: &DemoArgs, seed: u64) -> DemoResult<Field> {
+        let n = args.devices as usize;
+        let surveys = args.surveys.unwrap_or(10);
+        let nurses: Vec<String> = (0..n).map(nurse_name).collect();
+        let collections = vec![
+            ("answers", ConflictStrategy::LastWriteWins),
+            ("care_plans", ConflictStrategy::Manual),
+            ("drafts", ConflictStrategy::LastWriteWins),
+            ("patients", ConflictStrategy::FieldMerge),
+        ];
+        let s = Scenario::start(args, seed, "coordinator", &nurses, collections).await?;
         println!(
-            "   {:<10} saved {} answers one at a time ({} corrected), counted {} visits",
-            d.name,
-            t.answers.len(),
-            t.corrections,
-            t.visits.values().sum::<i64>()
+            "Outpost demo: field survey, {n} nurses x {surveys} surveys of {QUESTIONS} questions, \
+             seed {seed}, fail rate {:.2}",
+            args.fail_rate
         );
-    }
-    println!(
-        "   {} answers saved in {:.1} s, each durable (fsynced) when save returned",
-        typed.iter().map(|t| t.answers.len()).sum::<usize>(),
-        fill_started.elapsed().as_secs_f64()
-    );
-    println!(
-        "   a sync attempt on every device while offline: {} (requests made: {})",
-        if offline_ok {
-            "offline, nothing sent"
-        } else {
-            "NOT offline"
-        },
-        after - before
-    );
-
-    // The conflicting edits, scripted.
-    let (a, b) = (&nurses[0], &nurses[1]);
-    let editor = if n >= 3 { 2 } else { 1 };
-    let phone = format!("+256 7{:08}", rng.random_range(0..100_000_000u32));
-    // A village other than the current one: an edit that changes nothing but the
-    // counter is no conflict at all, and the scenario is about two real edits.
-    let current = b
-        .store
-        .get("patients", SHARED_PATIENT)?
-        .and_then(|r| r.data.get("village").cloned());
-    let others: Vec<&str> = VILLAGES
-        .iter()
-        .copied()
-        .filter(|v| current.as_ref() != Some(&json!(v)))
-        .collect();
-    let village = others[rng.random_range(0..others.len())].to_owned();
-    a.store
-        .patch("patients", SHARED_PATIENT, json!({"phone": phone}))?;
-    b.store
-        .patch("patients", SHARED_PATIENT, json!({"village": village}))?;
-    println!(
-        "   {} and {} both edited patient {SHARED_PATIENT}: {} the phone, {} the village",
-        a.name, b.name, a.name, b.name
-    );
-    let mut days: Vec<u32> = (1..=28).collect();
-    let d1 = days.remove(rng.random_range(0..days.len()));
-    let d2 = days.remove(rng.random_range(0..days.len()));
-    let dates = [format!("2026-03-{d1:02}"), format!("2026-03-{d2:02}")];
-    a.store.patch(
-        "care_plans",
-        CARE_PLAN,
-        json!({"next_visit": dates[0], "note": format!("{}: BP 160/100, review soon", a.name)}),
-    )?;
-    b.store.patch(
-        "care_plans",
-        CARE_PLAN,
-        json!({"next_visit": dates[1], "note": format!("{}: BP 150/95, recheck", b.name)}),
-    )?;
-    println!(
-        "   both changed next_visit of care plan {CARE_PLAN}: {} to {}, {} to {}",
-        a.name, dates[0], b.name, dates[1]
-    );
-    // Which comes first is the seed's choice; the later of the two by HLC must win.
-    let edit_first = rng.random_bool(0.5);
-    let ed = &nurses[editor];
-    let mut edit = None;
-    if edit_first {
-        edit = Some(ed.store.patch(
-            "drafts",
-            DRAFT,
-            json!({"reason": "BP not controlled on two drugs", "urgency": "high"}),
-        )?);
-        std::thread::sleep(Duration::from_millis(3));
-    }
-    a.store.delete("drafts", DRAFT)?;
-    let delete_hlc = a
-        .store
-        .outbox_entries()?
-        .into_iter()
-        .find(|e| e.record_id == DRAFT && e.kind == OpKind::Delete)
-        .map(|e| e.hlc)
-        .unwrap_or_default();
-    if !edit_first {
-        std::thread::sleep(Duration::from_millis(3));
-        edit = Some(ed.store.patch(
-            "drafts",
-            DRAFT,
-            json!({"reason": "BP not controlled on two drugs", "urgency": "high"}),
-        )?);
-    }
-    let edit = edit.ok_or("the draft edit did not happen")?;
-    let script = Script {
-        pair: [a.name.clone(), b.name.clone()],
-        phone,
-        village,
-        dates,
-        edit_hlc: edit.hlc.clone(),
-        delete_hlc,
-        edit_data: Value::Object(edit.data.clone()),
-        editor,
-    };
-    let (first, second) = if edit_first {
-        (format!("{} edited", ed.name), format!("{} deleted", a.name))
-    } else {
-        (format!("{} deleted", a.name), format!("{} edited", ed.name))
-    };
-    println!("   draft {DRAFT}: {first} it, then {second} it");
-
-    // ---- 3. reconnect ----
-    println!(
-        "\n3. reconnect over a flaky link: {:.0}% of requests fail, some after the server committed",
-        args.fail_rate * 100.0
-    );
-    for d in &all {
-        d.link.set_flaky(true);
-    }
-    go_online(&all).await?;
-    let to_send: u64 = all.iter().map(|d| d.engine.status().pending).sum();
-    let bar = progress.bar(to_send, "syncing", "edits");
-    let mut resolved: Vec<Resolved> = Vec::new();
-    let mut unexpected: Vec<String> = Vec::new();
-    let settle = sync_until_quiet(&all, &bar, |d| {
-        resolve_scripted(d, &mut resolved, &mut unexpected)
-    })
-    .await?;
-    progress.done(&[&bar]);
-    for d in &all {
-        d.link.set_flaky(false);
-    }
-    let faults: u64 = all
-        .iter()
-        .map(|d| {
-            d.link.counters.dropped_requests.load(Relaxed)
-                + d.link.counters.dropped_answers.load(Relaxed)
+        s.print_server("");
+        Ok(Field {
+            s,
+            surveys,
+            rng: StdRng::seed_from_u64(seed),
+            patients: Vec::new(),
+            typed: Vec::new(),
+            offline_ok: false,
+            offline_requests: 0,
+            script: Script::default(),
+            resolved: Vec::new(),
+            unexpected: Vec::new(),
+            settle: Settle::default(),
         })
-        .sum();
-    println!(
-        "   {} after {} rounds in {:.1} s; the link lost {faults} requests or answers on the way",
-        if settle.quiet { "quiet" } else { "NOT quiet" },
-        settle.rounds,
-        settle.elapsed.as_secs_f64()
-    );
-    println!(
-        "   engines report over the whole run: {}",
-        super::engine_summary(&all)
-    );
-    for r in &resolved {
-        println!(
-            "   {} hit a manual conflict on {CARE_PLAN}: next_visit {} here, {} on the server; \
-             the app's scripted choice: the earlier date, {}, with both notes",
-            r.device, r.local, r.remote, r.kept
-        );
     }
 
-    // ---- 4. verify ----
-    println!("\n4. verify");
-    let verifier = harness.device("verifier", "coordinator", 999)?;
-    let hidden = indicatif::ProgressBar::hidden();
-    let vsettle = sync_until_quiet(&[&verifier], &hidden, |_| Ok(0)).await?;
-    let server = ServerDb::read(&harness.server_db)?;
-    let mut checks = Checks::default();
-    checks.add(
-        "offline, a sync made no request and everything was saved locally",
-        if offline_ok && after == before {
-            Vec::new()
-        } else {
-            vec![format!(
-                "{} requests went out while the network was reported down",
-                after - before
-            )]
-        },
-    );
+    /// 1. The coordinator registers the patient list, a care plan and a draft
+    ///    referral; every nurse's phone pulls them.
+    async fn online_start(&mut self) -> DemoResult<()> {
+        println!("\n1. online start");
+        let coordinator = &self.s.lead;
+        let patient_count = (self.s.field.len() * 4).max(8);
+        let rng = &mut self.rng;
+        let patients = &mut self.patients;
+        coordinator.store.batch(|tx| {
+            for i in 0..patient_count {
+                let id = format!("p-{:03}", i + 1);
+                tx.put(
+                    "patients",
+                    Some(&id),
+                    json!({
+                        "name": format!("{} {}", PATIENT_NAMES[i % PATIENT_NAMES.len()], i / PATIENT_NAMES.len() + 1),
+                        "village": VILLAGES[rng.random_range(0..VILLAGES.len())],
+                        "age": rng.random_range(1..=80),
+                        "phone": format!("+256 7{:08}", rng.random_range(0..100_000_000u32)),
+                    }),
+                )?;
+                patients.push(id);
+            }
+            tx.put(
+                "care_plans",
+                Some(CARE_PLAN),
+                json!({"patient": SHARED_PATIENT, "plan": "hypertension follow-up",
+                       "next_visit": "2026-03-20", "note": "routine"}),
+            )?;
+            tx.put(
+                "drafts",
+                Some(DRAFT),
+                json!({"patient": SHARED_PATIENT, "to": "district hospital",
+                       "reason": "persistent high blood pressure"}),
+            )?;
+            Ok(())
+        })?;
+        self.s.lead_uploads("the patient list").await?;
+        println!(
+            "   coordinator registered {patient_count} patients, care plan {CARE_PLAN} and draft {DRAFT}"
+        );
+        let reports = self.s.field_syncs_once().await;
+        let pulled: Vec<String> = self
+            .s
+            .field
+            .iter()
+            .zip(&reports)
+            .map(|(d, r)| format!("{} {}", d.name, r.pulled))
+            .collect();
+        println!(
+            "   each phone pulled the list: {} records",
+            pulled.join(", ")
+        );
+        Ok(())
+    }
 
-    // Every saved answer, exactly once, with the data last saved.
-    let mut lost = 0u64;
-    let mut problems = Vec::new();
-    let server_answers = server.live("answers");
-    let mut saved = 0usize;
-    for (d, t) in nurses.iter().zip(&typed) {
-        for (id, data) in &t.answers {
-            saved += 1;
-            match server_answers.get(id) {
-                Some((got, _)) if got == data => {}
-                Some(_) => {
-                    lost += 1;
-                    problems.push(format!("{id} by {}: the server holds other data", d.name));
-                }
-                None => {
-                    lost += 1;
-                    problems.push(format!("{id} by {}: not on the server", d.name));
+    /// 2. The network is reported down; a sync attempt sends nothing, and each nurse
+    ///    fills surveys, saving answers one at a time as a form does.
+    async fn offline(&mut self) -> DemoResult<()> {
+        println!("\n2. offline: the network is reported down on every device");
+        let all = self.s.all();
+        go_offline(&all);
+        let before: u64 = all.iter().map(|d| d.link.requests()).sum();
+        let mut offline_ok = true;
+        for d in &all {
+            offline_ok &= d.sync_once().await.outcome == outpost_core::SyncOutcome::Offline;
+        }
+        let after: u64 = all.iter().map(|d| d.link.requests()).sum();
+        let (nurses, surveys, seed) = (&self.s.field, self.surveys, self.s.seed);
+        let progress = &self.s.progress;
+        let bars: Vec<_> = nurses
+            .iter()
+            .map(|d| progress.bar(u64::from(surveys) * QUESTIONS as u64, &d.name, "answers"))
+            .collect();
+        let fill_started = Instant::now();
+        let typed: Vec<DemoResult<Typed>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nurses
+                .iter()
+                .zip(&bars)
+                .enumerate()
+                .map(|(i, (d, bar))| {
+                    let patients = &self.patients;
+                    s.spawn(move || fill_surveys(d, i, surveys, patients, seed, bar))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a survey thread panicked".into()))
+                })
+                .collect()
+        });
+        let typed: Vec<Typed> = typed.into_iter().collect::<DemoResult<_>>()?;
+        progress.done(&bars.iter().collect::<Vec<_>>());
+        for (d, t) in nurses.iter().zip(&typed) {
+            println!(
+                "   {:<10} saved {} answers one at a time ({} corrected), counted {} visits",
+                d.name,
+                t.answers.len(),
+                t.corrections,
+                t.visits.values().sum::<i64>()
+            );
+        }
+        println!(
+            "   {} answers saved in {:.1} s, each durable (fsynced) when save returned",
+            typed.iter().map(|t| t.answers.len()).sum::<usize>(),
+            fill_started.elapsed().as_secs_f64()
+        );
+        println!(
+            "   a sync attempt on every device while offline: {} (requests made: {})",
+            if offline_ok {
+                "offline, nothing sent"
+            } else {
+                "NOT offline"
+            },
+            after - before
+        );
+        self.typed = typed;
+        self.offline_ok = offline_ok;
+        self.offline_requests = after - before;
+        Ok(())
+    }
+
+    /// 2, still offline: two nurses edit the same patient (field_merge) and the same
+    /// care-plan field (manual); one nurse deletes a draft another has edited
+    /// (last_write_wins).
+    fn conflicting_edits(&mut self) -> DemoResult<()> {
+        self.edit_patient_and_plan()?;
+        self.edit_and_delete_draft()
+    }
+
+    /// The first two nurses: one the patient's phone, the other its village; both the
+    /// care plan's next visit.
+    fn edit_patient_and_plan(&mut self) -> DemoResult<()> {
+        let rng = &mut self.rng;
+        let (a, b) = (&self.s.field[0], &self.s.field[1]);
+        let phone = format!("+256 7{:08}", rng.random_range(0..100_000_000u32));
+        // A village other than the current one: an edit that changes nothing but the
+        // counter is no conflict at all, and the scenario is about two real edits.
+        let current = b
+            .store
+            .get("patients", SHARED_PATIENT)?
+            .and_then(|r| r.data.get("village").cloned());
+        let others: Vec<&str> = VILLAGES
+            .iter()
+            .copied()
+            .filter(|v| current.as_ref() != Some(&json!(v)))
+            .collect();
+        let village = others[rng.random_range(0..others.len())].to_owned();
+        a.store
+            .patch("patients", SHARED_PATIENT, json!({"phone": phone}))?;
+        b.store
+            .patch("patients", SHARED_PATIENT, json!({"village": village}))?;
+        println!(
+            "   {} and {} both edited patient {SHARED_PATIENT}: {} the phone, {} the village",
+            a.name, b.name, a.name, b.name
+        );
+        let mut days: Vec<u32> = (1..=28).collect();
+        let d1 = days.remove(rng.random_range(0..days.len()));
+        let d2 = days.remove(rng.random_range(0..days.len()));
+        let dates = [format!("2026-03-{d1:02}"), format!("2026-03-{d2:02}")];
+        a.store.patch(
+            "care_plans",
+            CARE_PLAN,
+            json!({"next_visit": dates[0], "note": format!("{}: BP 160/100, review soon", a.name)}),
+        )?;
+        b.store.patch(
+            "care_plans",
+            CARE_PLAN,
+            json!({"next_visit": dates[1], "note": format!("{}: BP 150/95, recheck", b.name)}),
+        )?;
+        println!(
+            "   both changed next_visit of care plan {CARE_PLAN}: {} to {}, {} to {}",
+            a.name, dates[0], b.name, dates[1]
+        );
+        self.script.pair = [a.name.clone(), b.name.clone()];
+        (self.script.phone, self.script.village) = (phone, village);
+        self.script.dates = dates;
+        Ok(())
+    }
+
+    /// The first nurse deletes the draft referral that another one edits.
+    fn edit_and_delete_draft(&mut self) -> DemoResult<()> {
+        let nurses = &self.s.field;
+        let a = &nurses[0];
+        let editor = if nurses.len() >= 3 { 2 } else { 1 };
+        // Which comes first is the seed's choice; the later of the two by HLC must win.
+        let edit_first = self.rng.random_bool(0.5);
+        let ed = &nurses[editor];
+        let edit_draft = || {
+            ed.store.patch(
+                "drafts",
+                DRAFT,
+                json!({"reason": "BP not controlled on two drugs", "urgency": "high"}),
+            )
+        };
+        let mut edit = None;
+        if edit_first {
+            edit = Some(edit_draft()?);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        a.store.delete("drafts", DRAFT)?;
+        let delete_hlc = a
+            .store
+            .outbox_entries()?
+            .into_iter()
+            .find(|e| e.record_id == DRAFT && e.kind == OpKind::Delete)
+            .map(|e| e.hlc)
+            .unwrap_or_default();
+        if !edit_first {
+            std::thread::sleep(Duration::from_millis(3));
+            edit = Some(edit_draft()?);
+        }
+        let edit = edit.ok_or("the draft edit did not happen")?;
+        let (first, second) = if edit_first {
+            (format!("{} edited", ed.name), format!("{} deleted", a.name))
+        } else {
+            (format!("{} deleted", a.name), format!("{} edited", ed.name))
+        };
+        println!("   draft {DRAFT}: {first} it, then {second} it");
+        self.script.editor = editor;
+        self.script.edit_hlc = edit.hlc;
+        self.script.delete_hlc = delete_hlc;
+        self.script.edit_data = Value::Object(edit.data);
+        Ok(())
+    }
+
+    /// 3. Every device syncs over a flaky link until quiet; the manual conflict is
+    ///    settled by a scripted choice, as a nurse would in the app.
+    async fn reconnect(&mut self) -> DemoResult<()> {
+        println!(
+            "\n3. reconnect over a flaky link: {:.0}% of requests fail, some after the server committed",
+            self.s.args.fail_rate * 100.0
+        );
+        let Field {
+            s,
+            resolved,
+            unexpected,
+            ..
+        } = self;
+        let all = s.all();
+        let settle = s
+            .sync_over_flaky_links(&all, |d| resolve_scripted(d, resolved, unexpected))
+            .await?;
+        let faults: u64 = all
+            .iter()
+            .map(|d| {
+                let s = d.link.stats();
+                s.lost_requests + s.lost_answers
+            })
+            .sum();
+        println!(
+            "   {} after {} rounds in {:.1} s; the link lost {faults} requests or answers on the way",
+            if settle.quiet { "quiet" } else { "NOT quiet" },
+            settle.rounds,
+            settle.elapsed.as_secs_f64()
+        );
+        println!(
+            "   engines report over the whole run: {}",
+            engine_summary(&all)
+        );
+        for r in resolved.iter() {
+            println!(
+                "   {} hit a manual conflict on {CARE_PLAN}: next_visit {} here, {} on the server; \
+                 the app's scripted choice: the earlier date, {}, with both notes",
+                r.device, r.local, r.remote, r.kept
+            );
+        }
+        self.settle = settle;
+        Ok(())
+    }
+
+    /// 4. Checks against the server's own database and a fresh device, and the report.
+    async fn verify(self) -> DemoResult<bool> {
+        println!("\n4. verify");
+        let (verifier, vsettle, server) = self.s.verifier().await?;
+        let mut checks = Checks::default();
+        checks.add(
+            "offline, a sync made no request and everything was saved locally",
+            if self.offline_ok && self.offline_requests == 0 {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{} requests went out while the network was reported down",
+                    self.offline_requests
+                )]
+            },
+        );
+        let lost = self.check_answers(&server, &mut checks);
+        let records: usize = COLLECTIONS.iter().map(|c| server.live(c).len()).sum();
+        checks.add(
+            format!(
+                "every device equals the server: {} devices x {records} records, compared with a \
+                 fresh device that pulled everything",
+                self.s.all().len()
+            ),
+            self.s
+                .devices_match(&verifier, &vsettle, &server, COLLECTIONS)?,
+        );
+        self.check_visits(&server, &mut checks)?;
+        let conflict_lines = self.check_conflicts(&server, &mut checks)?;
+        checks.add(
+            "nothing left behind: outboxes empty, no failed entries, no open conflicts, all synced",
+            self.s.left_behind(COLLECTIONS, &self.settle)?,
+        );
+        self.print_conflicts_and_table(&conflict_lines)?;
+        Ok(self.s.finish(verifier, &checks, "answers", lost).await)
+    }
+
+    /// Conflicts settled as their strategies say. Returns a line per logged conflict.
+    fn check_conflicts(&self, server: &ServerDb, checks: &mut Checks) -> DemoResult<Vec<String>> {
+        let all = self.s.all();
+        let conflict_lines = describe_conflicts(&all, &self.script)?;
+        let problems =
+            conflict_problems(server, &all, &self.script, &self.resolved, &self.unexpected)?;
+        checks.add(
+            format!(
+                "conflicts settled as their strategies say ({} logged)",
+                conflict_lines.len()
+            ),
+            problems,
+        );
+        Ok(conflict_lines)
+    }
+
+    /// The report before its checks: every logged conflict, and the per-device table.
+    fn print_conflicts_and_table(&self, conflict_lines: &[String]) -> DemoResult<()> {
+        println!("   conflicts (from each device's conflict log):");
+        for l in conflict_lines {
+            println!("   - {l}");
+        }
+        println!();
+        let typed_by: BTreeMap<&str, u64> = self
+            .s
+            .field
+            .iter()
+            .zip(&self.typed)
+            .map(|(d, t)| (d.name.as_str(), t.answers.len() as u64))
+            .collect();
+        print!(
+            "{}",
+            device_table(
+                &self.s.all(),
+                &|d: &Device| typed_by.get(d.name.as_str()).copied().unwrap_or(0),
+                "answers"
+            )?
+        );
+        println!(
+            "   (req lost: never reached the server; resp lost: the server committed, then its \
+             response was lost; retries: ops sent again, with the same op_id)"
+        );
+        Ok(())
+    }
+
+    /// Every saved answer, exactly once, with the data last saved. Returns the count of
+    /// answers lost.
+    fn check_answers(&self, server: &ServerDb, checks: &mut Checks) -> u64 {
+        let mut lost = 0u64;
+        let mut problems = Vec::new();
+        let server_answers = server.live("answers");
+        let mut saved = 0usize;
+        for (d, t) in self.s.field.iter().zip(&self.typed) {
+            for (id, data) in &t.answers {
+                saved += 1;
+                match server_answers.get(id) {
+                    Some((got, _)) if got == data => {}
+                    Some(_) => {
+                        lost += 1;
+                        problems.push(format!("{id} by {}: the server holds other data", d.name));
+                    }
+                    None => {
+                        lost += 1;
+                        problems.push(format!("{id} by {}: not on the server", d.name));
+                    }
                 }
             }
         }
-    }
-    if server_answers.len() != saved {
-        problems.push(format!(
-            "the server holds {} answers, the nurses saved {saved}",
-            server_answers.len()
-        ));
-    }
-    let once = server.exactly_once_problems();
-    checks.add(
-        format!(
-            "every saved answer is on the server exactly once: {} of {saved} \
-             (audit: {} applied ops, {} op_ids applied twice, every version = its applied ops)",
-            saved as u64 - lost,
-            server.audit_rows,
-            server.ops_applied_twice
-        ),
-        problems.into_iter().chain(once).collect(),
-    );
-
-    // Every device equals the server.
-    let mut problems = Vec::new();
-    if !vsettle.quiet {
-        problems.push("the verifier could not pull everything".to_owned());
-    }
-    for c in COLLECTIONS {
-        if verifier.snapshot(c)? != server.live(c) {
+        if server_answers.len() != saved {
             problems.push(format!(
-                "the verifier's {c} differ from the server's database"
+                "the server holds {} answers, the nurses saved {saved}",
+                server_answers.len()
             ));
         }
+        let once = server.exactly_once_problems();
+        checks.add(
+            format!(
+                "every saved answer is on the server exactly once: {} of {saved} \
+                 (audit: {} applied ops, {} op_ids applied twice, every version = its applied ops)",
+                saved as u64 - lost,
+                server.audit_rows,
+                server.ops_applied_twice
+            ),
+            problems.into_iter().chain(once).collect(),
+        );
+        lost
     }
-    problems.extend(compare_devices(&all, &verifier, COLLECTIONS)?);
-    let records: usize = COLLECTIONS.iter().map(|c| server.live(c).len()).sum();
-    checks.add(
-        format!(
-            "every device equals the server: {} devices x {records} records, compared with a \
-             fresh device that pulled everything",
-            all.len()
-        ),
-        problems,
-    );
 
-    // Visit counters.
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    for t in &typed {
-        for (p, v) in &t.visits {
-            *expected.entry(p.clone()).or_default() += v;
+    /// Visit counters: the sum of every nurse's increments, on the server and on every
+    /// device.
+    fn check_visits(&self, server: &ServerDb, checks: &mut Checks) -> DemoResult<()> {
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        for t in &self.typed {
+            for (p, v) in &t.visits {
+                *expected.entry(p.clone()).or_default() += v;
+            }
         }
-    }
-    let mut problems = Vec::new();
-    for p in &patients {
-        let want = expected.get(p).copied().unwrap_or(0);
-        let on_server = server
-            .get("patients", p)
-            .and_then(|r| r.data.as_ref())
-            .and_then(|d| counter_value(d, "visits"));
-        if on_server != Some(want) {
-            problems.push(format!(
-                "{p}: server counts {on_server:?}, nurses counted {want}"
-            ));
-        }
-        for d in &all {
-            let here = d
-                .store
-                .get("patients", p)?
-                .and_then(|r| counter_value(&Value::Object(r.data), "visits"));
-            if here != Some(want) {
+        let mut problems = Vec::new();
+        for p in &self.patients {
+            let want = expected.get(p).copied().unwrap_or(0);
+            let on_server = server
+                .get("patients", p)
+                .and_then(|r| r.data.as_ref())
+                .and_then(|d| counter_value(d, "visits"));
+            if on_server != Some(want) {
                 problems.push(format!(
-                    "{p} on {}: {here:?}, nurses counted {want}",
-                    d.name
+                    "{p}: server counts {on_server:?}, nurses counted {want}"
                 ));
             }
-        }
-    }
-    let shared_visits = expected.get(SHARED_PATIENT).copied().unwrap_or(0);
-    checks.add(
-        format!(
-            "visit counters equal the sum of increments: {} visits over {} patients \
-             ({SHARED_PATIENT}: {shared_visits}, counted on {n} phones)",
-            expected.values().sum::<i64>(),
-            patients.len()
-        ),
-        problems,
-    );
-
-    // Conflicts and their outcomes.
-    let conflict_lines = describe_conflicts(&all, &script)?;
-    let problems = conflict_problems(&server, &all, &script, &resolved, &unexpected)?;
-    checks.add(
-        format!(
-            "conflicts settled as their strategies say ({} logged)",
-            conflict_lines.len()
-        ),
-        problems,
-    );
-    checks.add(
-        "nothing left behind: outboxes empty, no failed entries, no open conflicts, all synced",
-        {
-            let mut p = leftovers(&all, COLLECTIONS)?;
-            if !settle.quiet {
-                p.push(format!("sync was not quiet after {} rounds", settle.rounds));
+            for d in self.s.all() {
+                let here = d
+                    .store
+                    .get("patients", p)?
+                    .and_then(|r| counter_value(&Value::Object(r.data), "visits"));
+                if here != Some(want) {
+                    problems.push(format!(
+                        "{p} on {}: {here:?}, nurses counted {want}",
+                        d.name
+                    ));
+                }
             }
-            p
-        },
-    );
-
-    println!("   conflicts (from each device's conflict log):");
-    for l in &conflict_lines {
-        println!("   - {l}");
+        }
+        let shared_visits = expected.get(SHARED_PATIENT).copied().unwrap_or(0);
+        checks.add(
+            format!(
+                "visit counters equal the sum of increments: {} visits over {} patients \
+                 ({SHARED_PATIENT}: {shared_visits}, counted on {} phones)",
+                expected.values().sum::<i64>(),
+                self.patients.len(),
+                self.s.field.len()
+            ),
+            problems,
+        );
+        Ok(())
     }
-    println!();
-    let typed_by: BTreeMap<&str, u64> = nurses
-        .iter()
-        .zip(&typed)
-        .map(|(d, t)| (d.name.as_str(), t.answers.len() as u64))
-        .collect();
-    print!(
-        "{}",
-        device_table(
-            &all,
-            &|d: &Device| typed_by.get(d.name.as_str()).copied().unwrap_or(0),
-            "answers"
-        )?
-    );
-    println!(
-        "   (req lost: never reached the server; resp lost: the server committed, then its \
-         response was lost; retries: ops sent again, with the same op_id)"
-    );
-    println!("\n   checks:");
-    checks.print();
-    print_kept(&harness, &all);
-    println!("\nfinished in {:.1} s", started.elapsed().as_secs_f64());
-    println!("lost answers: {lost}");
-
-    for d in all.iter().chain([&&verifier]) {
-        d.engine.shutdown();
-        d.store.close();
-    }
-    harness.stop().await;
-    Ok(checks.all_passed() && lost == 0)
 }
 
 /// The app's scripted answer to a manual conflict: for a care plan, keep the earlier

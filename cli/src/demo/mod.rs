@@ -4,12 +4,14 @@
 //! user typed was lost or applied twice.
 //!
 //! This module holds what both scenarios share: the in-process server, the devices,
-//! the "sync until quiet" loop and the report's table. The stories themselves live in
-//! `field` (nurses) and `assets` (engineers); `verify` reads the server's database.
+//! the "sync until quiet" loop and the report's table; `scenario` holds the steps both
+//! stories' phases take. The stories themselves live in `field` (nurses) and `assets`
+//! (engineers), each as its phases over the run's state; `verify` reads the server's
+//! database.
 
 mod assets;
 mod field;
-mod link;
+mod scenario;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use outpost_core::BatchLimits;
@@ -25,12 +26,12 @@ use outpost_core::{
     ConflictStrategy, Durability, Query, StaticToken, Store, StoreConfig, SyncConfig, SyncEngine,
     SyncOutcome,
 };
+use outpost_testkit::{FaultyTransport, RandomFaults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::{DemoArgs, Scenario};
-use link::FlakyLink;
 
 /// Errors that stop the demo before it can report (a check that fails is not one).
 pub type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -64,7 +65,9 @@ pub struct Device {
     pub name: String,
     pub store: Store,
     pub engine: SyncEngine,
-    pub link: Arc<FlakyLink>,
+    /// The flaky field link: a seeded share of its requests is lost while it is
+    /// flaky, some before the server saw them and some after it committed.
+    pub link: Arc<FaultyTransport>,
     pub totals: std::sync::Mutex<SyncTotals>,
 }
 
@@ -219,7 +222,16 @@ impl Harness {
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(index);
-        let link = Arc::new(FlakyLink::new(&self.url, link_seed, self.fail_rate)?);
+        let link = FaultyTransport::http(&self.url)?
+            .with_random_faults(RandomFaults {
+                seed: link_seed,
+                rate: self.fail_rate,
+                // A little over half of the failures lose the answer after the commit:
+                // the case that makes a careless client upload an answer twice.
+                after_commit: 0.55,
+            })
+            .with_op_tracking();
+        let link = Arc::new(link);
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),
@@ -476,17 +488,16 @@ pub fn device_table(
     ]];
     let mut total = [0u64; 9];
     for d in devices {
-        let c = &d.link.counters;
-        let (sent, received) = d.link.bytes();
+        let s = d.link.stats();
         let conflicts = d.store.conflict_log()?.len() as u64;
         let values = [
             typed(d),
-            c.requests.load(Relaxed),
-            sent,
-            received,
-            c.dropped_requests.load(Relaxed),
-            c.dropped_answers.load(Relaxed),
-            c.resent_ops.load(Relaxed),
+            s.requests(),
+            s.bytes_sent(),
+            s.bytes_received(),
+            s.lost_requests,
+            s.lost_answers,
+            s.resent_ops,
             d.totals().pulled,
             conflicts,
         ];
