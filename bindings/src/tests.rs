@@ -1,5 +1,6 @@
 //! Unit tests of the FFI surface, called as foreign code would call it (owned strings,
-//! boxed listeners), without a server: sync runs against a closed loopback port.
+//! boxed listeners). Most run without a server (sync goes to a closed loopback port);
+//! the conflict listener's runs against the real server binary.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -394,45 +395,28 @@ fn deadline_and_cancel_stop_a_sync_cleanly() {
     assert_eq!(r.outcome, SyncOutcome::AuthFailed, "{r:?}");
 }
 
-/// The real server, in this process on a loopback port, with two users of one team.
-struct Server {
-    url: String,
-    _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = "listen = \"127.0.0.1:0\"\ndatabase = \"server.db\"\ndefault_access = \"team\"\n\
-                [[users]]\nname = \"a\"\nteam = \"t\"\ntoken = \"token-a\"\n\
-                [[users]]\nname = \"b\"\nteam = \"t\"\ntoken = \"token-b\"\n";
-    let config = outpost_server::Config::parse(toml, dir.path()).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(outpost_server::Server::bind(config))
-        .unwrap();
-    let url = format!("http://{}/", server.local_addr());
-    runtime.spawn(server.run(std::future::pending::<()>()));
-    Server {
-        url,
-        _dir: dir,
-        _runtime: runtime,
-    }
+/// The real server binary on a loopback port (amina and ben share a team).
+fn server() -> outpost_testkit::TestServer {
+    outpost_testkit::TestServer::start(&outpost_testkit::Backend::Sqlite)
 }
 
 struct Named(&'static str);
 impl TokenProvider for Named {
     fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
-        Ok(format!("token-{}", self.0))
+        Ok(self.0.to_owned())
     }
 }
 
-fn device(server: &Server, dir: &tempfile::TempDir, user: &'static str) -> Arc<Outpost> {
+fn device(
+    server: &outpost_testkit::TestServer,
+    dir: &tempfile::TempDir,
+    token: &'static str,
+) -> Arc<Outpost> {
     let config = OutpostConfig {
-        server_url: server.url.clone(),
+        server_url: server.base_url(),
         ..config(dir)
     };
-    Outpost::open(config, Box::new(Named(user))).unwrap()
+    Outpost::open(config, Box::new(Named(token))).unwrap()
 }
 
 struct Conflicts(Mutex<mpsc::Sender<Conflict>>);
@@ -466,7 +450,10 @@ fn make_conflict(a: &Outpost, b: &Outpost, id: &str) {
 fn a_conflict_listener_hears_conflicts_while_set_and_none_once_cleared() {
     let server = server();
     let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (device(&server, &da, "a"), device(&server, &db_, "b"));
+    let (a, b) = (
+        device(&server, &da, outpost_testkit::AMINA),
+        device(&server, &db_, outpost_testkit::BEN),
+    );
     let (tx, rx) = mpsc::channel();
     b.set_conflict_listener(Some(Box::new(Conflicts(Mutex::new(tx)))))
         .unwrap();

@@ -1,6 +1,6 @@
 """Test support: the generated bindings and a real outpost-server on a loopback port.
 
-The server is started the way tests/src/server.rs starts it: a temporary TOML config
+The server is started the way testkit/src/server.rs starts it: a temporary TOML config
 with three users, `listen = "127.0.0.1:0"`, and the address read from its first
 stdout line.
 """

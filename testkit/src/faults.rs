@@ -68,6 +68,9 @@ pub enum Fault {
     Duplicate,
     /// The server answers 500 without handling it.
     ServerError,
+    /// The server refuses the whole request as invalid (400) without handling it, as
+    /// it does a push with one op it cannot read.
+    Refused,
     /// The server answers 429 with `Retry-After`.
     RateLimited(Duration),
     /// The server answers 401 without handling it.
@@ -178,6 +181,8 @@ pub struct FaultyTransport {
     offline: AtomicBool,
     /// Op ids carried so far, when resent ops are counted.
     seen_ops: Option<Mutex<HashSet<String>>>,
+    /// How many ops each push carried, in order.
+    push_sizes: Mutex<Vec<usize>>,
     stats: Mutex<LinkStats>,
 }
 
@@ -195,6 +200,7 @@ impl FaultyTransport {
             random: Mutex::new(None),
             random_on: AtomicBool::new(false),
             offline: AtomicBool::new(false),
+            push_sizes: Mutex::new(Vec::new()),
             seen_ops: None,
             stats: Mutex::new(LinkStats::default()),
         }
@@ -264,6 +270,12 @@ impl FaultyTransport {
 
     pub fn stats(&self) -> LinkStats {
         *lock(&self.stats)
+    }
+
+    /// How many ops each push request carried, in order, faulted ones included (not
+    /// those made while the link was offline).
+    pub fn push_sizes(&self) -> Vec<usize> {
+        lock(&self.push_sizes).clone()
     }
 
     /// Requests of any kind so far.
@@ -361,6 +373,7 @@ impl FaultyTransport {
             return Err(TransportError::Network("injected: offline".into()));
         }
         if let Some(request) = push {
+            lock(&self.push_sizes).push(request.ops.len());
             self.count_resent(request);
         }
         let lost_answer = || {
@@ -392,6 +405,11 @@ impl FaultyTransport {
                 status: 500,
                 code: "internal".into(),
                 message: "injected".into(),
+            }),
+            Some(Fault::Refused) => Err(TransportError::Http {
+                status: 400,
+                code: "invalid_request".into(),
+                message: "injected: the request as a whole".into(),
             }),
             Some(Fault::RateLimited(d)) => Err(TransportError::RateLimited {
                 retry_after: Some(d),

@@ -550,6 +550,35 @@ async fn a_rejected_op_fails_alone_and_can_be_retried() {
     );
 }
 
+/// Regression: after one push was refused as a whole, every later request of the
+/// sync carried a single op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_push_batches_are_full_again() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sync_config();
+    config.batch.max_ops = 5;
+    let tokens = Arc::new(outpost_core::StaticToken(AMINA.into()));
+    let a = Device::open_with(dir.path(), "a", &server, tokens, config);
+    a.store
+        .batch(|tx| {
+            for i in 0..10 {
+                tx.put("answers", Some(&format!("a{i}")), json!({"i": i}))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    a.link.fail_next_push(Fault::Refused);
+    let r = a.engine.sync_now(Some(Duration::from_secs(30))).await;
+    assert_eq!(
+        (r.outcome, r.applied),
+        (SyncOutcome::Completed, 10),
+        "{r:?}"
+    );
+    // The refused five are tried one at a time; the rest go as one batch again.
+    assert_eq!(a.link.push_sizes(), [5, 1, 1, 1, 1, 1, 5]);
+}
+
 struct Rotating {
     calls: Mutex<Vec<bool>>,
     refreshed: &'static str,

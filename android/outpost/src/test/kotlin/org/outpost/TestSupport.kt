@@ -1,6 +1,6 @@
 // Test support: the real outpost-server on a loopback port and devices opened on it.
 //
-// The server is started as tests/src/server.rs starts it: a temporary TOML config with
+// The server is started as testkit/src/server.rs starts it: a temporary TOML config with
 // users, `listen = "127.0.0.1:0"`, and the address read from the first stdout line.
 package org.outpost
 
