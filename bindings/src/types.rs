@@ -212,18 +212,22 @@ pub(crate) fn parse_filters(filters: &[Filter]) -> Result<Vec<(String, Value)>, 
 impl TryFrom<&Query> for core::Query {
     type Error = OutpostError;
     fn try_from(q: &Query) -> Result<Self, OutpostError> {
-        Ok(core::Query {
-            filters: parse_filters(&q.filters)?,
-            order: match (&q.order_by, q.descending) {
-                (None, false) => None,
-                (field, descending) => Some(core::Order {
-                    field: field.clone(),
-                    descending,
-                }),
-            },
+        let mut out = core::Query {
             limit: q.limit,
             offset: q.offset,
-        })
+            ..core::Query::default()
+        };
+        for (field, value) in parse_filters(&q.filters)? {
+            out = out.matching(core::Filter::Eq(field, value));
+        }
+        match (&q.order_by, q.descending) {
+            (None, false) => {}
+            (field, descending) => out.order.push(core::Order {
+                field: field.clone(),
+                descending,
+            }),
+        }
+        Ok(out)
     }
 }
 

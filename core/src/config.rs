@@ -71,6 +71,12 @@ pub enum Durability {
 pub struct CollectionConfig {
     pub name: String,
     pub strategy: ConflictStrategy,
+    /// Indexes, each over one or more top-level fields in order. Created and dropped
+    /// at open as the declaration changes; records and the outbox are not touched.
+    pub indexes: Vec<Vec<String>>,
+    /// Top-level fields searched by `Filter::Search` (full text, diacritics folded).
+    /// Text fields, and arrays of text, are indexed; other values are not.
+    pub search: Vec<String>,
 }
 
 impl CollectionConfig {
@@ -78,7 +84,22 @@ impl CollectionConfig {
         CollectionConfig {
             name: name.into(),
             strategy,
+            indexes: Vec::new(),
+            search: Vec::new(),
         }
+    }
+
+    /// Adds an index over `fields`, in order.
+    pub fn with_index(mut self, fields: &[&str]) -> CollectionConfig {
+        self.indexes
+            .push(fields.iter().map(|f| (*f).to_owned()).collect());
+        self
+    }
+
+    /// Makes `fields` searchable.
+    pub fn with_search(mut self, fields: &[&str]) -> CollectionConfig {
+        self.search.extend(fields.iter().map(|f| (*f).to_owned()));
+        self
     }
 }
 
@@ -113,12 +134,19 @@ impl StoreConfig {
         self
     }
 
+    /// Declares a collection with its indexes and search fields.
+    pub fn with(mut self, collection: CollectionConfig) -> Self {
+        self.collections.push(collection);
+        self
+    }
+
     /// Checks names and settings; returns the collections by name.
     pub(crate) fn validated(&self) -> Result<Collections> {
         let mut out = BTreeMap::new();
         for c in &self.collections {
             validate_collection(&c.name)?;
-            if out.insert(c.name.clone(), c.strategy).is_some() {
+            let declared = Declared::of(c)?;
+            if out.insert(c.name.clone(), declared).is_some() {
                 return Err(Error::InvalidConfig(format!(
                     "collection {:?} declared twice",
                     c.name
@@ -135,18 +163,66 @@ impl StoreConfig {
     }
 }
 
+/// What a collection declares, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Declared {
+    pub strategy: ConflictStrategy,
+    pub indexes: Vec<Vec<String>>,
+    pub search: Vec<String>,
+}
+
+impl Declared {
+    fn of(c: &CollectionConfig) -> Result<Declared> {
+        let bad = |what: String| Error::InvalidConfig(format!("collection {:?}: {what}", c.name));
+        for fields in &c.indexes {
+            if fields.is_empty() {
+                return Err(bad("an index needs at least one field".into()));
+            }
+        }
+        for f in c.indexes.iter().flatten().chain(&c.search) {
+            crate::query::check_field(f).map_err(|e| bad(e.to_string()))?;
+        }
+        let mut indexes: Vec<Vec<String>> = Vec::new();
+        for fields in &c.indexes {
+            if !indexes.contains(fields) {
+                indexes.push(fields.clone());
+            }
+        }
+        let mut search: Vec<String> = Vec::new();
+        for f in &c.search {
+            if !search.contains(f) {
+                search.push(f.clone());
+            }
+        }
+        Ok(Declared {
+            strategy: c.strategy,
+            indexes,
+            search,
+        })
+    }
+}
+
 /// The declared collections, checked: every call's collection name is looked up here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Collections(BTreeMap<String, ConflictStrategy>);
+pub(crate) struct Collections(BTreeMap<String, Declared>);
 
 impl Collections {
-    /// The strategy of a declared collection; an invalid or undeclared name is an error.
-    pub(crate) fn strategy(&self, collection: &str) -> Result<ConflictStrategy> {
+    /// What a declared collection declares; an invalid or undeclared name is an error.
+    pub(crate) fn get(&self, collection: &str) -> Result<&Declared> {
         validate_collection(collection)?;
         self.0
             .get(collection)
-            .copied()
             .ok_or_else(|| Error::UnknownCollection(collection.to_owned()))
+    }
+
+    /// The strategy of a declared collection; an invalid or undeclared name is an error.
+    pub(crate) fn strategy(&self, collection: &str) -> Result<ConflictStrategy> {
+        self.get(collection).map(|d| d.strategy)
+    }
+
+    /// Every collection with what it declares, in name order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Declared)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     pub(crate) fn check(&self, collection: &str) -> Result<()> {

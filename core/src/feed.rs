@@ -168,9 +168,18 @@ impl Feed {
 
 impl<E: Coalesce> Fanout<E> {
     pub(crate) fn subscribe(&self, deliver_fn: Deliver<E>) -> Subscription {
+        self.subscribe_with(deliver_fn, None)
+    }
+
+    /// [`Fanout::subscribe`], with `initial` waiting to be delivered first.
+    pub(crate) fn subscribe_with(
+        &self,
+        deliver_fn: Deliver<E>,
+        initial: Option<E>,
+    ) -> Subscription {
         let sub = Arc::new(Subscriber {
             slot: Mutex::new(Slot {
-                pending: None,
+                pending: initial,
                 closed: false,
             }),
             wake: Condvar::new(),

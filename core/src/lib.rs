@@ -42,9 +42,9 @@ pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
 pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, RecordRef, Subscription};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
-pub use query::{Order, Query};
+pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};
-pub use store::{Store, WriteTx};
+pub use store::{QueryListener, RecordListener, Store, WriteTx};
 pub use sync::{
     ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
     SyncOutcome, SyncReport, SyncStatus, TokenProvider,

@@ -24,6 +24,8 @@ pub(crate) enum Key<'a> {
     RetryAt,
     /// The generation of an unfinished full re-pull of a collection.
     Resync(&'a str),
+    /// The search fields a collection's search table was built for.
+    Search(&'a str),
 }
 
 impl Key<'_> {
@@ -35,6 +37,7 @@ impl Key<'_> {
             Key::LastSyncedAt => "last_synced_at".into(),
             Key::RetryAt => "retry_at".into(),
             Key::Resync(collection) => format!("resync:{collection}").into(),
+            Key::Search(collection) => format!("search:{collection}").into(),
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub(crate) mod conflicts;
 pub(crate) mod cursors;
+pub(crate) mod indexes;
 pub(crate) mod meta;
 pub(crate) mod outbox;
 pub(crate) mod records;
@@ -24,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, InterruptHandle, OpenFlags, Params, Transaction};
 
 use crate::clock::{Hlc, HybridClock};
-use crate::config::{Durability, StoreConfig};
+use crate::config::{Collections, Durability, StoreConfig};
 use crate::error::{Error, Result};
 use crate::protocol::JsonObject;
 
@@ -89,7 +90,7 @@ pub(crate) struct Db {
 impl Db {
     /// Opens (or creates) the database, migrates it, and returns entries a crash left
     /// in flight to pending.
-    pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Db> {
+    pub(crate) fn open(path: &Path, config: &StoreConfig, collections: &Collections) -> Result<Db> {
         let settings = OpenSettings {
             durability: config.durability,
             encryption_key: config.encryption_key.clone(),
@@ -98,6 +99,9 @@ impl Db {
         };
         let mut conn = open_connection(path, &settings, false)?;
         schema::migrate(&mut conn)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        indexes::apply(&tx, collections)?;
+        tx.commit()?;
         let (replica_id, client_id) = meta::identity(&conn)?;
         let clock = recover_clock(&conn, &replica_id)?;
         outbox::release_all(&conn)?;
@@ -327,8 +331,29 @@ fn open_connection(path: &Path, settings: &OpenSettings, read_only: bool) -> Res
             )));
         }
     }
+    register_functions(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// SQL functions the query builder uses, on every connection.
+fn register_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    // Unicode lowercasing, which SQLite's own lower() does only for ASCII.
+    conn.create_scalar_function(
+        "outpost_starts_with_ci",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let text = ctx.get::<Option<String>>(0)?;
+            let prefix = ctx.get::<Option<String>>(1)?;
+            Ok(match (text, prefix) {
+                (Some(t), Some(p)) => t.to_lowercase().starts_with(&p.to_lowercase()),
+                _ => false,
+            })
+        },
+    )?;
+    Ok(())
 }
 
 #[cfg(feature = "encryption")]
@@ -381,7 +406,7 @@ mod tests {
             read_connections: 1,
             ..StoreConfig::default()
         };
-        let db = Db::open(&dir.path().join("s.db"), &config).unwrap();
+        let db = Db::open(&dir.path().join("s.db"), &config, &Collections::default()).unwrap();
         for _ in 0..20 {
             // Nested reads need a second connection while the pooled one is busy.
             db.read(|_| db.read(|c| Ok(c.is_autocommit()))).unwrap();

@@ -13,10 +13,12 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use super::{Tx, json_col, unreadable};
 use crate::error::Result;
 use crate::protocol::{Change, JsonObject};
-use crate::query::QuerySql;
+use crate::query::sql::QuerySql;
 use crate::record::{Record, SyncState};
+use rusqlite::types::Value as SqlValue;
 
 const RECORD_COLUMNS: &str = "collection, id, data, version, hlc, sync_state, updated_at";
+const RECORD_COLUMN_COUNT: usize = 7;
 
 fn state_col(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<SyncState> {
     let s: String = r.get(col)?;
@@ -47,29 +49,58 @@ pub(crate) fn get(conn: &Connection, collection: &str, id: &str) -> Result<Optio
         .optional()?)
 }
 
-fn bound(collection: &str, q: &QuerySql) -> Vec<rusqlite::types::Value> {
-    let mut args = Vec::with_capacity(q.args.len() + 1);
-    args.push(rusqlite::types::Value::Text(collection.to_owned()));
-    args.extend(q.args.iter().cloned());
-    args
+fn page_args(q: &QuerySql) -> impl Iterator<Item = SqlValue> + '_ {
+    q.args
+        .iter()
+        .cloned()
+        .chain(q.page.iter().map(|n| SqlValue::Integer(*n)))
 }
 
-/// Live records of `collection` selected by a query's SQL.
-pub(crate) fn query(conn: &Connection, collection: &str, q: &QuerySql) -> Result<Vec<Record>> {
-    let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM records WHERE {}{}",
-        q.where_sql, q.tail
-    );
+/// Live records selected by a query's SQL, in its order.
+pub(crate) fn select(conn: &Connection, q: &QuerySql) -> Result<Vec<Record>> {
+    let sql = format!("SELECT {RECORD_COLUMNS} {}{}", q.from_where, q.tail);
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(bound(collection, q)), record_from_row)?;
+    let rows = stmt.query_map(params_from_iter(page_args(q)), record_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub(crate) fn count(conn: &Connection, collection: &str, q: &QuerySql) -> Result<u64> {
-    let sql = format!("SELECT count(*) FROM records WHERE {}", q.where_sql);
+/// [`select`], with each record's sort key values (for a keyset cursor).
+pub(crate) fn select_keyed(
+    conn: &Connection,
+    q: &QuerySql,
+) -> Result<Vec<(Record, Vec<SqlValue>)>> {
+    let keys: String = q.keys.iter().map(|k| format!(", {k}")).collect();
+    let sql = format!("SELECT {RECORD_COLUMNS}{keys} {}{}", q.from_where, q.tail);
     let mut stmt = conn.prepare_cached(&sql)?;
-    let n: i64 = stmt.query_row(params_from_iter(bound(collection, q)), |r| r.get(0))?;
+    let n = q.keys.len();
+    let rows = stmt.query_map(params_from_iter(page_args(q)), |r| {
+        let record = record_from_row(r)?;
+        let values = (0..n)
+            .map(|i| r.get::<_, SqlValue>(RECORD_COLUMN_COUNT + i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((record, values))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(crate) fn count(conn: &Connection, q: &QuerySql) -> Result<u64> {
+    let sql = format!("SELECT count(*) {}", q.from_where);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let n: i64 = stmt.query_row(params_from_iter(&q.args), |r| r.get(0))?;
     Ok(n.max(0) as u64)
+}
+
+/// Which of `ids` a query's filter selects (an observer's test of relevance).
+pub(crate) fn matching(conn: &Connection, q: &QuerySql, ids: &[&str]) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT id {} AND id IN (SELECT value FROM json_each(?))",
+        q.from_where
+    );
+    let mut args = q.args.clone();
+    args.push(SqlValue::Text(serde_json::to_string(ids)?));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(&args), |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// A row's data if it is live: `None` for a tombstone.

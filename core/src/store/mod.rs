@@ -12,6 +12,7 @@
 //! (pulled pages) and `settle` (conflicts).
 
 mod incoming;
+mod observe;
 mod queue;
 mod settle;
 mod write;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use serde_json::Value;
 
+pub use observe::{QueryListener, RecordListener};
 pub use write::WriteTx;
 
 use crate::clock::{SystemClock, WallClock};
@@ -33,7 +35,7 @@ use crate::db::{self, Db, meta};
 use crate::error::{Error, Result};
 use crate::feed::{ChangeListener, ChangeOrigin, Feed, Subscription};
 use crate::protocol::validate_record_id;
-use crate::query::{Query, filter_sql, query_sql};
+use crate::query::{Filter, Page, Query, sql};
 use crate::record::Record;
 
 pub(crate) struct Shared {
@@ -71,7 +73,7 @@ impl Store {
         wall: Arc<dyn WallClock>,
     ) -> Result<Store> {
         let collections = config.validated()?;
-        let db = Db::open(path.as_ref(), &config)?;
+        let db = Db::open(path.as_ref(), &config, &collections)?;
         let shared = Shared {
             db,
             collections,
@@ -232,18 +234,53 @@ impl Store {
         self.read(|conn| db::records::get(conn, collection, id))
     }
 
-    /// Live records matching every filter, in order, paged.
+    /// Live records matching the query, in its order, paged.
     pub fn query(&self, collection: &str, query: &Query) -> Result<Vec<Record>> {
-        self.shared.collections.check(collection)?;
-        let sql = query_sql(query)?;
-        self.read(|conn| db::records::query(conn, collection, &sql))
+        let declared = self.shared.collections.get(collection)?;
+        let sql = sql::select(collection, !declared.search.is_empty(), query)?;
+        self.read(|conn| db::records::select(conn, &sql))
     }
 
-    /// How many live records match every filter.
+    /// One page of the query, and the cursor that continues after it (`None` when no
+    /// record follows). Pass the cursor as [`Query::after`] for the next page: unlike
+    /// an offset, it never skips or repeats a record while records are written.
+    pub fn query_page(&self, collection: &str, query: &Query) -> Result<Page> {
+        let declared = self.shared.collections.get(collection)?;
+        // One more than asked tells whether another page follows.
+        let probe = Query {
+            limit: query.limit.map(|l| l.saturating_add(1)),
+            ..query.clone()
+        };
+        let sql = sql::select(collection, !declared.search.is_empty(), &probe)?;
+        let mut rows = self.read(|conn| db::records::select_keyed(conn, &sql))?;
+        let more = query.limit.is_some_and(|l| rows.len() > l as usize);
+        rows.truncate(query.limit.map_or(usize::MAX, |l| l as usize));
+        let next = match rows.last() {
+            Some((_, keys)) if more => Some(sql::cursor_after(&sql, keys.clone())),
+            _ => None,
+        };
+        Ok(Page {
+            records: rows.into_iter().map(|(r, _)| r).collect(),
+            next,
+        })
+    }
+
+    /// How many live records have every one of these field values.
     pub fn count(&self, collection: &str, filters: &[(String, Value)]) -> Result<u64> {
-        self.shared.collections.check(collection)?;
-        let sql = filter_sql(filters)?;
-        self.read(|conn| db::records::count(conn, collection, &sql))
+        let all = Filter::And(
+            filters
+                .iter()
+                .map(|(f, v)| Filter::Eq(f.clone(), v.clone()))
+                .collect(),
+        );
+        self.count_where(collection, &all)
+    }
+
+    /// How many live records match `filter`.
+    pub fn count_where(&self, collection: &str, filter: &Filter) -> Result<u64> {
+        let declared = self.shared.collections.get(collection)?;
+        let sql = sql::count(collection, !declared.search.is_empty(), Some(filter))?;
+        self.read(|conn| db::records::count(conn, &sql))
     }
 
     // ---- the engine's persisted facts ----

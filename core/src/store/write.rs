@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::feed::{ChangeEvent, ChangeOrigin};
 use crate::outbox::{Edit, Enqueue, plan_enqueue};
 use crate::protocol::{JsonObject, OpKind, json_kind, validate_record, validate_record_id};
+use crate::query::{Filter, Query, sql};
 use crate::record::{Record, SyncState};
 
 /// A write transaction. Everything done through it commits atomically.
@@ -160,6 +161,20 @@ impl WriteTx<'_> {
         self.collections.check(collection)?;
         validate_record_id(id)?;
         records::get(&self.tx, collection, id)
+    }
+
+    /// A query inside this transaction: it sees the writes made so far in it.
+    pub fn query(&self, collection: &str, query: &Query) -> Result<Vec<Record>> {
+        let declared = self.collections.get(collection)?;
+        let sql = sql::select(collection, !declared.search.is_empty(), query)?;
+        records::select(&self.tx, &sql)
+    }
+
+    /// How many live records match `filter`, inside this transaction.
+    pub fn count_where(&self, collection: &str, filter: &Filter) -> Result<u64> {
+        let declared = self.collections.get(collection)?;
+        let sql = sql::count(collection, !declared.search.is_empty(), Some(filter))?;
+        records::count(&self.tx, &sql)
     }
 
     /// A CRDT operation is an ordinary patch of one field with the field's new state.

@@ -8,7 +8,9 @@ use crate::protocol::{ErrorBody, OpKind};
 use crate::{ConflictStrategy, Error, Store, StoreConfig, SyncState};
 
 mod model;
+mod plans;
 mod regressions;
+mod search;
 mod sync_steps;
 
 fn config() -> StoreConfig {

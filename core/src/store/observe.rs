@@ -1,0 +1,178 @@
+//! Observing a query or a record: a screen's list stays current without re-running
+//! its query after every commit.
+//!
+//! Each observer sits on the change feed with its own delivery thread, so it never
+//! runs on a writing thread or under a lock. A commit re-runs the query only when it
+//! could change the result: it touched a record in the result, or a record the filter
+//! now selects (a query with an offset re-runs on any change of its collection, since a
+//! record before the window moves it). The result is delivered only when it differs.
+//! Re-runs are at least [`MIN_INTERVAL`] apart; commits meanwhile (the pages of a first
+//! sync) coalesce into the next re-run, so the latency stays bounded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Store;
+use crate::db::{lock, records};
+use crate::error::Result;
+use crate::feed::{ChangeEvent, ChangeOrigin, Subscription};
+use crate::protocol::validate_record_id;
+use crate::query::{Query, sql};
+use crate::record::Record;
+
+/// The shortest time between two re-runs of one observed query.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Told the result of an observed query: first at once, then whenever it changes.
+pub trait QueryListener: Send + Sync {
+    fn on_result(&self, records: &[Record]) -> Result<(), String>;
+}
+
+impl<F> QueryListener for F
+where
+    F: Fn(&[Record]) + Send + Sync,
+{
+    fn on_result(&self, records: &[Record]) -> Result<(), String> {
+        self(records);
+        Ok(())
+    }
+}
+
+/// Told an observed record: first at once, then whenever it changes (`None`: absent
+/// or deleted).
+pub trait RecordListener: Send + Sync {
+    fn on_record(&self, record: Option<&Record>) -> Result<(), String>;
+}
+
+impl<F> RecordListener for F
+where
+    F: Fn(Option<&Record>) + Send + Sync,
+{
+    fn on_record(&self, record: Option<&Record>) -> Result<(), String> {
+        self(record);
+        Ok(())
+    }
+}
+
+/// What an observer last delivered, and when it last ran.
+#[derive(Default)]
+struct Seen<T> {
+    last: Option<T>,
+    ran_at: Option<Instant>,
+}
+
+impl<T> Seen<T> {
+    /// Keeps re-runs [`MIN_INTERVAL`] apart.
+    fn pace(&mut self) {
+        if let Some(at) = self.ran_at {
+            let wait = MIN_INTERVAL.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+        self.ran_at = Some(Instant::now());
+    }
+}
+
+/// The ids a commit changed in `collection`.
+fn changed<'e>(event: &'e ChangeEvent, collection: &str) -> Vec<&'e str> {
+    event
+        .records
+        .iter()
+        .filter(|r| r.collection == collection)
+        .map(|r| r.id.as_str())
+        .collect()
+}
+
+fn first_run() -> Option<ChangeEvent> {
+    Some(ChangeEvent::new(ChangeOrigin::Local))
+}
+
+impl Store {
+    /// Calls `listener` with the query's result now, and again whenever a commit
+    /// changes it. Invalid input is reported here, not on the delivery thread.
+    pub fn observe(
+        &self,
+        collection: &str,
+        query: &Query,
+        listener: Arc<dyn QueryListener>,
+    ) -> Result<Subscription> {
+        let declared = self.shared.collections.get(collection)?;
+        let select = sql::select(collection, !declared.search.is_empty(), query)?;
+        let collection = collection.to_owned();
+        let any_change = query.offset > 0;
+        let weak = Arc::downgrade(&self.shared);
+        let seen: Mutex<Seen<(Vec<Record>, HashSet<String>)>> = Mutex::default();
+        let deliver = move |event: &ChangeEvent| -> Result<(), String> {
+            let Some(shared) = weak.upgrade() else {
+                return Ok(());
+            };
+            let store = Store { shared };
+            let mut seen = lock(&seen);
+            if let Some((_, ids)) = &seen.last {
+                let touched = changed(event, &collection);
+                let relevant = !touched.is_empty()
+                    && (any_change
+                        || touched.iter().any(|id| ids.contains(*id))
+                        || !store
+                            .read(|c| records::matching(c, &select, &touched))
+                            .map_err(|e| e.to_string())?
+                            .is_empty());
+                if !relevant {
+                    return Ok(());
+                }
+            }
+            seen.pace();
+            let result = store
+                .read(|c| records::select(c, &select))
+                .map_err(|e| e.to_string())?;
+            if seen.last.as_ref().is_some_and(|(last, _)| *last == result) {
+                return Ok(());
+            }
+            listener.on_result(&result)?;
+            let ids = result.iter().map(|r| r.id.clone()).collect();
+            seen.last = Some((result, ids));
+            Ok(())
+        };
+        Ok(self
+            .shared
+            .feed
+            .subscribe_with(Box::new(deliver), first_run()))
+    }
+
+    /// Calls `listener` with the record now, and again whenever a commit changes it.
+    pub fn observe_one(
+        &self,
+        collection: &str,
+        id: &str,
+        listener: Arc<dyn RecordListener>,
+    ) -> Result<Subscription> {
+        self.shared.collections.check(collection)?;
+        validate_record_id(id)?;
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        let weak = Arc::downgrade(&self.shared);
+        let seen: Mutex<Seen<Option<Record>>> = Mutex::default();
+        let deliver = move |event: &ChangeEvent| -> Result<(), String> {
+            let Some(shared) = weak.upgrade() else {
+                return Ok(());
+            };
+            let store = Store { shared };
+            let mut seen = lock(&seen);
+            if seen.last.is_some() && !changed(event, &collection).contains(&id.as_str()) {
+                return Ok(());
+            }
+            let record = store.get(&collection, &id).map_err(|e| e.to_string())?;
+            if seen.last.as_ref() == Some(&record) {
+                return Ok(());
+            }
+            listener.on_record(record.as_ref())?;
+            seen.last = Some(record);
+            Ok(())
+        };
+        Ok(self
+            .shared
+            .feed
+            .subscribe_with(Box::new(deliver), first_run()))
+    }
+}
