@@ -50,6 +50,8 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
         collections: vec![CollectionSpec {
             name: "answers".to_owned(),
             strategy: ConflictStrategy::LastWriteWins,
+            indexes: Vec::new(),
+            search: Vec::new(),
         }],
         durability: Durability::Normal,
         encryption_key: None,

@@ -18,8 +18,8 @@ use crate::listeners::{
 };
 use crate::runtime::runtime;
 use crate::types::{
-    Conflict, FailedEdit, Filter, OutpostConfig, Query, Record, Resolution, SyncReport, SyncStatus,
-    WriteOp, parse_filters, parse_object, parse_value,
+    Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record, Resolution, SyncReport,
+    SyncStatus, WriteOp, parse_filter, parse_filters, parse_object, parse_value,
 };
 
 /// An open Outpost database and its sync engine.
@@ -152,8 +152,30 @@ impl Outpost {
         })
     }
 
+    /// One page of the query and the cursor that continues after it (`next` is None on
+    /// the last page). Pass `next` as `Query.after`: unlike an offset, it never skips or
+    /// repeats a record while records are written.
+    pub fn query_page(&self, collection: String, query: Query) -> Result<Page, OutpostError> {
+        self.call(|| {
+            let q = core::Query::try_from(&query)?;
+            Ok(self.store.query_page(&collection, &q)?.into())
+        })
+    }
+
     pub fn count(&self, collection: String, filters: Vec<Filter>) -> Result<u64, OutpostError> {
         self.call(|| Ok(self.store.count(&collection, &parse_filters(&filters)?)?))
+    }
+
+    /// How many live records match a filter in the core's JSON form.
+    pub fn count_where(
+        &self,
+        collection: String,
+        filter_json: String,
+    ) -> Result<u64, OutpostError> {
+        self.call(|| {
+            let filter = parse_filter(&filter_json)?;
+            Ok(self.store.count_where(&collection, &filter)?)
+        })
     }
 
     /// Applies every op in one transaction: all commit, or none do. Returns each op's

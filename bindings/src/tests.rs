@@ -24,10 +24,20 @@ fn config(dir: &tempfile::TempDir) -> OutpostConfig {
             CollectionSpec {
                 name: "answers".into(),
                 strategy: ConflictStrategy::LastWriteWins,
+                indexes: vec![],
+                search: vec![],
             },
             CollectionSpec {
                 name: "reviews".into(),
                 strategy: ConflictStrategy::Manual,
+                indexes: vec![],
+                search: vec![],
+            },
+            CollectionSpec {
+                name: "patients".into(),
+                strategy: ConflictStrategy::FieldMerge,
+                indexes: vec![vec![s("village"), s("name")], vec![s("age")]],
+                search: vec![s("name")],
             },
         ],
         durability: Durability::Normal,
@@ -141,6 +151,12 @@ fn bad_config_is_a_typed_error() {
     c.collections.push(c.collections[0].clone());
     let e = Outpost::open(c, Box::new(Token)).unwrap_err();
     assert!(matches!(e, OutpostError::InvalidConfig { .. }), "{e:?}");
+    for bad_index in [vec![], vec![s("a\"b")]] {
+        let mut c = config(&dir);
+        c.collections[2].indexes.push(bad_index);
+        let e = Outpost::open(c, Box::new(Token)).unwrap_err();
+        assert!(matches!(e, OutpostError::InvalidConfig { .. }), "{e:?}");
+    }
     let mut c = config(&dir);
     c.encryption_key = Some(vec![7; 32]);
     let opened = Outpost::open(c, Box::new(Token));
@@ -249,6 +265,237 @@ fn crdt_operations() {
         .increment(s("answers"), s("r"), s("plain"), 1)
         .unwrap_err();
     assert!(matches!(e, OutpostError::Crdt { .. }), "{e:?}");
+}
+
+// ---- local queries ----
+
+/// Ten patients in two villages: p00..p09, ages 0..9, every third one `due`.
+fn patients(db: &Outpost) {
+    let names = [
+        "Amina", "Ben", "Chioma", "Amir", "Dara", "Émile", "Femi", "Amadou", "Gift", "Hana",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let village = if i % 2 == 0 { "v042" } else { "v043" };
+        let status = if i % 3 == 0 { "\"due\"" } else { "null" };
+        let data = format!(
+            r#"{{"name":"{name}","village":"{village}","age":{i},"status":{status},"child":{}}}"#,
+            i < 5
+        );
+        db.put(s("patients"), Some(format!("p{i:02}")), data)
+            .unwrap();
+    }
+}
+
+fn ids(records: &[Record]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn by_json(filter_json: &str) -> Query {
+    Query {
+        filter_json: Some(s(filter_json)),
+        ..Query::default()
+    }
+}
+
+#[test]
+fn filter_json_and_sort_keys_select_and_order_records() {
+    let (_d, db) = open();
+    patients(&db);
+    let q = Query {
+        filter_json: Some(s(
+            r#"{"and":[{"eq":["village","v042"]},{"gte":["age",2]},{"in":["status",["due",null]]}]}"#,
+        )),
+        order: vec![OrderBy {
+            field: Some(s("age")),
+            descending: true,
+        }],
+        ..Query::default()
+    };
+    assert_eq!(
+        ids(&db.query(s("patients"), q).unwrap()),
+        ["p08", "p06", "p04", "p02"]
+    );
+    let q = by_json(
+        r#"{"or":[{"prefix_ci":["name","am"]},{"is_null":"status"},{"exists":"nowhere"}]}"#,
+    );
+    let rows = db.query(s("patients"), q).unwrap();
+    assert_eq!(
+        ids(&rows),
+        ["p00", "p01", "p02", "p03", "p04", "p05", "p07", "p08"]
+    );
+    // The legacy equalities are and-ed with the JSON filter, and the legacy sort key
+    // comes before `order`.
+    let q = Query {
+        filters: vec![Filter {
+            field: s("child"),
+            value_json: s("true"),
+        }],
+        filter_json: Some(s(r#"{"ne":["name","Ben"]}"#)),
+        order_by: Some(s("village")),
+        descending: true,
+        order: vec![OrderBy {
+            field: Some(s("name")),
+            descending: false,
+        }],
+        limit: Some(3),
+        ..Query::default()
+    };
+    assert_eq!(
+        ids(&db.query(s("patients"), q).unwrap()),
+        ["p03", "p00", "p02"]
+    );
+    let by_id_desc = Query {
+        order: vec![OrderBy {
+            field: None,
+            descending: true,
+        }],
+        limit: Some(2),
+        ..Query::default()
+    };
+    assert_eq!(
+        ids(&db.query(s("patients"), by_id_desc).unwrap()),
+        ["p09", "p08"]
+    );
+}
+
+#[test]
+fn query_page_walks_every_record_once_while_records_are_written() {
+    let (_d, db) = open();
+    patients(&db);
+    let mut q = Query {
+        order: vec![OrderBy {
+            field: Some(s("village")),
+            descending: false,
+        }],
+        limit: Some(3),
+        ..Query::default()
+    };
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = db.query_page(s("patients"), q.clone()).unwrap();
+        pages += 1;
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        if pages == 1 {
+            // A record sorting before the cursor moves every offset, not the keyset.
+            db.put(s("patients"), Some(s("a-new")), s(r#"{"village":"v000"}"#))
+                .unwrap();
+        }
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    let mut expected: Vec<String> = (0..10).map(|i| format!("p{i:02}")).collect();
+    expected.sort_by_key(|id| (id.as_bytes()[2] % 2, id.clone()));
+    assert_eq!(seen, expected);
+    let all = db.query_page(s("patients"), Query::default()).unwrap();
+    assert_eq!((all.records.len(), all.next), (11, None));
+}
+
+#[test]
+fn count_where_and_search() {
+    let (_d, db) = open();
+    patients(&db);
+    let n = db
+        .count_where(s("patients"), s(r#"{"in":["village",["v042","v043"]]}"#))
+        .unwrap();
+    assert_eq!(n, 10);
+    let n = db
+        .count_where(
+            s("patients"),
+            s(r#"{"and":[{"lt":["age",5]},{"eq":["status","due"]}]}"#),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    // Whole words with a trailing `*` as a prefix, case and diacritics folded.
+    let rows = db
+        .query(s("patients"), by_json(r#"{"search":"ami*"}"#))
+        .unwrap();
+    assert_eq!(ids(&rows), ["p00", "p03"]);
+    let rows = db
+        .query(s("patients"), by_json(r#"{"search":"emile"}"#))
+        .unwrap();
+    assert_eq!(ids(&rows), ["p05"]);
+    let n = db
+        .count_where(s("patients"), s(r#"{"search":"amadou"}"#))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn bad_query_input_is_invalid_data_and_changes_nothing() {
+    let (_d, db) = open();
+    patients(&db);
+    let page = db
+        .query_page(
+            s("patients"),
+            Query {
+                limit: Some(2),
+                ..Query::default()
+            },
+        )
+        .unwrap();
+    let cursor = page.next.unwrap();
+    let other_order = Query {
+        order_by: Some(s("age")),
+        after: Some(cursor.clone()),
+        ..Query::default()
+    };
+    let bad_queries = [
+        by_json(r#"{"like":["name","Am%"]}"#),   // unknown operator
+        by_json(r#"{"eq":["na\"me","Amina"]}"#), // a field name no path can name
+        by_json(r#"{"eq":["","Amina"]}"#),       // an empty field name
+        by_json(r#"{"gt":["child",true]}"#),     // a range on a boolean
+        by_json(r#"{"eq":["name"]}"#),           // a missing operand
+        by_json(r#"{"and":{"eq":["a",1]}}"#),    // `and` of something not a list
+        by_json("{\"eq\": [\"name\", "),         // not JSON at all
+        Query {
+            after: Some(s("not a cursor")),
+            ..Query::default()
+        },
+        Query {
+            after: Some(format!("{}00", &cursor[..cursor.len() - 2])),
+            ..Query::default()
+        },
+        other_order,
+        Query {
+            order: vec![OrderBy {
+                field: Some(s("bad\u{1}field")),
+                descending: false,
+            }],
+            ..Query::default()
+        },
+    ];
+    for q in bad_queries {
+        for e in [
+            db.query(s("patients"), q.clone()).map(|_| ()).unwrap_err(),
+            db.query_page(s("patients"), q.clone())
+                .map(|_| ())
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(e, OutpostError::InvalidData { .. }),
+                "{q:?}: {e:?}"
+            );
+        }
+        if let Some(filter) = q.filter_json {
+            let e = db.count_where(s("patients"), filter).unwrap_err();
+            assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+        }
+    }
+    // Search needs declared search fields.
+    let e = db
+        .count_where(s("answers"), s(r#"{"search":"amina"}"#))
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    let e = db
+        .count_where(s("Patients"), s(r#"{"exists":"a"}"#))
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidCollection { .. }), "{e:?}");
+    assert_eq!(db.count(s("patients"), vec![]).unwrap(), 10);
+    assert_eq!(db.status().unwrap().pending, 10);
 }
 
 struct Recorder {

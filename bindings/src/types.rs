@@ -66,6 +66,23 @@ impl From<Durability> for core::Durability {
 pub struct CollectionSpec {
     pub name: String,
     pub strategy: ConflictStrategy,
+    /// Indexes, each over one or more top-level fields in order, for the queries a
+    /// screen runs often. Built or dropped at open as the list changes.
+    #[uniffi(default = [])]
+    pub indexes: Vec<Vec<String>>,
+    /// Top-level text fields that a `search` filter looks in.
+    #[uniffi(default = [])]
+    pub search: Vec<String>,
+}
+
+impl From<&CollectionSpec> for core::CollectionConfig {
+    fn from(c: &CollectionSpec) -> Self {
+        core::CollectionConfig {
+            indexes: c.indexes.clone(),
+            search: c.search.clone(),
+            ..core::CollectionConfig::new(c.name.clone(), c.strategy.into())
+        }
+    }
 }
 
 /// Everything `Outpost.open` needs besides the token provider.
@@ -101,7 +118,7 @@ impl OutpostConfig {
             collections: self
                 .collections
                 .iter()
-                .map(|c| core::CollectionConfig::new(c.name.clone(), c.strategy.into()))
+                .map(core::CollectionConfig::from)
                 .collect(),
             durability: self.durability.into(),
             encryption_key: self.encryption_key.clone(),
@@ -182,7 +199,30 @@ pub struct Filter {
     pub value_json: String,
 }
 
-/// Equality filters, an order and a page. The default query returns every record by id.
+/// One sort key: a top-level field, or None for the record id.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct OrderBy {
+    #[uniffi(default = None)]
+    pub field: Option<String>,
+    #[uniffi(default = false)]
+    pub descending: bool,
+}
+
+impl From<&OrderBy> for core::Order {
+    fn from(o: &OrderBy) -> Self {
+        core::Order {
+            field: o.field.clone(),
+            descending: o.descending,
+        }
+    }
+}
+
+/// A filter, an order and a page. The default query returns every record by id.
+///
+/// The filter is `filters` (equalities) and-ed with `filter_json`, the core's JSON
+/// filter form (`{"and": [{"eq": ["village", "v042"]}, {"gte": ["age", 5]}]}`). The
+/// order is `order_by` / `descending`, then `order`; ties are broken by id. The fields
+/// after `offset` came later and are last, so positional callers keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Default, uniffi::Record)]
 pub struct Query {
     #[uniffi(default = [])]
@@ -196,6 +236,15 @@ pub struct Query {
     pub limit: Option<u32>,
     #[uniffi(default = 0)]
     pub offset: u32,
+    /// A filter in the core's JSON form, and-ed with `filters`.
+    #[uniffi(default = None)]
+    pub filter_json: Option<String>,
+    /// Sort keys after `order_by`, most significant first.
+    #[uniffi(default = [])]
+    pub order: Vec<OrderBy>,
+    /// A `Page.next` cursor: continue right after that page's last record.
+    #[uniffi(default = None)]
+    pub after: Option<String>,
 }
 
 pub(crate) fn parse_filters(filters: &[Filter]) -> Result<Vec<(String, Value)>, OutpostError> {
@@ -209,16 +258,26 @@ pub(crate) fn parse_filters(filters: &[Filter]) -> Result<Vec<(String, Value)>, 
         .collect()
 }
 
+/// Reads a filter in the core's JSON form; bad JSON or a bad filter is `InvalidData`.
+pub(crate) fn parse_filter(filter_json: &str) -> Result<core::Filter, OutpostError> {
+    let v: Value = serde_json::from_str(filter_json).map_err(|e| json_error("filter", &e))?;
+    Ok(core::Filter::from_json(&v)?)
+}
+
 impl TryFrom<&Query> for core::Query {
     type Error = OutpostError;
     fn try_from(q: &Query) -> Result<Self, OutpostError> {
         let mut out = core::Query {
             limit: q.limit,
             offset: q.offset,
+            after: q.after.clone(),
             ..core::Query::default()
         };
         for (field, value) in parse_filters(&q.filters)? {
             out = out.matching(core::Filter::Eq(field, value));
+        }
+        if let Some(text) = &q.filter_json {
+            out = out.matching(parse_filter(text)?);
         }
         match (&q.order_by, q.descending) {
             (None, false) => {}
@@ -227,7 +286,25 @@ impl TryFrom<&Query> for core::Query {
                 descending,
             }),
         }
+        out.order.extend(q.order.iter().map(core::Order::from));
         Ok(out)
+    }
+}
+
+/// One page of a query, and the cursor for the next (None: this was the last page).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// Pass as `Query.after` for the next page.
+    pub next: Option<String>,
+}
+
+impl From<core::Page> for Page {
+    fn from(p: core::Page) -> Self {
+        Page {
+            records: p.records.into_iter().map(Record::from).collect(),
+            next: p.next,
+        }
     }
 }
 
