@@ -13,8 +13,8 @@ use outpost_core as core;
 
 use crate::error::{OutpostError, guard, panic_message};
 use crate::listeners::{
-    Change, ChangeListener, ConflictListener, Conflicts, Status, StatusListener, TokenProvider,
-    Tokens,
+    Change, ChangeListener, ConflictListener, Conflicts, OneRecord, QueryListener, RecordListener,
+    Results, Status, StatusListener, TokenProvider, Tokens,
 };
 use crate::runtime::runtime;
 use crate::types::{
@@ -265,6 +265,40 @@ impl Outpost {
     ) -> Result<Arc<SubscriptionHandle>, OutpostError> {
         self.call(|| {
             let sub = self.store.subscribe(Arc::new(Change(listener)))?;
+            Ok(SubscriptionHandle::new(sub))
+        })
+    }
+
+    /// Calls `listener` with the query's result now, then each time a commit changes it,
+    /// on a background thread. Bad input fails here, before anything is delivered. Keep
+    /// the handle: releasing it (or `close()`) stops delivery.
+    pub fn observe(
+        &self,
+        collection: String,
+        query: Query,
+        listener: Box<dyn QueryListener>,
+    ) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        self.call(|| {
+            let q = core::Query::try_from(&query)?;
+            let sub = self
+                .store
+                .observe(&collection, &q, Arc::new(Results(listener)))?;
+            Ok(SubscriptionHandle::new(sub))
+        })
+    }
+
+    /// Calls `listener` with the record now (None when absent), then each time a commit
+    /// changes it. Keep the handle, as for `observe`.
+    pub fn observe_one(
+        &self,
+        collection: String,
+        id: String,
+        listener: Box<dyn RecordListener>,
+    ) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        self.call(|| {
+            let sub = self
+                .store
+                .observe_one(&collection, &id, Arc::new(OneRecord(listener)))?;
             Ok(SubscriptionHandle::new(sub))
         })
     }

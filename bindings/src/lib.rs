@@ -20,7 +20,9 @@ mod types;
 
 pub use db::{Outpost, SubscriptionHandle};
 pub use error::OutpostError;
-pub use listeners::{ChangeListener, ConflictListener, StatusListener, TokenProvider};
+pub use listeners::{
+    ChangeListener, ConflictListener, QueryListener, RecordListener, StatusListener, TokenProvider,
+};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

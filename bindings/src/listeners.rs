@@ -8,7 +8,7 @@
 use outpost_core as core;
 
 use crate::error::OutpostError;
-use crate::types::{ChangeEvent, Conflict, SyncStatus};
+use crate::types::{ChangeEvent, Conflict, Record, SyncStatus};
 
 /// Hears about every commit that changed records, local or pulled.
 #[uniffi::export(callback_interface)]
@@ -26,6 +26,19 @@ pub trait StatusListener: Send + Sync {
 #[uniffi::export(callback_interface)]
 pub trait ConflictListener: Send + Sync {
     fn on_conflict(&self, conflict: Conflict) -> Result<(), OutpostError>;
+}
+
+/// Hears an observed query's result: at once, then each time a commit changes it.
+#[uniffi::export(callback_interface)]
+pub trait QueryListener: Send + Sync {
+    fn on_result(&self, records: Vec<Record>) -> Result<(), OutpostError>;
+}
+
+/// Hears an observed record: at once, then each time a commit changes it (None: it is
+/// absent or deleted).
+#[uniffi::export(callback_interface)]
+pub trait RecordListener: Send + Sync {
+    fn on_record(&self, record: Option<Record>) -> Result<(), OutpostError>;
 }
 
 /// Supplies the bearer token; called with `refresh = true` after a 401. Runs on a
@@ -60,6 +73,25 @@ pub(crate) struct Conflicts(pub Box<dyn ConflictListener>);
 impl core::ConflictListener for Conflicts {
     fn on_conflict(&self, conflict: &core::Conflict) -> Result<(), String> {
         self.0.on_conflict(conflict.into()).map_err(text)
+    }
+}
+
+pub(crate) struct Results(pub Box<dyn QueryListener>);
+
+impl core::QueryListener for Results {
+    fn on_result(&self, records: &[core::Record]) -> Result<(), String> {
+        let records = records.iter().cloned().map(Record::from).collect();
+        self.0.on_result(records).map_err(text)
+    }
+}
+
+pub(crate) struct OneRecord(pub Box<dyn RecordListener>);
+
+impl core::RecordListener for OneRecord {
+    fn on_record(&self, record: Option<&core::Record>) -> Result<(), String> {
+        self.0
+            .on_record(record.cloned().map(Record::from))
+            .map_err(text)
     }
 }
 

@@ -424,6 +424,125 @@ fn count_where_and_search() {
     assert_eq!(n, 1);
 }
 
+/// Sends what each call of a listener is given; fails the first call when asked to.
+struct Recorder<T> {
+    tx: Mutex<mpsc::Sender<T>>,
+    calls: AtomicU32,
+    fail_first: bool,
+}
+
+impl<T> Recorder<T> {
+    fn new(fail_first: bool) -> (Box<Recorder<T>>, mpsc::Receiver<T>) {
+        let (tx, rx) = mpsc::channel();
+        let listener = Recorder {
+            tx: Mutex::new(tx),
+            calls: AtomicU32::new(0),
+            fail_first,
+        };
+        (Box::new(listener), rx)
+    }
+
+    fn record(&self, value: T) -> Result<(), OutpostError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.lock().unwrap().send(value);
+        if self.fail_first && n == 0 {
+            return Err(OutpostError::Callback {
+                detail: s("listener threw"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ChangeListener for Recorder<ChangeEvent> {
+    fn on_change(&self, event: ChangeEvent) -> Result<(), OutpostError> {
+        self.record(event)
+    }
+}
+
+/// A query's result as its ids.
+impl QueryListener for Recorder<Vec<String>> {
+    fn on_result(&self, records: Vec<Record>) -> Result<(), OutpostError> {
+        self.record(records.into_iter().map(|r| r.id).collect())
+    }
+}
+
+/// A record as its data.
+impl RecordListener for Recorder<Option<String>> {
+    fn on_record(&self, record: Option<Record>) -> Result<(), OutpostError> {
+        self.record(record.map(|r| r.data_json))
+    }
+}
+
+fn next<T>(rx: &mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+fn quiet<T: std::fmt::Debug>(rx: &mpsc::Receiver<T>) {
+    let got = rx.recv_timeout(Duration::from_millis(300));
+    assert!(got.is_err(), "nothing more was due, got {got:?}");
+}
+
+#[test]
+fn observe_delivers_the_result_then_only_changes_and_close_stops_it() {
+    let (_d, db) = open();
+    patients(&db);
+    let (listener, rx) = Recorder::new(false);
+    let q = Query {
+        filter_json: Some(s(r#"{"eq":["status","due"]}"#)),
+        limit: Some(10),
+        ..Query::default()
+    };
+    let handle = db.observe(s("patients"), q, listener).unwrap();
+    assert_eq!(next(&rx), ["p00", "p03", "p06", "p09"]);
+    db.patch(s("patients"), s("p01"), s(r#"{"status":"due"}"#))
+        .unwrap();
+    assert_eq!(next(&rx), ["p00", "p01", "p03", "p06", "p09"]);
+    // Commits that leave the result as it was deliver nothing.
+    db.patch(s("patients"), s("p02"), s(r#"{"age":20}"#))
+        .unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    quiet(&rx);
+    handle.close();
+    assert!(handle.is_closed());
+    db.delete(s("patients"), s("p00")).unwrap();
+    quiet(&rx);
+}
+
+#[test]
+fn a_throwing_query_listener_is_called_again_on_the_next_change() {
+    let (_d, db) = open();
+    let (listener, rx) = Recorder::new(true);
+    let _handle = db
+        .observe(s("answers"), Query::default(), listener)
+        .unwrap();
+    assert_eq!(next(&rx), Vec::<String>::new());
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    assert_eq!(next(&rx), ["a"]);
+}
+
+#[test]
+fn observe_one_follows_one_record_through_create_edit_and_delete() {
+    let (_d, db) = open();
+    let (listener, rx) = Recorder::new(false);
+    let handle = db.observe_one(s("patients"), s("p1"), listener).unwrap();
+    assert_eq!(next(&rx), None);
+    db.put(s("patients"), Some(s("p1")), s(r#"{"name":"Amina"}"#))
+        .unwrap();
+    assert_eq!(next(&rx).as_deref(), Some(r#"{"name":"Amina"}"#));
+    db.put(s("patients"), Some(s("p2")), s("{}")).unwrap();
+    quiet(&rx);
+    db.patch(s("patients"), s("p1"), s(r#"{"age":30}"#))
+        .unwrap();
+    assert_eq!(next(&rx).as_deref(), Some(r#"{"age":30,"name":"Amina"}"#));
+    db.delete(s("patients"), s("p1")).unwrap();
+    assert_eq!(next(&rx), None);
+    handle.close();
+    let (listener, _rx) = Recorder::<Option<String>>::new(false);
+    let e = db.observe_one(s("patients"), s(""), listener).unwrap_err();
+    assert_eq!(e, OutpostError::InvalidRecordId);
+}
+
 #[test]
 fn bad_query_input_is_invalid_data_and_changes_nothing() {
     let (_d, db) = open();
@@ -469,9 +588,13 @@ fn bad_query_input_is_invalid_data_and_changes_nothing() {
         },
     ];
     for q in bad_queries {
+        let (listener, rx) = Recorder::new(false);
         for e in [
             db.query(s("patients"), q.clone()).map(|_| ()).unwrap_err(),
             db.query_page(s("patients"), q.clone())
+                .map(|_| ())
+                .unwrap_err(),
+            db.observe(s("patients"), q.clone(), listener)
                 .map(|_| ())
                 .unwrap_err(),
         ] {
@@ -480,6 +603,7 @@ fn bad_query_input_is_invalid_data_and_changes_nothing() {
                 "{q:?}: {e:?}"
             );
         }
+        assert!(rx.recv_timeout(Duration::from_millis(20)).is_err(), "{q:?}");
         if let Some(filter) = q.filter_json {
             let e = db.count_where(s("patients"), filter).unwrap_err();
             assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
@@ -498,36 +622,11 @@ fn bad_query_input_is_invalid_data_and_changes_nothing() {
     assert_eq!(db.status().unwrap().pending, 10);
 }
 
-struct Recorder {
-    tx: Mutex<mpsc::Sender<ChangeEvent>>,
-    calls: AtomicU32,
-    fail_first: bool,
-}
-
-impl ChangeListener for Recorder {
-    fn on_change(&self, event: ChangeEvent) -> Result<(), OutpostError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let _ = self.tx.lock().unwrap().send(event);
-        if self.fail_first && n == 0 {
-            return Err(OutpostError::Callback {
-                detail: s("listener threw"),
-            });
-        }
-        Ok(())
-    }
-}
-
 #[test]
 fn a_failing_listener_keeps_receiving_and_close_stops_it() {
     let (_d, db) = open();
-    let (tx, rx) = mpsc::channel();
-    let handle = db
-        .subscribe(Box::new(Recorder {
-            tx: Mutex::new(tx),
-            calls: AtomicU32::new(0),
-            fail_first: true,
-        }))
-        .unwrap();
+    let (listener, rx) = Recorder::<ChangeEvent>::new(true);
+    let handle = db.subscribe(listener).unwrap();
     db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
     let e = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(e.origin, ChangeOrigin::Local);
@@ -545,14 +644,8 @@ fn a_failing_listener_keeps_receiving_and_close_stops_it() {
 #[test]
 fn calls_after_close_fail_with_closed() {
     let (_d, db) = open();
-    let (tx, _rx) = mpsc::channel();
-    let handle = db
-        .subscribe(Box::new(Recorder {
-            tx: Mutex::new(tx),
-            calls: AtomicU32::new(0),
-            fail_first: false,
-        }))
-        .unwrap();
+    let (listener, _rx) = Recorder::<ChangeEvent>::new(false);
+    let handle = db.subscribe(listener).unwrap();
     db.close().unwrap();
     db.close().unwrap();
     assert!(db.is_closed());
