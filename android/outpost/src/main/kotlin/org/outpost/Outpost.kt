@@ -14,6 +14,7 @@ import kotlinx.coroutines.CoroutineDispatcher
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.NonCancellable
 import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.channels.ProducerScope
 import kotlinx.coroutines.channels.awaitClose
 import kotlinx.coroutines.flow.Flow
 import kotlinx.coroutines.flow.MutableSharedFlow
@@ -22,8 +23,8 @@ import kotlinx.coroutines.flow.SharedFlow
 import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.asSharedFlow
 import kotlinx.coroutines.flow.asStateFlow
+import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
-import kotlinx.coroutines.flow.channelFlow
 import kotlinx.coroutines.flow.flowOn
 import kotlinx.coroutines.withContext
 import org.outpost.ffi.ChangeEvent
@@ -33,8 +34,11 @@ import org.outpost.ffi.ConflictListener
 import org.outpost.ffi.FailedEdit
 import org.outpost.ffi.Filter
 import org.outpost.ffi.OutpostConfig
+import org.outpost.ffi.Page
 import org.outpost.ffi.Query
+import org.outpost.ffi.QueryListener
 import org.outpost.ffi.Record
+import org.outpost.ffi.RecordListener
 import org.outpost.ffi.Resolution
 import org.outpost.ffi.StatusListener
 import org.outpost.ffi.SubscriptionHandle
@@ -116,11 +120,24 @@ class Outpost private constructor(
 
     suspend fun get(collection: String, id: String): Record? = withContext(io) { native.get(collection, id) }
 
+    /** Records matching [query], in its order; build one with [org.outpost.query]. */
     suspend fun query(collection: String, query: Query = Query()): List<Record> =
         withContext(io) { native.query(collection, query) }
 
+    /**
+     * One page of [query] (its `limit` is the page size) and `next`, the cursor of the
+     * following page, or null after the last. Pass it on with `query.copy(after = page.next)`:
+     * unlike an offset, it never skips or repeats a record while records are written.
+     */
+    suspend fun queryPage(collection: String, query: Query): Page =
+        withContext(io) { native.queryPage(collection, query) }
+
     suspend fun count(collection: String, filters: List<Filter> = emptyList()): Long =
         withContext(io) { native.count(collection, filters).toLong() }
+
+    /** How many records match [where], e.g. `countWhere("patients", where { "village" eq "v042" })`. */
+    suspend fun countWhere(collection: String, where: Where): Long =
+        withContext(io) { native.countWhere(collection, where.toJson()).toLong() }
 
     /** All [ops] in one transaction: a whole screen of answers commits together or not at all. */
     suspend fun batch(ops: List<WriteOp>): List<Record?> = withContext(io) { native.batch(ops) }
@@ -139,39 +156,55 @@ class Outpost private constructor(
 
     /** Every change event, local or pulled, while collected. */
     fun changes(): Flow<ChangeEvent> =
-        callbackFlow {
-            val handle =
-                native.subscribe(
-                    object : ChangeListener {
-                        override fun onChange(event: ChangeEvent) {
-                            trySend(event)
-                        }
-                    },
-                )
-            awaitClose { handle.cancel(); handle.destroy() }
-        }.flowOn(io)
+        subscription {
+            native.subscribe(
+                object : ChangeListener {
+                    override fun onChange(event: ChangeEvent) {
+                        trySend(event)
+                    }
+                },
+            )
+        }
 
     /**
-     * The result of [query] on [collection]: emitted once now, then again after every
-     * commit that touches the collection. Changes arriving while a query runs collapse
-     * into one re-query, so a burst of writes never queues a burst of queries.
+     * The result of [query] on [collection]: emitted once now, then each time a commit
+     * changes it (a commit that leaves it as it was emits nothing). The core re-runs the
+     * query only when a commit could change it, at most every 50 ms; a slow collector
+     * gets the latest result. Bad input throws `OutpostException.InvalidData` on
+     * collection. Cancelling the collection closes the subscription.
      */
     fun observe(collection: String, query: Query = Query()): Flow<List<Record>> =
-        channelFlow {
-            val dirty = Channel<Unit>(Channel.CONFLATED)
-            // Subscribed before the first query, so no commit falls between the two.
-            val handle =
-                native.subscribe(
-                    object : ChangeListener {
-                        override fun onChange(event: ChangeEvent) {
-                            if (collection in event.collections) dirty.trySend(Unit)
-                        }
-                    },
-                )
-            try {
-                dirty.trySend(Unit)
-                for (signal in dirty) send(native.query(collection, query))
-            } finally {
+        subscription<List<Record>> {
+            native.observe(
+                collection,
+                query,
+                object : QueryListener {
+                    override fun onResult(records: List<Record>) {
+                        trySend(records)
+                    }
+                },
+            )
+        }.buffer(Channel.CONFLATED)
+
+    /** One record: emitted now (null when absent), then each time a commit changes it. */
+    fun observeOne(collection: String, id: String): Flow<Record?> =
+        subscription<Record?> {
+            native.observeOne(
+                collection,
+                id,
+                object : RecordListener {
+                    override fun onRecord(record: Record?) {
+                        trySend(record)
+                    }
+                },
+            )
+        }.buffer(Channel.CONFLATED)
+
+    /** A Flow over a native subscription, opened on [io] and closed when collection ends. */
+    private fun <T> subscription(open: ProducerScope<T>.() -> SubscriptionHandle): Flow<T> =
+        callbackFlow {
+            val handle = open()
+            awaitClose {
                 handle.cancel()
                 handle.destroy()
             }

@@ -63,7 +63,12 @@ class TestServer : AutoCloseable {
             collections =
                 listOf(
                     CollectionSpec("answers", ConflictStrategy.LAST_WRITE_WINS),
-                    CollectionSpec("patients", ConflictStrategy.FIELD_MERGE),
+                    CollectionSpec(
+                        "patients",
+                        ConflictStrategy.FIELD_MERGE,
+                        indexes = listOf(listOf("village", "name"), listOf("age")),
+                        search = listOf("name"),
+                    ),
                     CollectionSpec("reviews", ConflictStrategy.MANUAL),
                 ),
             durability = Durability.NORMAL,
