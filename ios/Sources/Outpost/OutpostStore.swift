@@ -40,8 +40,21 @@ public final class OutpostStore: @unchecked Sendable {
         try await offMain { try self.native.get(collection: collection, id: id) }
     }
 
+    /// Records matching `query`, in its order.
     public func query(_ collection: String, _ query: Query = Query()) async throws -> [Record] {
-        try await offMain { try self.native.query(collection: collection, query: query) }
+        try await offMain { try self.native.query(collection: collection, query: query.ffi) }
+    }
+
+    /// One page of `query` (its `limit` is the page size) and `next`, the cursor of the
+    /// following page, or nil after the last. Set it as the query's `after`: unlike an
+    /// offset, it never skips or repeats a record while records are written.
+    public func queryPage(_ collection: String, _ query: Query) async throws -> Page {
+        try await offMain { try self.native.queryPage(collection: collection, query: query.ffi) }
+    }
+
+    /// How many records match `filter`.
+    public func countWhere(_ collection: String, _ filter: Filter) async throws -> UInt64 {
+        try await offMain { try self.native.countWhere(collection: collection, filterJson: filter.json) }
     }
 
     /// All ops in one transaction: a whole screen of answers commits together or not at all.
@@ -62,34 +75,35 @@ public final class OutpostStore: @unchecked Sendable {
         }
     }
 
-    /// The query's result now, then again after every commit touching `collection`.
+    /// The query's result now, then each time a commit changes it (a commit that leaves
+    /// it as it was yields nothing); the core re-runs the query at most every 50 ms, and a
+    /// slow consumer gets the latest result. Bad input finishes the stream with
+    /// `OutpostError.InvalidData`. Ending the iteration closes the subscription.
     public func observe(_ collection: String, _ query: Query = Query()) -> AsyncThrowingStream<[Record], Error> {
-        AsyncThrowingStream { continuation in
-            let task = Task.detached {
-                do {
-                    // Subscribed before the first query, so no commit falls in between.
-                    for await event in self.changesIncludingNow() where event.contains(collection) {
-                        continuation.yield(try self.native.query(collection: collection, query: query))
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
+        subscription { send in
+            try self.native.observe(collection: collection, query: query.ffi, listener: ClosureQueryListener(send))
         }
     }
 
-    /// Collections touched, with a first `nil` element meaning "query now"; bursts coalesce.
-    private func changesIncludingNow() -> AsyncStream<Set<String>?> {
-        AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
-            let listener = ClosureChangeListener { continuation.yield(Set($0.collections)) }
+    /// One record now (nil when absent), then each time a commit changes it.
+    public func observeOne(_ collection: String, id: String) -> AsyncThrowingStream<Record?, Error> {
+        subscription { send in
+            try self.native.observeOne(collection: collection, id: id, listener: ClosureRecordListener(send))
+        }
+    }
+
+    /// A stream over a native subscription that keeps the latest value: `open` subscribes
+    /// with a listener that yields. It finishes with the error if subscribing throws, and
+    /// closes the subscription when it terminates.
+    private func subscription<T>(
+        _ open: (@escaping @Sendable (T) -> Void) throws -> SubscriptionHandle
+    ) -> AsyncThrowingStream<T, Error> {
+        AsyncThrowingStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             do {
-                let handle = try native.subscribe(listener: listener)
-                continuation.yield(nil)
+                let handle = try open { continuation.yield($0) }
                 continuation.onTermination = { _ in handle.close() }
             } catch {
-                continuation.finish()
+                continuation.finish(throwing: error)
             }
         }
     }
@@ -167,16 +181,6 @@ public final class OutpostStore: @unchecked Sendable {
     }
 }
 
-private extension Optional where Wrapped == Set<String> {
-    /// `nil` is the initial "query now".
-    func contains(_ collection: String) -> Bool {
-        switch self {
-        case .none: return true
-        case .some(let set): return set.contains(collection)
-        }
-    }
-}
-
 final class ClosureTokenProvider: TokenProvider, @unchecked Sendable {
     let fetch: @Sendable (Bool) throws -> String
     init(_ fetch: @escaping @Sendable (Bool) throws -> String) { self.fetch = fetch }
@@ -187,6 +191,18 @@ final class ClosureChangeListener: ChangeListener, @unchecked Sendable {
     let handle: @Sendable (ChangeEvent) -> Void
     init(_ handle: @escaping @Sendable (ChangeEvent) -> Void) { self.handle = handle }
     func onChange(event: ChangeEvent) throws { handle(event) }
+}
+
+final class ClosureQueryListener: QueryListener, @unchecked Sendable {
+    let handle: @Sendable ([Record]) -> Void
+    init(_ handle: @escaping @Sendable ([Record]) -> Void) { self.handle = handle }
+    func onResult(records: [Record]) throws { handle(records) }
+}
+
+final class ClosureRecordListener: RecordListener, @unchecked Sendable {
+    let handle: @Sendable (Record?) -> Void
+    init(_ handle: @escaping @Sendable (Record?) -> Void) { self.handle = handle }
+    func onRecord(record: Record?) throws { handle(record) }
 }
 
 final class ClosureStatusListener: StatusListener, @unchecked Sendable {
