@@ -24,9 +24,10 @@ USERS = [("amina", "north", "token-amina-0123456789"),
          ("ben", "north", "token-ben-0123456789"),
          ("chioma", "south", "token-chioma-0123456789")]
 
-COLLECTIONS = [("answers", ffi.ConflictStrategy.LAST_WRITE_WINS),
-               ("patients", ffi.ConflictStrategy.FIELD_MERGE),
-               ("reviews", ffi.ConflictStrategy.MANUAL)]
+COLLECTIONS = [ffi.CollectionSpec(name="answers", strategy=ffi.ConflictStrategy.LAST_WRITE_WINS),
+               ffi.CollectionSpec(name="patients", strategy=ffi.ConflictStrategy.FIELD_MERGE,
+                                  indexes=[["village", "name"], ["age"]], search=["name"]),
+               ffi.CollectionSpec(name="reviews", strategy=ffi.ConflictStrategy.MANUAL)]
 
 
 def server_binary() -> Path:
@@ -83,7 +84,7 @@ def open_device(tmp_path, server, name, token, provider=None):
     config = ffi.OutpostConfig(
         path=str(tmp_path / f"{name}.db"),
         server_url=server.url,
-        collections=[ffi.CollectionSpec(name=n, strategy=s) for n, s in COLLECTIONS],
+        collections=COLLECTIONS,
         durability=ffi.Durability.NORMAL,
         backoff_initial_ms=100,
         backoff_max_ms=500,
