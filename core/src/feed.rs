@@ -184,6 +184,13 @@ impl<E: Coalesce> Fanout<E> {
             }),
             wake: Condvar::new(),
         });
+        // Registered before its thread starts: a commit made once the first delivery
+        // is under way (an observer's initial result) must reach this subscriber.
+        {
+            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            subs.retain(|w| w.strong_count() > 0);
+            subs.push(Arc::downgrade(&sub));
+        }
         let worker = Arc::clone(&sub);
         let spawned = thread::Builder::new()
             .name("outpost-listener".into())
@@ -191,9 +198,6 @@ impl<E: Coalesce> Fanout<E> {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start a listener thread");
         }
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|w| w.strong_count() > 0);
-        subs.push(Arc::downgrade(&sub));
         Subscription { sub }
     }
 
