@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 
@@ -198,7 +199,7 @@ impl<E: Coalesce> Fanout<E> {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start a listener thread");
         }
-        Subscription { sub }
+        Subscription { sub, counts: None }
     }
 
     /// Hands an event to every subscriber. Cheap: no listener runs here.
@@ -252,15 +253,69 @@ fn deliver<E>(sub: &Subscriber<E>, listener: &(dyn Fn(&E) -> Result<(), String> 
     }
 }
 
+/// What an observer ([`crate::Store::observe`]) has done so far: how precise it is,
+/// which its deliveries alone do not show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObserverStats {
+    /// Change events it was handed (coalesced commits count once), its first run
+    /// included.
+    pub events: u64,
+    /// Times it ran its query, its first run included. An event that cannot change
+    /// the result is not one.
+    pub runs: u64,
+    /// Times it called the listener: a run whose result is the last one is not one.
+    pub deliveries: u64,
+}
+
+/// An observer's counts, shared between its delivery thread and its subscription.
+#[derive(Debug, Default)]
+pub(crate) struct ObserverCounts {
+    events: AtomicU64,
+    runs: AtomicU64,
+    deliveries: AtomicU64,
+}
+
+impl ObserverCounts {
+    pub(crate) fn event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn run(&self) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn delivery(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+    fn stats(&self) -> ObserverStats {
+        ObserverStats {
+            events: self.events.load(Ordering::Relaxed),
+            runs: self.runs.load(Ordering::Relaxed),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A live subscription. Dropping it (or calling `cancel`) stops delivery.
 #[must_use = "dropping the subscription unsubscribes"]
 pub struct Subscription {
     sub: Arc<dyn Closable>,
+    counts: Option<Arc<ObserverCounts>>,
 }
 
 impl Subscription {
     pub fn cancel(&self) {
         self.sub.close();
+    }
+
+    /// An observer's counts so far; all zero for a plain change subscription.
+    pub fn stats(&self) -> ObserverStats {
+        self.counts
+            .as_ref()
+            .map_or_else(ObserverStats::default, |c| c.stats())
+    }
+
+    pub(crate) fn counting(mut self, counts: Arc<ObserverCounts>) -> Subscription {
+        self.counts = Some(counts);
+        self
     }
 }
 

@@ -323,12 +323,115 @@ fn bad_queries_are_invalid_data() {
     );
 }
 
+fn invalid(r: Result<Vec<Record>, Error>, says: &str) {
+    match r {
+        Err(Error::InvalidData(m)) => assert!(m.contains(says), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wide_filters_run_up_to_the_documented_limits_and_are_invalid_data_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for indexed in [false, true] {
+        let store =
+            Store::open(dir.path().join(format!("w{indexed}.db")), config(indexed)).unwrap();
+        let mut records = Vec::new();
+        for i in 0..40 {
+            let mut r = JsonObject::new();
+            r.insert("a".into(), json!(i));
+            r.insert("b".into(), json!(format!("v{i}")));
+            if i % 3 == 0 {
+                r.insert("c d".into(), json!([i]));
+            } else if i % 3 == 1 {
+                r.insert("c d".into(), json!(i % 2 == 0));
+            }
+            records.push(r);
+        }
+        let model_records = fill(&store, &records);
+        let max = Filter::MAX_TERMS;
+        // Each of these once hit SQLite's "Expression tree is too large".
+        let wide = [
+            Filter::Or((0..max).map(|i| Filter::eq("b", format!("v{i}"))).collect()),
+            Filter::And((0..max).map(|i| Filter::ne("a", -1 - i as i64)).collect()),
+            Filter::Or(
+                (0..max)
+                    .map(|i| Filter::prefix("b", &format!("v{i}")))
+                    .collect(),
+            ),
+            Filter::is_in(
+                "c d",
+                (0..max).map(|i| match i % 4 {
+                    0 => json!([i]),
+                    1 => json!(i % 2 == 0),
+                    2 => json!(null),
+                    _ => json!(format!("v{i}")),
+                }),
+            ),
+            Filter::is_in("b", (0..max).map(|i| format!("v{i}"))),
+            // 32 levels, alternately and and or, each with a wide sibling.
+            (0..32).fold(Filter::eq("a", 7), |inner, level| {
+                let mut terms = vec![inner];
+                if level % 2 == 0 {
+                    terms.extend((0..100).map(|i| Filter::ne("a", 1000 + i)));
+                    Filter::And(terms)
+                } else {
+                    terms.extend((0..100).map(|i| Filter::eq("a", 1000 + i)));
+                    Filter::Or(terms)
+                }
+            }),
+        ];
+        for f in wide {
+            let q = Query::new().matching(f.clone()).order_by("a", true);
+            let got = store.query("items", &q).unwrap();
+            assert_eq!(ids(&got), model(&model_records, &q), "indexed {indexed}");
+            let json = Filter::from_json(&f.to_json()).unwrap();
+            assert_eq!(store.count_where("items", &json).unwrap(), got.len() as u64);
+        }
+        // One term past the limit, however it is spread.
+        let past = [
+            Filter::Or(
+                (0..=max)
+                    .map(|i| Filter::eq("b", format!("v{i}")))
+                    .collect(),
+            ),
+            Filter::is_in("a", 0..=max as i64),
+            Filter::is_in("a", 0..max as i64).and(Filter::exists("b")),
+        ];
+        for f in past {
+            invalid(
+                store.query("items", &Query::new().matching(f.clone())),
+                "terms",
+            );
+            assert!(matches!(
+                store.count_where("items", &f),
+                Err(Error::InvalidData(_))
+            ));
+            let sub = store.observe(
+                "items",
+                &Query::new().matching(f),
+                Arc::new(|_: &[Record]| {}),
+            );
+            assert!(matches!(sub, Err(Error::InvalidData(_))));
+        }
+        let mut q = Query::new();
+        for i in 0..Query::MAX_ORDER_KEYS {
+            q = q.order_by(FIELDS[i % 3], i % 2 == 0);
+        }
+        let page = store.query_page("items", &q.clone().limit(5)).unwrap();
+        let next = q.clone().limit(5).after(page.next.unwrap());
+        assert_eq!(store.query("items", &next).unwrap().len(), 5);
+        invalid(store.query("items", &q.order_by("a", false)), "at most");
+    }
+}
+
 // ---- indexes ----
 
-fn index_names(path: &std::path::Path) -> Vec<String> {
+/// The names in the file's schema that `condition` selects, sorted.
+fn schema_names(path: &std::path::Path, condition: &str) -> Vec<String> {
     let raw = rusqlite::Connection::open(path).unwrap();
     let mut names: Vec<String> = raw
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_%'")
+        .prepare(&format!("SELECT name FROM sqlite_master WHERE {condition}"))
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -336,6 +439,10 @@ fn index_names(path: &std::path::Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+fn index_names(path: &std::path::Path) -> Vec<String> {
+    schema_names(path, "type = 'index' AND name LIKE 'ix_%'")
 }
 
 #[test]
@@ -438,6 +545,136 @@ fn search_folds_case_and_diacritics_and_takes_prefixes() {
     assert_eq!(ids(&store.query("patients", &with_filter).unwrap()), ["p1"]);
 }
 
+/// Collections whose search tables were once named so that they collided with the
+/// schema's `fts_keys` or with another collection's FTS5 shadow tables.
+const CLASHING: [&str; 9] = [
+    "keys",
+    "a",
+    "a_data",
+    "a_idx",
+    "a_content",
+    "a_docsize",
+    "a_config",
+    "fts_keys",
+    "fts",
+];
+
+fn clashing() -> StoreConfig {
+    CLASHING.iter().fold(StoreConfig::default(), |c, name| {
+        c.with(
+            CollectionConfig::new(*name, ConflictStrategy::LastWriteWins)
+                .with_index(&["name"])
+                .with_search(&["name"]),
+        )
+    })
+}
+
+fn search_in(store: &Store, collection: &str, text: &str) -> Vec<String> {
+    ids(&store
+        .query(collection, &Query::new().matching(Filter::search(text)))
+        .unwrap())
+}
+
+#[test]
+fn no_collection_name_collides_with_a_search_table_or_an_internal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.db");
+    let store = Store::open(&path, clashing()).unwrap();
+    for name in CLASHING {
+        store
+            .put(
+                name,
+                Some("r1"),
+                json!({"name": format!("word{name} shared")}),
+            )
+            .unwrap();
+    }
+    let check = |store: &Store| {
+        for name in CLASHING {
+            assert_eq!(
+                search_in(store, name, &format!("word{name}")),
+                ["r1"],
+                "{name}"
+            );
+            assert_eq!(search_in(store, name, "shared"), ["r1"], "{name}");
+            assert_eq!(
+                search_in(store, name, "nowhere"),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+    };
+    check(&store);
+    drop(store);
+    let store = Store::open(&path, clashing()).unwrap();
+    check(&store);
+    store.delete("a", "r1").unwrap();
+    assert!(search_in(&store, "a", "shared").is_empty());
+    assert_eq!(search_in(&store, "a_data", "shared"), ["r1"]);
+}
+
+#[test]
+fn search_tables_under_the_old_names_are_renamed_and_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    let store = Store::open(&path, searchable()).unwrap();
+    store
+        .put("patients", Some("p1"), json!({"name": "Amina Yusuf"}))
+        .unwrap();
+    drop(store);
+    // Lay the file out as earlier versions did: `fts_patients`, its triggers named
+    // after it, their bodies writing to it.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let triggers: Vec<(String, String)> = raw
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(triggers.len(), 3);
+    for (name, _) in &triggers {
+        raw.execute_batch(&format!("DROP TRIGGER \"{name}\""))
+            .unwrap();
+    }
+    raw.execute_batch("ALTER TABLE \"fts[patients]\" RENAME TO fts_patients")
+        .unwrap();
+    for (_, sql) in &triggers {
+        raw.execute_batch(&sql.replace("fts[patients]", "fts_patients"))
+            .unwrap();
+    }
+    drop(raw);
+    let legacy = schema_names(&path, "name LIKE 'fts_patients%'");
+    assert!(
+        legacy.len() >= 4,
+        "the table, shadow tables, triggers: {legacy:?}"
+    );
+
+    let store = Store::open(&path, searchable()).unwrap();
+    assert_eq!(found(&store, "amin*"), ["p1"], "what it indexed is kept");
+    store
+        .put("patients", Some("p2"), json!({"name": "Émile"}))
+        .unwrap();
+    store
+        .patch("patients", "p1", json!({"name": "Ben"}))
+        .unwrap();
+    assert_eq!(found(&store, "emile"), ["p2"]);
+    assert_eq!(found(&store, "ben"), ["p1"]);
+    assert!(found(&store, "amina").is_empty());
+    drop(store);
+    let left = schema_names(&path, "name LIKE 'fts%'");
+    assert!(
+        left.iter()
+            .all(|n| n == "fts_keys" || n.starts_with("fts[patients]")),
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|n| n.ends_with("_ins")).count(),
+        1,
+        "{left:?}"
+    );
+}
+
 // ---- observe ----
 
 fn recorder() -> (
@@ -456,6 +693,12 @@ fn quiet(rx: &mpsc::Receiver<Vec<String>>) -> bool {
     rx.recv_timeout(Duration::from_millis(300)).is_err()
 }
 
+/// The observer's (runs, deliveries) so far.
+fn counts(sub: &outpost_core::Subscription) -> (u64, u64) {
+    let s = sub.stats();
+    (s.runs, s.deliveries)
+}
+
 #[test]
 fn an_observer_fires_once_per_change_of_its_result_and_never_otherwise() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,17 +711,23 @@ fn an_observer_fires_once_per_change_of_its_result_and_never_otherwise() {
     }
     let q = Query::new().filter("b", "in").order_by("a", false).limit(3);
     let (listener, rx) = recorder();
-    let _sub = store.observe("items", &q, listener).unwrap();
+    let sub = store.observe("items", &q, listener).unwrap();
     let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(first, ["k0", "k1", "k2"]);
-    // Irrelevant: another collection, a record the filter does not select, and a
-    // matching record that sorts after the page.
+    assert_eq!(counts(&sub), (1, 1));
+    // Irrelevant, and not even re-run: another collection, a record the filter does
+    // not select, and a matching record that sorts after the full page.
     store.put("other", Some("k0"), json!({"a": -1})).unwrap();
     store
         .put("items", Some("x"), json!({"a": -1, "b": "out"}))
         .unwrap();
     store.patch("items", "k4", json!({"a": 40})).unwrap();
+    store
+        .put("items", Some("late"), json!({"a": 50, "b": "in"}))
+        .unwrap();
     assert!(quiet(&rx));
+    assert!(sub.stats().events >= 2, "{:?}", sub.stats());
+    assert_eq!(counts(&sub), (1, 1), "irrelevant commits re-ran the query");
     // Relevant: a record enters the page, one in it changes, one leaves it.
     store
         .put("items", Some("new"), json!({"a": -5, "b": "in"}))
@@ -488,6 +737,7 @@ fn an_observer_fires_once_per_change_of_its_result_and_never_otherwise() {
         ["new", "k0", "k1"]
     );
     assert!(quiet(&rx));
+    assert_eq!(counts(&sub), (2, 2));
     store.patch("items", "k1", json!({"note": "seen"})).unwrap();
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(5)).unwrap(),
@@ -500,6 +750,106 @@ fn an_observer_fires_once_per_change_of_its_result_and_never_otherwise() {
         ["new", "k1", "k2"]
     );
     assert!(quiet(&rx));
+    assert_eq!(counts(&sub), (4, 4));
+    // A page that is not full takes a matching record wherever it sorts.
+    let (listener, rx) = recorder();
+    let roomy = store
+        .observe(
+            "items",
+            &Query::new()
+                .filter("b", "in")
+                .order_by("a", false)
+                .limit(10),
+            listener,
+        )
+        .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().len(), 6);
+    store
+        .put("items", Some("last"), json!({"a": 99, "b": "in"}))
+        .unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.last().map(String::as_str), Some("last"));
+    assert_eq!(counts(&roomy), (2, 2));
+    assert_eq!(
+        store
+            .subscribe(Arc::new(|_: &outpost_core::ChangeEvent| {}))
+            .unwrap()
+            .stats(),
+        outpost_core::ObserverStats::default(),
+        "a plain change subscription counts nothing"
+    );
+}
+
+/// A small deterministic generator, so a failure replays.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn an_observer_of_a_full_page_misses_no_change_whatever_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("p.db"), config(true)).unwrap();
+    let values = [
+        json!(null),
+        json!(1),
+        json!(2),
+        json!(3),
+        json!("x"),
+        json!(true),
+    ];
+    let queries = [
+        Query::new().filter("b", "in").order_by("a", false).limit(4),
+        Query::new().filter("b", "in").order_by("a", true).limit(4),
+        Query::new()
+            .order_by("b", true)
+            .order_by("a", false)
+            .limit(3),
+        Query::new().matching(Filter::gte("a", 2)).limit(2),
+    ];
+    let mut rng = Lcg(7);
+    for (n, q) in queries.iter().enumerate() {
+        let (listener, rx) = recorder();
+        let sub = store.observe("items", q, listener).unwrap();
+        let mut shown = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        for step in 0..40 {
+            let id = format!("q{n}-{}", rng.below(8));
+            match rng.below(5) {
+                0 => {
+                    let _ = store.delete("items", &id);
+                }
+                _ => {
+                    let mut data = JsonObject::new();
+                    if rng.below(4) > 0 {
+                        data.insert(
+                            "a".into(),
+                            values[rng.below(values.len() as u64) as usize].clone(),
+                        );
+                    }
+                    let b = if rng.below(3) > 0 { "in" } else { "out" };
+                    data.insert("b".into(), json!(b));
+                    store.put("items", Some(&id), Value::Object(data)).unwrap();
+                }
+            }
+            let truth = ids(&store.query("items", q).unwrap());
+            // A change of data alone is delivered with the same ids; wait for the ids.
+            while shown != truth {
+                shown = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|_| panic!("query {n}, step {step}: missed {truth:?}"));
+            }
+        }
+        while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+        let stats = sub.stats();
+        assert!(stats.runs <= stats.events, "{stats:?}");
+    }
 }
 
 #[test]

@@ -5,17 +5,19 @@
 //! compared with the ones in the file: missing ones are built, undeclared ones dropped,
 //! and records and the outbox are never touched. Each index is a partial expression
 //! index over one collection's live records, on exactly the expressions queries use
-//! (`query::sql::extract`). Search fields get an FTS5 table per collection, filled from
-//! the records when declared and kept in step by triggers on `records`, so every write
-//! path (local edits, pulled pages, conflict settlements, a full re-pull) updates it in
-//! the same transaction. This module owns those tables, their triggers and `fts_keys`.
+//! (`query::sql::extract`). Search fields get an FTS5 table per collection
+//! (`fts[patients]`, a name no collection's tables can collide with), filled from the
+//! records when declared and kept in step by triggers on `records`, so every write path
+//! (local edits, pulled pages, conflict settlements, a full re-pull) updates it in the
+//! same transaction. This module owns those tables, their triggers and `fts_keys`.
 
 use rusqlite::Connection;
 
 use crate::config::Collections;
 use crate::db::meta;
 use crate::error::Result;
-use crate::query::sql::{extract, path, search_table};
+use crate::protocol::validate_collection;
+use crate::query::sql::{extract, path, search_table, search_table_name};
 
 /// Name prefix of the declared indexes; the schema's own indexes do not use it.
 const PREFIX: &str = "ix_";
@@ -41,6 +43,7 @@ pub(crate) fn apply(conn: &Connection, collections: &Collections) -> Result<()> 
              UNIQUE (collection, id)
          )",
     )?;
+    rename_legacy(conn)?;
     let existing = search_tables(conn)?;
     for (collection, declared) in collections.iter() {
         let want = (!declared.search.is_empty())
@@ -125,25 +128,72 @@ fn planner_hints(conn: &Connection, indexes: &[(String, String, usize)]) -> Resu
     Ok(())
 }
 
-/// Collections that have a search table in the file.
-fn search_tables(conn: &Connection) -> Result<Vec<String>> {
-    let names: Vec<String> = conn
+/// The virtual tables in the file.
+fn virtual_tables(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
         .prepare(
             "SELECT name FROM sqlite_master WHERE type = 'table'
-             AND sql LIKE 'CREATE VIRTUAL TABLE%' AND substr(name, 1, 4) = 'fts_'",
+             AND sql LIKE 'CREATE VIRTUAL TABLE%'",
         )?
         .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(names
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Collections that have a search table in the file.
+fn search_tables(conn: &Connection) -> Result<Vec<String>> {
+    Ok(virtual_tables(conn)?
         .into_iter()
-        .filter_map(|n| n.strip_prefix("fts_").map(str::to_owned))
+        .filter_map(|n| Some(n.strip_prefix("fts[")?.strip_suffix(']')?.to_owned()))
         .collect())
 }
 
+/// The search triggers of a collection, by what they follow.
+const TRIGGERS: [&str; 3] = ["ins", "del", "upd"];
+
+fn trigger(collection: &str, suffix: &str) -> String {
+    quote(&format!("{}_{suffix}", search_table_name(collection)))
+}
+
+/// Search tables of earlier versions were named `fts_<collection>`, which the schema's
+/// `fts_keys` and the shadow tables of another collection's (`fts_a_data` for `a`)
+/// could collide with. Each is renamed, FTS5 renaming its shadow tables and keeping
+/// what it indexed, and gets its triggers under the new names; one that cannot be
+/// read back is dropped, to be rebuilt from the records.
+fn rename_legacy(conn: &Connection) -> Result<()> {
+    for name in virtual_tables(conn)? {
+        let Some(collection) = name.strip_prefix("fts_") else {
+            continue;
+        };
+        for suffix in TRIGGERS {
+            let old = quote(&format!("{name}_{suffix}"));
+            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {old}"))?;
+        }
+        let fields: Option<Vec<String>> = meta::get(conn, &meta::Key::Search(collection))?
+            .and_then(|f| serde_json::from_str(&f).ok());
+        match fields {
+            Some(fields) if validate_collection(collection).is_ok() => {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    quote(&name),
+                    search_table(collection)
+                ))?;
+                create_triggers(conn, collection, &fields)?;
+            }
+            _ => {
+                conn.execute_batch(&format!("DROP TABLE {}", quote(&name)))?;
+                conn.execute("DELETE FROM fts_keys WHERE collection = ?1", [collection])?;
+                meta::remove(conn, &meta::Key::Search(collection))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn drop_search(conn: &Connection, collection: &str) -> Result<()> {
-    for suffix in ["ins", "del", "upd"] {
+    for suffix in TRIGGERS {
         conn.execute_batch(&format!(
-            "DROP TRIGGER IF EXISTS \"fts_{collection}_{suffix}\""
+            "DROP TRIGGER IF EXISTS {}",
+            trigger(collection, suffix)
         ))?;
     }
     conn.execute_batch(&format!(
@@ -166,15 +216,42 @@ fn field_text(row: &str, field: &str) -> String {
     )
 }
 
+/// A search table's columns, by position: FTS5 has its own rules for column names,
+/// field names have ours.
+fn columns(fields: &[String]) -> Vec<String> {
+    (0..fields.len()).map(|i| format!("c{i}")).collect()
+}
+
 fn create_search(conn: &Connection, collection: &str, fields: &[String]) -> Result<()> {
     let table = search_table(collection);
-    // Columns by position: FTS5 has its own rules for column names, field names have ours.
-    let columns: Vec<String> = (0..fields.len()).map(|i| format!("c{i}")).collect();
+    let columns = columns(fields);
     conn.execute_batch(&format!(
         "CREATE VIRTUAL TABLE {table} USING fts5(id UNINDEXED, {}, \
          tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3')",
         columns.join(", ")
     ))?;
+    create_triggers(conn, collection, fields)?;
+    // Fill it from the records already on the device.
+    conn.execute(
+        "INSERT OR IGNORE INTO fts_keys (collection, id)
+         SELECT collection, id FROM records WHERE collection = ?1 AND deleted = 0",
+        [collection],
+    )?;
+    let texts: Vec<String> = fields.iter().map(|f| field_text("r", f)).collect();
+    conn.execute_batch(&format!(
+        "INSERT INTO {table} (rowid, id, {}) SELECT k.key, r.id, {} FROM records r
+         JOIN fts_keys k ON k.collection = r.collection AND k.id = r.id
+         WHERE r.collection = '{collection}' AND r.deleted = 0",
+        columns.join(", "),
+        texts.join(", ")
+    ))?;
+    Ok(())
+}
+
+/// The triggers that keep a collection's search table in step with `records`.
+fn create_triggers(conn: &Connection, collection: &str, fields: &[String]) -> Result<()> {
+    let table = search_table(collection);
+    let columns = columns(fields);
     let insert = |row: &str, condition: &str| {
         let texts: Vec<String> = fields.iter().map(|f| field_text(row, f)).collect();
         format!(
@@ -200,42 +277,31 @@ fn create_search(conn: &Connection, collection: &str, fields: &[String]) -> Resu
         )
     };
     conn.execute_batch(&format!(
-        "CREATE TRIGGER \"fts_{collection}_ins\" AFTER INSERT ON records
+        "CREATE TRIGGER {} AFTER INSERT ON records
          WHEN new.collection = '{collection}' AND new.deleted = 0 BEGIN
            {}
            {}
          END;
-         CREATE TRIGGER \"fts_{collection}_del\" AFTER DELETE ON records
+         CREATE TRIGGER {} AFTER DELETE ON records
          WHEN old.collection = '{collection}' BEGIN
            {}
            DELETE FROM fts_keys WHERE collection = '{collection}' AND id = old.id;
          END;
-         CREATE TRIGGER \"fts_{collection}_upd\" AFTER UPDATE OF data, deleted ON records
+         CREATE TRIGGER {} AFTER UPDATE OF data, deleted ON records
          WHEN new.collection = '{collection}' BEGIN
            {}
            {}
            {}
          END;",
+        trigger(collection, "ins"),
         key("new", ""),
         insert("new", ""),
+        trigger(collection, "del"),
         unindex("old"),
+        trigger(collection, "upd"),
         unindex("old"),
         key("new", " AND new.deleted = 0"),
         insert("new", " AND new.deleted = 0"),
-    ))?;
-    // Fill it from the records already on the device.
-    conn.execute(
-        "INSERT OR IGNORE INTO fts_keys (collection, id)
-         SELECT collection, id FROM records WHERE collection = ?1 AND deleted = 0",
-        [collection],
-    )?;
-    let texts: Vec<String> = fields.iter().map(|f| field_text("r", f)).collect();
-    conn.execute_batch(&format!(
-        "INSERT INTO {table} (rowid, id, {}) SELECT k.key, r.id, {} FROM records r
-         JOIN fts_keys k ON k.collection = r.collection AND k.id = r.id
-         WHERE r.collection = '{collection}' AND r.deleted = 0",
-        columns.join(", "),
-        texts.join(", ")
     ))?;
     Ok(())
 }

@@ -69,7 +69,7 @@ pub(crate) fn select_keyed(
     conn: &Connection,
     q: &QuerySql,
 ) -> Result<Vec<(Record, Vec<SqlValue>)>> {
-    let keys: String = q.keys.iter().map(|k| format!(", {k}")).collect();
+    let keys: String = q.keys.iter().map(|(k, _)| format!(", {k}")).collect();
     let sql = format!("SELECT {RECORD_COLUMNS}{keys} {}{}", q.from_where, q.tail);
     let mut stmt = conn.prepare_cached(&sql)?;
     let n = q.keys.len();

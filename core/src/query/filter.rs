@@ -48,9 +48,18 @@ pub enum Filter {
 
 /// How deep a filter tree may nest: far past what a screen builds, short of what could
 /// exhaust a stack.
-pub(crate) const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = Filter::MAX_DEPTH;
 
 impl Filter {
+    /// How deep `and` and `or` may nest. Deeper is [`Error::InvalidData`].
+    pub const MAX_DEPTH: usize = 32;
+
+    /// How many terms one filter may hold in all: each comparison, prefix, null check
+    /// or search is one, and each value of an `in` list is one. More is
+    /// [`Error::InvalidData`]. Far past what a screen builds; it keeps a query well
+    /// inside SQLite's limits on bound values (32,766) and statement size.
+    pub const MAX_TERMS: usize = 5_000;
+
     pub fn eq(field: &str, value: impl Into<Value>) -> Filter {
         Filter::Eq(field.into(), value.into())
     }

@@ -40,6 +40,9 @@ pub struct Query {
 }
 
 impl Query {
+    /// How many sort keys a query may have. More is [`Error::InvalidData`].
+    pub const MAX_ORDER_KEYS: usize = 16;
+
     pub fn new() -> Query {
         Query::default()
     }

@@ -23,8 +23,9 @@ pub(crate) struct QuerySql {
     pub from_where: String,
     /// ` ORDER BY … LIMIT ? OFFSET ?`, empty for a count.
     pub tail: String,
-    /// The sort keys, selected after the record's columns to make the next cursor.
-    pub keys: Vec<String>,
+    /// The sort keys and whether each descends, selected after the record's columns to
+    /// make the next cursor.
+    pub keys: Vec<(String, bool)>,
     /// For the `?`s of `from_where`.
     pub args: Vec<Sql>,
     /// For the `?`s of `tail`.
@@ -47,9 +48,18 @@ fn json_type(field: &str) -> String {
     format!("json_type(data, {})", path(field))
 }
 
-/// The FTS5 table of a collection's search fields.
+/// The FTS5 table of a collection's search fields, unquoted: `fts[patients]`.
+///
+/// The brackets cannot occur in a collection name, and the name ends with one, so it
+/// differs from the schema's tables (`fts_keys`), from every other collection's search
+/// table and from the shadow tables FTS5 names after each (`fts[patients]_data`).
+pub(crate) fn search_table_name(collection: &str) -> String {
+    format!("fts[{collection}]")
+}
+
+/// [`search_table_name`], quoted for SQL.
 pub(crate) fn search_table(collection: &str) -> String {
-    format!("\"fts_{collection}\"")
+    format!("\"{}\"", search_table_name(collection))
 }
 
 fn number(n: &serde_json::Number) -> Sql {
@@ -74,12 +84,37 @@ struct Builder<'a> {
     /// Whether the collection declares search fields.
     searchable: bool,
     args: Vec<Sql>,
+    /// Terms so far, against [`Filter::MAX_TERMS`].
+    terms: usize,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(collection: &'a str, searchable: bool) -> Builder<'a> {
+        Builder {
+            collection,
+            searchable,
+            args: Vec::new(),
+            terms: 0,
+        }
+    }
+
     fn arg(&mut self, v: Sql) -> &'static str {
         self.args.push(v);
         "?"
+    }
+
+    /// Counts `n` more terms. At most 3 values are bound per term, so a filter within
+    /// the limit binds well under SQLite's 32,766.
+    fn terms(&mut self, n: usize) -> Result<()> {
+        self.terms += n;
+        if self.terms > Filter::MAX_TERMS {
+            return Err(Error::InvalidData(format!(
+                "filter: more than {} terms (each comparison, and each value of an \
+                 \"in\" list, is one)",
+                Filter::MAX_TERMS
+            )));
+        }
+        Ok(())
     }
 
     fn filter(&mut self, f: &Filter, depth: usize) -> Result<String> {
@@ -87,6 +122,11 @@ impl Builder<'_> {
             return Err(Error::InvalidData(format!(
                 "filter: nested deeper than {MAX_DEPTH}"
             )));
+        }
+        match f {
+            Filter::And(_) | Filter::Or(_) => {}
+            Filter::In(_, vs) => self.terms(vs.len().max(1))?,
+            _ => self.terms(1)?,
         }
         Ok(match f {
             Filter::Eq(field, v) => self.eq(field, v)?,
@@ -123,7 +163,7 @@ impl Builder<'_> {
             .iter()
             .map(|f| self.filter(f, depth + 1))
             .collect::<Result<Vec<_>>>()?;
-        Ok(format!("({})", parts.join(op)))
+        Ok(balanced(&parts, op))
     }
 
     fn eq(&mut self, field: &str, v: &Value) -> Result<String> {
@@ -194,10 +234,10 @@ impl Builder<'_> {
         for v in typed {
             parts.push(self.eq(field, v)?);
         }
-        Ok(match parts.len() {
-            0 => "0".to_owned(),
-            1 => parts.remove(0),
-            _ => format!("({})", parts.join(" OR ")),
+        Ok(if parts.is_empty() {
+            "0".to_owned()
+        } else {
+            balanced(&parts, " OR ")
         })
     }
 
@@ -249,6 +289,19 @@ impl Builder<'_> {
         Ok(format!(
             "id IN (SELECT id FROM {table} WHERE {table} MATCH {p})"
         ))
+    }
+}
+
+/// `parts` (at least one) joined by `op` as a balanced tree. SQLite parses
+/// `a AND b AND c …` into a tree as deep as the list is long and refuses one deeper
+/// than 1,000; grouped in halves, a list of [`Filter::MAX_TERMS`] is 13 deep.
+fn balanced(parts: &[String], op: &str) -> String {
+    match parts {
+        [one] => one.clone(),
+        _ => {
+            let (left, right) = parts.split_at(parts.len() / 2);
+            format!("({}{op}{})", balanced(left, op), balanced(right, op))
+        }
     }
 }
 
@@ -366,16 +419,18 @@ fn where_clause(b: &mut Builder<'_>, filter: Option<&Filter>) -> Result<String> 
 
 /// A page of `query`, with its sort keys selected for the next cursor.
 pub(crate) fn select(collection: &str, searchable: bool, query: &Query) -> Result<QuerySql> {
+    if query.order.len() > Query::MAX_ORDER_KEYS {
+        return Err(Error::InvalidData(format!(
+            "a query sorts by at most {} keys",
+            Query::MAX_ORDER_KEYS
+        )));
+    }
     for o in &query.order {
         if let Some(f) = &o.field {
             check_field(f)?;
         }
     }
-    let mut b = Builder {
-        collection,
-        searchable,
-        args: Vec::new(),
-    };
+    let mut b = Builder::new(collection, searchable);
     let mut from_where = where_clause(&mut b, query.filter.as_ref())?;
     let keys = sort_keys(&query.order);
     let order_id = order_id(collection, &keys);
@@ -391,7 +446,7 @@ pub(crate) fn select(collection: &str, searchable: bool, query: &Query) -> Resul
     Ok(QuerySql {
         from_where,
         tail: format!(" ORDER BY {} LIMIT ? OFFSET ?", order.join(", ")),
-        keys: keys.into_iter().map(|(e, _)| e).collect(),
+        keys,
         args: b.args,
         page: [query.limit.map_or(-1, i64::from), i64::from(query.offset)],
         order_id,
@@ -404,11 +459,7 @@ pub(crate) fn count(
     searchable: bool,
     filter: Option<&Filter>,
 ) -> Result<QuerySql> {
-    let mut b = Builder {
-        collection,
-        searchable,
-        args: Vec::new(),
-    };
+    let mut b = Builder::new(collection, searchable);
     let from_where = where_clause(&mut b, filter)?;
     Ok(QuerySql {
         from_where,
@@ -418,6 +469,19 @@ pub(crate) fn count(
         page: [-1, 0],
         order_id: String::new(),
     })
+}
+
+/// `q` narrowed to the rows that sort no later than the row with these sort key
+/// values: what an observer of a full page probes, since a record sorting after the
+/// page's last one cannot enter it. A comparison SQLite cannot decide counts as not
+/// later, so such a record is probed rather than missed.
+pub(crate) fn up_to(q: &QuerySql, values: &[Sql]) -> QuerySql {
+    let mut narrowed = q.clone();
+    let later = after(&q.keys, values, &mut narrowed.args);
+    narrowed
+        .from_where
+        .push_str(&format!(" AND NOT coalesce({later}, 0)"));
+    narrowed
 }
 
 /// The cursor that continues after a row with these sort key values.

@@ -4,8 +4,10 @@
 //! Each observer sits on the change feed with its own delivery thread, so it never
 //! runs on a writing thread or under a lock. A commit re-runs the query only when it
 //! could change the result: it touched a record in the result, or a record the filter
-//! now selects (a query with an offset re-runs on any change of its collection, since a
-//! record before the window moves it). The result is delivered only when it differs.
+//! now selects that, when the page is full, sorts before its last record (a query with
+//! an offset re-runs on any change of its collection, since a record before the window
+//! moves it). The result is delivered only when it differs; `Subscription::stats`
+//! counts both.
 //! Re-runs are at least [`MIN_INTERVAL`] apart; commits meanwhile (the pages of a first
 //! sync) coalesce into the next re-run, so the latency stays bounded.
 
@@ -16,9 +18,10 @@ use std::time::{Duration, Instant};
 use super::Store;
 use crate::db::{lock, records};
 use crate::error::Result;
-use crate::feed::{ChangeEvent, ChangeOrigin, Subscription};
+use crate::feed::{ChangeEvent, ChangeOrigin, ObserverCounts, Subscription};
 use crate::protocol::validate_record_id;
-use crate::query::{Query, sql};
+use crate::query::Query;
+use crate::query::sql::{self, QuerySql};
 use crate::record::Record;
 
 /// The shortest time between two re-runs of one observed query.
@@ -56,10 +59,18 @@ where
 }
 
 /// What an observer last delivered, and when it last ran.
-#[derive(Default)]
 struct Seen<T> {
     last: Option<T>,
     ran_at: Option<Instant>,
+}
+
+impl<T> Default for Seen<T> {
+    fn default() -> Self {
+        Seen {
+            last: None,
+            ran_at: None,
+        }
+    }
 }
 
 impl<T> Seen<T> {
@@ -72,6 +83,23 @@ impl<T> Seen<T> {
             }
         }
         self.ran_at = Some(Instant::now());
+    }
+}
+
+/// What an observed query last delivered.
+struct Shown {
+    records: Vec<Record>,
+    ids: HashSet<String>,
+    /// For a full page (limit reached, no offset): the query narrowed to the records
+    /// that sort no later than its last, the only ones whose change can alter it.
+    probe: Option<QuerySql>,
+}
+
+impl Shown {
+    /// What tells whether a commit that touched no record of the result matters: the
+    /// records it touched that the query (or, for a full page, the page) selects.
+    fn probe<'a>(&'a self, select: &'a QuerySql) -> &'a QuerySql {
+        self.probe.as_ref().unwrap_or(select)
     }
 }
 
@@ -102,21 +130,30 @@ impl Store {
         let select = sql::select(collection, !declared.search.is_empty(), query)?;
         let collection = collection.to_owned();
         let any_change = query.offset > 0;
+        // The page is full when it holds this many records; 0: no such bound.
+        let full = if query.offset == 0 {
+            query.limit.map_or(0, |n| n as usize)
+        } else {
+            0
+        };
         let weak = Arc::downgrade(&self.shared);
-        let seen: Mutex<Seen<(Vec<Record>, HashSet<String>)>> = Mutex::default();
+        let counts = Arc::new(ObserverCounts::default());
+        let counter = Arc::clone(&counts);
+        let seen: Mutex<Seen<Shown>> = Mutex::default();
         let deliver = move |event: &ChangeEvent| -> Result<(), String> {
             let Some(shared) = weak.upgrade() else {
                 return Ok(());
             };
             let store = Store { shared };
+            counter.event();
             let mut seen = lock(&seen);
-            if let Some((_, ids)) = &seen.last {
+            if let Some(shown) = &seen.last {
                 let touched = changed(event, &collection);
                 let relevant = !touched.is_empty()
                     && (any_change
-                        || touched.iter().any(|id| ids.contains(*id))
+                        || touched.iter().any(|id| shown.ids.contains(*id))
                         || !store
-                            .read(|c| records::matching(c, &select, &touched))
+                            .read(|c| records::matching(c, shown.probe(&select), &touched))
                             .map_err(|e| e.to_string())?
                             .is_empty());
                 if !relevant {
@@ -124,21 +161,32 @@ impl Store {
                 }
             }
             seen.pace();
-            let result = store
-                .read(|c| records::select(c, &select))
+            counter.run();
+            let rows = store
+                .read(|c| records::select_keyed(c, &select))
                 .map_err(|e| e.to_string())?;
-            if seen.last.as_ref().is_some_and(|(last, _)| *last == result) {
+            let probe = match rows.last() {
+                Some((_, keys)) if rows.len() == full => Some(sql::up_to(&select, keys)),
+                _ => None,
+            };
+            let records: Vec<Record> = rows.into_iter().map(|(r, _)| r).collect();
+            if seen.last.as_ref().is_some_and(|s| s.records == records) {
                 return Ok(());
             }
-            listener.on_result(&result)?;
-            let ids = result.iter().map(|r| r.id.clone()).collect();
-            seen.last = Some((result, ids));
+            counter.delivery();
+            listener.on_result(&records)?;
+            seen.last = Some(Shown {
+                ids: records.iter().map(|r| r.id.clone()).collect(),
+                records,
+                probe,
+            });
             Ok(())
         };
         Ok(self
             .shared
             .feed
-            .subscribe_with(Box::new(deliver), first_run()))
+            .subscribe_with(Box::new(deliver), first_run())
+            .counting(counts))
     }
 
     /// Calls `listener` with the record now, and again whenever a commit changes it.
