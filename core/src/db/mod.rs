@@ -6,7 +6,9 @@
 //! queries read committed snapshots on their own connections meanwhile. Each table has
 //! one owner module below with the only SQL that writes it; [`Tx`] is what they take,
 //! and it keeps the one rule that spans tables: the clock resumes from the stamps
-//! stored in rows, so a transaction that drops such rows saves the clock itself.
+//! stored in rows, so a transaction that drops such rows saves the clock itself. The
+//! writer connection refuses any other DELETE of those rows, so the rule cannot be
+//! skipped by a plain statement.
 
 pub(crate) mod conflicts;
 pub(crate) mod cursors;
@@ -16,12 +18,14 @@ pub(crate) mod outbox;
 pub(crate) mod records;
 pub(crate) mod schema;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, InterruptHandle, OpenFlags, Params, Transaction};
 
 use crate::clock::{Hlc, HybridClock};
@@ -98,6 +102,7 @@ impl Db {
             read_connections: config.read_connections,
         };
         let mut conn = open_connection(path, &settings, false)?;
+        conn.authorizer(Some(only_stamped_deletes))?;
         schema::migrate(&mut conn)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         indexes::apply(&tx, collections)?;
@@ -219,19 +224,53 @@ impl WriterGuard<'_> {
     pub(crate) fn begin(&mut self, now_ms: i64) -> Result<Tx<'_>> {
         let Writer { conn, clock } = self.0.as_mut().ok_or(Error::Closed)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(Tx {
-            tx,
-            clock,
-            now: now_ms,
-            save_clock: false,
-        })
+        Ok(Tx::new(tx, clock, now_ms))
+    }
+}
+
+/// The tables whose rows hold HLC stamps the clock resumes from.
+const STAMPED_TABLES: [&str; 2] = ["records", "outbox"];
+
+thread_local! {
+    /// Set while [`Tx::delete_stamped`] or [`Tx::take_stamped`] prepares and runs its
+    /// statement. SQLite asks the authorizer on the thread that prepares.
+    static STAMPED_DELETE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The writer's authorizer: a DELETE from a stamped table is compiled only inside
+/// [`Tx::delete_stamped`], which saves the clock with the commit.
+fn only_stamped_deletes(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
+        AuthAction::Delete { table_name }
+            if STAMPED_TABLES.contains(&table_name) && !STAMPED_DELETE.with(Cell::get) =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}
+
+/// Allows stamped deletes on this thread until dropped.
+struct StampedDelete;
+
+impl StampedDelete {
+    fn allow() -> StampedDelete {
+        STAMPED_DELETE.with(|c| c.set(true));
+        StampedDelete
+    }
+}
+
+impl Drop for StampedDelete {
+    fn drop(&mut self) {
+        STAMPED_DELETE.with(|c| c.set(false));
     }
 }
 
 /// A write transaction on the writer, with the clock it stamps edits with.
 ///
 /// Owner modules take `&Tx` to write their table; deleting rows goes through
-/// [`Tx::delete_stamped`], because those rows may hold the highest stamp stored.
+/// [`Tx::delete_stamped`], because those rows may hold the highest stamp stored (the
+/// writer refuses a DELETE of them compiled anywhere else).
 pub(crate) struct Tx<'a> {
     tx: Transaction<'a>,
     clock: &'a mut HybridClock,
@@ -246,7 +285,17 @@ impl<'a> Deref for Tx<'a> {
     }
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    /// `now_ms` is the transaction's time; `clock` the clock it stamps with and saves.
+    pub(super) fn new(tx: Transaction<'a>, clock: &'a mut HybridClock, now_ms: i64) -> Tx<'a> {
+        Tx {
+            tx,
+            clock,
+            now: now_ms,
+            save_clock: false,
+        }
+    }
+
     /// The wall-clock time of this transaction (ms since the epoch).
     pub(crate) fn now(&self) -> i64 {
         self.now
@@ -270,6 +319,7 @@ impl Tx<'_> {
     /// it could go back across a restart. Every delete of `records` and `outbox` rows
     /// goes through here.
     pub(crate) fn delete_stamped(&mut self, sql: &str, params: impl Params) -> Result<usize> {
+        let _allowed = StampedDelete::allow();
         let n = self.tx.prepare_cached(sql)?.execute(params)?;
         self.save_clock |= n > 0;
         Ok(n)
@@ -283,6 +333,7 @@ impl Tx<'_> {
         row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
         use rusqlite::OptionalExtension;
+        let _allowed = StampedDelete::allow();
         let out = self
             .tx
             .prepare_cached(sql)?
@@ -379,7 +430,7 @@ fn apply_key(_conn: &Connection, key: Option<&[u8]>) -> Result<()> {
 }
 
 /// The clock resumes above every stamp stored, so it never goes back across restarts.
-fn recover_clock(conn: &Connection, replica: &str) -> Result<HybridClock> {
+pub(super) fn recover_clock(conn: &Connection, replica: &str) -> Result<HybridClock> {
     let mut clock = HybridClock::new(replica, 0, 0);
     let stamps = [
         records::max_hlc(conn)?,
@@ -413,5 +464,29 @@ mod tests {
         }
         // The writer's handle, the pooled reader's, and nothing for the 20 extra ones.
         assert_eq!(db.interrupt_handles(), 2);
+    }
+
+    #[test]
+    fn the_writer_refuses_a_delete_of_stamped_rows_that_would_not_save_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::default();
+        let db = Db::open(&dir.path().join("s.db"), &config, &Collections::default()).unwrap();
+        let mut w = db.writer().unwrap();
+        let mut tx = w.begin(1).unwrap();
+        for table in STAMPED_TABLES {
+            let plain = tx.execute(&format!("DELETE FROM {table}"), []);
+            assert!(
+                matches!(&plain, Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::AuthorizationForStatementDenied),
+                "{table}: {plain:?}"
+            );
+            let stamped = tx.delete_stamped(&format!("DELETE FROM {table}"), []);
+            assert_eq!(stamped, Ok(0), "{table}");
+        }
+        // Once the stamped delete is over, a plain one is refused again.
+        assert!(tx.execute("DELETE FROM outbox WHERE id = 7", []).is_err());
+        // Tables without stamps are not guarded.
+        tx.execute("DELETE FROM cursors", []).unwrap();
+        tx.commit().unwrap();
     }
 }

@@ -248,6 +248,13 @@ pub(crate) fn delete(tx: &mut Tx<'_>, entry_id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Schema 2 kept applied entries as `synced`; the migration to 3 drops them, saving
+/// the clock, since they may hold the highest stamp this device issued.
+pub(crate) fn drop_synced(tx: &mut Tx<'_>) -> Result<()> {
+    tx.delete_stamped("DELETE FROM outbox WHERE state = 'synced'", [])?;
+    Ok(())
+}
+
 /// Drops everything queued for a record (its conflict was settled another way).
 pub(crate) fn delete_for_record(tx: &mut Tx<'_>, collection: &str, id: &str) -> Result<()> {
     tx.delete_stamped(

@@ -7,6 +7,7 @@
 
 use rusqlite::{Connection, Transaction};
 
+use super::{Tx, meta, outbox};
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
@@ -128,12 +129,20 @@ CREATE TABLE cursors (
 ) WITHOUT ROWID;
 ";
 
+/// One upgrade: schema SQL, or rows that go through their table's owner (which keeps
+/// the clock rule when they hold stamps).
+enum Step {
+    Sql(&'static str),
+    Rows(fn(&mut Tx<'_>) -> Result<()>),
+}
+
 /// Upgrades from version `n` to `n + 1`, indexed by `n - 1`.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Step] = &[
     // 1 -> 2: the conflict log, the HLC of the synced base for last-write-wins, the
     // pull generation that a full re-pull after `cursor_expired` marks records with, and
     // the newest server state pulled while the record had local edits (`remote`).
-    "
+    Step::Sql(
+        "
     ALTER TABLE records ADD COLUMN base_hlc TEXT;
     ALTER TABLE records ADD COLUMN pulled_gen INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE records ADD COLUMN remote TEXT;
@@ -152,9 +161,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX conflicts_open ON conflicts (resolved, id);
     ",
+    ),
     // 2 -> 3: applied entries are deleted as their answers arrive; drop those that
     // earlier versions kept as `synced`.
-    "DELETE FROM outbox WHERE state = 'synced';",
+    Step::Rows(outbox::drop_synced),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == VERSION - 1);
@@ -174,12 +184,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     if found == 0 {
         create_latest(&tx)?;
+        tx.pragma_update(None, "user_version", VERSION)?;
+        tx.commit()?;
+        Ok(())
     } else {
-        upgrade(&tx, found)?;
+        upgrade(tx, found)
     }
-    tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()?;
-    Ok(())
 }
 
 fn create_latest(tx: &Transaction<'_>) -> Result<()> {
@@ -187,15 +197,26 @@ fn create_latest(tx: &Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-fn upgrade(tx: &Transaction<'_>, from: i64) -> Result<()> {
-    for step in from..VERSION {
-        let sql = usize::try_from(step - 1)
+/// Runs the steps from `from` on, with the clock the stored stamps put it at, so a step
+/// that drops stamped rows saves it. Steps stamp nothing, so the time is 0.
+fn upgrade(tx: Transaction<'_>, from: i64) -> Result<()> {
+    let (replica, _) = meta::identity(&tx)?;
+    let mut clock = super::recover_clock(&tx, &replica)?;
+    let mut tx = Tx::new(tx, &mut clock, 0);
+    for version in from..VERSION {
+        let step = usize::try_from(version - 1)
             .ok()
             .and_then(|i| MIGRATIONS.get(i))
-            .ok_or_else(|| Error::Database(format!("no migration from schema version {step}")))?;
-        tx.execute_batch(sql)?;
+            .ok_or_else(|| {
+                Error::Database(format!("no migration from schema version {version}"))
+            })?;
+        match step {
+            Step::Sql(sql) => tx.execute_batch(sql)?,
+            Step::Rows(change) => change(&mut tx)?,
+        }
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()
 }
 
 #[cfg(test)]

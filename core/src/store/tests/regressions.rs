@@ -18,7 +18,11 @@ fn config() -> StoreConfig {
 /// Writes to the database file behind the store's back, as a corrupted or
 /// hand-edited file would look.
 fn tamper(store: &Store, sql: &str) {
-    let raw = rusqlite::Connection::open(store.path()).unwrap();
+    tamper_file(store.path(), sql);
+}
+
+fn tamper_file(path: &std::path::Path, sql: &str) {
+    let raw = rusqlite::Connection::open(path).unwrap();
     assert!(raw.execute(sql, []).unwrap() > 0, "{sql}");
 }
 
@@ -39,6 +43,12 @@ fn push_and_apply(store: &Store, version: i64) {
     store.outbox_apply_results(&applied).unwrap();
 }
 
+fn next_stamp(path: &std::path::Path, wall: &Arc<FakeClock>) -> Hlc {
+    let store = Store::open_with_clock(path, config(), Arc::clone(wall) as _).unwrap();
+    let put = store.put("c", Some("next"), json!({})).unwrap();
+    put.hlc.parse().unwrap()
+}
+
 #[test]
 fn a_full_repull_that_drops_records_keeps_the_clock_ahead_of_their_stamps() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,6 +62,11 @@ fn a_full_repull_that_drops_records_keeps_the_clock_ahead_of_their_stamps() {
         .parse()
         .unwrap();
     push_and_apply(&store, 1);
+    drop(store);
+    // The apply saved the clock; without that, only the record's row holds the
+    // stamp, so nothing but the re-pull's own delete can keep the clock ahead of it.
+    tamper_file(&path, "DELETE FROM meta WHERE key = 'hlc'");
+    let store = Store::open_with_clock(&path, config(), wall.clone()).unwrap();
     // The server purged it: the re-pull does not bring it back, so it goes.
     let g = store.begin_resync("c").unwrap();
     store.apply_pull_page("c", &[], "cur", Some(g)).unwrap();
@@ -59,14 +74,41 @@ fn a_full_repull_that_drops_records_keeps_the_clock_ahead_of_their_stamps() {
     drop(store);
     // The device clock is set back; the HLC must still not go back.
     wall.set(5_000_000);
-    let store = Store::open_with_clock(&path, config(), Arc::clone(&wall) as _).unwrap();
-    let next: Hlc = store
-        .put("c", Some("n"), json!({}))
-        .unwrap()
-        .hlc
-        .parse()
-        .unwrap();
+    let next = next_stamp(&path, &wall);
     assert!(next > dropped, "{next} after {dropped}");
+}
+
+#[test]
+fn the_migration_that_drops_synced_entries_keeps_the_clock_ahead_of_their_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let wall = FakeClock::new(5_000_000);
+    drop(Store::open_with_clock(&path, config(), wall.clone()).unwrap());
+    // Schema 2 is schema 3 that kept applied entries as `synced`. Here one holds the
+    // highest stamp the device issued (its wall clock was ahead then), and no other
+    // row nor a saved clock does.
+    let dropped: Hlc = "0000010000000-00000-r".parse().unwrap();
+    tamper_file(
+        &path,
+        &format!(
+            "INSERT INTO outbox (op_id, collection, record_id, kind, hlc, state, created_at)
+             VALUES ('o1', 'c', 'gone', 'put', '{dropped}', 'synced', 1)"
+        ),
+    );
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.pragma_update(None, "user_version", 2).unwrap();
+    drop(raw);
+    let next = next_stamp(&path, &wall);
+    assert!(next > dropped, "{next} after {dropped}");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let left: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE state = 'synced'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the migration dropped the applied entry");
 }
 
 #[test]
