@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::Hlc;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A key of the `meta` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +49,15 @@ pub(crate) fn get(conn: &Connection, key: &Key<'_>) -> Result<Option<String>> {
         .optional()?)
 }
 
-/// A value stored as a number; a value that does not parse is absent.
+/// A value stored as a number. One that does not parse is a corrupt row, never read
+/// as absent: a re-pull's generation or a retry time must not silently reset.
 pub(crate) fn get_i64(conn: &Connection, key: &Key<'_>) -> Result<Option<i64>> {
-    Ok(get(conn, key)?.and_then(|v| v.parse().ok()))
+    get(conn, key)?
+        .map(|v| {
+            v.parse()
+                .map_err(|_| Error::corrupt("meta", &key.name(), &v))
+        })
+        .transpose()
 }
 
 pub(crate) fn set(conn: &Connection, key: &Key<'_>, value: &str) -> Result<()> {

@@ -90,9 +90,18 @@ impl SyncEngine {
         config: SyncConfig,
         runtime: tokio::runtime::Handle,
     ) -> SyncEngine {
+        // The engine starts even over a fact it cannot read, since syncing is how the
+        // device gets back to health: "last synced" shows as never, and auto mode may
+        // try at once rather than wait for a retry time it does not know.
+        let fact = |key: meta::Key<'static>| {
+            store.meta_i64(key.clone()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, ?key, "cannot read a saved sync fact");
+                None
+            })
+        };
         let state = EngineState {
-            last_synced_at_ms: store.meta_i64(meta::Key::LastSyncedAt).ok().flatten(),
-            retry_at_ms: store.meta_i64(meta::Key::RetryAt).ok().flatten(),
+            last_synced_at_ms: fact(meta::Key::LastSyncedAt),
+            retry_at_ms: fact(meta::Key::RetryAt),
             ..EngineState::default()
         };
         let inner = Arc::new(Inner {
@@ -123,7 +132,12 @@ impl SyncEngine {
                 inner.publish_status();
             }
         }));
-        *lock(&inner.feed) = sub.ok();
+        // Fails only on a closed store, where every sync fails too; the status and auto
+        // mode then miss local writes, which is worth a warning, not a panic.
+        match sub {
+            Ok(sub) => *lock(&inner.feed) = Some(sub),
+            Err(e) => tracing::warn!(error = %e, "the engine cannot follow local writes"),
+        }
         let engine = SyncEngine { inner };
         if engine.inner.config.auto_sync {
             engine.start_auto_sync();

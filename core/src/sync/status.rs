@@ -45,8 +45,15 @@ impl Inner {
     /// Recomputed from the store's counts (on readers, never the writer) and the
     /// engine's state, so asking never waits on a sync's disk work.
     pub(super) fn status(&self) -> SyncStatus {
-        let counts = self.store.outbox_counts().unwrap_or_default();
-        let conflicts = self.store.open_conflict_count().unwrap_or(0);
+        // A count that cannot be read means a broken database, not zero: it is logged
+        // and shown as the error, so the UI never says "all synced" over it.
+        let mut unreadable = None;
+        let counts = or_report(self.store.outbox_counts(), "the outbox", &mut unreadable);
+        let conflicts = or_report(
+            self.store.open_conflict_count(),
+            "the conflict log",
+            &mut unreadable,
+        );
         let now = self.now_ms();
         let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
         let st = lock(&self.state);
@@ -67,7 +74,7 @@ impl Inner {
             failed: counts.failed,
             conflicts,
             last_synced_at_ms: st.last_synced_at_ms,
-            last_error: st.last_error.clone(),
+            last_error: unreadable.or_else(|| st.last_error.clone()),
             next_retry_at_ms,
         }
     }
@@ -75,4 +82,13 @@ impl Inner {
     pub(super) fn publish_status(&self) {
         self.statuses.publish(self.status());
     }
+}
+
+/// The value, or on an error its default, with the error logged and kept in `error`.
+fn or_report<T: Default>(r: crate::Result<T>, what: &str, error: &mut Option<String>) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read {what} for the sync status");
+        error.get_or_insert_with(|| format!("cannot read {what}: {e}"));
+        T::default()
+    })
 }

@@ -180,3 +180,48 @@ fn a_page_holding_another_collection_is_refused_whole() {
     assert_eq!(store.get("c", "a").unwrap(), None, "nothing was applied");
     assert_eq!(store.get("d", "b").unwrap(), None);
 }
+
+#[test]
+fn an_unparsable_number_in_meta_is_an_error_not_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.db"), config()).unwrap();
+    let g = store.begin_resync("c").unwrap();
+    tamper(
+        &store,
+        "UPDATE meta SET value = 'two' WHERE key = 'resync:c'",
+    );
+    assert!(is_corrupt(store.resync_generation("c")));
+    // The re-pull does not end on a guessed generation.
+    assert!(is_corrupt(store.apply_pull_page("c", &[], "cur", Some(g))));
+    assert_eq!(store.cursor("c").unwrap(), None);
+}
+
+#[test]
+fn the_status_over_an_unreadable_outbox_is_an_error_not_zero_pending() {
+    use crate::{HttpTimeouts, HttpTransport, StaticToken, SyncConfig, SyncEngine};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.db"), config()).unwrap();
+    store.put("c", Some("r"), json!({"v": 1})).unwrap();
+    let link = HttpTransport::new("http://127.0.0.1:9/", HttpTimeouts::default()).unwrap();
+    let engine = SyncEngine::new(
+        store.clone(),
+        Arc::new(link),
+        Arc::new(StaticToken("t".into())),
+        SyncConfig::default(),
+        rt.handle().clone(),
+    );
+    let status = engine.status();
+    assert_eq!((status.pending, status.last_error), (1, None));
+    tamper(&store, "UPDATE outbox SET state = 'synced'");
+    let status = engine.status();
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains("cannot read the outbox") && error.contains("corrupt row"),
+        "{error:?}"
+    );
+    engine.shutdown();
+}
