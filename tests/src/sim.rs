@@ -301,21 +301,10 @@ fn sync_config() -> SyncConfig {
 /// would decide ties between equal stamps differently on every run, and a seed must
 /// replay exactly.
 fn seed_identity(path: &Path, replica: u64, client: u128) {
+    let client = uuid::Uuid::from_u128(client).to_string();
     #[allow(clippy::expect_used)]
-    {
-        drop(Store::open(path, device_config()).expect("device"));
-        let conn = rusqlite::Connection::open(path).expect("device file");
-        conn.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'replica_id'",
-            [format!("{replica:016x}")],
-        )
-        .expect("replica id");
-        conn.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'client_id'",
-            [uuid::Uuid::from_u128(client).to_string()],
-        )
-        .expect("client id");
-    }
+    Store::seed_identity(path, device_config(), &format!("{replica:016x}"), &client)
+        .expect("device identity");
 }
 
 impl SimDevice {

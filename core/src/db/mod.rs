@@ -209,6 +209,29 @@ impl Db {
         Ok(w.clock.last().clone())
     }
 
+    /// Replaces the ids minted at creation, before any row holds a stamp of the old
+    /// replica id. This handle keeps the old ids; the next open has the new ones.
+    pub(crate) fn seed_identity(&self, replica_id: &str, client_id: &str) -> Result<()> {
+        if format!("0000000000000-00000-{replica_id}")
+            .parse::<Hlc>()
+            .is_err()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "unusable replica id {replica_id:?}"
+            )));
+        }
+        let mut w = self.writer()?;
+        let tx = w.begin(0)?;
+        if records::max_hlc(&tx)?.is_some() || outbox::max_hlc(&tx)?.is_some() {
+            return Err(Error::InvalidConfig(
+                "an identity is seeded only before the first edit".into(),
+            ));
+        }
+        meta::set(&tx, &meta::Key::ReplicaId, replica_id)?;
+        meta::set(&tx, &meta::Key::ClientId, client_id)?;
+        tx.commit()
+    }
+
     #[cfg(test)]
     pub(crate) fn interrupt_handles(&self) -> usize {
         lock(&self.interrupts).len()

@@ -85,6 +85,22 @@ impl Store {
         })
     }
 
+    /// Gives a new database at `path` these replica and client ids instead of the
+    /// random ones it minted, before its first edit: a seeded simulation needs ties
+    /// between equal stamps decided the same way on every run. Not for apps.
+    #[doc(hidden)]
+    pub fn seed_identity(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        replica_id: &str,
+        client_id: &str,
+    ) -> Result<()> {
+        let store = Store::open(path, config)?;
+        let seeded = store.shared.db.seed_identity(replica_id, client_id);
+        store.close();
+        seeded
+    }
+
     /// Wall-clock time as the store sees it (injectable for tests).
     pub(crate) fn now_ms(&self) -> i64 {
         self.shared.wall.now_ms() as i64

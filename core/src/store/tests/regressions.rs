@@ -225,3 +225,21 @@ fn the_status_over_an_unreadable_outbox_is_an_error_not_zero_pending() {
     );
     engine.shutdown();
 }
+
+#[test]
+fn a_seeded_identity_is_what_the_next_open_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    Store::seed_identity(&path, config(), "00000000000000ab", "client-1").unwrap();
+    let store = Store::open(&path, config()).unwrap();
+    assert_eq!(store.replica_id(), "00000000000000ab");
+    assert_eq!(store.client_id(), "client-1");
+    let put = store.put("c", Some("r"), json!({})).unwrap();
+    assert!(put.hlc.ends_with("-00000000000000ab"), "{}", put.hlc);
+    drop(store);
+    // Stamps of the old id would no longer be this device's.
+    let again = Store::seed_identity(&path, config(), "00000000000000cd", "client-2");
+    assert!(matches!(again, Err(Error::InvalidConfig(_))), "{again:?}");
+    let bad = Store::seed_identity(dir.path().join("t.db"), config(), "", "client-3");
+    assert!(matches!(bad, Err(Error::InvalidConfig(_))), "{bad:?}");
+}
