@@ -28,8 +28,8 @@ use tower_http::compression::CompressionLayer;
 use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::json::{JsonError, parse_strict};
-use crate::logic::{self, BadPush, User, decode_cursor, encode_cursor};
-use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
+use crate::logic::{self, AccessRules, BadPush, User, decode_cursor, encode_cursor};
+use crate::storage::{PullPage, PullQuery, PushContext, Storage};
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]

@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 pub use config::{Config, ConfigError, Database, PostgresUrl};
 pub use http::{AppState, build_app};
-pub use logic::{Access, User};
+pub use logic::{Access, AccessRules, User};
 pub use storage::postgres::PostgresStorage;
 pub use storage::sqlite::SqliteStorage;
 pub use storage::{Storage, StorageError};

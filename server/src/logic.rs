@@ -256,6 +256,22 @@ impl Access {
     }
 }
 
+/// The access rule of every collection: named ones, and the default.
+#[derive(Debug, Clone)]
+pub struct AccessRules {
+    pub named: Vec<(String, Access)>,
+    pub default: Access,
+}
+
+impl AccessRules {
+    pub fn of(&self, collection: &str) -> Access {
+        self.named
+            .iter()
+            .find(|(c, _)| c == collection)
+            .map_or(self.default, |(_, a)| *a)
+    }
+}
+
 /// One user of the server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {

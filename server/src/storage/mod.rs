@@ -18,8 +18,7 @@ use std::pin::Pin;
 
 use outpost_core::protocol::{Change, OpResult};
 
-use crate::logic::{Access, User};
-use crate::logic::{Cursor, PushItem};
+use crate::logic::{AccessRules, Cursor, PushItem, User};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,22 +46,6 @@ impl fmt::Debug for PushContext {
         f.debug_struct("PushContext")
             .field("user", &self.user.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// The access rule of every collection: named ones, and the default.
-#[derive(Debug, Clone)]
-pub struct AccessRules {
-    pub named: Vec<(String, Access)>,
-    pub default: Access,
-}
-
-impl AccessRules {
-    pub fn of(&self, collection: &str) -> Access {
-        self.named
-            .iter()
-            .find(|(c, _)| c == collection)
-            .map_or(self.default, |(_, a)| *a)
     }
 }
 

@@ -15,10 +15,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
-    db_err,
+    BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
 };
-use crate::logic::{Access, PushItem, StoredRecord};
+use crate::logic::{Access, AccessRules, PushItem, StoredRecord};
 use crate::pull::{self, Marks, PullSteps};
 use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
