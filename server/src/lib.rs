@@ -118,13 +118,29 @@ impl Server {
         })
     }
 
+    /// A server on a listener bound already, its database opened without waiting
+    /// (see [`open_storage`]): for a caller that cannot await, such as the test kit.
+    pub fn on_listener(
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Server, ServeError> {
+        let storage = open_storage(&config)?;
+        let state = AppState::new(&config, storage);
+        Ok(Server {
+            listener,
+            state,
+            config,
+        })
+    }
+
     /// The bound address (the real port when the config says port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish. The
-    /// tombstone purge runs at start and every `purge_interval_secs`.
+    /// tombstone purge runs at start and every `purge_interval_secs`, and stops with
+    /// the server, also when this future is dropped unfinished.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -132,7 +148,7 @@ impl Server {
         let storage = Arc::clone(self.state.storage());
         let retention = self.config.tombstone_retention;
         let interval = self.config.purge_interval;
-        let purger = tokio::spawn(async move {
+        let purger = AbortOnDrop(tokio::spawn(async move {
             loop {
                 let cutoff =
                     logic::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
@@ -147,13 +163,22 @@ impl Server {
                 }
                 tokio::time::sleep(interval).await;
             }
-        });
+        }));
         let app = build_app(self.state);
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        purger.abort();
+        drop(purger);
         result.map_err(ServeError::Io)
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -119,6 +119,14 @@ impl TestDb {
         }
     }
 
+    /// The SQLite file, to read straight from; `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            TestDb::Sqlite(p) => Some(p),
+            TestDb::Postgres { .. } => None,
+        }
+    }
+
     /// Another handle on the same database that does not drop it.
     pub fn share(&self) -> TestDb {
         match self {

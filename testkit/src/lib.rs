@@ -1,21 +1,22 @@
-//! The project's test kit: one way to run the real server and one fault-injecting
+//! The project's test kit: one way to run the server and one fault-injecting
 //! transport, for the server's black-box tests, the end-to-end tests, the simulation,
-//! the demo and the benchmark.
+//! the bindings' tests, the demo and the benchmark.
 //!
-//! - [`TestServer`]: the `outpost-server` binary on a loopback port with a temporary
-//!   config, on SQLite or a fresh PostgreSQL database ([`Backend`], [`backend_tests!`]),
-//!   with restart, kill, SIGTERM and a second process on the same database; plus a
-//!   small protocol client ([`TestServer::push_raw`], [`TestServer::pull_all`], op
-//!   builders, [`assert_error_shape`]).
+//! - [`TestServer`]: the server with a temporary config, on SQLite or a fresh
+//!   PostgreSQL database ([`Backend`], [`backend_tests!`]), in one of three [`Mode`]s:
+//!   the `outpost-server` binary on a loopback port (restart, kill, SIGTERM, a second
+//!   process on the same database), the same app served in this process on a loopback
+//!   port (the demo), or that app called with no socket through
+//!   [`TestServer::transport`] (the deterministic simulation). Plus a small protocol
+//!   client ([`TestServer::push_raw`], [`TestServer::pull_all`], op builders,
+//!   [`assert_error_shape`]).
 //! - [`FaultyTransport`]: wraps any [`outpost_core::Transport`] with scripted and
 //!   seeded random faults, outages, and per-request counts and timings.
-//!
-//! It runs the server binary rather than linking `outpost-server`, whose own tests use
-//! this kit.
 
 mod binary;
 mod db;
 mod faults;
+mod in_process;
 mod protocol;
 mod server;
 
@@ -23,4 +24,6 @@ pub use binary::{SERVER_BIN_ENV, built_server_binary, cargo_build, profile_dir, 
 pub use db::{Backend, PG_ENV, TestDb, pg_count, pg_exec, with_dbname};
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
 pub use protocol::{answer, assert_error_shape, delete, hlc, op_id, patch, put};
-pub use server::{AMINA, BEN, CHIOMA, ServerBuilder, TestServer, USERS, User, base_config};
+pub use server::{
+    AMINA, BEN, CHIOMA, Folder, Mode, ServerBuilder, TestServer, USERS, User, base_config,
+};

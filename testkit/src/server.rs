@@ -1,5 +1,8 @@
-//! The real `outpost-server` binary on a loopback port, with a temporary config and
-//! database: what every black-box test, end-to-end test and the benchmark talk to.
+//! One way to run the server for every test, the simulation, the demo and the
+//! benchmark: [`TestServer`], with a temporary config and database, in one of three
+//! [`Mode`]s — the real `outpost-server` binary on a loopback port, the server's app
+//! served in this process on a loopback port, or that app called directly with no
+//! socket for a deterministic simulation.
 //!
 //! One config serves them all: three users in two teams, one private and one shared
 //! collection, everything else team-readable. Extra TOML adds keys or tables, and a key
@@ -10,10 +13,14 @@ use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use outpost_core::{HttpTimeouts, HttpTransport, Transport};
 
 use crate::binary::server_binary;
 use crate::db::{Backend, TestDb};
+use crate::in_process::{App, DirectTransport, Loopback};
 
 /// A user in the test server's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,29 +92,95 @@ pub fn base_config(db: &str, extra: &str) -> String {
     toml
 }
 
+/// Where a [`TestServer`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The `outpost-server` binary as a child process on a loopback port: what users
+    /// deploy, with real process death ([`TestServer::kill`], SIGTERM) and logs in
+    /// `server.stderr`. The server's own tests, the end-to-end tests and the benchmark
+    /// use it.
+    #[default]
+    Process,
+    /// The server's app (the same library the binary runs) served by a task on this
+    /// process's tokio runtime, on a loopback port: for a program that embeds the
+    /// server, as the demo does. Starting needs a runtime.
+    Loopback,
+    /// The server's app called in this process with no socket, only through
+    /// [`TestServer::transport`]: each request is handled to its end inside the call,
+    /// with no network timing, so a seeded simulation replays exactly. No tombstone
+    /// purge runs, and there is no address.
+    Direct,
+}
+
+/// The folder a [`TestServer`] keeps its config (and a SQLite database) in.
+#[derive(Debug)]
+pub enum Folder {
+    /// Removed with the server.
+    Temp(tempfile::TempDir),
+    /// The caller's: left as it is.
+    Given(PathBuf),
+}
+
+impl Folder {
+    pub fn path(&self) -> &Path {
+        match self {
+            Folder::Temp(t) => t.path(),
+            Folder::Given(p) => p,
+        }
+    }
+}
+
+impl From<tempfile::TempDir> for Folder {
+    fn from(t: tempfile::TempDir) -> Folder {
+        Folder::Temp(t)
+    }
+}
+
+impl From<PathBuf> for Folder {
+    fn from(p: PathBuf) -> Folder {
+        Folder::Given(p)
+    }
+}
+
 /// How to start a [`TestServer`]; from [`TestServer::builder`].
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     backend: Backend,
+    mode: Mode,
+    dir: Option<PathBuf>,
     extra: String,
     binary: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
 }
 
 impl ServerBuilder {
+    /// Runs the server this way ([`Mode::Process`] unless told).
+    pub fn mode(mut self, mode: Mode) -> ServerBuilder {
+        self.mode = mode;
+        self
+    }
+
+    /// Keeps the config and a SQLite database in this folder (made if missing, left
+    /// afterwards) rather than in a temporary one.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> ServerBuilder {
+        self.dir = Some(dir.into());
+        self
+    }
+
     /// TOML for [`base_config`]'s `extra`.
     pub fn extra(mut self, toml: &str) -> ServerBuilder {
         self.extra = toml.to_owned();
         self
     }
 
-    /// Runs this binary instead of [`server_binary`]'s.
+    /// Runs this binary instead of [`server_binary`]'s ([`Mode::Process`]).
     pub fn binary(mut self, path: impl Into<PathBuf>) -> ServerBuilder {
         self.binary = Some(path.into());
         self
     }
 
-    /// Sets an environment variable of the server process (`RUST_LOG`, say).
+    /// Sets an environment variable of the server process (`RUST_LOG`, say;
+    /// [`Mode::Process`]).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ServerBuilder {
         self.env.push((key.into(), value.into()));
         self
@@ -122,26 +195,36 @@ impl ServerBuilder {
 
     /// [`ServerBuilder::start`], with the failure to start as an error.
     pub fn try_start(self) -> io::Result<TestServer> {
-        let dir = tempfile::tempdir()?;
+        let dir = match &self.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                Folder::Given(d.clone())
+            }
+            None => Folder::Temp(tempfile::tempdir()?),
+        };
         let db = TestDb::new(&self.backend, dir.path());
         let config = dir.path().join("server.toml");
         std::fs::write(&config, base_config(&db.database(), &self.extra))?;
         self.try_start_config(dir, config, db)
     }
 
-    fn try_start_config(
+    /// Starts with a config file already written in `dir`, naming `db`.
+    pub fn try_start_config(
         self,
-        dir: tempfile::TempDir,
+        dir: impl Into<Folder>,
         config: PathBuf,
         db: TestDb,
     ) -> io::Result<TestServer> {
-        let binary = match self.binary {
-            Some(b) => b,
-            None => server_binary()?,
+        let binary = match (self.mode, self.binary) {
+            (Mode::Process, None) => Some(server_binary()?),
+            (_, binary) => binary,
         };
         let mut s = TestServer {
+            mode: self.mode,
             child: None,
-            dir,
+            loopback: None,
+            app: App::default(),
+            dir: dir.into(),
             addr: String::new(),
             config,
             client: new_client(),
@@ -150,31 +233,37 @@ impl ServerBuilder {
             binary,
             env: self.env,
         };
-        s.spawn()?;
+        s.spawn(None)?;
         Ok(s)
     }
 }
 
-/// A running `outpost-server`; killed on drop (and then its database dropped). Its
-/// stderr is kept in `server.stderr` in its folder.
+/// A running server; killed on drop (and then its database dropped). In
+/// [`Mode::Process`] its stderr is kept in `server.stderr` in its folder.
 #[derive(Debug)]
 pub struct TestServer {
+    mode: Mode,
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    loopback: Option<Loopback>,
+    app: App,
+    dir: Folder,
     addr: String,
     config: PathBuf,
     client: reqwest::Client,
     backend: Backend,
     db: TestDb,
-    binary: PathBuf,
+    binary: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
 }
 
 impl TestServer {
-    /// Options beyond the backend: extra config, the binary, environment.
+    /// Options beyond the backend: the mode, the folder, extra config, the binary,
+    /// environment.
     pub fn builder(backend: &Backend) -> ServerBuilder {
         ServerBuilder {
             backend: backend.clone(),
+            mode: Mode::Process,
+            dir: None,
             extra: String::new(),
             binary: None,
             env: Vec::new(),
@@ -194,7 +283,7 @@ impl TestServer {
     /// Starts with a config file already written in `dir`, naming `db`.
     pub fn start_config(
         backend: &Backend,
-        dir: tempfile::TempDir,
+        dir: impl Into<Folder>,
         config: PathBuf,
         db: TestDb,
     ) -> TestServer {
@@ -203,8 +292,8 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("cannot start outpost-server: {e}"))
     }
 
-    /// Another server process on the same database and config, on a port of its
-    /// own: what a second instance behind a load balancer is.
+    /// Another server on the same database and config, in the same mode, on a port
+    /// of its own: what a second instance behind a load balancer is.
     pub fn another(&self) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("server.toml");
@@ -212,27 +301,47 @@ impl TestServer {
         std::fs::write(&config, with_listen(&text, "127.0.0.1:0")).expect("write the config");
         ServerBuilder {
             backend: self.backend.clone(),
+            mode: self.mode,
+            dir: None,
             extra: String::new(),
-            binary: Some(self.binary.clone()),
+            binary: self.binary.clone(),
             env: self.env.clone(),
         }
         .try_start_config(dir, config, self.db.share())
         .unwrap_or_else(|e| panic!("cannot start another outpost-server: {e}"))
     }
 
-    fn spawn(&mut self) -> io::Result<()> {
+    /// Starts the server in its mode; `port_of` is a previous run whose port a
+    /// restarted [`Mode::Loopback`] server keeps.
+    fn spawn(&mut self, port_of: Option<Loopback>) -> io::Result<()> {
+        match self.mode {
+            Mode::Process => self.spawn_process(),
+            Mode::Loopback => {
+                let run = Loopback::start(&self.config, port_of)?;
+                self.addr = run.addr().to_string();
+                self.loopback = Some(run);
+                Ok(())
+            }
+            Mode::Direct => self.app.start(&self.config),
+        }
+    }
+
+    fn spawn_process(&mut self) -> io::Result<()> {
+        let Some(binary) = self.binary.clone() else {
+            return Err(io::Error::other("no server binary"));
+        };
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.stderr"))?;
-        let mut child = Command::new(&self.binary)
+        let mut child = Command::new(&binary)
             .arg("--config")
             .arg(&self.config)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.binary.display())))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", binary.display())))?;
         let Some(stdout) = child.stdout.take() else {
             return Err(io::Error::other("no stdout"));
         };
@@ -261,14 +370,22 @@ impl TestServer {
         Ok(())
     }
 
-    /// `host:port` it listens on.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `host:port` it listens on. A [`Mode::Direct`] server has none: this panics.
     pub fn addr(&self) -> &str {
+        assert!(
+            self.mode != Mode::Direct,
+            "a Mode::Direct server has no address: use TestServer::transport"
+        );
         &self.addr
     }
 
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.addr())
     }
 
     /// `http://127.0.0.1:<port>/`: the base URL a transport takes.
@@ -276,7 +393,20 @@ impl TestServer {
         self.url("/")
     }
 
-    /// Its temporary folder: the config, the SQLite database, `server.stderr`.
+    /// A sync engine's way to this server: the HTTP transport to its address, or in
+    /// [`Mode::Direct`] calls straight into its app. After [`TestServer::restart`] it
+    /// reaches the restarted server.
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        match self.mode {
+            Mode::Direct => Arc::new(DirectTransport::new(&self.app)),
+            Mode::Process | Mode::Loopback => Arc::new(
+                HttpTransport::new(&self.base_url(), HttpTimeouts::default())
+                    .expect("an HTTP transport to the test server"),
+            ),
+        }
+    }
+
+    /// Its folder: the config, the SQLite database, `server.stderr`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -299,7 +429,8 @@ impl TestServer {
         &self.client
     }
 
-    /// What the server has written to stderr so far (logs, panics).
+    /// What the server process has written to stderr so far (logs, panics); empty in
+    /// the in-process modes, which log through this process.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.stderr")).unwrap_or_default()
     }
@@ -314,8 +445,16 @@ impl TestServer {
         self.count("audit", "op_id", op_id)
     }
 
-    /// SIGKILL, then start again on the same port and database.
+    /// Stops at once (SIGKILL; in process, the app dropped mid-request), then starts
+    /// again on the same port and database.
     pub fn restart(&mut self) {
+        if self.mode != Mode::Process {
+            let port_of = self.loopback.take();
+            self.kill();
+            self.spawn(port_of)
+                .unwrap_or_else(|e| panic!("cannot restart the server: {e}"));
+            return;
+        }
         self.kill();
         let listen = self.addr.clone();
         let text = std::fs::read_to_string(&self.config).expect("read the config");
@@ -327,27 +466,36 @@ impl TestServer {
         }
         // Pooled connections went to the killed process.
         self.client = new_client();
-        self.spawn()
+        self.spawn(None)
             .unwrap_or_else(|e| panic!("cannot restart outpost-server: {e}"));
     }
 
-    /// Whether the process is still alive (it may have crashed on its own).
+    /// Whether it is still serving (a process may have crashed on its own).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        match self.mode {
+            Mode::Process => self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+            Mode::Loopback => self.loopback.as_ref().is_some_and(Loopback::is_running),
+            Mode::Direct => self.app.is_up(),
+        }
     }
 
-    /// SIGKILL: no chance to flush anything more.
+    /// SIGKILL: no chance to flush anything more. In process, the serving task is
+    /// aborted or the app dropped, with requests in flight.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.loopback.take();
+        self.app.stop();
     }
 
-    /// Sends SIGTERM and returns the exit status.
+    /// Sends SIGTERM and returns the exit status ([`Mode::Process`] only).
     pub fn terminate(&mut self) -> ExitStatus {
+        assert_eq!(self.mode, Mode::Process, "only a process gets SIGTERM");
         let mut c = self.child.take().expect("the server is running");
         Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
@@ -387,6 +535,8 @@ fn new_client() -> reqwest::Client {
 
 #[cfg(test)]
 mod tests {
+    use outpost_core::TransportError;
+
     use super::*;
 
     #[test]
@@ -400,6 +550,50 @@ mod tests {
         assert!(!t.contains("tombstone_retention_days = 30"));
         assert_eq!(t.matches("tombstone_retention_days").count(), 1);
         assert!(t.find("purge_interval_secs").unwrap() < t.find("[[users]]").unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_process_modes_serve_the_app_and_keep_the_data_across_a_restart() {
+        use outpost_core::protocol::PushRequest;
+        use outpost_core::transport::PullParams;
+        let pull = PullParams {
+            since: None,
+            limit: 10,
+            collections: vec!["notes".into()],
+        };
+        for mode in [Mode::Loopback, Mode::Direct] {
+            let mut s = TestServer::builder(&Backend::Sqlite).mode(mode).start();
+            let link = s.transport();
+            assert_eq!(link.health().await.expect("health").protocol, 1, "{mode:?}");
+            let op = crate::put("notes", "n1", None, serde_json::json!({"v": 1}));
+            let push: PushRequest =
+                serde_json::from_value(serde_json::json!({"client_id": "c", "ops": [op]}))
+                    .expect("a push");
+            let answer = link.push(AMINA, &push).await.expect("push");
+            assert_eq!(answer.results.len(), 1, "{mode:?}");
+            s.restart();
+            assert!(s.is_running(), "{mode:?}");
+            // The transport taken before the restart reaches the restarted server.
+            let page = link.pull(AMINA, &pull).await.expect("pull");
+            assert_eq!(page.changes.len(), 1, "{mode:?}");
+            assert_eq!(s.count("records", "record_id", "n1"), 1, "{mode:?}");
+            s.kill();
+            assert!(!s.is_running(), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_direct_server_that_is_down_fails_like_a_network() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let mut s = TestServer::builder(&Backend::Sqlite)
+            .mode(Mode::Direct)
+            .start();
+        let link = s.transport();
+        s.kill();
+        let down = rt.block_on(link.health());
+        assert!(matches!(down, Err(TransportError::Network(_))), "{down:?}");
     }
 
     #[test]

@@ -2,31 +2,31 @@
 //! devices and the server's real request handling, checked against Outpost's promises.
 //!
 //! A happy path proves little about a sync protocol; counterexamples hide in rare
-//! interleavings of crashes, lost answers and retries. Each schedule is fully decided
-//! by its seed: the server's router is called in process (no sockets, no timing), wall
-//! time is a fake clock advanced by the schedule, and the faults the test kit's layer
-//! injects on top are drawn from the same seeded generator, so a failing seed replays
-//! exactly.
+//! interleavings of crashes, lost answers and retries. Each schedule is decided by its
+//! seed: the test kit's server runs in [`Mode::Direct`] (its router called in
+//! process: no sockets, no network timing), wall time is a fake clock advanced by the schedule,
+//! and the faults the kit's layer injects on top are drawn from the same seeded
+//! generator, so a failing seed replays. Two things still follow timing, not the seed:
+//! two devices syncing at once reach the server in the order their SQLite threads
+//! finish, and the engine's backoff jitter is unseeded; so a few schedules in a
+//! hundred take another turn from run to run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, header};
 use outpost_core::clock::{FakeClock, WallClock};
-use outpost_core::protocol::{HealthResponse, PullResponse, PushRequest, PushResponse};
-use outpost_core::transport::{BoxFuture, PullParams, decode_answer};
 use outpost_core::{
     ConflictStrategy, Durability, Resolution, StaticToken, Store, StoreConfig, SyncConfig,
-    SyncEngine, SyncOutcome, Transport, TransportError,
+    SyncEngine, SyncOutcome,
 };
-use outpost_testkit::{Fault, FaultyTransport, Hook, RequestKind};
+use outpost_testkit::{
+    AMINA, Backend, Fault, FaultyTransport, Hook, Mode, RequestKind, TestServer,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 /// What one schedule found. All zero means every promise held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,7 +76,6 @@ impl SimResult {
 
 const NOTE_IDS: [&str; 4] = ["n1", "n2", "n3", "n4"];
 const TALLY_IDS: [&str; 2] = ["t1", "t2"];
-const TOKEN: &str = "sim-token-0123456789";
 
 fn strategies() -> [(&'static str, ConflictStrategy); 6] {
     [
@@ -87,82 +86,6 @@ fn strategies() -> [(&'static str, ConflictStrategy); 6] {
         ("field", ConflictStrategy::ClientWins),
         ("tallies", ConflictStrategy::LastWriteWins),
     ]
-}
-
-fn server_config(db: &Path) -> outpost_server::Config {
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase = {:?}\ndefault_access = \"team\"\n\
-         tombstone_retention_days = 30\n\n[[users]]\nname = \"sim\"\nteam = \"t\"\ntoken = \"{TOKEN}\"\n",
-        db.display().to_string()
-    );
-    #[allow(clippy::expect_used)]
-    outpost_server::Config::parse(&text, db.parent().unwrap_or(Path::new(".")))
-        .expect("simulation server config")
-}
-
-/// The server: its router over the SQLite file, rebuilt on a simulated restart.
-struct SimServer {
-    db: PathBuf,
-    router: Mutex<axum::Router>,
-}
-
-impl SimServer {
-    fn start(db: &Path) -> SimServer {
-        SimServer {
-            db: db.to_owned(),
-            router: Mutex::new(Self::router(db)),
-        }
-    }
-
-    fn router(db: &Path) -> axum::Router {
-        let config = server_config(db);
-        #[allow(clippy::expect_used)]
-        let storage = outpost_server::open_storage(&config).expect("server storage");
-        outpost_server::build_app(outpost_server::AppState::new(&config, storage))
-    }
-
-    fn restart(&self) {
-        let fresh = Self::router(&self.db);
-        *self.router.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-    }
-
-    async fn call(
-        &self,
-        req: Request<Body>,
-    ) -> Result<(u16, Option<String>, Vec<u8>), TransportError> {
-        let router = self
-            .router
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let resp = router
-            .oneshot(req)
-            .await
-            .map_err(|e| TransportError::Network(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let retry = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .map_err(|e| TransportError::Network(e.to_string()))?;
-        Ok((status, retry, body.to_vec()))
-    }
-}
-
-/// One device's way to the in-process server: requests go to the router as HTTP
-/// would carry them, and its answers are decoded as the HTTP transport decodes them.
-/// Faults are the kit's layer on top.
-struct InProcess {
-    server: Arc<SimServer>,
-}
-
-impl std::fmt::Debug for InProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcess").finish_non_exhaustive()
-    }
 }
 
 /// Where a device that died mid-request is left: `Some(image)` to restore a crash
@@ -179,16 +102,6 @@ fn copy_db(from: &Path, to: &Path) {
         }
     }
     let _ = std::fs::remove_file(format!("{}-shm", to.display()));
-}
-
-impl InProcess {
-    async fn exchange<T: serde::de::DeserializeOwned>(
-        &self,
-        req: Request<Body>,
-    ) -> Result<T, TransportError> {
-        let (s, r, b) = self.server.call(req).await?;
-        decode_answer(s, r.as_deref(), &b)
-    }
 }
 
 /// A crash right after the server committed a request: mid-push nothing else writes
@@ -212,54 +125,6 @@ fn arm(link: &FaultyTransport, fault: Option<Fault>) {
     link.clear_faults();
     if let Some(f) = fault {
         link.fail_next_request(f);
-    }
-}
-
-fn request(method: &str, uri: &str, body: Option<Vec<u8>>) -> Request<Body> {
-    let builder = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::CONTENT_TYPE, "application/json");
-    #[allow(clippy::expect_used)]
-    builder
-        .body(body.map_or_else(Body::empty, Body::from))
-        .expect("request")
-}
-
-impl Transport for InProcess {
-    fn health(&self) -> BoxFuture<'_, Result<HealthResponse, TransportError>> {
-        Box::pin(async move { self.exchange(request("GET", "/health", None)).await })
-    }
-
-    fn push<'a>(
-        &'a self,
-        _token: &'a str,
-        req: &'a PushRequest,
-    ) -> BoxFuture<'a, Result<PushResponse, TransportError>> {
-        Box::pin(async move {
-            let body =
-                serde_json::to_vec(req).map_err(|e| TransportError::Protocol(e.to_string()))?;
-            self.exchange(request("POST", "/v1/push", Some(body))).await
-        })
-    }
-
-    fn pull<'a>(
-        &'a self,
-        _token: &'a str,
-        p: &'a PullParams,
-    ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
-        Box::pin(async move {
-            let mut uri = format!(
-                "/v1/pull?limit={}&collections={}",
-                p.limit,
-                p.collections.join(",")
-            );
-            if let Some(since) = &p.since {
-                uri.push_str(&format!("&since={since}"));
-            }
-            self.exchange(request("GET", &uri, None)).await
-        })
     }
 }
 
@@ -308,18 +173,16 @@ fn seed_identity(path: &Path, replica: u64, client: u128) {
 }
 
 impl SimDevice {
-    fn open(path: &Path, server: &Arc<SimServer>, clock: &Arc<FakeClock>) -> SimDevice {
+    fn open(path: &Path, server: &TestServer, clock: &Arc<FakeClock>) -> SimDevice {
         #[allow(clippy::expect_used)]
         let store = Store::open_with_clock(path, device_config(), clock.clone()).expect("device");
-        let link = Arc::new(FaultyTransport::new(Arc::new(InProcess {
-            server: Arc::clone(server),
-        })));
+        let link = Arc::new(FaultyTransport::new(server.transport()));
         let crash = CrashSlot::default();
         let crash_fault = crash_fault(path, &crash);
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),
-            Arc::new(StaticToken(TOKEN.into())),
+            Arc::new(StaticToken(AMINA.into())),
             sync_config(),
             tokio::runtime::Handle::current(),
         );
@@ -336,7 +199,7 @@ impl SimDevice {
     /// Drops everything in memory and reopens from `image` (or the file as it is).
     fn crash_and_reopen(
         self,
-        server: &Arc<SimServer>,
+        server: &TestServer,
         clock: &Arc<FakeClock>,
         image: Option<PathBuf>,
     ) -> SimDevice {
@@ -378,7 +241,10 @@ struct Ack {
 pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = FakeClock::new(1_800_000_000_000);
-    let server = Arc::new(SimServer::start(&dir.join("server.db")));
+    let mut server = TestServer::builder(&Backend::Sqlite)
+        .mode(Mode::Direct)
+        .dir(dir)
+        .start();
     let n = rng.random_range(2..=5usize);
     let steps = rng.random_range(20..60usize);
     // Identities come from their own stream, so the schedule drawn from `rng` stays
@@ -545,8 +411,10 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         .iter()
         .map(|d| d.store.conflict_log().unwrap_or_default().len() as u64)
         .sum();
+    #[allow(clippy::expect_used)]
+    let server_db = server.db().sqlite_path().expect("a SQLite server");
     check_outcome(
-        &server.db,
+        server_db,
         &devices,
         &acks,
         &increments,
@@ -561,7 +429,7 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
 
 fn reopen_if_crashed(
     d: SimDevice,
-    server: &Arc<SimServer>,
+    server: &TestServer,
     clock: &Arc<FakeClock>,
     result: &mut SimResult,
 ) -> SimDevice {

@@ -3,7 +3,8 @@
 //! over a flaky link, and then checks, from the server's own database, that nothing a
 //! user typed was lost or applied twice.
 //!
-//! This module holds what both scenarios share: the in-process server, the devices,
+//! This module holds what both scenarios share: the server (the test kit's, in
+//! [`Mode::Loopback`]: the real server's app in this process), the devices,
 //! the "sync until quiet" loop and the report's table; `scenario` holds the steps both
 //! stories' phases take. The stories themselves live in `field` (nurses) and `assets`
 //! (engineers), each as its phases over the run's state; `verify` reads the server's
@@ -26,7 +27,7 @@ use outpost_core::{
     ConflictStrategy, Durability, Query, StaticToken, Store, StoreConfig, SyncConfig, SyncEngine,
     SyncOutcome,
 };
-use outpost_testkit::{FaultyTransport, RandomFaults};
+use outpost_testkit::{Backend, FaultyTransport, Folder, Mode, RandomFaults, TestDb, TestServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -113,7 +114,7 @@ impl Device {
     }
 }
 
-/// The in-process server and the folder everything lives in.
+/// The server in this process and the folder everything lives in.
 #[derive(Debug)]
 pub struct Harness {
     pub dir: PathBuf,
@@ -125,14 +126,14 @@ pub struct Harness {
     collections: Vec<(&'static str, ConflictStrategy)>,
     seed: u64,
     fail_rate: f64,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<Result<(), outpost_server::ServeError>>>,
+    server: TestServer,
 }
 
 impl Harness {
     /// Writes a server config with one user per name (all in one team, so everyone
-    /// reads everything the demo compares), and starts the server on 127.0.0.1:0.
-    pub async fn start(
+    /// reads everything the demo compares), and starts the server on 127.0.0.1:0. The
+    /// config stays beside the data, so `outpost serve` can reopen a kept run.
+    pub fn start(
         args: &DemoArgs,
         seed: u64,
         users: &[String],
@@ -177,13 +178,14 @@ impl Harness {
         }
         let config_path = dir.join("server.toml");
         std::fs::write(&config_path, toml)?;
-        let config = outpost_server::Config::load(&config_path)?;
-        let server = outpost_server::Server::bind(config).await?;
-        let url = format!("http://{}/", server.local_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
+        let server = TestServer::builder(&Backend::Sqlite)
+            .mode(Mode::Loopback)
+            .try_start_config(
+                Folder::Given(dir.clone()),
+                config_path,
+                TestDb::Sqlite(server_db.clone()),
+            )?;
+        let url = server.base_url();
         Ok(Harness {
             dir,
             _temp: temp,
@@ -193,8 +195,7 @@ impl Harness {
             collections,
             seed,
             fail_rate: args.fail_rate,
-            shutdown: Some(tx),
-            server: Some(task),
+            server,
         })
     }
 
@@ -248,19 +249,9 @@ impl Harness {
         })
     }
 
-    /// Stops the server after in-flight requests (bounded: idle keep-alive connections
-    /// must not hold the demo open).
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(mut task) = self.server.take()
-            && tokio::time::timeout(Duration::from_secs(3), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
-        }
+    /// Stops the server; the demo has nothing in flight by then.
+    pub fn stop(self) {
+        drop(self.server);
     }
 }
 

@@ -45,7 +45,7 @@ impl Scenario {
         let started = Instant::now();
         let mut users = field.to_vec();
         users.push(lead.to_owned());
-        let harness = Harness::start(args, seed, &users, collections).await?;
+        let harness = Harness::start(args, seed, &users, collections)?;
         let lead = harness.device(lead, lead, 0)?;
         let field = field
             .iter()
@@ -188,7 +188,7 @@ impl Scenario {
             d.engine.shutdown();
             d.store.close();
         }
-        self.harness.stop().await;
+        self.harness.stop();
         checks.all_passed() && lost == 0
     }
 }
