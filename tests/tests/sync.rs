@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_core::protocol::JsonObject;
+use outpost_core::protocol::{
+    Change, HealthResponse, JsonObject, PullResponse, PushRequest, PushResponse,
+};
+use outpost_core::transport::{BoxFuture, PullParams};
 use outpost_core::{
-    Conflict, ConflictListener, EntryState, Query, Resolution, Store, SyncOutcome, SyncState,
-    TokenProvider,
+    Conflict, ConflictListener, EntryState, Query, Resolution, StaticToken, Store, SyncEngine,
+    SyncOutcome, SyncState, TokenProvider, Transport, TransportError,
 };
 use outpost_testkit::{AMINA, BEN, Backend, CHIOMA, Fault, TestServer};
-use outpost_tests::{Device, sync_config};
+use outpost_tests::{Device, store_config, sync_config};
 use serde_json::{Value, json};
 
 fn snapshot(store: &Store, collection: &str) -> BTreeMap<String, Value> {
@@ -881,4 +884,101 @@ async fn a_resent_winner_keeps_its_stamp() {
             json!("c")
         );
     }
+}
+
+/// A server that answers a pull of `answers` with one more change, of `patients`:
+/// what a broken proxy or a server bug would send.
+#[derive(Debug)]
+struct ForeignChange(Arc<dyn Transport>);
+
+impl Transport for ForeignChange {
+    fn health(&self) -> BoxFuture<'_, Result<HealthResponse, TransportError>> {
+        self.0.health()
+    }
+
+    fn push<'a>(
+        &'a self,
+        token: &'a str,
+        request: &'a PushRequest,
+    ) -> BoxFuture<'a, Result<PushResponse, TransportError>> {
+        self.0.push(token, request)
+    }
+
+    fn pull<'a>(
+        &'a self,
+        token: &'a str,
+        params: &'a PullParams,
+    ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
+        Box::pin(async move {
+            let mut page = self.0.pull(token, params).await?;
+            if params.collections == ["answers"] {
+                page.changes.push(Change {
+                    collection: "patients".into(),
+                    record_id: "intruder".into(),
+                    version: 1,
+                    seq: 1,
+                    deleted: false,
+                    data: json!({"name": "not asked for"}).as_object().cloned(),
+                    hlc: "1700000000000-00000-elsewhere".into(),
+                    updated_at: "2026-01-01T00:00:00.000Z".into(),
+                });
+            }
+            Ok(page)
+        })
+    }
+}
+
+/// The engine asks for one collection per pull. A page holding a change of another
+/// is not what it asked for: applying or skipping that change would both be guesses,
+/// so the sync stops as failed (not backing off, as a network fault would) and says
+/// the server is at fault; nothing of the page is applied and the cursor stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_page_with_a_change_not_asked_for_stops_the_sync() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Device::open(dir.path(), "a", &server, AMINA);
+    a.store.put("answers", Some("q1"), json!({"v": 1})).unwrap();
+    a.store
+        .put("patients", Some("p1"), json!({"v": 1}))
+        .unwrap();
+    a.sync_until_quiet().await;
+
+    let store = Store::open(dir.path().join("b.db"), store_config()).unwrap();
+    let engine = |link: Arc<dyn Transport>| {
+        SyncEngine::new(
+            store.clone(),
+            link,
+            Arc::new(StaticToken(BEN.into())),
+            sync_config(),
+            tokio::runtime::Handle::current(),
+        )
+    };
+    let broken = engine(Arc::new(ForeignChange(server.transport())));
+    let r = broken.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::Failed, "{r:?}");
+    let said = r#"the server answered a pull of "answers" with a change of "patients""#;
+    assert!(r.errors.iter().any(|e| e.contains(said)), "{:?}", r.errors);
+    assert!(broken.status().last_error.is_some_and(|e| e.contains(said)));
+    // `answers` is pulled first; the sync stopped there.
+    for (collection, id) in [
+        ("answers", "q1"),
+        ("patients", "intruder"),
+        ("patients", "p1"),
+    ] {
+        assert_eq!(
+            store.get(collection, id).unwrap(),
+            None,
+            "{collection}/{id}"
+        );
+    }
+    broken.shutdown();
+
+    // With a server that answers what was asked, the device pulls from where it stood.
+    let fixed = engine(server.transport());
+    let r = fixed.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
+    assert!(store.get("answers", "q1").unwrap().is_some());
+    assert!(store.get("patients", "p1").unwrap().is_some());
+    assert_eq!(store.get("patients", "intruder").unwrap(), None);
+    fixed.shutdown();
 }
