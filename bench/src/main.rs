@@ -1,10 +1,11 @@
-//! `outpost-bench`: the eight figures of Outpost's performance, each measured side by
+//! `outpost-bench`: the nine figures of Outpost's performance, each measured side by
 //! side with its baseline in the same run.
 //!
 //! Absolute times drift on shared machines, so every figure is reported as a ratio to a
 //! baseline that runs in the same process, alternating with it: raw rusqlite for local
-//! writes and pull apply, a minimal HTTP endpoint for push, a one-request-per-op loop
-//! for wire cost, plain Rust calls for the FFI. Everything measured goes through the
+//! writes, pull apply and local queries, a minimal HTTP endpoint for push, a
+//! one-request-per-op loop for wire cost, plain Rust calls for the FFI, the same sync
+//! without an observer. Everything measured goes through the
 //! public API and the real `outpost-server` binary on loopback.
 //!
 //! ```sh
@@ -18,6 +19,7 @@
 mod ffi;
 mod local;
 mod net;
+mod query;
 mod server;
 mod util;
 
@@ -44,6 +46,10 @@ struct Size {
     wire_ops: usize,
     callbacks: usize,
     ffi_calls: u64,
+    /// Figure 9: records of the district, timed calls per query, first syncs per side.
+    query_records: usize,
+    query_iters: usize,
+    query_sync_rounds: usize,
 }
 
 const TINY: Size = Size {
@@ -59,6 +65,9 @@ const TINY: Size = Size {
     wire_ops: 1000,
     callbacks: 200,
     ffi_calls: 1000,
+    query_records: 2000,
+    query_iters: 20,
+    query_sync_rounds: 1,
 };
 
 const FULL: Size = Size {
@@ -74,6 +83,9 @@ const FULL: Size = Size {
     wire_ops: 1000,
     callbacks: 10_000,
     ffi_calls: 50_000,
+    query_records: 100_000,
+    query_iters: 400,
+    query_sync_rounds: 3,
 };
 
 #[derive(Debug)]
@@ -528,6 +540,117 @@ impl Run {
         self.details.insert("8_ffi".into(), Value::Object(detail));
         Ok(())
     }
+
+    /// Figure 9: 9d's first syncs, alternately observed and not, then 9a–9c on the file
+    /// of the first unobserved one.
+    fn fig9(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
+        let size = self.args.size;
+        let n = size.query_records;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let kept = self.dir.path().join("f9-district.db");
+        for round in 0..size.query_sync_rounds {
+            for pass in 0..2 {
+                let observed = (pass == 0) == (round % 2 == 0);
+                self.log(&format!(
+                    "9d: first sync of {n} records, round {}, {}",
+                    round + 1,
+                    if observed { "observed" } else { "unobserved" }
+                ));
+                let keep = !observed && without.is_empty();
+                let db = if keep {
+                    kept.clone()
+                } else {
+                    self.dir.path().join("f9-sync.db")
+                };
+                let r = query::first_sync(rt, url, &db, observed)?;
+                if r.changes != n as u64 {
+                    return Err(fail(format!("9d: pulled {} of {n} records", r.changes)));
+                }
+                if !keep {
+                    for ext in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+                    }
+                }
+                if observed { &mut with } else { &mut without }.push(r);
+            }
+        }
+        self.log("9a-9c: queries, store and raw alternating");
+        let q = query::queries(&kept, size.query_iters)?;
+        let records = q.records;
+        for (name, (s, r), target, limit) in [
+            (
+                "9a indexed filter + order + limit 50 (p50)",
+                q.filter_order_limit,
+                "≤ 2×",
+                2.0,
+            ),
+            ("9b indexed count (p50)", q.count, "≤ 2×", 2.0),
+        ] {
+            let ratio = ratio(s.p50_us, r.p50_us);
+            self.rows.push(row(
+                &format!("{name}, {records} records"),
+                format!("{:.0} µs", s.p50_us),
+                format!("{:.0} µs raw", r.p50_us),
+                ratio,
+                target,
+                ratio.map(|q| q <= limit),
+            ));
+        }
+        let (s, r) = q.search;
+        let search_ratio = ratio(s.p50_us, r.p50_us);
+        self.rows.push(row(
+            &format!("9c FTS prefix search `amin*`, limit 50 (p50), {records} records"),
+            format!("{:.2} ms", s.p50_us / 1000.0),
+            format!("{:.2} ms raw FTS5", r.p50_us / 1000.0),
+            search_ratio,
+            "≤ 5 ms and ≤ 3×",
+            search_ratio.map(|q| q <= 3.0 && s.p50_us <= 5000.0),
+        ));
+        // Re-runs: at most one per 50 ms of the window, and one at its start.
+        let paced = |r: &query::SyncRun| r.reruns as f64 <= (r.window_s / 0.05).floor() + 1.0;
+        let busiest = with
+            .iter()
+            .max_by(|a, b| {
+                let rate = |r: &query::SyncRun| r.reruns as f64 / r.window_s.max(1e-9);
+                rate(a).total_cmp(&rate(b))
+            })
+            .ok_or_else(|| fail("9d: no observed sync"))?;
+        let per_50ms = busiest.reruns as f64 / (busiest.window_s / 0.05).max(1e-9);
+        self.rows.push(row(
+            &format!("9d observer of a 50-row query during a first sync of {n} records: re-runs"),
+            format!(
+                "{} re-runs in {:.2} s, shortest gap between deliveries {} (busiest of {})",
+                busiest.reruns,
+                busiest.window_s,
+                busiest
+                    .min_gap_ms
+                    .map_or_else(|| "—".to_owned(), |g| format!("{g:.0} ms")),
+                with.len()
+            ),
+            "—".into(),
+            Some(per_50ms),
+            "≤ 1 per 50 ms",
+            Some(with.iter().all(paced)),
+        ));
+        let secs = |runs: &[query::SyncRun]| runs.iter().map(|r| r.sync_s).sum::<f64>();
+        let (with_s, without_s) = (secs(&with), secs(&without));
+        let total = (n * with.len()) as f64;
+        let (a, b) = (total / with_s.max(1e-9), total / without_s.max(1e-9));
+        let q_sync = ratio(a, b);
+        self.rows.push(row(
+            &format!("9d first sync of {n} records with that observer (throughput)"),
+            format!("{a:.0} changes/s ({with_s:.2} s)"),
+            format!("{b:.0} changes/s without ({without_s:.2} s)"),
+            q_sync,
+            "≥ 0.9×",
+            q_sync.map(|q| q >= 0.9),
+        ));
+        self.details.insert(
+            "9_queries".into(),
+            json!({"queries": q, "sync_observed": with, "sync_unobserved": without}),
+        );
+        Ok(())
+    }
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
@@ -597,7 +720,7 @@ fn run(args: Args) -> Result<()> {
     if run.wants(7) {
         run.fig7()?;
     }
-    if [3, 4, 5, 6].iter().any(|f| run.wants(*f)) {
+    if [3, 4, 5, 6, 9].iter().any(|f| run.wants(*f)) {
         let bin = server::server_binary(run.args.server_bin.as_deref())?;
         let rt = net::runtime()?;
         if run.wants(3) || run.wants(6) {
@@ -621,6 +744,7 @@ fn run(args: Args) -> Result<()> {
                     &seeded.base_url(),
                     "pulled",
                     run.args.size.pull_changes,
+                    util::payload,
                 )?;
                 run.fig4(&rt, &seeded.base_url())?;
             }
@@ -634,21 +758,32 @@ fn run(args: Args) -> Result<()> {
                     &seeded.base_url(),
                     "initial",
                     run.args.size.initial_records,
+                    util::payload,
                 )?;
                 run.fig5(&seeded.base_url())?;
             }
+        }
+        if run.wants(9) {
+            let district = server::start(&bin)?;
+            let n = run.args.size.query_records;
+            run.log(&format!("seeding {n} people for figure 9"));
+            net::seed(
+                &rt,
+                &district.base_url(),
+                query::COLLECTION,
+                n,
+                query::person,
+            )?;
+            run.fig9(&rt, &district.base_url())?;
         }
     }
     if run.wants(8) {
         run.fig8()?;
     }
-    // Figures in their number order.
+    // Figures in their number order ("9a" is figure 9), each in the order it was added.
     run.rows.sort_by_key(|r| {
-        r.figure
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0)
+        let digits: String = r.figure.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().unwrap_or(0)
     });
     let md = table(&run.rows);
     let result = json!({

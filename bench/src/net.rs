@@ -42,7 +42,7 @@ fn device(path: &Path, collection: &str) -> Result<Store> {
     Ok(Store::open(path, config)?)
 }
 
-fn engine(
+pub(crate) fn engine(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     transport: Arc<dyn Transport>,
@@ -56,7 +56,7 @@ fn engine(
     )
 }
 
-fn check(report: &SyncReport, what: &str) -> Result<()> {
+pub(crate) fn check(report: &SyncReport, what: &str) -> Result<()> {
     if report.outcome != SyncOutcome::Completed {
         return Err(fail(format!(
             "{what}: sync ended {:?}: {:?}",
@@ -294,9 +294,16 @@ pub fn push_baseline(
 
 // ---- seeding the real server ----
 
-/// Puts `n` records into `collection` on the real server through protocol v1 itself
-/// (1,000 ops per push, the server's maximum), as other devices would have.
-pub fn seed(rt: &tokio::runtime::Runtime, url: &str, collection: &str, n: usize) -> Result<()> {
+/// Puts `n` records (`data(k)` for the k-th) into `collection` on the real server
+/// through protocol v1 itself (1,000 ops per push, the server's maximum), as other
+/// devices would have.
+pub fn seed(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    collection: &str,
+    n: usize,
+    data: fn(u64) -> Value,
+) -> Result<()> {
     let transport = HttpTransport::new(url, HttpTimeouts::default())?;
     let client_id = uuid::Uuid::new_v4().to_string();
     let now = now_ms();
@@ -305,7 +312,7 @@ pub fn seed(rt: &tokio::runtime::Runtime, url: &str, collection: &str, n: usize)
         let m = 1000.min(n - i);
         let ops = (i..i + m)
             .map(|k| {
-                let data = match payload(k as u64) {
+                let data = match data(k as u64) {
                     Value::Object(o) => Some(o),
                     _ => None,
                 };

@@ -94,9 +94,11 @@ async fn an_observer_during_a_first_sync_reruns_paced_and_ends_on_the_result() {
         "{stats:?} in {elapsed:?}: more than one re-run per 50 ms"
     );
     assert!(stats.runs >= 2 && stats.deliveries as usize == delivered.len());
+    // Runs start at least 50 ms apart; a delivery comes at its run's end, so two can
+    // be a little closer when the first run was the slower.
     for pair in delivered.windows(2) {
         let gap = pair[1].0 - pair[0].0;
-        assert!(gap >= Duration::from_millis(45), "deliveries {gap:?} apart");
+        assert!(gap >= Duration::from_millis(25), "deliveries {gap:?} apart");
     }
     drop(sub);
     fresh.engine.shutdown();
