@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use super::{Tx, json_col, unreadable};
 use crate::error::Result;
 use crate::protocol::{Change, JsonObject};
-use crate::query::sql::QuerySql;
+use crate::query::sql::{self, QuerySql};
 use crate::record::{Record, SyncState};
 use rusqlite::types::Value as SqlValue;
 
@@ -90,17 +90,13 @@ pub(crate) fn count(conn: &Connection, q: &QuerySql) -> Result<u64> {
     Ok(n.max(0) as u64)
 }
 
-/// Which of `ids` a query's filter selects (an observer's test of relevance).
-pub(crate) fn matching(conn: &Connection, q: &QuerySql, ids: &[&str]) -> Result<Vec<String>> {
-    let sql = format!(
-        "SELECT id {} AND id IN (SELECT value FROM json_each(?))",
-        q.from_where
-    );
-    let mut args = q.args.clone();
-    args.push(SqlValue::Text(serde_json::to_string(ids)?));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(&args), |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+/// Whether the query selects any of `ids` (an observer's test of relevance). It stops
+/// at the first: a first sync's page touches hundreds of records, and one is enough.
+pub(crate) fn selects_any(conn: &Connection, q: &QuerySql, ids: &[&str]) -> Result<bool> {
+    let mut args = vec![SqlValue::Text(serde_json::to_string(ids)?)];
+    args.extend(q.args.iter().cloned());
+    let mut stmt = conn.prepare_cached(&format!("{} LIMIT 1", sql::probe(q)))?;
+    Ok(stmt.exists(params_from_iter(&args))?)
 }
 
 /// A row's data if it is live: `None` for a tombstone.

@@ -404,10 +404,13 @@ fn order_id(collection: &str, keys: &[(String, bool)]) -> String {
     id
 }
 
+/// What every query's `from_where` starts with.
+const FROM: &str = "FROM records ";
+
 /// The WHERE clause of live records of `collection` matching `filter`.
 fn where_clause(b: &mut Builder<'_>, filter: Option<&Filter>) -> Result<String> {
     let mut sql = format!(
-        "FROM records WHERE collection = '{}' AND deleted = 0",
+        "{FROM}WHERE collection = '{}' AND deleted = 0",
         b.collection
     );
     if let Some(f) = filter {
@@ -482,6 +485,19 @@ pub(crate) fn up_to(q: &QuerySql, values: &[Sql]) -> QuerySql {
         .from_where
         .push_str(&format!(" AND NOT coalesce({later}, 0)"));
     narrowed
+}
+
+/// An observer's probe: the ids, of those in a JSON array bound first, that `q`
+/// selects; `q.args` bind after it. A commit touches few records of a collection that
+/// may hold thousands matching the filter, so the probe is driven by the ids, one
+/// primary-key lookup each: the CROSS JOIN keeps the planner from starting at the
+/// filter's index instead.
+pub(crate) fn probe(q: &QuerySql) -> String {
+    let conditions = q.from_where.strip_prefix(FROM).unwrap_or(&q.from_where);
+    format!(
+        "SELECT id FROM (SELECT value AS touched FROM json_each(?)) CROSS JOIN records \
+         {conditions} AND id = touched"
+    )
 }
 
 /// The cursor that continues after a row with these sort key values.

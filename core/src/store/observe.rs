@@ -152,10 +152,9 @@ impl Store {
                 let relevant = !touched.is_empty()
                     && (any_change
                         || touched.iter().any(|id| shown.ids.contains(*id))
-                        || !store
-                            .read(|c| records::matching(c, shown.probe(&select), &touched))
-                            .map_err(|e| e.to_string())?
-                            .is_empty());
+                        || store
+                            .read(|c| records::selects_any(c, shown.probe(&select), &touched))
+                            .map_err(|e| e.to_string())?);
                 if !relevant {
                     return Ok(());
                 }

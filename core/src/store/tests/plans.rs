@@ -76,3 +76,38 @@ fn indexed_filters_counts_and_orders_use_the_index() {
     assert!(!p.contains("TEMP B-TREE"), "{p}");
     assert_eq!(s.query("patients", &prefix).unwrap().len(), 11);
 }
+
+#[test]
+fn an_observers_probe_looks_up_the_touched_records_by_primary_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let page = Query::new()
+        .filter("village", "v1")
+        .order_by("name", false)
+        .limit(5);
+    let q = sql::select("patients", false, &page).unwrap();
+    let last = vec![Sql::Text("n21".into()), Sql::Text("p21".into())];
+    for q in [q.clone(), sql::up_to(&q, &last)] {
+        let text = format!("EXPLAIN QUERY PLAN {}", sql::probe(&q));
+        let mut args = vec![Sql::Text(json!(["p1", "p6", "p7"]).to_string())];
+        args.extend(q.args.iter().cloned());
+        let (p, hits) = s
+            .read(|c| {
+                let mut stmt = c.prepare(&text)?;
+                let rows = stmt.query_map(params_from_iter(&args), |r| r.get::<_, String>(3))?;
+                let p = rows.collect::<rusqlite::Result<Vec<_>>>()?.join("; ");
+                let hits = [&["p7"][..], &["p7", "p6"], &["p2", "p11"]]
+                    .map(|ids| crate::db::records::selects_any(c, &q, ids).unwrap());
+                Ok((p, hits))
+            })
+            .unwrap();
+        assert!(
+            p.contains("USING PRIMARY KEY (collection=? AND id=?)"),
+            "{p}"
+        );
+        assert!(!p.contains("ix_patients"), "{p}");
+        // Village v1 holds p1, p6 and p11; by name, only n1 and n11 sort before n21.
+        let narrowed = q.args.len() > 1;
+        assert_eq!(hits, [false, !narrowed, true]);
+    }
+}
