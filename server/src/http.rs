@@ -5,7 +5,6 @@
 //! own error object and code, never with a framework's plain-text rejection.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use outpost_core::protocol::{
-    DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PULL_LIMIT,
+    DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_PULL_LIMIT,
     PROTOCOL_VERSION, PullResponse, PushResponse, validate_collection,
 };
 use sha2::{Digest, Sha256};
@@ -27,8 +26,8 @@ use tower_http::compression::CompressionLayer;
 
 use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
-use crate::json::{JsonError, parse_strict};
-use crate::logic::{self, BadPush, User, decode_cursor, encode_cursor};
+use crate::intake::BodyParser;
+use crate::logic::{self, User, decode_cursor, encode_cursor};
 use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
 
 /// Everything a request needs.
@@ -45,6 +44,7 @@ struct StateInner {
     rate_limit_per_minute: Option<u32>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    bodies: BodyParser,
 }
 
 impl AppState {
@@ -63,6 +63,7 @@ impl AppState {
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 windows: Mutex::new(HashMap::new()),
+                bodies: BodyParser::default(),
             }),
         }
     }
@@ -268,20 +269,6 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, bool), A
     Ok((bytes, gzip))
 }
 
-/// Inflates with a bound, so a small gzip bomb cannot take memory: reading stops one
-/// byte past the limit.
-fn gunzip(raw: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| ApiError::bad_request("the body is not valid gzip"))?;
-    if out.len() > MAX_BODY_BYTES {
-        return Err(ApiError::too_large());
-    }
-    Ok(out)
-}
-
 async fn push(State(state): State<AppState>, req: Request) -> Response {
     match push_inner(state, req).await {
         Ok(r) => r,
@@ -293,18 +280,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let (parts, body) = req.into_parts();
     let user = authenticate(&state, &parts.headers)?;
     let (raw, gzip) = read_body(&parts.headers, body).await?;
-    // Decoding and parsing up to 8 MiB is CPU work: keep it off the async threads.
-    let batch = tokio::task::spawn_blocking(move || {
-        let bytes = if gzip { gunzip(&raw)? } else { raw };
-        let value = parse_strict(&bytes, MAX_JSON_DEPTH).map_err(|e| match e {
-            JsonError::Utf8 | JsonError::TooDeep(_) | JsonError::Malformed(_) => {
-                ApiError::bad_request(e.to_string())
-            }
-        })?;
-        logic::read_push(value).map_err(|BadPush(m)| ApiError::bad_request(m))
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    let batch = state.inner.bodies.push_batch(raw, gzip).await?;
     let ctx = PushContext {
         user,
         client_id: batch.client_id,

@@ -41,6 +41,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+mod intake;
 pub mod json;
 pub mod logic;
 mod pull;
