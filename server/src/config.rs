@@ -74,7 +74,13 @@ pub struct Config {
     pub purge_interval: Duration,
     /// Requests per minute per user; `None` is unlimited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Bytes of change JSON in one pull page, past its first change.
+    pub max_pull_page_bytes: usize,
 }
+
+/// The default of `max_pull_page_mib`: a page a phone receives in well under a
+/// minute on a slow link, and a bounded amount of memory per pull.
+pub const DEFAULT_PULL_PAGE_MIB: f64 = 4.0;
 
 /// A config that cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +116,7 @@ impl Config {
             "rate_limit_per_minute",
             "users",
             "collections",
+            "max_pull_page_mib",
         ];
         check_keys(&table, &known, "")?;
 
@@ -161,6 +168,15 @@ impl Config {
             }
         };
 
+        let page_mib = opt_number(&table, "max_pull_page_mib")?.unwrap_or(DEFAULT_PULL_PAGE_MIB);
+        if page_mib <= 0.0 || page_mib > 1024.0 {
+            return Err(err(
+                "max_pull_page_mib",
+                "must be more than 0 and at most 1024",
+            ));
+        }
+        let max_pull_page_bytes = (page_mib * 1024.0 * 1024.0) as usize;
+
         let users = parse_users(table.get("users"))?;
         let collections = parse_collections(table.get("collections"))?;
 
@@ -173,6 +189,7 @@ impl Config {
             tombstone_retention,
             purge_interval,
             rate_limit_per_minute,
+            max_pull_page_bytes,
         })
     }
 
@@ -359,6 +376,9 @@ access = "private"
         assert_eq!(c.access("patients"), Access::Team);
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/tmp/x.db")));
         assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.max_pull_page_bytes, 4 * 1024 * 1024);
+        let half = parse(&BASE.replace("= 30", "= 30\nmax_pull_page_mib = 0.5")).unwrap();
+        assert_eq!(half.max_pull_page_bytes, 512 * 1024);
     }
 
     #[test]
@@ -399,6 +419,10 @@ access = "private"
                 "users[0].color: unknown key",
             ),
             (BASE.replace("= 30", "= -1"), "tombstone_retention_days"),
+            (
+                BASE.replace("= 30", "= 30\nmax_pull_page_mib = 0"),
+                "max_pull_page_mib",
+            ),
             (
                 BASE.replace("x.db", "postgres://u@h/db?no_such_option=1"),
                 "database:",

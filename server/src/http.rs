@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use outpost_core::protocol::{
     DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_PULL_LIMIT,
-    PROTOCOL_VERSION, PullResponse, PushResponse, validate_collection,
+    PROTOCOL_VERSION, PushResponse, validate_collection,
 };
 use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
 use crate::logic::{self, User, decode_cursor, encode_cursor};
-use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
+use crate::storage::{AccessRules, PageChange, PullPage, PullQuery, PushContext, Storage};
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]
@@ -42,6 +42,7 @@ struct StateInner {
     access: AccessRules,
     storage: Arc<dyn Storage>,
     rate_limit_per_minute: Option<u32>,
+    max_pull_page_bytes: usize,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     bodies: BodyParser,
@@ -62,6 +63,7 @@ impl AppState {
                 },
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
+                max_pull_page_bytes: config.max_pull_page_bytes,
                 windows: Mutex::new(HashMap::new()),
                 bodies: BodyParser::default(),
             }),
@@ -379,6 +381,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
         since: params.since,
         limit: params.limit,
         collections: params.collections,
+        max_bytes: state.inner.max_pull_page_bytes,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");
@@ -393,11 +396,43 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             changes,
             cursor,
             has_more,
-        } => Ok(axum::Json(PullResponse {
-            changes,
-            cursor: encode_cursor(cursor),
-            has_more,
-        })
-        .into_response()),
+        } => pull_answer(&changes, encode_cursor(cursor), has_more),
     }
+}
+
+/// The page as the protocol's pull answer, serialized once into a buffer sized for it.
+fn pull_answer(
+    changes: &[PageChange],
+    cursor: String,
+    has_more: bool,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        changes: &'a [PageChange],
+        cursor: String,
+        has_more: bool,
+    }
+    let size = changes
+        .iter()
+        .map(|c| c.data.as_ref().map_or(0, |d| d.get().len()) + 256)
+        .sum::<usize>()
+        + 256;
+    let mut body = Vec::with_capacity(size);
+    serde_json::to_writer(
+        &mut body,
+        &Answer {
+            changes,
+            cursor,
+            has_more,
+        },
+    )
+    .map_err(|_| ApiError::internal())?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }

@@ -101,7 +101,6 @@ async fn concurrent_gzip_bombs_stay_bounded(b: Backend) {
                 "{body}"
             );
         }
-        eprintln!("{b:?}: peak RSS {} MiB", s.peak_rss().unwrap() / MIB);
     }
     let peak = s.peak_rss().expect("VmHWM of the server");
     eprintln!(
@@ -120,4 +119,180 @@ async fn concurrent_gzip_bombs_stay_bounded(b: Backend) {
     );
 }
 
-outpost_testkit::backend_tests!("hardening_pull": concurrent_gzip_bombs_stay_bounded);
+/// One `GET /v1/pull<query>` as Amina: the answer's JSON length (decoded, as the
+/// client's parser sees it), its status and the parsed answer.
+async fn pull_sized(s: &TestServer, query: &str) -> (usize, u16, Value) {
+    let r = s
+        .client()
+        .get(s.url(&format!("/v1/pull{query}")))
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (text.len(), status, serde_json::from_str(&text).unwrap())
+}
+
+/// Pages from the beginning with `extra` on every query; checks that no change is
+/// skipped or repeated and seqs increase; returns each page's (JSON bytes, changes,
+/// has_more) and every record id in order.
+async fn pages(s: &TestServer, extra: &str) -> (Vec<(usize, usize, bool)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut last_seq = 0;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("?since={c}{extra}"),
+            None => format!("?x=1{extra}"),
+        };
+        let (len, st, body) = pull_sized(s, &q).await;
+        assert_eq!(st, 200, "{body}");
+        let changes = body["changes"].as_array().unwrap();
+        for c in changes {
+            let seq = c["seq"].as_i64().unwrap();
+            assert!(seq > last_seq, "seq {seq} after {last_seq}");
+            last_seq = seq;
+            ids.push(c["record_id"].as_str().unwrap().to_owned());
+        }
+        let more = body["has_more"].as_bool().unwrap();
+        out.push((len, changes.len(), more));
+        if !more {
+            return (out, ids);
+        }
+        cursor = Some(body["cursor"].as_str().unwrap().to_owned());
+    }
+}
+
+/// Finding 6: 100 records of 1 MiB at `limit=5000` were one 104 MB answer (228 MB peak
+/// RSS), and a device pulling 1,000 per page with a 30 s timeout could never finish.
+/// Now pages stop at 4 MiB of change JSON, with `has_more` and a cursor right after the
+/// last change; memory stays bounded with several pullers; a device syncs to the end.
+async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
+    let mut s = TestServer::start(&b);
+    let blob = "x".repeat(1_000_000);
+    for chunk in 0..20 {
+        let ops = (0..5)
+            .map(|i| {
+                let n = chunk * 5 + i;
+                put(
+                    "patients",
+                    &format!("p-{n:03}"),
+                    None,
+                    json!({"blob": blob, "n": n}),
+                )
+            })
+            .collect();
+        let r = s.push(AMINA, ops).await;
+        assert!(r.iter().all(|x| x["status"] == "applied"), "{r:?}");
+    }
+    // From here on the peak RSS is the pulls'.
+    s.restart();
+
+    let (got, ids) = pages(&s, "&limit=5000").await;
+    let want: Vec<String> = (0..100).map(|n| format!("p-{n:03}")).collect();
+    assert_eq!(ids, want, "every record once, in seq order");
+    // Four 1 MB changes make a page; a fifth would pass 4 MiB.
+    assert_eq!(got.len(), 25, "{got:?}");
+    for (i, (len, n, more)) in got.iter().enumerate() {
+        assert!(*len <= 4 * MIB as usize + 1024, "page {i}: {len} bytes");
+        assert_eq!(*n, 4, "page {i}");
+        assert_eq!(*more, i < 24, "page {i}");
+    }
+
+    // Four pullers at once, twice over.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (s.client().clone(), s.url("/v1/pull"));
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            let mut since = String::new();
+            for _ in 0..2 {
+                loop {
+                    let r = c
+                        .get(format!("{url}?limit=5000{since}"))
+                        .bearer_auth(AMINA)
+                        .send()
+                        .await
+                        .unwrap();
+                    let v: Value = r.json().await.unwrap();
+                    n += v["changes"].as_array().unwrap().len();
+                    if !v["has_more"].as_bool().unwrap() {
+                        since.clear();
+                        break;
+                    }
+                    since = format!("&since={}", v["cursor"].as_str().unwrap());
+                }
+            }
+            n
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let peak = s.peak_rss().expect("VmHWM of the server");
+    eprintln!(
+        "{b:?}: peak RSS over 9 full pulls of 100 MB: {} MiB",
+        peak / MIB
+    );
+    assert!(peak < 128 * MIB, "peak RSS {} MiB", peak / MIB);
+
+    // A device with the default 1,000 per page and 30 s timeout syncs it all.
+    let dir = tempfile::tempdir().unwrap();
+    let store = outpost_core::Store::open(
+        dir.path().join("device.db"),
+        outpost_core::StoreConfig::default()
+            .with_collection("patients", outpost_core::ConflictStrategy::FieldMerge),
+    )
+    .unwrap();
+    let engine = outpost_core::SyncEngine::new(
+        store.clone(),
+        std::sync::Arc::new(
+            outpost_core::HttpTransport::new(&s.base_url(), Default::default()).unwrap(),
+        ),
+        std::sync::Arc::new(outpost_core::StaticToken(AMINA.to_owned())),
+        outpost_core::SyncConfig::default(),
+        tokio::runtime::Handle::current(),
+    );
+    let report = engine.sync_now(None).await;
+    assert_eq!(
+        report.outcome,
+        outpost_core::SyncOutcome::Completed,
+        "{report:?}"
+    );
+    assert_eq!(report.pulled, 100);
+    assert!(report.requests >= 25, "{report:?}");
+    assert_eq!(store.count("patients", &[]).unwrap(), 100);
+    let r = store.get("patients", "p-099").unwrap().unwrap();
+    assert_eq!(r.data["blob"].as_str().map(str::len), Some(1_000_000));
+}
+
+/// The budget is configurable, a change bigger than it comes alone (so every page makes
+/// progress), and `limit` still ends pages by count.
+async fn a_change_over_the_budget_comes_alone(b: Backend) {
+    let s = TestServer::start_with(&b, "max_pull_page_mib = 0.25");
+    for (id, size) in [
+        ("a", 100_000),
+        ("b", 300_000),
+        ("c", 100_000),
+        ("d", 10),
+        ("e", 10),
+    ] {
+        s.push(
+            AMINA,
+            vec![put("patients", id, None, json!({"x": "y".repeat(size)}))],
+        )
+        .await;
+    }
+    let (got, ids) = pages(&s, "").await;
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+    let shape: Vec<_> = got.iter().map(|(_, n, more)| (*n, *more)).collect();
+    assert_eq!(shape, [(1, true), (1, true), (3, false)]);
+    let (_, ids) = pages(&s, "&limit=2").await;
+    assert_eq!(ids.len(), 5);
+    let (got, _) = pages(&s, "&limit=1").await;
+    assert_eq!(got.len(), 5);
+}
+
+outpost_testkit::backend_tests!("hardening_pull": concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone);
