@@ -4,7 +4,7 @@
 //! request can be wrong (size, encoding, JSON, query) is answered with the protocol's
 //! own error object and code, never with a framework's plain-text rejection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,7 @@ pub fn build_app(state: AppState) -> Router {
             },
         ))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(no_store))
         // The fastest level keeps nearly all of gzip's saving on JSON at a fraction of
         // the CPU; a pull page or push answer is compressed on every request.
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
@@ -136,6 +137,18 @@ async fn json_errors(req: Request, next: Next) -> Response {
     let code = code_for_status(status);
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
     error_response(code, message)
+}
+
+/// `Cache-Control: no-store` on every answer of a `/v1/` route: they carry records
+/// (patient data), which no browser, proxy or HTTP cache on a shared device may keep.
+async fn no_store(req: Request, next: Next) -> Response {
+    let protected = req.uri().path().starts_with("/v1/");
+    let mut resp = next.run(req).await;
+    if protected {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 /// One line per request: method, path, status, time. Never the query, headers or body,
@@ -352,14 +365,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
                 if collections.is_some() {
                     return Err(slot_taken());
                 }
-                let mut list: Vec<String> = Vec::new();
-                for c in v.split(',') {
-                    validate_collection(c).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                    if !list.iter().any(|x| x == c) {
-                        list.push(c.to_owned());
-                    }
-                }
-                collections = Some(list);
+                collections = Some(parse_collections(&v)?);
             }
             // Unknown parameters are ignored, as HTTP caches and proxies may add some.
             _ => {}
@@ -370,6 +376,25 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
         limit: limit.unwrap_or(DEFAULT_PULL_LIMIT),
         collections,
     })
+}
+
+/// Most names a `collections` list may hold, repeats included.
+const MAX_PULL_COLLECTIONS: usize = 1000;
+
+/// A `collections` list as a sorted set. Stops at the first name past the cap, so a
+/// long list costs no more than a short one.
+fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
+    let mut set = BTreeSet::new();
+    for (i, c) in list.split(',').enumerate() {
+        if i == MAX_PULL_COLLECTIONS {
+            return Err(ApiError::bad_request(format!(
+                "more than {MAX_PULL_COLLECTIONS} collections"
+            )));
+        }
+        validate_collection(c).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        set.insert(c);
+    }
+    Ok(set.into_iter().map(str::to_owned).collect())
 }
 
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
