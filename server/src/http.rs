@@ -24,11 +24,14 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
-use crate::logic::{self, User, decode_cursor, encode_cursor};
-use crate::storage::{AccessRules, PageChange, PullPage, PullQuery, PushContext, Storage};
+use crate::logic::{self, User};
+use crate::storage::{
+    AccessRules, PageChange, PullPage, PullQuery, PushContext, Storage, StorageError, db_err,
+};
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ struct StateInner {
     storage: Arc<dyn Storage>,
     rate_limit_per_minute: Option<u32>,
     max_pull_page_bytes: usize,
+    /// The configured cursor secret, if any.
+    cursor_secret: Option<Secret>,
+    /// The cursor key, once known.
+    cursor_key: tokio::sync::OnceCell<CursorKey>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     bodies: BodyParser,
@@ -64,6 +71,8 @@ impl AppState {
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 max_pull_page_bytes: config.max_pull_page_bytes,
+                cursor_secret: config.cursor_secret.clone(),
+                cursor_key: tokio::sync::OnceCell::new(),
                 windows: Mutex::new(HashMap::new()),
                 bodies: BodyParser::default(),
             }),
@@ -73,7 +82,31 @@ impl AppState {
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
+
+    /// The key pull cursors are sealed with: from the configured secret, or else from
+    /// the one in the database, which the first server to need it makes.
+    pub async fn cursor_key(&self) -> Result<&CursorKey, StorageError> {
+        self.inner
+            .cursor_key
+            .get_or_try_init(|| async {
+                let secret = match &self.inner.cursor_secret {
+                    Some(s) => s.expose().to_vec(),
+                    None => {
+                        let fresh = CursorKey::fresh_secret().map_err(db_err)?;
+                        self.inner
+                            .storage
+                            .shared_secret(CURSOR_SECRET, fresh)
+                            .await?
+                    }
+                };
+                CursorKey::from_secret(&secret).map_err(db_err)
+            })
+            .await
+    }
 }
+
+/// Name of the cursor secret in the database.
+const CURSOR_SECRET: &str = "cursor_key";
 
 /// The whole application: routes plus error mapping, compression and panic safety.
 pub fn build_app(state: AppState) -> Router {
@@ -323,7 +356,8 @@ async fn pull(State(state): State<AppState>, req: Request) -> Response {
 }
 
 struct PullParams {
-    since: Option<logic::Cursor>,
+    /// The cursor's text; read once the user and collections are known.
+    since: Option<String>,
     limit: u32,
     collections: Option<Vec<String>>,
 }
@@ -339,8 +373,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
                 if since.is_some() {
                     return Err(slot_taken());
                 }
-                since =
-                    Some(decode_cursor(&v).ok_or_else(|| ApiError::bad_request("garbled cursor"))?);
+                since = Some(v.into_owned());
             }
             "limit" => {
                 if limit.is_some() {
@@ -400,10 +433,25 @@ fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let user = authenticate(&state, req.headers())?;
     let params = parse_pull_query(req.uri().query())?;
+    let key = state.cursor_key().await.map_err(|e| {
+        tracing::error!(error = %e, "no cursor key");
+        ApiError::internal()
+    })?;
+    let scope = Scope::new(&user.name, params.collections.as_deref());
+    let since = match params
+        .since
+        .as_deref()
+        .map(|t| cursor::open(key, t, &scope))
+    {
+        None => None,
+        Some(Opened::Valid(c)) => Some(c),
+        Some(Opened::Stale(why)) => return Err(ApiError::new(ErrorCode::CursorExpired, why)),
+        Some(Opened::Garbled) => return Err(ApiError::bad_request("garbled cursor")),
+    };
     let query = PullQuery {
         user,
         access: state.inner.access.clone(),
-        since: params.since,
+        since,
         limit: params.limit,
         collections: params.collections,
         max_bytes: state.inner.max_pull_page_bytes,
@@ -421,7 +469,13 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             changes,
             cursor,
             has_more,
-        } => pull_answer(&changes, encode_cursor(cursor), has_more),
+        } => {
+            let cursor = cursor::seal(key, cursor, &scope).map_err(|e| {
+                tracing::error!(error = %e, "cannot seal a cursor");
+                ApiError::internal()
+            })?;
+            pull_answer(&changes, cursor, has_more)
+        }
     }
 }
 

@@ -415,4 +415,200 @@ async fn answers_with_records_are_not_stored(b: Backend) {
     }
 }
 
-outpost_testkit::backend_tests!("hardening_pull": concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored);
+/// `(status, error code)` of a pull as `token` with `query`.
+async fn pull_status(s: &TestServer, token: &str, query: &str) -> (u16, Option<String>) {
+    let (st, body) = s.pull_raw(token, query).await;
+    let code = body["error"]["code"].as_str().map(str::to_owned);
+    (st, code)
+}
+
+fn expired() -> (u16, Option<String>) {
+    (410, Some("cursor_expired".into()))
+}
+
+fn garbled() -> (u16, Option<String>) {
+    (400, Some("invalid_request".into()))
+}
+
+/// The cursor of an unkeyed server before this one: `c1.` + seq, purge mark and an
+/// unkeyed checksum, in hex.
+fn legacy_cursor(seq: u64, mark: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"outpost-cursor-v1");
+    h.update(seq.to_be_bytes());
+    h.update(mark.to_be_bytes());
+    format!(
+        "c1.{seq:016x}{mark:016x}{}",
+        hex::encode(&h.finalize()[..4])
+    )
+}
+
+/// Finding 10: cursors were checksummed but unkeyed, so a client could forge one (and
+/// suppress a `cursor_expired`), and every cursor showed the deployment's change count.
+/// Now they are sealed with a server key and bound to the user and collection set.
+async fn cursors_are_sealed_and_bound_to_user_and_collections(b: Backend) {
+    let s = TestServer::start(&b);
+    for i in 0..5 {
+        s.push(
+            AMINA,
+            vec![put("patients", &format!("p{i}"), None, json!({}))],
+        )
+        .await;
+    }
+    s.push(AMINA, vec![put("visits", "v", None, json!({}))])
+        .await;
+    s.push(CHIOMA, vec![put("patients", "c", None, json!({}))])
+        .await;
+    let (seen, amina) = s.pull_all(AMINA, "").await;
+    assert_eq!(seen.len(), 6);
+    assert_eq!(s.pull_raw(AMINA, &format!("?since={amina}")).await.0, 200);
+
+    // Forged: any digit changed, or made by hand with the right key id: 400.
+    for i in [11, 40, amina.len() - 1] {
+        let mut b = amina.clone().into_bytes();
+        b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+        let changed = String::from_utf8(b).unwrap();
+        assert_eq!(
+            pull_status(&s, AMINA, &format!("?since={changed}")).await,
+            garbled()
+        );
+    }
+    let made = format!("{}{}", &amina[..11], "0".repeat(96));
+    assert_eq!(
+        pull_status(&s, AMINA, &format!("?since={made}")).await,
+        garbled()
+    );
+    for bad in ["c2.zz", "c2.", "zz", "c1.zz"] {
+        assert_eq!(
+            pull_status(&s, AMINA, &format!("?since={bad}")).await,
+            garbled()
+        );
+    }
+
+    // Another user's cursor, even a teammate's: 410, so that client starts over.
+    assert_eq!(
+        pull_status(&s, BEN, &format!("?since={amina}")).await,
+        expired()
+    );
+    assert_eq!(
+        pull_status(&s, CHIOMA, &format!("?since={amina}")).await,
+        expired()
+    );
+    // Another collection set: 410; the same set however written: fine.
+    let q = |c: &str, set: &str| format!("?since={c}&collections={set}");
+    assert_eq!(
+        pull_status(&s, AMINA, &q(&amina, "patients")).await,
+        expired()
+    );
+    let (_, patients) = s.pull_all(AMINA, "&collections=visits,patients").await;
+    assert_eq!(
+        s.pull_raw(AMINA, &q(&patients, "patients,visits,patients"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        pull_status(&s, AMINA, &q(&patients, "visits")).await,
+        expired()
+    );
+    assert_eq!(
+        pull_status(&s, AMINA, &format!("?since={patients}")).await,
+        expired()
+    );
+
+    // Nothing in a cursor tells the sequence: not the seq (the last change is 7), not
+    // as the old format wrote it; cursors have one length; two users at the same
+    // position share no more digits than chance gives.
+    let (_, chioma) = s.pull_all(CHIOMA, "").await;
+    let head = 7u64;
+    assert_eq!(legacy_cursor(head, 0).len(), 43);
+    for c in [&amina, &chioma, &patients] {
+        assert_eq!(c.len(), amina.len());
+        assert!(!c.contains(&format!("{head:016x}")), "{c}");
+    }
+    let same = amina
+        .bytes()
+        .zip(chioma.bytes())
+        .skip(11)
+        .filter(|(x, y)| x == y)
+        .count();
+    assert!(same < 24, "{same} of 96 digits equal: {amina} {chioma}");
+    let (_, early) = {
+        let fresh = TestServer::start(&b);
+        fresh
+            .push(AMINA, vec![put("patients", "x", None, json!({}))])
+            .await;
+        fresh.pull_all(AMINA, "").await
+    };
+    assert_eq!(early.len(), amina.len());
+
+    // An unkeyed cursor of an older server: 410, so devices re-pull instead of
+    // stopping; a garbled one is still 400.
+    let old = legacy_cursor(head, 0);
+    let (st, body) = s.pull_raw(AMINA, &format!("?since={old}")).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (410, Some("cursor_expired")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("older server")
+    );
+    let broken = format!("{}0", &old[..old.len() - 1]);
+    let broken = if broken == old {
+        format!("{}1", &old[..old.len() - 1])
+    } else {
+        broken
+    };
+    assert_eq!(
+        pull_status(&s, AMINA, &format!("?since={broken}")).await,
+        garbled()
+    );
+}
+
+/// The key: generated once and kept in the database, so it survives restarts and every
+/// process over the database shares it; or given in the config, so a cursor follows
+/// the key, not the database. A cursor under another key gets 410.
+async fn the_cursor_key_is_kept_shared_or_configured(b: Backend) {
+    let mut s = TestServer::start(&b);
+    s.push(AMINA, vec![put("patients", "p", None, json!({}))])
+        .await;
+    let (_, c) = s.pull_all(AMINA, "").await;
+    s.restart();
+    assert_eq!(s.pull_raw(AMINA, &format!("?since={c}")).await.0, 200);
+    let second = s.another();
+    let (st, body) = second.pull_raw(AMINA, &format!("?since={c}")).await;
+    assert_eq!(
+        (st, body["changes"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (_, c2) = second.pull_all(AMINA, "").await;
+    assert_eq!(c2, c, "one key, one deterministic cursor");
+
+    // Configured: two servers on two databases with one key read each other's cursors.
+    let secret = format!("cursor_key = \"{}\"", "k".repeat(40));
+    let one = TestServer::start_with(&b, &secret);
+    let two = TestServer::start_with(&b, &secret);
+    one.push(AMINA, vec![put("patients", "p", None, json!({}))])
+        .await;
+    let (_, from_one) = one.pull_all(AMINA, "").await;
+    assert_eq!(
+        two.pull_raw(AMINA, &format!("?since={from_one}")).await.0,
+        200
+    );
+    // A server with another key (its own generated one) takes it for stale: 410.
+    assert_eq!(
+        pull_status(&s, AMINA, &format!("?since={from_one}")).await,
+        expired()
+    );
+    assert_eq!(
+        pull_status(&one, AMINA, &format!("?since={c}")).await,
+        expired()
+    );
+}
+
+outpost_testkit::backend_tests!("hardening_pull": concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored, cursors_are_sealed_and_bound_to_user_and_collections, the_cursor_key_is_kept_shared_or_configured);

@@ -146,4 +146,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
         &self,
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+
+    /// The secret kept under `name`, keeping `candidate` first if there is none: every
+    /// server process over one database gets the same one, even when several start at
+    /// once, and keeps getting it after restarts.
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
 }

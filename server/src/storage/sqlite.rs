@@ -75,6 +75,10 @@ INSERT INTO meta (key, value) VALUES ('last_seq', 0), ('purged_through_seq', 0);
     r#"
 CREATE INDEX records_collection_seq ON records (collection, seq);
 "#,
+    // 3: secrets the server makes for itself (the pull cursor key).
+    r#"
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+"#,
 ];
 
 /// Records, answers and audit in one SQLite file.
@@ -508,6 +512,28 @@ fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeRepo
     })
 }
 
+fn shared_secret_blocking(
+    conn: &mut Connection,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, StorageError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+        params![name, candidate],
+    )
+    .map_err(db_err)?;
+    let value: Vec<u8> = tx
+        .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(value)
+}
+
 impl Storage for SqliteStorage {
     fn push<'a>(
         &'a self,
@@ -529,5 +555,14 @@ impl Storage for SqliteStorage {
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
         self.with_writer(move |conn| purge_blocking(conn, older_than_ms))
+    }
+
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
+        let name = name.to_owned();
+        self.with_writer(move |conn| shared_secret_blocking(conn, &name, &candidate))
     }
 }

@@ -163,6 +163,31 @@ impl PostgresStorage {
         pull(&mut client, q).await
     }
 
+    async fn shared_secret_impl(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.ready().await?;
+        let client = self.pool.get().await.map_err(db_err)?;
+        // Two statements, not one: a statement that finds the name taken by a
+        // transaction still running waits for it, but reads from a snapshot taken
+        // before it committed; the second statement sees the row.
+        client
+            .execute(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate],
+            )
+            .await
+            .pg()?;
+        client
+            .query_one("SELECT value FROM secrets WHERE name = $1", &[&name])
+            .await
+            .pg()?
+            .try_get(0)
+            .pg()
+    }
+
     async fn purge_impl(&self, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
         self.ready().await?;
         let mut client = self.pool.get().await.map_err(db_err)?;
@@ -396,5 +421,13 @@ impl Storage for PostgresStorage {
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
         Box::pin(self.purge_impl(older_than_ms))
+    }
+
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
+        Box::pin(self.shared_secret_impl(name, candidate))
     }
 }
