@@ -240,8 +240,27 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
 
     // A device with the default 1,000 per page and 30 s timeout syncs it all.
     let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = device(&s, dir.path());
+    let report = engine.sync_now(None).await;
+    assert_eq!(
+        report.outcome,
+        outpost_core::SyncOutcome::Completed,
+        "{report:?}"
+    );
+    assert_eq!(report.pulled, 100);
+    assert!(report.requests >= 25, "{report:?}");
+    assert_eq!(store.count("patients", &[]).unwrap(), 100);
+    let r = store.get("patients", "p-099").unwrap().unwrap();
+    assert_eq!(r.data["blob"].as_str().map(str::len), Some(1_000_000));
+}
+
+/// A phone of Amina's with the default sync settings, its database in `dir`.
+fn device(
+    s: &TestServer,
+    dir: &std::path::Path,
+) -> (outpost_core::Store, outpost_core::SyncEngine) {
     let store = outpost_core::Store::open(
-        dir.path().join("device.db"),
+        dir.join("device.db"),
         outpost_core::StoreConfig::default()
             .with_collection("patients", outpost_core::ConflictStrategy::FieldMerge),
     )
@@ -255,17 +274,7 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
         outpost_core::SyncConfig::default(),
         tokio::runtime::Handle::current(),
     );
-    let report = engine.sync_now(None).await;
-    assert_eq!(
-        report.outcome,
-        outpost_core::SyncOutcome::Completed,
-        "{report:?}"
-    );
-    assert_eq!(report.pulled, 100);
-    assert!(report.requests >= 25, "{report:?}");
-    assert_eq!(store.count("patients", &[]).unwrap(), 100);
-    let r = store.get("patients", "p-099").unwrap().unwrap();
-    assert_eq!(r.data["blob"].as_str().map(str::len), Some(1_000_000));
+    (store, engine)
 }
 
 /// The budget is configurable, a change bigger than it comes alone (so every page makes
@@ -611,4 +620,47 @@ async fn the_cursor_key_is_kept_shared_or_configured(b: Backend) {
     );
 }
 
-outpost_testkit::backend_tests!("hardening_pull": concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored, cursors_are_sealed_and_bound_to_user_and_collections, the_cursor_key_is_kept_shared_or_configured);
+/// What a device holding a cursor that stopped applying does (a key change here; an
+/// older server's unkeyed cursor after the upgrade is answered the same way): it gets
+/// 410, pulls once from the beginning and goes on syncing; it does not stop.
+async fn a_key_change_makes_devices_pull_again_not_stop(b: Backend) {
+    let key = |k: &str| format!("cursor_key = \"{}\"", k.repeat(40));
+    let mut s = TestServer::start_with(&b, &key("a"));
+    for i in 0..3 {
+        s.push(
+            AMINA,
+            vec![put("patients", &format!("p{i}"), None, json!({}))],
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = device(&s, dir.path());
+    let first = engine.sync_now(None).await;
+    assert_eq!(
+        first.outcome,
+        outpost_core::SyncOutcome::Completed,
+        "{first:?}"
+    );
+    assert_eq!((first.pulled, first.repulls), (3, 0));
+
+    let config = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(s.config_path(), config.replace(&key("a"), &key("b"))).unwrap();
+    s.restart();
+    s.push(AMINA, vec![put("patients", "p3", None, json!({}))])
+        .await;
+    let after = engine.sync_now(None).await;
+    assert_eq!(
+        after.outcome,
+        outpost_core::SyncOutcome::Completed,
+        "{after:?}"
+    );
+    assert_eq!(after.repulls, 1, "{after:?}");
+    assert_eq!(store.count("patients", &[]).unwrap(), 4);
+    let again = engine.sync_now(None).await;
+    assert_eq!(
+        (again.outcome, again.repulls, again.pulled),
+        (outpost_core::SyncOutcome::Completed, 0, 0)
+    );
+}
+
+outpost_testkit::backend_tests!("hardening_pull": a_key_change_makes_devices_pull_again_not_stop, concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored, cursors_are_sealed_and_bound_to_user_and_collections, the_cursor_key_is_kept_shared_or_configured);
