@@ -29,6 +29,7 @@ use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
 use crate::logic::{self, User};
+use crate::pull::change_bytes;
 use crate::storage::{
     AccessRules, PageChange, PullPage, PullQuery, PushContext, Storage, StorageError, db_err,
 };
@@ -491,11 +492,20 @@ fn pull_answer(
         cursor: String,
         has_more: bool,
     }
+    // Each change's bound, and room for the members around them: no regrowth.
     let size = changes
         .iter()
-        .map(|c| c.data.as_ref().map_or(0, |d| d.get().len()) + 256)
+        .map(|c| {
+            change_bytes(
+                c.collection.len(),
+                c.record_id.len(),
+                c.hlc.len(),
+                c.data.as_ref().map(|d| d.get().len()),
+            )
+        })
         .sum::<usize>()
-        + 256;
+        + 64
+        + cursor.len();
     let mut body = Vec::with_capacity(size);
     serde_json::to_writer(
         &mut body,

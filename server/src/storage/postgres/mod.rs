@@ -341,7 +341,8 @@ impl PullSteps for PgPull<'_> {
         };
         params[7] = &through;
         let rows = self.tx.query(&self.st_page, &params).await.pg()?;
-        rows.iter()
+        // Each row's buffer goes as soon as it is copied out, so the page is held once.
+        rows.into_iter()
             .map(|r| {
                 let get_s = |i: usize| r.try_get::<_, String>(i).pg();
                 let get_i = |i: usize| r.try_get::<_, i64>(i).pg();
