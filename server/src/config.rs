@@ -74,7 +74,36 @@ pub struct Config {
     pub purge_interval: Duration,
     /// Requests per minute per user; `None` is unlimited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Bytes of change JSON in one pull page, past its first change.
+    pub max_pull_page_bytes: usize,
+    /// The secret pull cursors are sealed with (`cursor_key` or `cursor_key_file`);
+    /// `None`: the one kept in the database, made by the first server to need it.
+    pub cursor_secret: Option<Secret>,
 }
+
+/// Fewest bytes of a configured cursor secret: what 256 bits take as hex is 64, as
+/// base64 44; 32 rules out a password-like word.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Secret bytes from the config, never shown by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+/// The default of `max_pull_page_mib`: a page a phone receives in well under a
+/// minute on a slow link, and a bounded amount of memory per pull.
+pub const DEFAULT_PULL_PAGE_MIB: f64 = 4.0;
 
 /// A config that cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +139,9 @@ impl Config {
             "rate_limit_per_minute",
             "users",
             "collections",
+            "max_pull_page_mib",
+            "cursor_key",
+            "cursor_key_file",
         ];
         check_keys(&table, &known, "")?;
 
@@ -161,6 +193,17 @@ impl Config {
             }
         };
 
+        let page_mib = opt_number(&table, "max_pull_page_mib")?.unwrap_or(DEFAULT_PULL_PAGE_MIB);
+        if page_mib <= 0.0 || page_mib > 1024.0 {
+            return Err(err(
+                "max_pull_page_mib",
+                "must be more than 0 and at most 1024",
+            ));
+        }
+        let max_pull_page_bytes = (page_mib * 1024.0 * 1024.0) as usize;
+
+        let cursor_secret = parse_cursor_secret(&table, base_dir)?;
+
         let users = parse_users(table.get("users"))?;
         let collections = parse_collections(table.get("collections"))?;
 
@@ -173,6 +216,8 @@ impl Config {
             tombstone_retention,
             purge_interval,
             rate_limit_per_minute,
+            max_pull_page_bytes,
+            cursor_secret,
         })
     }
 
@@ -213,6 +258,45 @@ fn opt_number(table: &Table, key: &str) -> Result<Option<f64>, ConfigError> {
         return Err(err(key, "must be a non-negative number"));
     }
     Ok(Some(n))
+}
+
+/// `cursor_key` (the secret itself) or `cursor_key_file` (a file holding it, relative
+/// to the config's directory; whitespace around it is ignored), or neither.
+fn parse_cursor_secret(table: &Table, base_dir: &Path) -> Result<Option<Secret>, ConfigError> {
+    let (key, bytes) = match (table.get("cursor_key"), table.get("cursor_key_file")) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "cursor_key",
+                "give either cursor_key or cursor_key_file, not both",
+            ));
+        }
+        (Some(_), None) => (
+            "cursor_key",
+            req_str(table, "cursor_key", "cursor_key")?
+                .as_bytes()
+                .to_vec(),
+        ),
+        (None, Some(_)) => {
+            let path = base_dir.join(req_str(table, "cursor_key_file", "cursor_key_file")?);
+            let text = std::fs::read(&path).map_err(|e| {
+                err(
+                    "cursor_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            ("cursor_key_file", text.trim_ascii().to_vec())
+        }
+    };
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(err(
+            key,
+            format!(
+                "at least {MIN_SECRET_BYTES} bytes of secret (e.g. the output of `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    Ok(Some(Secret(bytes)))
 }
 
 fn parse_access(v: &Value, path: &str) -> Result<Access, ConfigError> {
@@ -359,6 +443,9 @@ access = "private"
         assert_eq!(c.access("patients"), Access::Team);
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/tmp/x.db")));
         assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.max_pull_page_bytes, 4 * 1024 * 1024);
+        let half = parse(&BASE.replace("= 30", "= 30\nmax_pull_page_mib = 0.5")).unwrap();
+        assert_eq!(half.max_pull_page_bytes, 512 * 1024);
     }
 
     #[test]
@@ -382,6 +469,39 @@ access = "private"
     }
 
     #[test]
+    fn the_cursor_secret_is_given_or_read_from_a_file() {
+        assert_eq!(parse(BASE).unwrap().cursor_secret, None);
+        let hex64 = "ab".repeat(32);
+        let c = parse(&BASE.replace("= 30", &format!("= 30\ncursor_key = \"{hex64}\""))).unwrap();
+        assert_eq!(c.cursor_secret.as_ref().unwrap().expose(), hex64.as_bytes());
+        assert!(!format!("{c:?}").contains(&hex64));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cursor.key"), format!("  {hex64}\n")).unwrap();
+        let text = BASE.replace("= 30", "= 30\ncursor_key_file = \"cursor.key\"");
+        let c = Config::parse(&text, dir.path()).unwrap();
+        assert_eq!(c.cursor_secret.unwrap().expose(), hex64.as_bytes());
+
+        let cases = [
+            ("cursor_key = \"short\"", "cursor_key: at least 32"),
+            (
+                "cursor_key_file = \"missing.key\"",
+                "cursor_key_file: cannot read",
+            ),
+            (
+                "cursor_key = \"0123456789abcdef0123456789abcdef\"\ncursor_key_file = \"x\"",
+                "cursor_key: give either",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = Config::parse(&BASE.replace("= 30", &format!("= 30\n{extra}")), dir.path())
+                .unwrap_err()
+                .0;
+            assert!(e.starts_with(want), "{e} !~ {want}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (
@@ -399,6 +519,10 @@ access = "private"
                 "users[0].color: unknown key",
             ),
             (BASE.replace("= 30", "= -1"), "tombstone_retention_days"),
+            (
+                BASE.replace("= 30", "= 30\nmax_pull_page_mib = 0"),
+                "max_pull_page_mib",
+            ),
             (
                 BASE.replace("x.db", "postgres://u@h/db?no_such_option=1"),
                 "database:",

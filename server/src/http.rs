@@ -4,32 +4,33 @@
 //! request can be wrong (size, encoding, JSON, query) is answered with the protocol's
 //! own error object and code, never with a framework's plain-text rejection.
 
-use std::collections::HashMap;
-use std::io::Read;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use outpost_core::protocol::{
-    DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PULL_LIMIT,
-    PROTOCOL_VERSION, PullResponse, PushResponse, validate_collection,
+    DEFAULT_PULL_LIMIT, ErrorCode, HealthResponse, MAX_BODY_BYTES, MAX_PULL_LIMIT,
+    PROTOCOL_VERSION, PushResponse, validate_collection,
 };
 use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
-use crate::json::{JsonError, parse_strict};
-use crate::logic::{self, AccessRules, BadPush, User, decode_cursor, encode_cursor};
-use crate::storage::{PullPage, PullQuery, PushContext, Storage};
+use crate::intake::BodyParser;
+use crate::logic::{self, AccessRules, User};
+use crate::pull::change_bytes;
+use crate::storage::{PageChange, PullPage, PullQuery, PushContext, Storage, StorageError, db_err};
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]
@@ -43,8 +44,14 @@ struct StateInner {
     access: AccessRules,
     storage: Arc<dyn Storage>,
     rate_limit_per_minute: Option<u32>,
+    max_pull_page_bytes: usize,
+    /// The configured cursor secret, if any.
+    cursor_secret: Option<Secret>,
+    /// The cursor key, once known.
+    cursor_key: tokio::sync::OnceCell<CursorKey>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    bodies: BodyParser,
 }
 
 impl AppState {
@@ -62,7 +69,11 @@ impl AppState {
                 },
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
+                max_pull_page_bytes: config.max_pull_page_bytes,
+                cursor_secret: config.cursor_secret.clone(),
+                cursor_key: tokio::sync::OnceCell::new(),
                 windows: Mutex::new(HashMap::new()),
+                bodies: BodyParser::default(),
             }),
         }
     }
@@ -70,7 +81,31 @@ impl AppState {
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
+
+    /// The key pull cursors are sealed with: from the configured secret, or else from
+    /// the one in the database, which the first server to need it makes.
+    pub async fn cursor_key(&self) -> Result<&CursorKey, StorageError> {
+        self.inner
+            .cursor_key
+            .get_or_try_init(|| async {
+                let secret = match &self.inner.cursor_secret {
+                    Some(s) => s.expose().to_vec(),
+                    None => {
+                        let fresh = CursorKey::fresh_secret().map_err(db_err)?;
+                        self.inner
+                            .storage
+                            .shared_secret(CURSOR_SECRET, fresh)
+                            .await?
+                    }
+                };
+                CursorKey::from_secret(&secret).map_err(db_err)
+            })
+            .await
+    }
 }
+
+/// Name of the cursor secret in the database.
+const CURSOR_SECRET: &str = "cursor_key";
 
 /// The whole application: routes plus error mapping, compression and panic safety.
 pub fn build_app(state: AppState) -> Router {
@@ -89,6 +124,7 @@ pub fn build_app(state: AppState) -> Router {
             },
         ))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(no_store))
         // The fastest level keeps nearly all of gzip's saving on JSON at a fraction of
         // the CPU; a pull page or push answer is compressed on every request.
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
@@ -133,6 +169,18 @@ async fn json_errors(req: Request, next: Next) -> Response {
     let code = code_for_status(status);
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
     error_response(code, message)
+}
+
+/// `Cache-Control: no-store` on every answer of a `/v1/` route: they carry records
+/// (patient data), which no browser, proxy or HTTP cache on a shared device may keep.
+async fn no_store(req: Request, next: Next) -> Response {
+    let protected = req.uri().path().starts_with("/v1/");
+    let mut resp = next.run(req).await;
+    if protected {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 /// One line per request: method, path, status, time. Never the query, headers or body,
@@ -268,20 +316,6 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, bool), A
     Ok((bytes, gzip))
 }
 
-/// Inflates with a bound, so a small gzip bomb cannot take memory: reading stops one
-/// byte past the limit.
-fn gunzip(raw: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| ApiError::bad_request("the body is not valid gzip"))?;
-    if out.len() > MAX_BODY_BYTES {
-        return Err(ApiError::too_large());
-    }
-    Ok(out)
-}
-
 async fn push(State(state): State<AppState>, req: Request) -> Response {
     match push_inner(state, req).await {
         Ok(r) => r,
@@ -293,18 +327,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let (parts, body) = req.into_parts();
     let user = authenticate(&state, &parts.headers)?;
     let (raw, gzip) = read_body(&parts.headers, body).await?;
-    // Decoding and parsing up to 8 MiB is CPU work: keep it off the async threads.
-    let batch = tokio::task::spawn_blocking(move || {
-        let bytes = if gzip { gunzip(&raw)? } else { raw };
-        let value = parse_strict(&bytes, MAX_JSON_DEPTH).map_err(|e| match e {
-            JsonError::Utf8 | JsonError::TooDeep(_) | JsonError::Malformed(_) => {
-                ApiError::bad_request(e.to_string())
-            }
-        })?;
-        logic::read_push(value).map_err(|BadPush(m)| ApiError::bad_request(m))
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    let batch = state.inner.bodies.push_batch(raw, gzip).await?;
     let ctx = PushContext {
         user,
         client_id: batch.client_id,
@@ -332,7 +355,8 @@ async fn pull(State(state): State<AppState>, req: Request) -> Response {
 }
 
 struct PullParams {
-    since: Option<logic::Cursor>,
+    /// The cursor's text; read once the user and collections are known.
+    since: Option<String>,
     limit: u32,
     collections: Option<Vec<String>>,
 }
@@ -348,8 +372,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
                 if since.is_some() {
                     return Err(slot_taken());
                 }
-                since =
-                    Some(decode_cursor(&v).ok_or_else(|| ApiError::bad_request("garbled cursor"))?);
+                since = Some(v.into_owned());
             }
             "limit" => {
                 if limit.is_some() {
@@ -374,14 +397,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
                 if collections.is_some() {
                     return Err(slot_taken());
                 }
-                let mut list: Vec<String> = Vec::new();
-                for c in v.split(',') {
-                    validate_collection(c).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                    if !list.iter().any(|x| x == c) {
-                        list.push(c.to_owned());
-                    }
-                }
-                collections = Some(list);
+                collections = Some(parse_collections(&v)?);
             }
             // Unknown parameters are ignored, as HTTP caches and proxies may add some.
             _ => {}
@@ -394,15 +410,50 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
     })
 }
 
+/// Most names a `collections` list may hold, repeats included.
+const MAX_PULL_COLLECTIONS: usize = 1000;
+
+/// A `collections` list as a sorted set. Stops at the first name past the cap, so a
+/// long list costs no more than a short one.
+fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
+    let mut set = BTreeSet::new();
+    for (i, c) in list.split(',').enumerate() {
+        if i == MAX_PULL_COLLECTIONS {
+            return Err(ApiError::bad_request(format!(
+                "more than {MAX_PULL_COLLECTIONS} collections"
+            )));
+        }
+        validate_collection(c).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        set.insert(c);
+    }
+    Ok(set.into_iter().map(str::to_owned).collect())
+}
+
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let user = authenticate(&state, req.headers())?;
     let params = parse_pull_query(req.uri().query())?;
+    let key = state.cursor_key().await.map_err(|e| {
+        tracing::error!(error = %e, "no cursor key");
+        ApiError::internal()
+    })?;
+    let scope = Scope::new(&user.name, params.collections.as_deref());
+    let since = match params
+        .since
+        .as_deref()
+        .map(|t| cursor::open(key, t, &scope))
+    {
+        None => None,
+        Some(Opened::Valid(c)) => Some(c),
+        Some(Opened::Stale(why)) => return Err(ApiError::new(ErrorCode::CursorExpired, why)),
+        Some(Opened::Garbled) => return Err(ApiError::bad_request("garbled cursor")),
+    };
     let query = PullQuery {
         user,
         access: state.inner.access.clone(),
-        since: params.since,
+        since,
         limit: params.limit,
         collections: params.collections,
+        max_bytes: state.inner.max_pull_page_bytes,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");
@@ -417,11 +468,58 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             changes,
             cursor,
             has_more,
-        } => Ok(axum::Json(PullResponse {
-            changes,
-            cursor: encode_cursor(cursor),
-            has_more,
-        })
-        .into_response()),
+        } => {
+            let cursor = cursor::seal(key, cursor, &scope).map_err(|e| {
+                tracing::error!(error = %e, "cannot seal a cursor");
+                ApiError::internal()
+            })?;
+            pull_answer(&changes, cursor, has_more)
+        }
     }
+}
+
+/// The page as the protocol's pull answer, serialized once into a buffer sized for it.
+fn pull_answer(
+    changes: &[PageChange],
+    cursor: String,
+    has_more: bool,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        changes: &'a [PageChange],
+        cursor: String,
+        has_more: bool,
+    }
+    // Each change's bound, and room for the members around them: no regrowth.
+    let size = changes
+        .iter()
+        .map(|c| {
+            change_bytes(
+                c.collection.len(),
+                c.record_id.len(),
+                c.hlc.len(),
+                c.data.as_ref().map(|d| d.get().len()),
+            )
+        })
+        .sum::<usize>()
+        + 64
+        + cursor.len();
+    let mut body = Vec::with_capacity(size);
+    serde_json::to_writer(
+        &mut body,
+        &Answer {
+            changes,
+            cursor,
+            has_more,
+        },
+    )
+    .map_err(|_| ApiError::internal())?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }

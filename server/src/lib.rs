@@ -39,8 +39,10 @@
 //! ```
 
 pub mod config;
+pub mod cursor;
 pub mod error;
 pub mod http;
+mod intake;
 pub mod json;
 pub mod logic;
 mod pull;
@@ -111,6 +113,8 @@ impl Server {
                 source,
             })?;
         let state = AppState::new(&config, storage);
+        // A database that cannot keep the cursor key fails here, not on a pull.
+        state.cursor_key().await?;
         Ok(Server {
             listener,
             state,

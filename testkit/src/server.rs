@@ -435,6 +435,20 @@ impl TestServer {
         std::fs::read_to_string(self.dir.path().join("server.stderr")).unwrap_or_default()
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server process's peak resident memory so far, in bytes: `VmHWM` of
+    /// `/proc/<pid>/status`. `None` where there is no such file (not Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// Rows of `table` whose `column` is `value`, read straight from the database.
     pub fn count(&self, table: &str, column: &str, value: &str) -> i64 {
         self.db.count(table, column, value)

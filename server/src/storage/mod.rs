@@ -16,7 +16,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use outpost_core::protocol::{Change, OpResult};
+use outpost_core::protocol::OpResult;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::logic::{AccessRules, Cursor, PushItem, User};
 
@@ -59,13 +61,32 @@ pub struct PullQuery {
     pub limit: u32,
     /// `None`: every collection.
     pub collections: Option<Vec<String>>,
+    /// Bytes of change JSON a page may hold, past its first change.
+    pub max_bytes: usize,
+}
+
+/// A change as a pull page carries it: the `Change` of the protocol, with its data
+/// kept as the JSON text it is stored as, so a page is never parsed into a tree and
+/// serialized back.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageChange {
+    pub collection: String,
+    pub record_id: String,
+    pub version: i64,
+    pub seq: i64,
+    pub deleted: bool,
+    /// `None` when deleted.
+    pub data: Option<Box<RawValue>>,
+    pub hlc: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
 }
 
 /// A pull page.
 #[derive(Debug, Clone)]
 pub enum PullPage {
     Page {
-        changes: Vec<Change>,
+        changes: Vec<PageChange>,
         /// Where the next pull continues from.
         cursor: Cursor,
         has_more: bool,
@@ -108,4 +129,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
         &self,
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+
+    /// The secret kept under `name`, keeping `candidate` first if there is none: every
+    /// server process over one database gets the same one, even when several start at
+    /// once, and keeps getting it after restarts.
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
 }

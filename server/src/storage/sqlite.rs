@@ -15,10 +15,11 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
+    db_err,
 };
 use crate::logic::{Access, AccessRules, PushItem, StoredRecord};
-use crate::pull::{self, Marks, PullSteps};
+use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
 use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
 
 /// Reader connections kept open between pulls.
@@ -73,6 +74,10 @@ INSERT INTO meta (key, value) VALUES ('last_seq', 0), ('purged_through_seq', 0);
     // page read and sorted the whole collection, making a first sync quadratic.
     r#"
 CREATE INDEX records_collection_seq ON records (collection, seq);
+"#,
+    // 3: secrets the server makes for itself (the pull cursor key).
+    r#"
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 "#,
 ];
 
@@ -417,8 +422,8 @@ impl PullSteps for SqlitePull<'_> {
         &mut self,
         q: &PullQuery,
         since: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredRecord>, StorageError> {
+        cut: &mut PageCut,
+    ) -> Result<Vec<PageChange>, StorageError> {
         let mut args = vec![SqlValue::Integer(since)];
         let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
         if let Some(cols) = &q.collections {
@@ -435,12 +440,40 @@ impl PullSteps for SqlitePull<'_> {
             &mut args,
         ));
         sql.push_str(" ORDER BY seq LIMIT ?");
-        args.push(SqlValue::Integer(limit));
+        args.push(SqlValue::Integer(cut.rows_to_read()));
         let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;
-        let rows = stmt
-            .query_map(params_from_iter(args), read_record)
-            .map_err(db_err)?;
-        rows.map(|row| with_data(row.map_err(db_err)?)).collect()
+        let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+        let mut page = Vec::new();
+        while let Some(r) = rows.next().map_err(db_err)? {
+            // Sized from the row as SQLite holds it; only an admitted row is copied.
+            let len = |i: usize| -> Result<Option<usize>, StorageError> {
+                Ok(r.get_ref(i)
+                    .map_err(db_err)?
+                    .as_bytes_or_null()
+                    .map_err(db_err)?
+                    .map(<[u8]>::len))
+            };
+            let bytes = change_bytes(
+                len(0)?.unwrap_or(0),
+                len(1)?.unwrap_or(0),
+                len(6)?.unwrap_or(0),
+                len(2)?,
+            );
+            if !cut.admit(bytes) {
+                break;
+            }
+            page.push(page_change(
+                r.get(0).map_err(db_err)?,
+                r.get(1).map_err(db_err)?,
+                r.get(4).map_err(db_err)?,
+                r.get(5).map_err(db_err)?,
+                r.get(3).map_err(db_err)?,
+                r.get(2).map_err(db_err)?,
+                r.get(6).map_err(db_err)?,
+                r.get(10).map_err(db_err)?,
+            )?);
+        }
+        Ok(page)
     }
 }
 
@@ -479,6 +512,28 @@ fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeRepo
     })
 }
 
+fn shared_secret_blocking(
+    conn: &mut Connection,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, StorageError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+        params![name, candidate],
+    )
+    .map_err(db_err)?;
+    let value: Vec<u8> = tx
+        .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(value)
+}
+
 impl Storage for SqliteStorage {
     fn push<'a>(
         &'a self,
@@ -500,5 +555,14 @@ impl Storage for SqliteStorage {
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
         self.with_writer(move |conn| purge_blocking(conn, older_than_ms))
+    }
+
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
+        let name = name.to_owned();
+        self.with_writer(move |conn| shared_secret_blocking(conn, &name, &candidate))
     }
 }

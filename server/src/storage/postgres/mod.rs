@@ -44,11 +44,12 @@ pub use push::pg_text;
 pub use schema::MIGRATIONS;
 
 use super::{
-    BoxFuture, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError, db_err,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
+    db_err,
 };
 use crate::config::PostgresUrl;
 use crate::logic::{Access, PushItem, StoredRecord};
-use crate::pull::{self, Marks, PullSteps};
+use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
 /// short. Several processes share the database's `max_connections` (default 100).
@@ -162,6 +163,31 @@ impl PostgresStorage {
         pull(&mut client, q).await
     }
 
+    async fn shared_secret_impl(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.ready().await?;
+        let client = self.pool.get().await.map_err(db_err)?;
+        // Two statements, not one: a statement that finds the name taken by a
+        // transaction still running waits for it, but reads from a snapshot taken
+        // before it committed; the second statement sees the row.
+        client
+            .execute(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate],
+            )
+            .await
+            .pg()?;
+        client
+            .query_one("SELECT value FROM secrets WHERE name = $1", &[&name])
+            .await
+            .pg()?
+            .try_get(0)
+            .pg()
+    }
+
     async fn purge_impl(&self, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
         self.ready().await?;
         let mut client = self.pool.get().await.map_err(db_err)?;
@@ -194,29 +220,42 @@ fn read_record(r: &Row) -> Result<StoredRecord, StorageError> {
     })
 }
 
+/// The rows a user may read past a seq, for the two reads of a pull page. Fixed text,
+/// whatever the config: the access rule of each row is looked up in the (named, rule)
+/// arrays, falling back to the default rule.
+const READABLE_AFTER: &str = "FROM records r \
+     WHERE seq > $1 \
+       AND ($2::text[] IS NULL OR collection = ANY($2::text[])) \
+       AND CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
+                          WHERE n.name = r.collection LIMIT 1), $5::text) \
+             WHEN 'private' THEN owner = $6 \
+             WHEN 'team' THEN team = $7 \
+             WHEN 'shared' THEN true \
+             ELSE false END";
+
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
 /// the sequence and the page agree with each other.
 async fn pull(
     client: &mut deadpool_postgres::Client,
     q: &PullQuery,
 ) -> Result<PullPage, StorageError> {
-    // Fixed text, whatever the config: the access rule of each row is looked up in
-    // the (named, rule) arrays, falling back to the default rule.
+    // First the sizes alone (the length of a stored text is read from its header, not
+    // by loading it), to find where the page ends; then the rows up to there. Reading
+    // rows and stopping at the budget would instead load every row a driver batch holds.
+    let st_sizes = client
+        .prepare_cached(&format!(
+            "SELECT seq, octet_length(collection), octet_length(record_id), \
+             octet_length(hlc), octet_length(data) {READABLE_AFTER} ORDER BY seq LIMIT $8"
+        ))
+        .await
+        .pg()?;
     let st_page = client
-        .prepare_cached(
-            "SELECT collection, record_id, data, deleted, version, seq, hlc, owner, team, \
-             created_at, updated_at FROM records r \
-             WHERE seq > $1 \
-               AND ($2::text[] IS NULL OR collection = ANY($2::text[])) \
-               AND CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
-                                  WHERE n.name = r.collection LIMIT 1), $5::text) \
-                     WHEN 'private' THEN owner = $6 \
-                     WHEN 'team' THEN team = $7 \
-                     WHEN 'shared' THEN true \
-                     ELSE false END \
-             ORDER BY seq LIMIT $8",
-        )
-        .await.pg()?;
+        .prepare_cached(&format!(
+            "SELECT collection, record_id, data, deleted, version, seq, hlc, updated_at \
+             {READABLE_AFTER} AND seq <= $8 ORDER BY seq"
+        ))
+        .await
+        .pg()?;
     let st_meta = client
         .prepare_cached(
             "SELECT (SELECT value FROM meta WHERE key = 'purged_through_seq'), \
@@ -233,6 +272,7 @@ async fn pull(
         .pg()?;
     let mut steps = PgPull {
         tx: &tx,
+        st_sizes,
         st_page,
         st_meta,
     };
@@ -244,6 +284,7 @@ async fn pull(
 /// The reads of a pull page, inside its REPEATABLE READ transaction.
 struct PgPull<'a> {
     tx: &'a Transaction<'a>,
+    st_sizes: Statement,
     st_page: Statement,
     st_meta: Statement,
 }
@@ -261,28 +302,62 @@ impl PullSteps for PgPull<'_> {
         &mut self,
         q: &PullQuery,
         since: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredRecord>, StorageError> {
+        cut: &mut PageCut,
+    ) -> Result<Vec<PageChange>, StorageError> {
         let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
         let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
-        let rows = self
-            .tx
-            .query(
-                &self.st_page,
-                &[
-                    &since,
-                    &q.collections,
-                    &names,
-                    &rules,
-                    &rule(q.access.default),
-                    &q.user.name,
-                    &q.user.team,
-                    &limit,
-                ],
-            )
-            .await
-            .pg()?;
-        rows.iter().map(read_record).collect()
+        let default = rule(q.access.default);
+        let rows_to_read = cut.rows_to_read();
+        let mut params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &since,
+            &q.collections,
+            &names,
+            &rules,
+            &default,
+            &q.user.name,
+            &q.user.team,
+            &rows_to_read,
+        ];
+        let sizes = self.tx.query(&self.st_sizes, &params).await.pg()?;
+        let mut through = None;
+        for r in &sizes {
+            let len = |i: usize| -> Result<Option<usize>, StorageError> {
+                let n: Option<i32> = r.try_get(i).pg()?;
+                Ok(n.map(|n| usize::try_from(n).unwrap_or(0)))
+            };
+            let bytes = change_bytes(
+                len(1)?.unwrap_or(0),
+                len(2)?.unwrap_or(0),
+                len(3)?.unwrap_or(0),
+                len(4)?,
+            );
+            if !cut.admit(bytes) {
+                break;
+            }
+            through = Some(r.try_get::<_, i64>(0).pg()?);
+        }
+        let Some(through) = through else {
+            return Ok(Vec::new());
+        };
+        params[7] = &through;
+        let rows = self.tx.query(&self.st_page, &params).await.pg()?;
+        // Each row's buffer goes as soon as it is copied out, so the page is held once.
+        rows.into_iter()
+            .map(|r| {
+                let get_s = |i: usize| r.try_get::<_, String>(i).pg();
+                let get_i = |i: usize| r.try_get::<_, i64>(i).pg();
+                page_change(
+                    get_s(0)?,
+                    get_s(1)?,
+                    get_i(4)?,
+                    get_i(5)?,
+                    r.try_get(3).pg()?,
+                    r.try_get(2).pg()?,
+                    get_s(6)?,
+                    get_i(7)?,
+                )
+            })
+            .collect()
     }
 }
 
@@ -347,5 +422,13 @@ impl Storage for PostgresStorage {
         older_than_ms: i64,
     ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
         Box::pin(self.purge_impl(older_than_ms))
+    }
+
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        candidate: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
+        Box::pin(self.shared_secret_impl(name, candidate))
     }
 }

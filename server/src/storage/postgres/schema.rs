@@ -86,6 +86,11 @@ END $$;
     r#"
 CREATE INDEX records_collection_seq ON records (collection, seq);
 "#,
+    // 3: secrets the server makes for itself (the pull cursor key), shared by every
+    // process over the database.
+    r#"
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+"#,
 ];
 
 /// Applies the migrations the database lacks; fails on a schema newer than this server
