@@ -22,7 +22,10 @@ mod record;
 mod tests;
 
 pub use ops::{increment, lww_set, orset_add, orset_remove};
-pub use record::{apply_write, changes_only_crdt_fields, merge_json, merge_record};
+pub use record::{
+    apply_write, changes_only_crdt_fields, merge_json, merge_record,
+    result_changes_only_crdt_fields,
+};
 
 use crate::clock::Hlc;
 
@@ -213,6 +216,31 @@ impl Crdt {
     /// treated as plain data.
     pub fn is_crdt(v: &Value) -> bool {
         v.as_object().is_some_and(|o| o.contains_key(CRDT_KEY))
+    }
+
+    /// How many entries a CRDT value holds, read off its JSON without parsing it:
+    /// replica keys of a counter (`p` and `n` together), tags of an OR-set (adds and
+    /// removes together), 1 for a register, 0 for anything that is not a CRDT. What
+    /// [`crate::protocol::MAX_CRDT_ENTRIES`] limits.
+    pub fn entry_count(v: &Value) -> usize {
+        let Some(o) = v.as_object() else {
+            return 0;
+        };
+        let keys = |m: &str| o.get(m).and_then(Value::as_object).map_or(0, |x| x.len());
+        let tags = |m: &str| {
+            o.get(m).and_then(Value::as_object).map_or(0, |x| {
+                x.values()
+                    .map(|t| t.as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+        };
+        match o.get(CRDT_KEY).and_then(Value::as_str) {
+            Some("gcounter") => keys("p"),
+            Some("pncounter") => keys("p") + keys("n"),
+            Some("orset") => tags("adds") + tags("removes"),
+            Some("lww") => 1,
+            _ => 0,
+        }
     }
 
     /// The wire name of the type.
