@@ -16,7 +16,9 @@ use outpost_core::protocol::validate_collection;
 use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
+use crate::budget::PushLimits;
 use crate::logic::{Access, User};
+use crate::storage::AccessRules;
 
 /// Where records are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +76,22 @@ pub struct Config {
     pub purge_interval: Duration,
     /// Requests per minute per user; `None` is unlimited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Stored op answers older than this are purged (may be zero).
+    pub ops_retention: Duration,
+    /// The work budget of one push.
+    pub push_limits: PushLimits,
+    /// Pushes one user may have in progress at once, per server process.
+    pub max_concurrent_pushes_per_user: usize,
+    /// Whether every pull page served is an audit row.
+    pub audit_pulls: bool,
 }
+
+/// How long stored op answers are kept by default, in days: longer than any device
+/// waits to resend an op whose answer it lost (see the README).
+pub const DEFAULT_OPS_DAYS: f64 = 180.0;
+
+/// Pushes one user may have in progress at once by default, per process.
+pub const DEFAULT_CONCURRENT_PUSHES: usize = 8;
 
 /// A config that cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +127,10 @@ impl Config {
             "rate_limit_per_minute",
             "users",
             "collections",
+            "ops_retention_days",
+            "push_budget_ms",
+            "max_concurrent_pushes_per_user",
+            "audit_pulls",
         ];
         check_keys(&table, &known, "")?;
 
@@ -164,6 +185,32 @@ impl Config {
         let users = parse_users(table.get("users"))?;
         let collections = parse_collections(table.get("collections"))?;
 
+        let ops_days = opt_number(&table, "ops_retention_days")?.unwrap_or(DEFAULT_OPS_DAYS);
+        let ops_retention = Duration::try_from_secs_f64(ops_days * 86_400.0)
+            .map_err(|_| err("ops_retention_days", "out of range"))?;
+        let budget_ms = opt_number(&table, "push_budget_ms")?
+            .unwrap_or(PushLimits::DEFAULT.time.as_secs_f64() * 1000.0);
+        let push_limits = PushLimits {
+            time: Duration::try_from_secs_f64(budget_ms / 1000.0)
+                .map_err(|_| err("push_budget_ms", "out of range"))?,
+            ..PushLimits::DEFAULT
+        };
+        let max_concurrent_pushes_per_user = match table.get("max_concurrent_pushes_per_user") {
+            None => DEFAULT_CONCURRENT_PUSHES,
+            Some(Value::Integer(n)) if *n > 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(_) => {
+                return Err(err(
+                    "max_concurrent_pushes_per_user",
+                    "must be a positive integer",
+                ));
+            }
+        };
+        let audit_pulls = match table.get("audit_pulls") {
+            None => false,
+            Some(Value::Boolean(b)) => *b,
+            Some(_) => return Err(err("audit_pulls", "must be true or false")),
+        };
+
         Ok(Config {
             listen,
             database,
@@ -173,7 +220,23 @@ impl Config {
             tombstone_retention,
             purge_interval,
             rate_limit_per_minute,
+            ops_retention,
+            push_limits,
+            max_concurrent_pushes_per_user,
+            audit_pulls,
         })
+    }
+
+    /// The access rules as requests and storage use them.
+    pub fn access_rules(&self) -> AccessRules {
+        AccessRules {
+            named: self
+                .collections
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            default: self.default_access,
+        }
     }
 
     /// The access rule of a collection.
@@ -359,6 +422,40 @@ access = "private"
         assert_eq!(c.access("patients"), Access::Team);
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/tmp/x.db")));
         assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.ops_retention, Duration::from_secs(180 * 86_400));
+        assert_eq!(c.push_limits, PushLimits::DEFAULT);
+        assert_eq!(c.max_concurrent_pushes_per_user, 8);
+        assert!(!c.audit_pulls);
+    }
+
+    #[test]
+    fn hardening_keys() {
+        let c = parse(&BASE.replace(
+            "tombstone_retention_days = 30",
+            "tombstone_retention_days = 30\nops_retention_days = 0.5\npush_budget_ms = 0\n\
+             max_concurrent_pushes_per_user = 2\naudit_pulls = true",
+        ))
+        .unwrap();
+        assert_eq!(c.ops_retention, Duration::from_secs(43_200));
+        assert_eq!(c.push_limits.time, Duration::ZERO);
+        assert_eq!(c.max_concurrent_pushes_per_user, 2);
+        assert!(c.audit_pulls);
+        for (line, key) in [
+            ("ops_retention_days = -1", "ops_retention_days"),
+            ("push_budget_ms = \"x\"", "push_budget_ms"),
+            (
+                "max_concurrent_pushes_per_user = 0",
+                "max_concurrent_pushes_per_user",
+            ),
+            ("audit_pulls = 1", "audit_pulls"),
+        ] {
+            let text = BASE.replace(
+                "tombstone_retention_days = 30",
+                &format!("tombstone_retention_days = 30\n{line}"),
+            );
+            let e = parse(&text).unwrap_err().0;
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 
     #[test]

@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,9 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 
+use crate::admission::PushSlots;
+use crate::audit::{AuditEntry, AuditFields, AuditLog, event};
+use crate::budget::PushLimits;
 use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::json::{JsonError, parse_strict};
@@ -45,6 +49,10 @@ struct StateInner {
     rate_limit_per_minute: Option<u32>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    push_limits: PushLimits,
+    push_slots: Arc<PushSlots>,
+    audit: AuditLog,
+    audit_pulls: bool,
 }
 
 impl AppState {
@@ -52,17 +60,14 @@ impl AppState {
         AppState {
             inner: Arc::new(StateInner {
                 users: config.users.clone(),
-                access: AccessRules {
-                    named: config
-                        .collections
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect(),
-                    default: config.default_access,
-                },
+                access: config.access_rules(),
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 windows: Mutex::new(HashMap::new()),
+                push_limits: config.push_limits,
+                push_slots: PushSlots::new(config.max_concurrent_pushes_per_user),
+                audit: AuditLog::new(),
+                audit_pulls: config.audit_pulls,
             }),
         }
     }
@@ -70,6 +75,50 @@ impl AppState {
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
+
+    /// The queue of audit rows about requests that write nothing; whoever serves the
+    /// app runs its writer.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+}
+
+/// The peer's IP address, when the server was started with connection info.
+fn peer(req: &axum::http::Extensions) -> String {
+    req.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// An audit row about this request, at the current time.
+fn request_row(event: &str, peer: &str, kind: &str) -> AuditFields {
+    AuditFields {
+        at: outpost_core::protocol::rfc3339_millis(logic::now_ms()),
+        event: event.to_owned(),
+        client_addr: peer.to_owned(),
+        kind: kind.to_owned(),
+        ..AuditFields::default()
+    }
+}
+
+/// [`authenticate`], with every failed authentication recorded in the audit (the
+/// reason, never the token).
+fn authenticated(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &str,
+    route: &str,
+) -> Result<User, ApiError> {
+    authenticate(state, headers).inspect_err(|e| {
+        if e.code == ErrorCode::Unauthorized {
+            let mut fields = request_row(event::AUTH_FAILED, peer, route);
+            fields.code = e.message.clone();
+            state.inner.audit.record(AuditEntry {
+                fields,
+                prior: None,
+            });
+        }
+    })
 }
 
 /// The whole application: routes plus error mapping, compression and panic safety.
@@ -291,7 +340,16 @@ async fn push(State(state): State<AppState>, req: Request) -> Response {
 
 async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let user = authenticate(&state, &parts.headers)?;
+    let client_addr = peer(&parts.extensions);
+    let user = authenticated(&state, &parts.headers, &client_addr, "push")?;
+    let Some(_slot) = state.inner.push_slots.try_take(&user.name) else {
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many pushes of this user in progress; retry later",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     let (raw, gzip) = read_body(&parts.headers, body).await?;
     // Decoding and parsing up to 8 MiB is CPU work: keep it off the async threads.
     let batch = tokio::task::spawn_blocking(move || {
@@ -309,6 +367,8 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
         user,
         client_id: batch.client_id,
         access: state.inner.access.clone(),
+        client_addr,
+        limits: state.inner.push_limits,
     };
     let n = batch.items.len();
     let results = state
@@ -395,7 +455,8 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
 }
 
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
-    let user = authenticate(&state, req.headers())?;
+    let client_addr = peer(req.extensions());
+    let user = authenticated(&state, req.headers(), &client_addr, "pull")?;
     let params = parse_pull_query(req.uri().query())?;
     let query = PullQuery {
         user,
@@ -417,11 +478,26 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             changes,
             cursor,
             has_more,
-        } => Ok(axum::Json(PullResponse {
-            changes,
-            cursor: encode_cursor(cursor),
-            has_more,
-        })
-        .into_response()),
+        } => {
+            if state.inner.audit_pulls {
+                let mut fields = request_row(event::PULL, &client_addr, "pull");
+                fields.user = query.user.name.clone();
+                fields.detail = serde_json::json!({
+                    "changes": changes.len(),
+                    "collections": query.collections,
+                })
+                .to_string();
+                state.inner.audit.record(AuditEntry {
+                    fields,
+                    prior: None,
+                });
+            }
+            Ok(axum::Json(PullResponse {
+                changes,
+                cursor: encode_cursor(cursor),
+                has_more,
+            })
+            .into_response())
+        }
     }
 }

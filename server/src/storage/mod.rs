@@ -18,6 +18,8 @@ use std::pin::Pin;
 
 use outpost_core::protocol::{Change, OpResult};
 
+use crate::audit::{AuditEntry, StoredAuditRow};
+use crate::budget::PushLimits;
 use crate::logic::{Access, User};
 use crate::logic::{Cursor, PushItem};
 
@@ -34,12 +36,15 @@ pub(crate) fn db_err(e: impl fmt::Display) -> StorageError {
     StorageError(e.to_string())
 }
 
-/// Who pushes, and the access rule of each collection.
+/// Who pushes, from where, the access rule of each collection, and the push's budget.
 #[derive(Clone)]
 pub struct PushContext {
     pub user: User,
     pub client_id: String,
     pub access: AccessRules,
+    /// The peer's IP address, for the audit; empty when unknown.
+    pub client_addr: String,
+    pub limits: PushLimits,
 }
 
 impl fmt::Debug for PushContext {
@@ -63,6 +68,17 @@ impl AccessRules {
             .iter()
             .find(|(c, _)| c == collection)
             .map_or(self.default, |(_, a)| *a)
+    }
+}
+
+/// [`crate::logic::scope_of`] as an SQL expression over a row's `owner` and `team`,
+/// the same on both backends; for records written before ids were scoped.
+pub(crate) fn scope_sql(access: Access) -> &'static str {
+    match access {
+        Access::Private => "'u:' || owner",
+        Access::Team => "'t:' || team",
+        // logic::SHARED_SCOPE
+        Access::Shared => "'*'",
     }
 }
 
@@ -91,11 +107,23 @@ pub enum PullPage {
     Expired,
 }
 
+/// What a purge removes: tombstones and stored answers older than these times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeRequest {
+    pub tombstones_before_ms: i64,
+    pub answers_before_ms: i64,
+    /// For the audit rows of the erasures.
+    pub now_ms: i64,
+}
+
 /// What a purge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
+    /// Tombstones deleted (each with the versions its forced overwrites kept).
     pub purged: u64,
     pub purged_through_seq: i64,
+    /// Stored answers deleted.
+    pub answers_purged: u64,
 }
 
 /// A place to keep records, op answers, the audit trail and the change sequence.
@@ -119,10 +147,28 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// One page of the changes the user may read, in increasing seq.
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>>;
 
-    /// Deletes tombstones last changed before `older_than_ms`, and raises the purge
-    /// mark so cursors below it expire.
-    fn purge_tombstones(
+    /// Deletes tombstones last changed before `tombstones_before_ms` (with the versions
+    /// the audit kept of them, recording each erasure) and raises the purge mark so
+    /// cursors below it expire; deletes stored answers older than
+    /// `answers_before_ms`. Deleted data leaves no trace in the database's files.
+    fn purge(&self, req: PurgeRequest) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+
+    /// Appends rows to the audit trail in a transaction of their own.
+    fn append_audit(&self, entries: Vec<AuditEntry>) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Up to `limit` audit rows with an id above `after_id`, in id order.
+    fn audit_page(
         &self,
-        older_than_ms: i64,
-    ) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+        after_id: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>>;
+
+    /// The hash of the newest chained audit row, kept apart from the rows.
+    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>>;
+
+    /// The kept versions of forced overwrites, by the hash of their audit row.
+    fn audit_priors(
+        &self,
+        row_hashes: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>>;
 }
