@@ -28,10 +28,10 @@ pub const MAX_COLLECTION_CHARS: usize = 64;
 pub const DEFAULT_PULL_LIMIT: u32 = 500;
 /// Largest pull page; larger requests are clamped to it.
 pub const MAX_PULL_LIMIT: u32 = 5000;
-/// Most entries one CRDT field may hold: replica keys of a counter (`p` and `n`
-/// together), tags of an OR-set (adds and removes together). Merging costs time in
-/// proportion to it on every write of the field, so a write that would take a field
-/// past it is rejected (`invalid_request`).
+/// Most entries one CRDT field may hold: distinct replica keys of a counter (`p` and
+/// `n` together), distinct tags of an OR-set (adds and removes together). Merging costs
+/// time in proportion to it on every write of the field, so a write that would take a
+/// field past it is rejected (`invalid_request`).
 pub const MAX_CRDT_ENTRIES: usize = 10_000;
 
 /// A JSON object: the shape of every record.

@@ -28,11 +28,11 @@ pub struct PushLimits {
 }
 
 impl PushLimits {
-    /// The defaults: half a second, 32 MiB of records, an 8 MiB answer (the protocol's
+    /// The defaults: half a second, 16 MiB of records, an 8 MiB answer (the protocol's
     /// body limit), 16 ops per record.
     pub const DEFAULT: PushLimits = PushLimits {
         time: Duration::from_millis(500),
-        work_bytes: 32 * 1024 * 1024,
+        work_bytes: 16 * 1024 * 1024,
         answer_bytes: outpost_core::protocol::MAX_BODY_BYTES,
         ops_per_record: 16,
     };
@@ -49,6 +49,10 @@ impl Default for PushLimits {
 pub(crate) struct Budget {
     limits: PushLimits,
     started: Instant,
+    /// When the op in progress started, and the longest any op took so far: an op
+    /// starts only if one as slow would still end within the time.
+    op_started: Instant,
+    slowest: Duration,
     work: usize,
     answer: usize,
     /// Ops answered (not deferred) so far.
@@ -58,9 +62,12 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub fn new(limits: PushLimits) -> Budget {
+        let now = Instant::now();
         Budget {
             limits,
-            started: Instant::now(),
+            started: now,
+            op_started: now,
+            slowest: Duration::ZERO,
             work: 0,
             answer: 0,
             answered: 0,
@@ -68,10 +75,15 @@ impl Budget {
         }
     }
 
-    /// May the next op start? Always for the first.
-    pub fn may_start(&self) -> bool {
+    /// May the next op start? Always the first; a later one if an op as slow as the
+    /// slowest so far would still end within the time, and record bytes are left.
+    pub fn may_start(&mut self) -> bool {
+        let now = Instant::now();
+        self.slowest = self.slowest.max(now - self.op_started);
+        self.op_started = now;
         self.answered == 0
-            || (self.started.elapsed() < self.limits.time && self.work < self.limits.work_bytes)
+            || (now + self.slowest < self.started + self.limits.time
+                && self.work < self.limits.work_bytes)
     }
 
     /// Counts one more op on `key`; false when the record has had its share.
@@ -162,6 +174,19 @@ mod tests {
         assert!(b.answer(1));
         assert!(b.may_start());
         std::thread::sleep(Duration::from_millis(30));
+        assert!(!b.may_start());
+    }
+
+    #[test]
+    fn an_op_does_not_start_if_one_as_slow_would_overrun() {
+        let mut b = Budget::new(PushLimits {
+            time: Duration::from_millis(300),
+            ..limits()
+        });
+        assert!(b.may_start());
+        assert!(b.answer(1));
+        // The first op took 200 ms: another as slow would end past 300 ms.
+        std::thread::sleep(Duration::from_millis(200));
         assert!(!b.may_start());
     }
 }

@@ -33,6 +33,10 @@ pub enum PushItem {
     Invalid {
         op_id: String,
         error: ErrorBody,
+        /// The op's collection and record id when those are valid, for the audit;
+        /// empty otherwise.
+        collection: String,
+        record_id: String,
     },
 }
 
@@ -104,11 +108,22 @@ pub fn read_push(body: Value) -> Result<PushBatch, BadPush> {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(BadPush(format!("ops[{i}] has no string op_id"))),
         };
+        let named = |key: &str, valid: fn(&str) -> bool| {
+            op.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| valid(s))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let collection = named("collection", |c| validate_collection(c).is_ok());
+        let record_id = named("record_id", |r| validate_record_id(r).is_ok());
         items.push(match read_op(op) {
             Ok(v) => PushItem::Valid(v),
             Err(message) => PushItem::Invalid {
                 op_id,
                 error: ErrorBody::new(ErrorCode::InvalidRequest, message),
+                collection,
+                record_id,
             },
         });
     }

@@ -210,9 +210,20 @@ impl<'c> Run<'c> {
             return self.replay(steps, stored).await;
         }
         match item {
-            PushItem::Invalid { op_id, error } => {
+            PushItem::Invalid {
+                op_id,
+                error,
+                collection,
+                record_id,
+            } => {
                 let mut fields = self.fields(event::DENIED, op_id);
                 fields.code = error.code.clone();
+                if !collection.is_empty() {
+                    let access = self.ctx.access.of(collection);
+                    fields.scope = logic::scope_of(access, &self.ctx.user);
+                    fields.collection = collection.clone();
+                    fields.record_id = record_id.clone();
+                }
                 self.audit.push(AuditEntry {
                     fields,
                     prior: None,

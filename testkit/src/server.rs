@@ -331,6 +331,11 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("cannot restart outpost-server: {e}"));
     }
 
+    /// The server process's id, while it runs (for reading its memory from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still alive (it may have crashed on its own).
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -218,26 +218,36 @@ impl Crdt {
         v.as_object().is_some_and(|o| o.contains_key(CRDT_KEY))
     }
 
-    /// How many entries a CRDT value holds, read off its JSON without parsing it:
-    /// replica keys of a counter (`p` and `n` together), tags of an OR-set (adds and
-    /// removes together), 1 for a register, 0 for anything that is not a CRDT. What
+    /// How many entries a CRDT value holds, read off its JSON without parsing it: the
+    /// distinct replica keys of a counter (across `p` and `n`), the distinct tags of an
+    /// OR-set (across adds and removes, so removing an element adds nothing), 1 for a
+    /// register, 0 for anything that is not a CRDT. What
     /// [`crate::protocol::MAX_CRDT_ENTRIES`] limits.
     pub fn entry_count(v: &Value) -> usize {
         let Some(o) = v.as_object() else {
             return 0;
         };
-        let keys = |m: &str| o.get(m).and_then(Value::as_object).map_or(0, |x| x.len());
-        let tags = |m: &str| {
-            o.get(m).and_then(Value::as_object).map_or(0, |x| {
-                x.values()
-                    .map(|t| t.as_array().map_or(0, Vec::len))
-                    .sum::<usize>()
-            })
+        let member = |m: &str| o.get(m).and_then(Value::as_object);
+        let keys = |ms: &[&str]| {
+            let mut seen = std::collections::HashSet::new();
+            for m in ms.iter().filter_map(|m| member(m)) {
+                seen.extend(m.keys().map(String::as_str));
+            }
+            seen.len()
+        };
+        let tags = |ms: &[&str]| {
+            let mut seen = std::collections::HashSet::new();
+            for m in ms.iter().filter_map(|m| member(m)) {
+                for t in m.values().filter_map(Value::as_array) {
+                    seen.extend(t.iter().filter_map(Value::as_str));
+                }
+            }
+            seen.len()
         };
         match o.get(CRDT_KEY).and_then(Value::as_str) {
-            Some("gcounter") => keys("p"),
-            Some("pncounter") => keys("p") + keys("n"),
-            Some("orset") => tags("adds") + tags("removes"),
+            Some("gcounter") => keys(&["p"]),
+            Some("pncounter") => keys(&["p", "n"]),
+            Some("orset") => tags(&["adds", "removes"]),
             Some("lww") => 1,
             _ => 0,
         }

@@ -45,7 +45,7 @@ fn entry_counts_read_off_the_json() {
             1,
         ),
         (
-            json!({"$crdt":"orset","adds":{"x":["a:1","b:2"],"y":["a:3"]},"removes":{"x":["a:1"]}}),
+            json!({"$crdt":"orset","adds":{"x":["a:1","b:2"],"y":["a:3"]},"removes":{"x":["a:1","c:9"]}}),
             4,
         ),
         (json!({"plain": {"p": {"a": 1}}}), 0),

@@ -1,11 +1,16 @@
 //! The SQLite backend: one file, for a clinic-sized deployment, tests and the demo.
 //!
 //! rusqlite is blocking, so every call runs on tokio's blocking pool. There is one
-//! writer connection (SQLite allows one writer at a time anyway; a mutex in front of
-//! it queues writers without busy-retry storms) and a small pool of reader
-//! connections, which WAL lets read committed snapshots while a write is under way.
-//! `synchronous=FULL`: an answered push has been fsynced.
+//! writer connection (SQLite allows one writer at a time anyway; a first-come,
+//! first-served queue in front of it orders writers without busy-retry storms) and a
+//! small pool of reader connections, which WAL lets read committed snapshots while a
+//! write is under way. `synchronous=FULL`: an answered push has been fsynced.
+//!
+//! A user's pushes enter the writer's queue one at a time, so a push waits behind at
+//! most one push of each other user, each held to its budget (`budget.rs`): one team
+//! sending many pushes at once cannot keep another team's push waiting longer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +34,7 @@ use crate::push::{self, AnswerRow, PushSteps, RecordRow};
 const READERS: usize = 4;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -173,6 +178,10 @@ pub struct SqliteStorage {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// Turns at the writer, first come first served.
+    queue: tokio::sync::Mutex<()>,
+    /// Per user with a push waiting or running: that user's turn to queue.
+    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// A purge deleted data but could not truncate the WAL yet (a reader was in it).
@@ -200,6 +209,8 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                queue: tokio::sync::Mutex::new(()),
+                users: Mutex::new(HashMap::new()),
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 checkpoint_owed: AtomicBool::new(false),
@@ -213,8 +224,10 @@ impl SqliteStorage {
     ) -> BoxFuture<'static, Result<T, StorageError>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
+            let _turn = inner.queue.lock().await;
+            let held = Arc::clone(&inner);
             tokio::task::spawn_blocking(move || {
-                let mut conn = inner
+                let mut conn = held
                     .writer
                     .lock()
                     .map_err(|_| StorageError("writer lock poisoned".into()))?;
@@ -222,6 +235,34 @@ impl SqliteStorage {
             })
             .await
             .map_err(db_err)?
+        })
+    }
+
+    /// [`SqliteStorage::with_writer`], queueing behind `user`'s own earlier pushes
+    /// first.
+    fn with_writer_for<T: Send + 'static>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StorageError>> {
+        let inner = Arc::clone(&self.inner);
+        let user = user.to_owned();
+        let write = self.with_writer(f);
+        Box::pin(async move {
+            let turn = {
+                let mut users = inner.users.lock().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(users.entry(user.clone()).or_default())
+            };
+            let out = {
+                let _mine = turn.lock().await;
+                write.await
+            };
+            let mut users = inner.users.lock().unwrap_or_else(|p| p.into_inner());
+            // Only the map and this push hold it: no other push of the user waits.
+            if Arc::strong_count(&turn) == 2 {
+                users.remove(&user);
+            }
+            out
         })
     }
 
@@ -748,7 +789,8 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Vec<OpResult>, StorageError>> {
         let ctx = ctx.clone();
-        self.with_writer(move |conn| push_blocking(conn, &ctx, &items, now_ms))
+        let user = ctx.user.name.clone();
+        self.with_writer_for(&user, move |conn| push_blocking(conn, &ctx, &items, now_ms))
     }
 
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>> {

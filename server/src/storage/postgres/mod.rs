@@ -44,7 +44,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{IsolationLevel, NoTls, Row, Statement};
 
 pub use push::pg_text;
-pub use schema::MIGRATIONS;
+pub use schema::{APP_ROLE_GRANTS, MIGRATIONS};
 
 use super::{
     AccessRules, BoxFuture, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,

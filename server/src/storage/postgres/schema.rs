@@ -135,6 +135,19 @@ UPDATE ops SET answer = json_build_object(
 "#,
 ];
 
+/// What a role needs to run `outpost-server` on a schema it does not own, run by the
+/// schema's owner after `outpost-server migrate` (`outpost_app` names the role). It
+/// may read and write records, answers and the chain's head, and erase kept versions,
+/// but only read and append the audit: it cannot change or delete an audit row, nor
+/// drop the triggers that guard them (only the owner can).
+pub const APP_ROLE_GRANTS: &str = "\
+GRANT USAGE ON SCHEMA public TO outpost_app;
+GRANT SELECT ON outpost_schema_version TO outpost_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON records, ops, meta, audit_head, audit_prior TO outpost_app;
+GRANT SELECT, INSERT ON audit TO outpost_app;
+GRANT USAGE ON SEQUENCE audit_id_seq, records_staged_seq TO outpost_app;
+";
+
 /// Applies the migrations the database lacks, then gives records from before scoped
 /// ids their scope under `rules`; fails on a schema newer than this server or a
 /// database that is not UTF8.
