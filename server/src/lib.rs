@@ -17,8 +17,9 @@
 //! On start it prints one line to stdout, `outpost-server listening on http://<addr>`
 //! (with `listen = "127.0.0.1:0"` this tells you the port), and logs to stderr
 //! (`RUST_LOG=debug` for more). SIGTERM or Ctrl-C stops it after in-flight requests
-//! finish. The configuration keys are described in `server/README.md`; the protocol in
-//! `server/openapi.json`.
+//! finish. `outpost-server audit verify` checks the audit trail's hash chain and
+//! `outpost-server migrate` only migrates. The configuration keys are described in
+//! `server/README.md`; the protocol in `server/openapi.json`.
 //!
 //! # Tests
 //!

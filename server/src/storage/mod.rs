@@ -7,7 +7,8 @@
 //! serialized writer; PostgreSQL can lock or serialize differently) and explains it
 //! where seq is allocated. The rules themselves are shared, in [`crate::logic`], and so
 //! are the push and pull flows, which call a backend's storage steps (`push.rs`,
-//! `pull.rs`).
+//! `pull.rs`). Records are keyed by (collection, scope, id) ([`crate::logic::scope_of`]);
+//! both backends keep the audit's hash chain ([`crate::audit`]).
 
 pub mod postgres;
 pub mod sqlite;
