@@ -10,7 +10,8 @@
 # lives in $OUTPOST_PG_DIR (default /var/tmp/outpost-pg), listens on 127.0.0.1 only,
 # on $OUTPOST_PG_PORT (default 54329), and trusts loopback connections: it holds
 # nothing but test databases. The role `outpost` may create databases, because every
-# PostgreSQL test creates (and drops) a database of its own.
+# PostgreSQL test creates (and drops) a database of its own, and roles, because a test
+# runs the server as a role that may not change the audit trail.
 #
 # Idempotent: a second run finds the server up and only prints the URL. Installs the
 # Debian packages when PostgreSQL is missing (needs root, as on CI). Stop it with
@@ -75,7 +76,9 @@ fi
 
 psql_pg() { as_pg "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 if [ "$(psql_pg -c "SELECT 1 FROM pg_roles WHERE rolname = 'outpost'")" != 1 ]; then
-    psql_pg -c "CREATE ROLE outpost LOGIN CREATEDB" >&2
+    psql_pg -c "CREATE ROLE outpost LOGIN CREATEDB CREATEROLE" >&2
+elif [ "$(psql_pg -c "SELECT rolcreaterole FROM pg_roles WHERE rolname = 'outpost'")" != t ]; then
+    psql_pg -c "ALTER ROLE outpost CREATEROLE" >&2
 fi
 if [ "$(psql_pg -c "SELECT 1 FROM pg_database WHERE datname = 'outpost'")" != 1 ]; then
     psql_pg -c "CREATE DATABASE outpost OWNER outpost" >&2

@@ -130,6 +130,10 @@ pub enum PushOutcome {
     Failed { error: ErrorBody },
     /// Not sent after all (cancelled): back to pending with no penalty.
     Released,
+    /// The server did not process it (its work budget for the request ran out): back
+    /// to pending, the attempt uncounted, due again at once or, when given, at
+    /// `not_before_ms`.
+    Deferred { not_before_ms: Option<i64> },
 }
 
 /// Counts of entries by state, for the status API.

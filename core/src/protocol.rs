@@ -28,6 +28,11 @@ pub const MAX_COLLECTION_CHARS: usize = 64;
 pub const DEFAULT_PULL_LIMIT: u32 = 500;
 /// Largest pull page; larger requests are clamped to it.
 pub const MAX_PULL_LIMIT: u32 = 5000;
+/// Most entries one CRDT field may hold: distinct replica keys of a counter (`p` and
+/// `n` together), distinct tags of an OR-set (adds and removes together). Merging costs
+/// time in proportion to it on every write of the field, so a write that would take a
+/// field past it is rejected (`invalid_request`).
+pub const MAX_CRDT_ENTRIES: usize = 10_000;
 
 /// A JSON object: the shape of every record.
 pub type JsonObject = Map<String, Value>;
@@ -105,12 +110,24 @@ pub enum OpResult {
     },
     Conflict {
         op_id: String,
-        /// The record's server state; `None` when it does not exist.
+        /// The record's server state; `None` when it does not exist, or when
+        /// `current_ref` names where it is.
         current: Option<Change>,
+        /// When an earlier result of the same answer already carries this record in
+        /// this very state, its `op_id`, and `current` is null: a record is carried once
+        /// per answer, however many ops on it conflict. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_ref: Option<String>,
     },
     Rejected {
         op_id: String,
         error: ErrorBody,
+    },
+    /// Not processed, because the server's work budget for this request ran out: no
+    /// effect, nothing stored under the op_id. Send the op again, same op_id; it is
+    /// not a failure.
+    Deferred {
+        op_id: String,
     },
 }
 
@@ -119,7 +136,17 @@ impl OpResult {
         match self {
             OpResult::Applied { op_id, .. }
             | OpResult::Conflict { op_id, .. }
-            | OpResult::Rejected { op_id, .. } => op_id,
+            | OpResult::Rejected { op_id, .. }
+            | OpResult::Deferred { op_id } => op_id,
+        }
+    }
+
+    /// A conflict answer carrying `current` in full.
+    pub fn conflict(op_id: String, current: Option<Change>) -> OpResult {
+        OpResult::Conflict {
+            op_id,
+            current,
+            current_ref: None,
         }
     }
 }
@@ -436,14 +463,23 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"op_id":"a","status":"applied","version":4,"seq":1051})
         );
-        let r = OpResult::Conflict {
-            op_id: "b".into(),
-            current: None,
-        };
+        let r = OpResult::conflict("b".into(), None);
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"op_id":"b","status":"conflict","current":null})
         );
+        let r = OpResult::Conflict {
+            op_id: "b2".into(),
+            current: None,
+            current_ref: Some("b".into()),
+        };
+        let v = json!({"op_id":"b2","status":"conflict","current":null,"current_ref":"b"});
+        assert_eq!(serde_json::to_value(&r).unwrap(), v);
+        assert_eq!(serde_json::from_value::<OpResult>(v).unwrap(), r);
+        let r = OpResult::Deferred { op_id: "d".into() };
+        let v = json!({"op_id":"d","status":"deferred"});
+        assert_eq!(serde_json::to_value(&r).unwrap(), v);
+        assert_eq!(serde_json::from_value::<OpResult>(v).unwrap(), r);
         let r = OpResult::Rejected {
             op_id: "c".into(),
             error: ErrorBody::new(ErrorCode::Forbidden, "no"),

@@ -129,17 +129,18 @@ def test_a_rejected_edit_is_kept_until_retried_or_discarded(devices):
     a, c = devices("a", AMINA), devices("c", CHIOMA)
     a.put("answers", "north-1", json.dumps({"team": "north"}))
     assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
-    # Chioma is on team south: writing team north's record is forbidden for good.
-    c.put("answers", "north-1", json.dumps({"team": "south?"}))
+    # The server refuses this for good: a counter past its cap of CRDT entries.
+    too_big = {"n": {"$crdt": "gcounter", "p": {f"r{i}": 1 for i in range(10_001)}}}
+    c.put("answers", "too-big", json.dumps(too_big))
     c.put("answers", "south-1", json.dumps({"team": "south"}))
     report = sync(c)
     assert (report.applied, report.rejected) == (1, 1), report
     [edit] = c.failed_edits()
-    assert (edit.collection, edit.record_id, edit.kind) == ("answers", "north-1", "put")
-    assert (edit.error_code, edit.attempts) == ("forbidden", 1)
-    assert json.loads(edit.data_json) == {"team": "south?"}
-    rec = c.get("answers", "north-1")
-    assert rec.sync_state == ffi.SyncState.FAILED and data(rec) == {"team": "south?"}
+    assert (edit.collection, edit.record_id, edit.kind) == ("answers", "too-big", "put")
+    assert (edit.error_code, edit.attempts) == ("invalid_request", 1)
+    assert json.loads(edit.data_json) == too_big
+    rec = c.get("answers", "too-big")
+    assert rec.sync_state == ffi.SyncState.FAILED and data(rec) == too_big
     assert c.status().failed == 1
     assert c.retry_failed() == 1
     assert sync(c).rejected == 1
@@ -151,7 +152,7 @@ def test_a_rejected_edit_is_kept_until_retried_or_discarded(devices):
     assert len(c.failed_edits()) == 1
     c.discard_failed(edit.entry_id)
     assert c.failed_edits() == []
-    assert c.get("answers", "north-1") is None, "never synced, so it goes"
+    assert c.get("answers", "too-big") is None, "never synced, so it goes"
     assert c.get("answers", "south-1").sync_state == ffi.SyncState.SYNCED
     assert c.status().failed == 0
     assert sync(a).pulled == 0

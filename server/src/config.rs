@@ -16,7 +16,8 @@ use outpost_core::protocol::validate_collection;
 use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
-use crate::logic::{Access, User};
+use crate::budget::PushLimits;
+use crate::logic::{Access, AccessRules, User};
 
 /// Where records are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +80,22 @@ pub struct Config {
     /// The secret pull cursors are sealed with (`cursor_key` or `cursor_key_file`);
     /// `None`: the one kept in the database, made by the first server to need it.
     pub cursor_secret: Option<Secret>,
+    /// Stored op answers older than this are purged (may be zero).
+    pub ops_retention: Duration,
+    /// The work budget of one push.
+    pub push_limits: PushLimits,
+    /// Pushes one user may have in progress at once, per server process.
+    pub max_concurrent_pushes_per_user: usize,
+    /// Whether every pull page served is an audit row.
+    pub audit_pulls: bool,
 }
+
+/// How long stored op answers are kept by default, in days: longer than any device
+/// waits to resend an op whose answer it lost (see the README).
+pub const DEFAULT_OPS_DAYS: f64 = 180.0;
+
+/// Pushes one user may have in progress at once by default, per process.
+pub const DEFAULT_CONCURRENT_PUSHES: usize = 8;
 
 /// Fewest bytes of a configured cursor secret: what 256 bits take as hex is 64, as
 /// base64 44; 32 rules out a password-like word.
@@ -142,6 +158,10 @@ impl Config {
             "max_pull_page_mib",
             "cursor_key",
             "cursor_key_file",
+            "ops_retention_days",
+            "push_budget_ms",
+            "max_concurrent_pushes_per_user",
+            "audit_pulls",
         ];
         check_keys(&table, &known, "")?;
 
@@ -207,6 +227,32 @@ impl Config {
         let users = parse_users(table.get("users"))?;
         let collections = parse_collections(table.get("collections"))?;
 
+        let ops_days = opt_number(&table, "ops_retention_days")?.unwrap_or(DEFAULT_OPS_DAYS);
+        let ops_retention = Duration::try_from_secs_f64(ops_days * 86_400.0)
+            .map_err(|_| err("ops_retention_days", "out of range"))?;
+        let budget_ms = opt_number(&table, "push_budget_ms")?
+            .unwrap_or(PushLimits::DEFAULT.time.as_secs_f64() * 1000.0);
+        let push_limits = PushLimits {
+            time: Duration::try_from_secs_f64(budget_ms / 1000.0)
+                .map_err(|_| err("push_budget_ms", "out of range"))?,
+            ..PushLimits::DEFAULT
+        };
+        let max_concurrent_pushes_per_user = match table.get("max_concurrent_pushes_per_user") {
+            None => DEFAULT_CONCURRENT_PUSHES,
+            Some(Value::Integer(n)) if *n > 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(_) => {
+                return Err(err(
+                    "max_concurrent_pushes_per_user",
+                    "must be a positive integer",
+                ));
+            }
+        };
+        let audit_pulls = match table.get("audit_pulls") {
+            None => false,
+            Some(Value::Boolean(b)) => *b,
+            Some(_) => return Err(err("audit_pulls", "must be true or false")),
+        };
+
         Ok(Config {
             listen,
             database,
@@ -218,7 +264,23 @@ impl Config {
             rate_limit_per_minute,
             max_pull_page_bytes,
             cursor_secret,
+            ops_retention,
+            push_limits,
+            max_concurrent_pushes_per_user,
+            audit_pulls,
         })
+    }
+
+    /// The access rules as requests and storage use them.
+    pub fn access_rules(&self) -> AccessRules {
+        AccessRules {
+            named: self
+                .collections
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            default: self.default_access,
+        }
     }
 
     /// The access rule of a collection.
@@ -446,6 +508,40 @@ access = "private"
         assert_eq!(c.max_pull_page_bytes, 4 * 1024 * 1024);
         let half = parse(&BASE.replace("= 30", "= 30\nmax_pull_page_mib = 0.5")).unwrap();
         assert_eq!(half.max_pull_page_bytes, 512 * 1024);
+        assert_eq!(c.ops_retention, Duration::from_secs(180 * 86_400));
+        assert_eq!(c.push_limits, PushLimits::DEFAULT);
+        assert_eq!(c.max_concurrent_pushes_per_user, 8);
+        assert!(!c.audit_pulls);
+    }
+
+    #[test]
+    fn hardening_keys() {
+        let c = parse(&BASE.replace(
+            "tombstone_retention_days = 30",
+            "tombstone_retention_days = 30\nops_retention_days = 0.5\npush_budget_ms = 0\n\
+             max_concurrent_pushes_per_user = 2\naudit_pulls = true",
+        ))
+        .unwrap();
+        assert_eq!(c.ops_retention, Duration::from_secs(43_200));
+        assert_eq!(c.push_limits.time, Duration::ZERO);
+        assert_eq!(c.max_concurrent_pushes_per_user, 2);
+        assert!(c.audit_pulls);
+        for (line, key) in [
+            ("ops_retention_days = -1", "ops_retention_days"),
+            ("push_budget_ms = \"x\"", "push_budget_ms"),
+            (
+                "max_concurrent_pushes_per_user = 0",
+                "max_concurrent_pushes_per_user",
+            ),
+            ("audit_pulls = 1", "audit_pulls"),
+        ] {
+            let text = BASE.replace(
+                "tombstone_retention_days = 30",
+                &format!("tombstone_retention_days = 30\n{line}"),
+            );
+            let e = parse(&text).unwrap_err().0;
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! own error object and code, never with a framework's plain-text rejection.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,9 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 
+use crate::admission::PushSlots;
+use crate::audit::{AuditEntry, AuditFields, AuditLog, event};
+use crate::budget::PushLimits;
 use crate::config::{Config, Secret};
 use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
@@ -52,6 +56,10 @@ struct StateInner {
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     bodies: BodyParser,
+    push_limits: PushLimits,
+    push_slots: Arc<PushSlots>,
+    audit: AuditLog,
+    audit_pulls: bool,
 }
 
 impl AppState {
@@ -59,14 +67,7 @@ impl AppState {
         AppState {
             inner: Arc::new(StateInner {
                 users: config.users.clone(),
-                access: AccessRules {
-                    named: config
-                        .collections
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect(),
-                    default: config.default_access,
-                },
+                access: config.access_rules(),
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 max_pull_page_bytes: config.max_pull_page_bytes,
@@ -74,6 +75,10 @@ impl AppState {
                 cursor_key: tokio::sync::OnceCell::new(),
                 windows: Mutex::new(HashMap::new()),
                 bodies: BodyParser::default(),
+                push_limits: config.push_limits,
+                push_slots: PushSlots::new(config.max_concurrent_pushes_per_user),
+                audit: AuditLog::new(),
+                audit_pulls: config.audit_pulls,
             }),
         }
     }
@@ -102,6 +107,50 @@ impl AppState {
             })
             .await
     }
+
+    /// The queue of audit rows about requests that write nothing; whoever serves the
+    /// app runs its writer.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+}
+
+/// The peer's IP address, when the server was started with connection info.
+fn peer(req: &axum::http::Extensions) -> String {
+    req.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// An audit row about this request, at the current time.
+fn request_row(event: &str, peer: &str, kind: &str) -> AuditFields {
+    AuditFields {
+        at: outpost_core::protocol::rfc3339_millis(logic::now_ms()),
+        event: event.to_owned(),
+        client_addr: peer.to_owned(),
+        kind: kind.to_owned(),
+        ..AuditFields::default()
+    }
+}
+
+/// [`authenticate`], with every failed authentication recorded in the audit (the
+/// reason, never the token).
+fn authenticated(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &str,
+    route: &str,
+) -> Result<User, ApiError> {
+    authenticate(state, headers).inspect_err(|e| {
+        if e.code == ErrorCode::Unauthorized {
+            let mut fields = request_row(event::AUTH_FAILED, peer, route);
+            fields.code = e.message.clone();
+            state.inner.audit.record(AuditEntry {
+                fields,
+                prior: None,
+            });
+        }
+    })
 }
 
 /// Name of the cursor secret in the database.
@@ -325,13 +374,24 @@ async fn push(State(state): State<AppState>, req: Request) -> Response {
 
 async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let user = authenticate(&state, &parts.headers)?;
+    let client_addr = peer(&parts.extensions);
+    let user = authenticated(&state, &parts.headers, &client_addr, "push")?;
+    let Some(_slot) = state.inner.push_slots.try_take(&user.name) else {
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many pushes of this user in progress; retry later",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     let (raw, gzip) = read_body(&parts.headers, body).await?;
     let batch = state.inner.bodies.push_batch(raw, gzip).await?;
     let ctx = PushContext {
         user,
         client_id: batch.client_id,
         access: state.inner.access.clone(),
+        client_addr,
+        limits: state.inner.push_limits,
     };
     let n = batch.items.len();
     let results = state
@@ -430,7 +490,8 @@ fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
 }
 
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
-    let user = authenticate(&state, req.headers())?;
+    let client_addr = peer(req.extensions());
+    let user = authenticated(&state, req.headers(), &client_addr, "pull")?;
     let params = parse_pull_query(req.uri().query())?;
     let key = state.cursor_key().await.map_err(|e| {
         tracing::error!(error = %e, "no cursor key");
@@ -473,6 +534,19 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 tracing::error!(error = %e, "cannot seal a cursor");
                 ApiError::internal()
             })?;
+            if state.inner.audit_pulls {
+                let mut fields = request_row(event::PULL, &client_addr, "pull");
+                fields.user = query.user.name.clone();
+                fields.detail = serde_json::json!({
+                    "changes": changes.len(),
+                    "collections": query.collections,
+                })
+                .to_string();
+                state.inner.audit.record(AuditEntry {
+                    fields,
+                    prior: None,
+                });
+            }
             pull_answer(&changes, cursor, has_more)
         }
     }

@@ -17,8 +17,9 @@
 //! On start it prints one line to stdout, `outpost-server listening on http://<addr>`
 //! (with `listen = "127.0.0.1:0"` this tells you the port), and logs to stderr
 //! (`RUST_LOG=debug` for more). SIGTERM or Ctrl-C stops it after in-flight requests
-//! finish. The configuration keys are described in `server/README.md`; the protocol in
-//! `server/openapi.json`.
+//! finish. `outpost-server audit verify` checks the audit trail's hash chain and
+//! `outpost-server migrate` only migrates. The configuration keys are described in
+//! `server/README.md`; the protocol in `server/openapi.json`.
 //!
 //! # Tests
 //!
@@ -38,6 +39,9 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
+pub mod audit;
+pub mod budget;
 pub mod config;
 pub mod cursor;
 pub mod error;
@@ -80,17 +84,19 @@ pub enum ServeError {
 /// migrates on first use, so a database that cannot be reached shows up as failing
 /// requests. [`connect_storage`] checks it before returning; servers use that.
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    let rules = config.access_rules();
     match &config.database {
-        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path)?)),
-        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::lazy(url)?)),
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path, &rules)?)),
+        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::lazy(url, &rules)?)),
     }
 }
 
 /// Opens the storage a config names, connecting and migrating before it returns.
 pub async fn connect_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    let rules = config.access_rules();
     match &config.database {
-        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path)?)),
-        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::connect(url).await?)),
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStorage::open(path, &rules)?)),
+        Database::Postgres(url) => Ok(Arc::new(PostgresStorage::connect(url, &rules).await?)),
     }
 }
 
@@ -143,36 +149,64 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish. The
-    /// tombstone purge runs at start and every `purge_interval_secs`, and stops with
-    /// the server, also when this future is dropped unfinished.
+    /// purge (tombstones, expired op answers) runs at start and every
+    /// `purge_interval_secs`, and stops with the server, also when this future is
+    /// dropped unfinished. The audit queue's writer runs alongside, and writes what is
+    /// left in it once the app is gone (before this returns, when it returns).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let storage = Arc::clone(self.state.storage());
-        let retention = self.config.tombstone_retention;
+        let tombstones = self.config.tombstone_retention;
+        let answers = self.config.ops_retention;
         let interval = self.config.purge_interval;
         let purger = AbortOnDrop(tokio::spawn(async move {
+            let ago = |d: std::time::Duration| {
+                logic::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+            };
             loop {
-                let cutoff =
-                    logic::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-                match storage.purge_tombstones(cutoff).await {
-                    Ok(r) if r.purged > 0 => tracing::info!(
+                let req = storage::PurgeRequest {
+                    tombstones_before_ms: ago(tombstones),
+                    answers_before_ms: ago(answers),
+                    now_ms: logic::now_ms(),
+                };
+                match storage.purge(req).await {
+                    Ok(r) if r.purged > 0 || r.answers_purged > 0 => tracing::info!(
                         purged = r.purged,
                         purged_through_seq = r.purged_through_seq,
-                        "tombstones purged"
+                        answers_purged = r.answers_purged,
+                        "purged"
                     ),
                     Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "tombstone purge failed"),
+                    Err(e) => tracing::error!(error = %e, "purge failed"),
                 }
                 tokio::time::sleep(interval).await;
             }
         }));
+        let writer = self
+            .state
+            .audit_log()
+            .writer(Arc::clone(self.state.storage()))
+            .map(tokio::spawn);
         let app = build_app(self.state);
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // The peer's address reaches handlers (for the audit) as ConnectInfo.
+        let result = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         drop(purger);
+        // The app, and with it the queue's last sender, is gone: the writer drains
+        // what is left and ends.
+        if let Some(w) = writer
+            && tokio::time::timeout(std::time::Duration::from_secs(10), w)
+                .await
+                .is_err()
+        {
+            tracing::error!("audit rows still queued at shutdown were not written");
+        }
         result.map_err(ServeError::Io)
     }
 }
@@ -193,12 +227,9 @@ impl Drop for AbortOnDrop {
 pub async fn run_main(program: &str, config_path: &std::path::Path) -> std::process::ExitCode {
     use std::io::Write;
     use std::process::ExitCode;
-    let config = match Config::load(config_path) {
+    let config = match load_config(program, config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{program}: bad config {}: {e}", config_path.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let server = match Server::bind(config).await {
         Ok(s) => s,
@@ -218,6 +249,70 @@ pub async fn run_main(program: &str, config_path: &std::path::Path) -> std::proc
     match server.run(shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config, or the exit code 2 after saying why it is bad.
+fn load_config(
+    program: &str,
+    config_path: &std::path::Path,
+) -> Result<Config, std::process::ExitCode> {
+    Config::load(config_path).map_err(|e| {
+        eprintln!("{program}: bad config {}: {e}", config_path.display());
+        std::process::ExitCode::from(2)
+    })
+}
+
+/// `outpost-server audit verify`: walks the audit trail's hash chain and prints one
+/// line, `audit ok: ...`, or a line per problem found (`audit TAMPERED: ...`). Exit code
+/// 0 when the chain holds, 1 when it does not or the database cannot be read, 2 for a
+/// bad config.
+pub async fn verify_audit_main(
+    program: &str,
+    config_path: &std::path::Path,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match load_config(program, config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let verdict = match connect_storage(&config).await {
+        Ok(storage) => audit::verify(storage.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    match verdict {
+        Ok(v) => {
+            println!("{v}");
+            if v.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{program}: cannot read the audit trail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `outpost-server migrate`: brings the database schema up to date and exits, for a
+/// deployment whose servers run as a role that may not create tables.
+pub async fn migrate_main(program: &str, config_path: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match load_config(program, config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match connect_storage(&config).await {
+        Ok(_) => {
+            println!("database schema is up to date");
             ExitCode::SUCCESS
         }
         Err(e) => {

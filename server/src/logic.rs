@@ -9,8 +9,8 @@
 use outpost_core::clock::Hlc;
 use outpost_core::crdt::{self, Crdt};
 use outpost_core::protocol::{
-    Change, ErrorBody, ErrorCode, JsonObject, MAX_OPS_PER_PUSH, MAX_RECORD_BYTES, OpKind,
-    json_size, rfc3339_millis, validate_collection, validate_record, validate_record_id,
+    Change, ErrorBody, ErrorCode, JsonObject, MAX_CRDT_ENTRIES, MAX_OPS_PER_PUSH, MAX_RECORD_BYTES,
+    OpKind, json_size, rfc3339_millis, validate_collection, validate_record, validate_record_id,
 };
 use serde_json::Value;
 
@@ -32,6 +32,10 @@ pub enum PushItem {
     Invalid {
         op_id: String,
         error: ErrorBody,
+        /// The op's collection and record id when those are valid, for the audit;
+        /// empty otherwise.
+        collection: String,
+        record_id: String,
     },
 }
 
@@ -103,11 +107,22 @@ pub fn read_push(body: Value) -> Result<PushBatch, BadPush> {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(BadPush(format!("ops[{i}] has no string op_id"))),
         };
+        let named = |key: &str, valid: fn(&str) -> bool| {
+            op.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| valid(s))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let collection = named("collection", |c| validate_collection(c).is_ok());
+        let record_id = named("record_id", |r| validate_record_id(r).is_ok());
         items.push(match read_op(op) {
             Ok(v) => PushItem::Valid(v),
             Err(message) => PushItem::Invalid {
                 op_id,
                 error: ErrorBody::new(ErrorCode::InvalidRequest, message),
+                collection,
+                record_id,
             },
         });
     }
@@ -171,6 +186,10 @@ fn read_op(mut op: JsonObject) -> Result<ValidOp, String> {
             validate_record(&d).map_err(|e| e.to_string())?;
             for (key, v) in &d {
                 if Crdt::is_crdt(v) {
+                    let n = Crdt::entry_count(v);
+                    if n > MAX_CRDT_ENTRIES {
+                        return Err(too_many_entries(key, n));
+                    }
                     Crdt::from_json(v).map_err(|e| format!("field {:?}: {e}", short(key)))?;
                 }
             }
@@ -192,6 +211,13 @@ fn read_op(mut op: JsonObject) -> Result<ValidOp, String> {
 
 fn short(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+fn too_many_entries(field: &str, n: usize) -> String {
+    format!(
+        "field {:?}: a CRDT field may hold at most {MAX_CRDT_ENTRIES} entries (counter replicas or OR-set tags); this write would make it {n}",
+        short(field)
+    )
 }
 
 /// A record as a backend stores it.
@@ -271,6 +297,31 @@ impl AccessRules {
     }
 }
 
+/// The namespace a record id lives in, under a collection's access rule: the owner's
+/// for `private`, the team's for `team`, one for everyone for `shared`.
+///
+/// Records are keyed by (collection, scope, record id), so the same id written by two
+/// teams is two records: one team can neither see that another has used an id nor be
+/// kept from using it. The prefixes keep user and team names apart.
+pub fn scope_of(access: Access, user: &User) -> String {
+    match access {
+        Access::Private => format!("u:{}", user.name),
+        Access::Team => format!("t:{}", user.team),
+        Access::Shared => SHARED_SCOPE.to_owned(),
+    }
+}
+
+/// The scope of every record of a `shared` collection.
+pub const SHARED_SCOPE: &str = "*";
+
+/// Where a record is stored: its collection, scope ([`scope_of`]) and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordKey {
+    pub collection: String,
+    pub scope: String,
+    pub record_id: String,
+}
+
 /// One user of the server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
@@ -304,8 +355,10 @@ pub fn may_access(access: Access, user: &User, owner: &str, team: &str) -> bool 
 pub enum Decision {
     /// Write the record with a new seq (allocated by the backend) and this content.
     Apply(NewState),
-    /// Answer `conflict` with this current state; no effect.
-    Conflict(Option<Change>),
+    /// Answer `conflict` with the record's current state (`None` when there is no
+    /// record); no effect. The caller builds that state, since an answer carries a
+    /// record once however many ops conflict with it.
+    Conflict,
     /// Answer `rejected`; no effect.
     Reject(ErrorBody),
 }
@@ -320,6 +373,9 @@ pub struct NewState {
     pub owner: String,
     pub team: String,
     pub created_at_ms: i64,
+    /// Applied only because of `force`: without it the op would have conflicted. The
+    /// version it replaced is kept in the audit.
+    pub forced: bool,
 }
 
 /// The conflict and access rules of DESIGN.md ("POST /v1/push", "Access") for one op
@@ -334,53 +390,70 @@ pub fn decide(
     if let Some(ex) = existing
         && !may_access(access, user, &ex.owner, &ex.team)
     {
-        // Says nothing about the record's content.
+        // Records are looked up in the user's own scope, so this only happens to data
+        // written under another access rule. Says nothing about the record's content.
         return Decision::Reject(ErrorBody::new(
             ErrorCode::Forbidden,
             "this record is outside your access",
         ));
     }
     let live = existing.filter(|e| !e.deleted);
-    let crdt_only = match (live.and_then(|e| e.data.as_ref()), &op.data) {
-        (Some(ex), Some(inc)) => crdt::changes_only_crdt_fields(ex, inc, op.kind),
-        _ => false,
+    // A tombstone has no fields to merge into: the write resurrects it afresh.
+    let base = live.and_then(|e| e.data.as_ref());
+    let stale = match (op.base_version, existing) {
+        (None, None) => false,
+        (None, Some(_)) => true,
+        // A base on a missing record.
+        (Some(_), None) => true,
+        (Some(b), Some(ex)) => ex.version != b,
     };
-    if !op.force && !crdt_only {
-        let stale = match (op.base_version, existing) {
-            (None, Some(_)) => true,
-            (None, None) => false,
-            (Some(_), None) => return Decision::Conflict(None),
-            (Some(b), Some(ex)) => ex.version != b,
+    // The write's result, computed at most once (a large CRDT merges once): here when
+    // telling a CRDT-only write, which never conflicts, otherwise below.
+    let mut written = None;
+    if stale && !op.force {
+        let crdt_only = match (base, &op.data) {
+            (Some(ex), Some(inc)) => {
+                let w = crdt::apply_write(Some(ex), inc, op.kind);
+                let only = w
+                    .as_ref()
+                    .is_ok_and(|r| crdt::result_changes_only_crdt_fields(ex, inc, r));
+                written = Some(w);
+                only
+            }
+            _ => false,
         };
-        if stale {
-            return Decision::Conflict(existing.map(StoredRecord::to_change));
+        if !crdt_only {
+            return Decision::Conflict;
         }
     }
-    let (data, deleted) = match &op.data {
+    let written = written.or_else(|| {
+        op.data
+            .as_ref()
+            .map(|inc| crdt::apply_write(base, inc, op.kind))
+    });
+    let (data, deleted) = match written {
         None => (None, true),
-        Some(inc) => {
-            // A tombstone has no fields to merge into: the write resurrects it afresh.
-            let base = live.and_then(|e| e.data.as_ref());
-            match crdt::apply_write(base, inc, op.kind) {
-                Ok(d) => {
-                    let size = json_size(&d);
-                    if size > MAX_RECORD_BYTES {
-                        return Decision::Reject(ErrorBody::new(
-                            ErrorCode::InvalidRequest,
-                            format!(
-                                "the record would be {size} bytes of JSON; the limit is {MAX_RECORD_BYTES}"
-                            ),
-                        ));
-                    }
-                    (Some(d), false)
-                }
-                Err(e) => {
-                    return Decision::Reject(ErrorBody::new(
-                        ErrorCode::InvalidRequest,
-                        e.to_string(),
-                    ));
-                }
+        Some(Ok(d)) => {
+            let size = json_size(&d);
+            if size > MAX_RECORD_BYTES {
+                return Decision::Reject(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "the record would be {size} bytes of JSON; the limit is {MAX_RECORD_BYTES}"
+                    ),
+                ));
             }
+            if let Some(message) = op
+                .data
+                .as_ref()
+                .and_then(|inc| crdt_over_cap(inc, base, &d))
+            {
+                return Decision::Reject(ErrorBody::new(ErrorCode::InvalidRequest, message));
+            }
+            (Some(d), false)
+        }
+        Some(Err(e)) => {
+            return Decision::Reject(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()));
         }
     };
     Decision::Apply(NewState {
@@ -391,7 +464,25 @@ pub fn decide(
         owner: existing.map_or_else(|| user.name.clone(), |e| e.owner.clone()),
         team: existing.map_or_else(|| user.team.clone(), |e| e.team.clone()),
         created_at_ms: existing.map_or(now_ms, |e| e.created_at_ms),
+        forced: stale && op.force,
     })
+}
+
+/// A CRDT field the write would grow past [`MAX_CRDT_ENTRIES`], as a message. A field
+/// already over it (stored before the limit) may still be written if it does not grow.
+fn crdt_over_cap(
+    incoming: &JsonObject,
+    before: Option<&JsonObject>,
+    after: &JsonObject,
+) -> Option<String> {
+    incoming
+        .iter()
+        .filter(|(_, v)| Crdt::is_crdt(v))
+        .find_map(|(key, _)| {
+            let n = after.get(key).map_or(0, Crdt::entry_count);
+            let was = before.and_then(|b| b.get(key)).map_or(0, Crdt::entry_count);
+            (n > MAX_CRDT_ENTRIES && n > was).then(|| too_many_entries(key, n))
+        })
 }
 
 /// Where a puller stands: it has seen every change it may read up to `seq`, in a
@@ -483,9 +574,7 @@ mod tests {
             matches!(decide(&put, Some(&ex), &a, Access::Team, 9), Decision::Apply(s) if s.version == 4)
         );
         let stale = op(OpKind::Put, Some(2), Some(json!({"name": "y"})));
-        assert!(
-            matches!(decide(&stale, Some(&ex), &a, Access::Team, 9), Decision::Conflict(Some(c)) if c.version == 3)
-        );
+        assert!(decide(&stale, Some(&ex), &a, Access::Team, 9) == Decision::Conflict);
         let mut forced = stale.clone();
         forced.force = true;
         assert!(matches!(
@@ -504,15 +593,13 @@ mod tests {
         let new_on_existing = op(OpKind::Put, None, Some(json!({"name": "z"})));
         assert!(matches!(
             decide(&new_on_existing, Some(&ex), &a, Access::Team, 9),
-            Decision::Conflict(Some(_))
+            Decision::Conflict
         ));
         let tomb = rec(4, true, json!({}));
-        assert!(
-            matches!(decide(&new_on_existing, Some(&tomb), &a, Access::Team, 9), Decision::Conflict(Some(c)) if c.deleted && c.data.is_none())
-        );
+        assert!(decide(&new_on_existing, Some(&tomb), &a, Access::Team, 9) == Decision::Conflict);
         assert!(matches!(
             decide(&put, None, &a, Access::Team, 9),
-            Decision::Conflict(None)
+            Decision::Conflict
         ));
         let c = user("chioma", "south");
         assert!(

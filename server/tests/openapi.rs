@@ -215,6 +215,34 @@ async fn real_answers_match_the_document(backend: Backend) {
         .await;
     check(&spec, "post", "/v1/push", 200, &json!({"results": r}));
 
+    // A record state carried once (current_ref), and ops past the budget (deferred).
+    let r = s
+        .push(
+            AMINA,
+            vec![
+                put("patients", "p-1", None, json!({"a": 1})),
+                put("patients", "p-1", None, json!({"a": 2})),
+            ],
+        )
+        .await;
+    assert_eq!(r[1]["current_ref"], r[0]["op_id"]);
+    check(&spec, "post", "/v1/push", 200, &json!({"results": r}));
+    let tight = TestServer::start_with(&backend, "push_budget_ms = 0");
+    let r = tight
+        .push(
+            AMINA,
+            vec![
+                put("patients", "a", None, json!({})),
+                put("patients", "b", None, json!({})),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (&r[0]["status"], &r[1]["status"]),
+        (&json!("applied"), &json!("deferred"))
+    );
+    check(&spec, "post", "/v1/push", 200, &json!({"results": r}));
+
     // Pull: a live record and a tombstone.
     s.push(
         AMINA,

@@ -166,16 +166,24 @@ async fn repeated_op_id_gets_the_first_answer(b: Backend) {
     assert_eq!(changes[0]["version"], 1);
     assert_eq!(s.audit_rows(op["op_id"].as_str().unwrap()), 1);
 
-    // A conflict answer is repeated as it was, even after the record moved on.
+    // A conflict is repeated as a conflict, with no effect; stored answers keep no
+    // record data, so it carries the record as it is now.
     let stale = put("patients", "p-1", Some(7), json!({"name": "B"}));
     let c1 = s.push(AMINA, vec![stale.clone()]).await;
     assert_eq!(c1[0]["status"], "conflict");
+    assert_eq!(c1[0]["current"]["version"], 1);
     s.push(
         AMINA,
         vec![put("patients", "p-1", Some(1), json!({"name": "C"}))],
     )
     .await;
-    assert_eq!(s.push(AMINA, vec![stale.clone()]).await, c1);
+    let c2 = s.push(AMINA, vec![stale.clone()]).await;
+    assert_eq!(
+        (&c2[0]["status"], &c2[0]["op_id"]),
+        (&c1[0]["status"], &c1[0]["op_id"])
+    );
+    assert_eq!(c2[0]["current"]["version"], 2);
+    assert_eq!(c2[0]["current"]["data"], json!({"name": "C"}));
     // So is a rejection, even if the repeat itself is valid.
     let mut bad = put("patients", "p-9", None, json!({}));
     bad["hlc"] = json!("nope");
@@ -573,26 +581,57 @@ async fn access_isolation_on_pull_and_push(b: Backend) {
     assert_eq!(ids(s.pull_all(BEN, "").await.0), set(&["p-1", "f-1"]));
     assert_eq!(ids(s.pull_all(CHIOMA, "").await.0), set(&["p-s", "f-1"]));
 
-    for (token, coll, id) in [
+    // Ids are scoped per owner (private) and team (team): another's record is, to this
+    // user, an id never used. An edit of it conflicts exactly as an edit of a missing
+    // record does, and says nothing about it.
+    for (n, (token, coll, id)) in [
         (BEN, "drafts", "d-1"),
         (CHIOMA, "drafts", "d-1"),
         (CHIOMA, "patients", "p-1"),
         (AMINA, "patients", "p-s"),
-    ] {
-        for op in [
-            put(coll, id, Some(1), json!({"x": 1})),
-            patch(coll, id, None, json!({"x": 1})),
-            delete(coll, id, Some(1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let never = format!("never-used-{n}");
+        for (theirs, missing) in [
+            (
+                put(coll, id, Some(1), json!({"x": 1})),
+                put(coll, &never, Some(1), json!({"x": 1})),
+            ),
+            (
+                patch(coll, id, Some(1), json!({"x": 1})),
+                patch(coll, &never, Some(1), json!({"x": 1})),
+            ),
+            (delete(coll, id, Some(1)), delete(coll, &never, Some(1))),
         ] {
-            let mut forced = op.clone();
-            forced["force"] = json!(true);
-            for op in [op, forced] {
-                let r = s.push(token, vec![op]).await;
-                assert_eq!(r[0]["status"], "rejected");
-                assert_eq!(r[0]["error"]["code"], "forbidden");
-                assert!(!r[0].to_string().contains("secret"));
-            }
+            let a = s.push(token, vec![theirs.clone()]).await;
+            let b = s.push(token, vec![missing.clone()]).await;
+            assert_eq!(
+                json!({"status": a[0]["status"], "current": a[0]["current"]}),
+                json!({"status": "conflict", "current": null})
+            );
+            assert_eq!(
+                (
+                    &a[0]["status"],
+                    &a[0]["current"],
+                    a[0].as_object().unwrap().len()
+                ),
+                (
+                    &b[0]["status"],
+                    &b[0]["current"],
+                    b[0].as_object().unwrap().len()
+                )
+            );
         }
+        // A new record with that id is the user's own, and leaves the other one alone.
+        let r = s
+            .push(token, vec![put(coll, id, None, json!({"mine": n}))])
+            .await;
+        assert_eq!(
+            (r[0]["status"].as_str(), r[0]["version"].as_i64()),
+            (Some("applied"), Some(1))
+        );
     }
     // Team members may write; shared records anyone.
     let r = s
@@ -609,9 +648,30 @@ async fn access_isolation_on_pull_and_push(b: Backend) {
         )
         .await;
     assert_eq!(r[0]["status"], "applied");
-    // Nothing forbidden changed anything.
+    // Nobody changed anyone else's record: each sees their own under the shared id.
     let (changes, _) = s.pull_all(AMINA, "&collections=drafts").await;
+    assert_eq!(changes.len(), 1);
     assert_eq!(changes[0]["version"], 1);
+    assert_eq!(changes[0]["data"], json!({"owner": "ben", "team": "south"}));
+    let (changes, _) = s.pull_all(BEN, "&collections=drafts").await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["data"], json!({"mine": 0}));
+    let (changes, _) = s.pull_all(CHIOMA, "&collections=patients").await;
+    let by_id: BTreeMap<_, _> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["record_id"].as_str().unwrap().to_owned(),
+                c["data"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(by_id["p-1"], json!({"mine": 2}));
+    assert_eq!(by_id["p-s"], json!({"secret": "south"}));
+    let (changes, _) = s.pull_all(BEN, "&collections=patients").await;
+    let p1: Vec<_> = changes.iter().filter(|c| c["record_id"] == "p-1").collect();
+    assert_eq!(p1.len(), 1);
+    assert_eq!(p1[0]["data"], json!({"secret": "x", "y": 1}));
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

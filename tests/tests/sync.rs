@@ -512,27 +512,35 @@ async fn a_rejected_op_fails_alone_and_can_be_retried() {
         .put("answers", Some("north-1"), json!({"team": "north"}))
         .unwrap();
     a.sync_until_quiet().await;
-    // chioma (team south) writes a record id that belongs to team north: forbidden.
+    // chioma (team south) writes a counter past the server's cap of CRDT entries: the
+    // server refuses it for good. Her record with team north's id is her own.
+    let over: JsonObject = (0..10_001).map(|i| (format!("r{i}"), json!(1))).collect();
     c.store
-        .put("answers", Some("north-1"), json!({"team": "south?"}))
+        .put(
+            "answers",
+            Some("too-big"),
+            json!({"n": {"$crdt": "gcounter", "p": over}}),
+        )
         .unwrap();
     c.store
-        .put("answers", Some("south-1"), json!({"team": "south"}))
+        .put("answers", Some("north-1"), json!({"team": "south"}))
         .unwrap();
     let r = c.engine.sync_now(None).await;
     assert_eq!((r.applied, r.rejected), (1, 1));
     let failed = c.store.failed_entries().unwrap();
     assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].last_error.as_ref().unwrap().code, "forbidden");
-    let rec = c.store.get("answers", "north-1").unwrap().unwrap();
+    assert_eq!(failed[0].record_id, "too-big");
     assert_eq!(
-        (rec.sync_state, rec.data["team"].clone()),
-        (SyncState::Failed, json!("south?"))
+        failed[0].last_error.as_ref().unwrap().code,
+        "invalid_request"
     );
+    let rec = c.store.get("answers", "too-big").unwrap().unwrap();
+    assert_eq!(rec.sync_state, SyncState::Failed);
+    assert_eq!(rec.data["n"]["p"].as_object().unwrap().len(), 10_001);
     assert_eq!(c.engine.status().failed, 1);
     // A later edit of the same record waits behind the failed one.
     c.store
-        .patch("answers", "north-1", json!({"more": 1}))
+        .patch("answers", "too-big", json!({"more": 1}))
         .unwrap();
     let r = c.engine.sync_now(None).await;
     assert_eq!(r.pushed, 0);
@@ -551,6 +559,37 @@ async fn a_rejected_op_fails_alone_and_can_be_retried() {
         a.store.get("answers", "north-1").unwrap().unwrap().data["team"],
         json!("north")
     );
+}
+
+/// A server whose work budget lets a push process only its first op answers the rest
+/// `deferred`: the engine sends them again at once, in the same sync, with nothing
+/// failed, retried after a backoff or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_ops_go_out_again_at_once_and_are_no_failure() {
+    let server = TestServer::start_with(&Backend::Sqlite, "push_budget_ms = 0");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Device::open(dir.path(), "a", &server, AMINA);
+    for i in 0..6 {
+        a.store
+            .put("answers", Some(&format!("d{i}")), json!({"i": i}))
+            .unwrap();
+    }
+    let r = a.engine.sync_now(None).await;
+    assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
+    assert_eq!((r.applied, r.rejected, r.conflicts), (6, 0, 0));
+    // 6 ops, then the 5 deferred, then 4, ...: one applied per request.
+    assert_eq!(a.link.push_sizes(), [6, 5, 4, 3, 2, 1]);
+    assert_eq!(r.pushed, 21);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let counts = a.store.outbox_counts().unwrap();
+    assert_eq!((counts.pending, counts.syncing, counts.failed), (0, 0, 0));
+    for rec in a.store.query("answers", &Query::new()).unwrap() {
+        assert_eq!((rec.sync_state, rec.version), (SyncState::Synced, 1));
+    }
+    let status = a.engine.status();
+    assert_eq!((status.failed, status.last_error.as_deref()), (0, None));
+    let (changes, _) = server.pull_all(AMINA, "").await;
+    assert_eq!(changes.len(), 6);
 }
 
 /// Regression: after one push was refused as a whole, every later request of the

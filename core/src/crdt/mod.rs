@@ -22,7 +22,10 @@ mod record;
 mod tests;
 
 pub use ops::{increment, lww_set, orset_add, orset_remove};
-pub use record::{apply_write, changes_only_crdt_fields, merge_json, merge_record};
+pub use record::{
+    apply_write, changes_only_crdt_fields, merge_json, merge_record,
+    result_changes_only_crdt_fields,
+};
 
 use crate::clock::Hlc;
 
@@ -213,6 +216,41 @@ impl Crdt {
     /// treated as plain data.
     pub fn is_crdt(v: &Value) -> bool {
         v.as_object().is_some_and(|o| o.contains_key(CRDT_KEY))
+    }
+
+    /// How many entries a CRDT value holds, read off its JSON without parsing it: the
+    /// distinct replica keys of a counter (across `p` and `n`), the distinct tags of an
+    /// OR-set (across adds and removes, so removing an element adds nothing), 1 for a
+    /// register, 0 for anything that is not a CRDT. What
+    /// [`crate::protocol::MAX_CRDT_ENTRIES`] limits.
+    pub fn entry_count(v: &Value) -> usize {
+        let Some(o) = v.as_object() else {
+            return 0;
+        };
+        let member = |m: &str| o.get(m).and_then(Value::as_object);
+        let keys = |ms: &[&str]| {
+            let mut seen = std::collections::HashSet::new();
+            for m in ms.iter().filter_map(|m| member(m)) {
+                seen.extend(m.keys().map(String::as_str));
+            }
+            seen.len()
+        };
+        let tags = |ms: &[&str]| {
+            let mut seen = std::collections::HashSet::new();
+            for m in ms.iter().filter_map(|m| member(m)) {
+                for t in m.values().filter_map(Value::as_array) {
+                    seen.extend(t.iter().filter_map(Value::as_str));
+                }
+            }
+            seen.len()
+        };
+        match o.get(CRDT_KEY).and_then(Value::as_str) {
+            Some("gcounter") => keys(&["p"]),
+            Some("pncounter") => keys(&["p", "n"]),
+            Some("orset") => tags(&["adds", "removes"]),
+            Some("lww") => 1,
+            _ => 0,
+        }
     }
 
     /// The wire name of the type.

@@ -113,6 +113,17 @@ pub fn changes_only_crdt_fields(
     let Ok(result) = apply_write(Some(existing), incoming, kind) else {
         return false;
     };
+    result_changes_only_crdt_fields(existing, incoming, &result)
+}
+
+/// [`changes_only_crdt_fields`] for a caller that already holds `result`, the
+/// [`apply_write`] of `incoming` (not a delete) onto `existing`: a merge of a large CRDT
+/// then runs once, not twice.
+pub fn result_changes_only_crdt_fields(
+    existing: &JsonObject,
+    incoming: &JsonObject,
+    result: &JsonObject,
+) -> bool {
     let keys: BTreeSet<&String> = existing.keys().chain(result.keys()).collect();
     keys.into_iter().all(|k| {
         let before = existing.get(k.as_str());

@@ -33,6 +33,29 @@ fn wire_shapes_round_trip() {
 }
 
 #[test]
+fn entry_counts_read_off_the_json() {
+    for (v, n) in [
+        (json!({"$crdt":"gcounter","p":{"a":1,"b":2}}), 2),
+        (
+            json!({"$crdt":"pncounter","p":{"a":5},"n":{"a":1,"b":7}}),
+            3,
+        ),
+        (
+            json!({"$crdt":"lww","v":[1,2,3],"t":"1700000000000-00001-a"}),
+            1,
+        ),
+        (
+            json!({"$crdt":"orset","adds":{"x":["a:1","b:2"],"y":["a:3"]},"removes":{"x":["a:1","c:9"]}}),
+            4,
+        ),
+        (json!({"plain": {"p": {"a": 1}}}), 0),
+        (json!(7), 0),
+    ] {
+        assert_eq!(Crdt::entry_count(&v), n, "{v}");
+    }
+}
+
+#[test]
 fn canonical_form_sorts_and_dedupes_tags() {
     let c = Crdt::from_json(&json!({
         "$crdt":"orset","adds":{"x":["b:2","a:1","b:2"],"y":[]},"removes":{}

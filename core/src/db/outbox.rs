@@ -361,6 +361,18 @@ pub(crate) fn release(tx: &Tx<'_>, entry_id: i64) -> Result<()> {
     Ok(())
 }
 
+/// The server deferred an in-flight entry: pending again, and the send that
+/// `mark_in_flight` counted is taken back, so a deferral never lengthens a backoff.
+pub(crate) fn defer(tx: &Tx<'_>, entry_id: i64, not_before_ms: Option<i64>) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE outbox SET state = 'pending', attempts = max(attempts - 1, 0),
+         next_attempt_at = coalesce(?2, next_attempt_at)
+         WHERE id = ?1 AND state = 'syncing'",
+    )?
+    .execute(params![entry_id, not_before_ms])?;
+    Ok(())
+}
+
 /// Every in-flight entry goes back to pending (at open, after a crash; on cancel).
 /// They stay `sent`, so they keep their op_id and the server answers a repeat with its
 /// first answer.

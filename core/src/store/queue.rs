@@ -133,6 +133,7 @@ fn record_outcome(tx: &mut Tx<'_>, id: i64, outcome: &PushOutcome) -> Result<()>
             None => Ok(()),
         },
         PushOutcome::Released => outbox_table::release(tx, id),
+        PushOutcome::Deferred { not_before_ms } => outbox_table::defer(tx, id, *not_before_ms),
     }
 }
 

@@ -236,6 +236,14 @@ impl Inner {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut conflicts = Vec::new();
         let now = self.now_ms();
+        // A deferred op goes out again at once; only an answer that processed nothing
+        // at all waits a little, so a server that keeps deferring is not hammered.
+        let stalled = batch
+            .iter()
+            .all(|e| matches!(by_op.get(e.op_id.as_str()), Some(OpResult::Deferred { .. })));
+        let deferred = PushOutcome::Deferred {
+            not_before_ms: stalled.then(|| now + self.config.backoff_initial.as_millis() as i64),
+        };
         for entry in batch {
             match by_op.get(entry.op_id.as_str()) {
                 Some(OpResult::Applied { version, .. }) => {
@@ -261,9 +269,16 @@ impl Inner {
                     };
                     outcomes.push((entry.id, outcome));
                 }
-                Some(OpResult::Conflict { current, .. }) => {
-                    conflicts.push((entry, current.clone()))
-                }
+                Some(OpResult::Conflict {
+                    current,
+                    current_ref,
+                    ..
+                }) => match conflict_state(&by_op, current.as_ref(), current_ref.as_deref()) {
+                    Some(state) => conflicts.push((entry, state.cloned())),
+                    // A reference to nothing: ask again rather than settle on a guess.
+                    None => outcomes.push((entry.id, deferred.clone())),
+                },
+                Some(OpResult::Deferred { .. }) => outcomes.push((entry.id, deferred.clone())),
                 // The server skipped it: send it again, same op_id.
                 None => outcomes.push((entry.id, PushOutcome::Released)),
             }
@@ -299,9 +314,64 @@ impl Inner {
     }
 }
 
+/// The server state a conflict answer stands for: its own `current`, or, when it
+/// refers to an earlier result of the same answer (`current_ref`), that result's.
+/// `None` when the reference names no conflict that carries a state in full.
+fn conflict_state<'r>(
+    by_op: &HashMap<&str, &'r OpResult>,
+    current: Option<&'r Change>,
+    current_ref: Option<&str>,
+) -> Option<Option<&'r Change>> {
+    let Some(r) = current_ref else {
+        return Some(current);
+    };
+    match by_op.get(r) {
+        Some(OpResult::Conflict {
+            current: Some(c),
+            current_ref: None,
+            ..
+        }) => Some(Some(c)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflict_reference_resolves_to_the_state_carried_before() {
+        let change = Change {
+            collection: "c".into(),
+            record_id: "r".into(),
+            version: 3,
+            seq: 9,
+            deleted: false,
+            data: Some(serde_json::Map::new()),
+            hlc: "0000000000001-00000-a".into(),
+            updated_at: "1970-01-01T00:00:00.001Z".into(),
+        };
+        let first = OpResult::conflict("a".into(), Some(change.clone()));
+        let missing = OpResult::conflict("m".into(), None);
+        let applied = OpResult::Applied {
+            op_id: "p".into(),
+            version: 1,
+            seq: 1,
+        };
+        let results = [first, missing, applied];
+        let by_op: HashMap<&str, &OpResult> = results.iter().map(|r| (r.op_id(), r)).collect();
+        assert_eq!(conflict_state(&by_op, None, Some("a")), Some(Some(&change)));
+        assert_eq!(
+            conflict_state(&by_op, Some(&change), None),
+            Some(Some(&change))
+        );
+        assert_eq!(conflict_state(&by_op, None, None), Some(None));
+        // A reference to nothing, to a result without a state, or to another kind of
+        // result does not resolve.
+        for r in ["zz", "m", "p"] {
+            assert_eq!(conflict_state(&by_op, None, Some(r)), None, "{r}");
+        }
+    }
 
     #[test]
     fn after_isolating_a_refused_request_batches_are_full_again() {

@@ -7,7 +7,8 @@
 //! serialized writer; PostgreSQL can lock or serialize differently) and explains it
 //! where seq is allocated. The rules themselves are shared, in [`crate::logic`], and so
 //! are the push and pull flows, which call a backend's storage steps (`push.rs`,
-//! `pull.rs`).
+//! `pull.rs`). Records are keyed by (collection, scope, id) ([`crate::logic::scope_of`]);
+//! both backends keep the audit's hash chain ([`crate::audit`]).
 
 pub mod postgres;
 pub mod sqlite;
@@ -20,7 +21,9 @@ use outpost_core::protocol::OpResult;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::logic::{AccessRules, Cursor, PushItem, User};
+use crate::audit::{AuditEntry, StoredAuditRow};
+use crate::budget::PushLimits;
+use crate::logic::{Access, AccessRules, Cursor, PushItem, User};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -35,12 +38,15 @@ pub(crate) fn db_err(e: impl fmt::Display) -> StorageError {
     StorageError(e.to_string())
 }
 
-/// Who pushes, and the access rule of each collection.
+/// Who pushes, from where, the access rule of each collection, and the push's budget.
 #[derive(Clone)]
 pub struct PushContext {
     pub user: User,
     pub client_id: String,
     pub access: AccessRules,
+    /// The peer's IP address, for the audit; empty when unknown.
+    pub client_addr: String,
+    pub limits: PushLimits,
 }
 
 impl fmt::Debug for PushContext {
@@ -48,6 +54,17 @@ impl fmt::Debug for PushContext {
         f.debug_struct("PushContext")
             .field("user", &self.user.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`crate::logic::scope_of`] as an SQL expression over a row's `owner` and `team`,
+/// the same on both backends; for records written before ids were scoped.
+pub(crate) fn scope_sql(access: Access) -> &'static str {
+    match access {
+        Access::Private => "'u:' || owner",
+        Access::Team => "'t:' || team",
+        // logic::SHARED_SCOPE
+        Access::Shared => "'*'",
     }
 }
 
@@ -95,11 +112,23 @@ pub enum PullPage {
     Expired,
 }
 
+/// What a purge removes: tombstones and stored answers older than these times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeRequest {
+    pub tombstones_before_ms: i64,
+    pub answers_before_ms: i64,
+    /// For the audit rows of the erasures.
+    pub now_ms: i64,
+}
+
 /// What a purge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
+    /// Tombstones deleted (each with the versions its forced overwrites kept).
     pub purged: u64,
     pub purged_through_seq: i64,
+    /// Stored answers deleted.
+    pub answers_purged: u64,
 }
 
 /// A place to keep records, op answers, the audit trail and the change sequence.
@@ -123,12 +152,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// One page of the changes the user may read, in increasing seq.
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>>;
 
-    /// Deletes tombstones last changed before `older_than_ms`, and raises the purge
-    /// mark so cursors below it expire.
-    fn purge_tombstones(
-        &self,
-        older_than_ms: i64,
-    ) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+    /// Deletes tombstones last changed before `tombstones_before_ms` (with the versions
+    /// the audit kept of them, recording each erasure) and raises the purge mark so
+    /// cursors below it expire; deletes stored answers older than
+    /// `answers_before_ms`. Deleted data leaves no trace in the database's files.
+    fn purge(&self, req: PurgeRequest) -> BoxFuture<'_, Result<PurgeReport, StorageError>>;
+
+    /// Appends rows to the audit trail in a transaction of their own.
+    fn append_audit(&self, entries: Vec<AuditEntry>) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// The secret kept under `name`, keeping `candidate` first if there is none: every
     /// server process over one database gets the same one, even when several start at
@@ -138,4 +169,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
         name: &'a str,
         candidate: Vec<u8>,
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
+
+    /// Up to `limit` audit rows with an id above `after_id`, in id order.
+    fn audit_page(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>>;
+
+    /// The hash of the newest chained audit row, kept apart from the rows.
+    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>>;
+
+    /// The kept versions of forced overwrites, by the hash of their audit row.
+    fn audit_priors(
+        &self,
+        row_hashes: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>>;
 }

@@ -1,32 +1,40 @@
 //! The SQLite backend: one file, for a clinic-sized deployment, tests and the demo.
 //!
 //! rusqlite is blocking, so every call runs on tokio's blocking pool. There is one
-//! writer connection (SQLite allows one writer at a time anyway; a mutex in front of
-//! it queues writers without busy-retry storms) and a small pool of reader
-//! connections, which WAL lets read committed snapshots while a write is under way.
-//! `synchronous=FULL`: an answered push has been fsynced.
+//! writer connection (SQLite allows one writer at a time anyway; a first-come,
+//! first-served queue in front of it orders writers without busy-retry storms) and a
+//! small pool of reader connections, which WAL lets read committed snapshots while a
+//! write is under way. `synchronous=FULL`: an answered push has been fsynced.
+//!
+//! A user's pushes enter the writer's queue one at a time, so a push waits behind at
+//! most one push of each other user, each held to its budget (`budget.rs`): one team
+//! sending many pushes at once cannot keep another team's push waiting longer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use outpost_core::protocol::{JsonObject, OpResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
-    db_err,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
+    StorageError, db_err, scope_sql,
 };
-use crate::logic::{Access, AccessRules, PushItem, StoredRecord};
+use crate::audit::{self, AuditEntry, AuditFields, StoredAuditRow};
+use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
-use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
+use crate::push::{self, AnswerRow, PushSteps, RecordRow};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -79,6 +87,90 @@ CREATE INDEX records_collection_seq ON records (collection, seq);
     r#"
 CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 "#,
+    // 4: ids scoped per owner, team or everyone (see logic::scope_of), so the key gains
+    // the scope; rows written before get theirs from the access rules at the first
+    // start ('?' until then). The audit gains denied writes, failed logins, pulls and
+    // erasures, the client's address and a hash chain (with its head kept apart, and
+    // forced overwrites' replaced versions in audit_prior); stored answers lose the
+    // records of conflicts (see push.rs) and get an index to expire by.
+    r#"
+CREATE TABLE records_v4 (
+    collection TEXT NOT NULL,
+    scope      TEXT NOT NULL,     -- u:<owner>, t:<team> or * (shared); '?' until assigned
+    record_id  TEXT NOT NULL,
+    data       TEXT,
+    deleted    INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL UNIQUE,
+    hlc        TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    team       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (collection, scope, record_id)
+);
+INSERT INTO records_v4 (collection, scope, record_id, data, deleted, version, seq, hlc, owner,
+                        team, created_at, updated_at)
+    SELECT collection, '?', record_id, data, deleted, version, seq, hlc, owner, team,
+           created_at, updated_at FROM records;
+DROP TABLE records;
+ALTER TABLE records_v4 RENAME TO records;
+CREATE INDEX records_tombstones ON records (updated_at) WHERE deleted = 1;
+CREATE INDEX records_collection_seq ON records (collection, seq);
+CREATE INDEX records_unscoped ON records (collection) WHERE scope = '?';
+
+CREATE TABLE audit_v4 (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           TEXT NOT NULL,
+    event        TEXT NOT NULL,   -- write, denied, auth_failed, pull, erase, dropped
+    user         TEXT NOT NULL,
+    client_id    TEXT NOT NULL,
+    client_addr  TEXT NOT NULL,
+    op_id        TEXT NOT NULL,
+    collection   TEXT NOT NULL,
+    scope        TEXT NOT NULL,
+    record_id    TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    old_version  INTEGER,
+    new_version  INTEGER,
+    code         TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    prior_sha256 TEXT,            -- SHA-256 of the version a forced overwrite replaced
+    prev_hash    TEXT,            -- NULL for rows from before the chain
+    hash         TEXT
+);
+INSERT INTO audit_v4 (id, at, event, user, client_id, client_addr, op_id, collection, scope,
+                      record_id, kind, old_version, new_version, code, detail)
+    SELECT id, at, 'write', user, client_id, '', op_id, collection, '', record_id, kind,
+           old_version, new_version, '', '' FROM audit;
+DROP TABLE audit;
+ALTER TABLE audit_v4 RENAME TO audit;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TABLE audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, hash) VALUES (1, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TABLE audit_prior (
+    hash       TEXT PRIMARY KEY,  -- the hash of the audit row that kept it
+    collection TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    data       TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX audit_prior_record ON audit_prior (collection, scope, record_id);
+
+CREATE INDEX ops_at ON ops (at);
+UPDATE ops SET answer = json_object(
+        'status', 'conflict', 'op_id', json_extract(answer, '$.op_id'),
+        'collection', json_extract(answer, '$.current.collection'),
+        'record_id', json_extract(answer, '$.current.record_id'))
+    WHERE json_extract(answer, '$.status') = 'conflict'
+      AND json_type(answer, '$.current') = 'object';
+"#,
 ];
 
 /// Records, answers and audit in one SQLite file.
@@ -90,28 +182,42 @@ pub struct SqliteStorage {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// Turns at the writer, first come first served.
+    queue: tokio::sync::Mutex<()>,
+    /// Per user with a push waiting or running: that user's turn to queue.
+    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// A purge deleted data but could not truncate the WAL yet (a reader was in it).
+    checkpoint_owed: AtomicBool,
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StorageError> {
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .map_err(db_err)?;
+    // secure_delete: deleted records are overwritten in the file, not left in free
+    // pages (erasure; the WAL is truncated after a purge for the same reason).
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;",
+    )
+    .map_err(db_err)?;
     Ok(conn)
 }
 
 impl SqliteStorage {
-    /// Opens (creating if needed) and migrates the database.
-    pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+    /// Opens (creating if needed) and migrates the database; records from before
+    /// scoped ids get their scope from `rules`.
+    pub fn open(path: &Path, rules: &AccessRules) -> Result<SqliteStorage, StorageError> {
         let mut conn = open_conn(path)?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, rules)?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                queue: tokio::sync::Mutex::new(()),
+                users: Mutex::new(HashMap::new()),
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
+                checkpoint_owed: AtomicBool::new(false),
             }),
         })
     }
@@ -122,8 +228,10 @@ impl SqliteStorage {
     ) -> BoxFuture<'static, Result<T, StorageError>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
+            let _turn = inner.queue.lock().await;
+            let held = Arc::clone(&inner);
             tokio::task::spawn_blocking(move || {
-                let mut conn = inner
+                let mut conn = held
                     .writer
                     .lock()
                     .map_err(|_| StorageError("writer lock poisoned".into()))?;
@@ -131,6 +239,34 @@ impl SqliteStorage {
             })
             .await
             .map_err(db_err)?
+        })
+    }
+
+    /// [`SqliteStorage::with_writer`], queueing behind `user`'s own earlier pushes
+    /// first.
+    fn with_writer_for<T: Send + 'static>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StorageError>> {
+        let inner = Arc::clone(&self.inner);
+        let user = user.to_owned();
+        let write = self.with_writer(f);
+        Box::pin(async move {
+            let turn = {
+                let mut users = inner.users.lock().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(users.entry(user.clone()).or_default())
+            };
+            let out = {
+                let _mine = turn.lock().await;
+                write.await
+            };
+            let mut users = inner.users.lock().unwrap_or_else(|p| p.into_inner());
+            // Only the map and this push hold it: no other push of the user waits.
+            if Arc::strong_count(&turn) == 2 {
+                users.remove(&user);
+            }
+            out
         })
     }
 
@@ -160,7 +296,7 @@ impl SqliteStorage {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+fn migrate(conn: &mut Connection, rules: &AccessRules) -> Result<(), StorageError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
@@ -178,7 +314,32 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         tx.pragma_update(None, "user_version", i as i64 + 1)
             .map_err(db_err)?;
     }
+    assign_scopes(&tx, rules)?;
     tx.commit().map_err(db_err)
+}
+
+/// Gives records written before scoped ids the scope of their collection's access
+/// rule. Their old key was (collection, id), so no two can meet on the new one.
+fn assign_scopes(tx: &Connection, rules: &AccessRules) -> Result<(), StorageError> {
+    for (name, access) in &rules.named {
+        tx.execute(
+            &format!(
+                "UPDATE records SET scope = {} WHERE scope = '?' AND collection = ?1",
+                scope_sql(*access)
+            ),
+            [name],
+        )
+        .map_err(db_err)?;
+    }
+    tx.execute(
+        &format!(
+            "UPDATE records SET scope = {} WHERE scope = '?'",
+            scope_sql(rules.default)
+        ),
+        [],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 const RECORD_COLS: &str =
@@ -240,7 +401,8 @@ fn push_blocking(
     // seq < S is already committed. A reader's snapshot therefore always holds a
     // prefix of the sequence, and a puller that has seen S can never later find a
     // change below S appearing. last_seq lives in `meta` rather than being max(seq) so
-    // that purging the newest tombstone can never make a seq be handed out twice.
+    // that purging the newest tombstone can never make a seq be handed out twice. The
+    // push's budget (budget.rs) bounds how long it holds the lock.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
@@ -283,46 +445,56 @@ impl PushSteps for SqlitePush<'_> {
             .map_err(db_err)
     }
 
-    async fn load_record(
-        &mut self,
-        collection: &str,
-        record_id: &str,
-    ) -> Result<Option<StoredRecord>, StorageError> {
+    async fn load_record(&mut self, key: &RecordKey) -> Result<Option<StoredRecord>, StorageError> {
         self.tx
             .prepare_cached(&format!(
-                "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND record_id = ?2"
+                "SELECT {RECORD_COLS} FROM records \
+                 WHERE collection = ?1 AND scope = ?2 AND record_id = ?3"
             ))
             .map_err(db_err)?
-            .query_row(params![collection, record_id], read_record)
+            .query_row(
+                params![key.collection, key.scope, key.record_id],
+                read_record,
+            )
             .optional()
             .map_err(db_err)?
             .map(with_data)
             .transpose()
     }
 
-    async fn next_seq(&mut self) -> Result<i64, StorageError> {
-        self.last_seq += 1;
-        Ok(self.last_seq)
+    async fn stage_records(&mut self, _rows: &[RecordRow<'_>]) -> Result<(), StorageError> {
+        // The one writer holds the lock for the whole push: the records are written
+        // with their seqs in `assign_seqs`, each once.
+        Ok(())
     }
 
-    async fn write_record(&mut self, row: RecordRow<'_>) -> Result<(), StorageError> {
-        self.tx
+    async fn assign_seqs(
+        &mut self,
+        count: i64,
+        rows: &[RecordRow<'_>],
+    ) -> Result<i64, StorageError> {
+        let first = self.last_seq + 1;
+        self.last_seq += count;
+        let mut stmt = self
+            .tx
             .prepare_cached(
-                "INSERT INTO records (collection, record_id, data, deleted, version, seq, \
-                 hlc, owner, team, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                 ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
+                "INSERT INTO records (collection, scope, record_id, data, deleted, version, \
+                 seq, hlc, owner, team, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
                  deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
                  hlc = excluded.hlc, updated_at = excluded.updated_at",
             )
-            .map_err(db_err)?
-            .execute(params![
-                row.collection,
-                row.record_id,
+            .map_err(db_err)?;
+        for row in rows {
+            stmt.execute(params![
+                row.key.collection,
+                row.key.scope,
+                row.key.record_id,
                 row.data,
                 row.deleted,
                 row.version,
-                row.seq,
+                first + row.nth - 1,
                 row.hlc,
                 row.owner,
                 row.team,
@@ -330,53 +502,94 @@ impl PushSteps for SqlitePush<'_> {
                 row.updated_at_ms
             ])
             .map_err(db_err)?;
-        Ok(())
+        }
+        Ok(first)
     }
 
-    async fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StorageError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
-                 kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .map_err(db_err)?
-            .execute(params![
-                row.at,
-                row.user,
-                row.client_id,
-                row.op_id,
-                row.collection,
-                row.record_id,
-                row.kind,
-                row.old_version,
-                row.new_version
-            ])
-            .map_err(db_err)?;
-        Ok(())
+    async fn append_audit(&mut self, entries: Vec<AuditEntry>) -> Result<(), StorageError> {
+        append_audit_tx(self.tx, entries)
     }
 
-    async fn store_answer(&mut self, row: AnswerRow<'_>) -> Result<(), StorageError> {
-        self.tx
+    async fn store_answers(&mut self, rows: &[AnswerRow<'_>]) -> Result<(), StorageError> {
+        let mut stmt = self
+            .tx
             .prepare_cached("INSERT INTO ops (user, op_id, answer, at) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(db_err)?
-            .execute(params![row.user, row.op_id, row.answer, row.at_ms])
             .map_err(db_err)?;
+        for row in rows {
+            stmt.execute(params![row.user, row.op_id, row.answer, row.at_ms])
+                .map_err(db_err)?;
+        }
         Ok(())
     }
 }
 
-/// `(a OR b ...)` of the access rule of each collection, with its parameters.
-fn access_filter(rules: &AccessRules, user: &str, team: &str, args: &mut Vec<SqlValue>) -> String {
-    let cond = |a: Access, args: &mut Vec<SqlValue>| match a {
-        Access::Private => {
-            args.push(SqlValue::Text(user.to_owned()));
-            "owner = ?".to_owned()
+/// Extends the audit chain by `entries`, inside the caller's write transaction (whose
+/// lock makes it the only writer of the chain's head).
+fn append_audit_tx(tx: &Connection, entries: Vec<AuditEntry>) -> Result<(), StorageError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let head: String = tx
+        .query_row("SELECT hash FROM audit_head WHERE id = 1", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let rows = audit::seal(&head, entries);
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO audit (at, event, user, client_id, client_addr, op_id, collection, \
+             scope, record_id, kind, old_version, new_version, code, detail, prior_sha256, \
+             prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )
+        .map_err(db_err)?;
+    let mut keep = tx
+        .prepare_cached(
+            "INSERT INTO audit_prior (hash, collection, scope, record_id, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db_err)?;
+    for r in &rows {
+        let f = &r.fields;
+        insert
+            .execute(params![
+                f.at,
+                f.event,
+                f.user,
+                f.client_id,
+                f.client_addr,
+                f.op_id,
+                f.collection,
+                f.scope,
+                f.record_id,
+                f.kind,
+                f.old_version,
+                f.new_version,
+                f.code,
+                f.detail,
+                r.prior_sha256,
+                r.prev_hash,
+                r.hash
+            ])
+            .map_err(db_err)?;
+        if let Some(prior) = &r.prior {
+            keep.execute(params![r.hash, f.collection, f.scope, f.record_id, prior])
+                .map_err(db_err)?;
         }
-        Access::Team => {
-            args.push(SqlValue::Text(team.to_owned()));
-            "team = ?".to_owned()
-        }
-        Access::Shared => "1".to_owned(),
+    }
+    if let Some(last) = rows.last() {
+        tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE id = 1")
+            .map_err(db_err)?
+            .execute([&last.hash])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// `(a OR b ...)` of the access rule of each collection, with its parameters: a user
+/// reads the records of their own scope under each collection's rule.
+fn access_filter(rules: &AccessRules, user: &User, args: &mut Vec<SqlValue>) -> String {
+    let cond = |a: Access, args: &mut Vec<SqlValue>| {
+        args.push(SqlValue::Text(logic::scope_of(a, user)));
+        "scope = ?".to_owned()
     };
     let mut parts = Vec::new();
     for (name, a) in &rules.named {
@@ -433,12 +646,7 @@ impl PullSteps for SqlitePull<'_> {
             args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
         }
         sql.push_str(" AND ");
-        sql.push_str(&access_filter(
-            &q.access,
-            &q.user.name,
-            &q.user.team,
-            &mut args,
-        ));
+        sql.push_str(&access_filter(&q.access, &q.user, &mut args));
         sql.push_str(" ORDER BY seq LIMIT ?");
         args.push(SqlValue::Integer(cut.rows_to_read()));
         let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;
@@ -477,23 +685,42 @@ impl PullSteps for SqlitePull<'_> {
     }
 }
 
-fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
+fn purge_blocking(conn: &mut Connection, req: PurgeRequest) -> Result<PurgeReport, StorageError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    let top: Option<i64> = tx
-        .query_row(
-            "SELECT max(seq) FROM records WHERE deleted = 1 AND updated_at < ?1",
-            [older_than_ms],
-            |r| r.get(0),
+    let gone: Vec<(String, String, String, i64)> = tx
+        .prepare_cached(
+            "SELECT collection, scope, record_id, seq FROM records \
+             WHERE deleted = 1 AND updated_at < ?1",
         )
+        .map_err(db_err)?
+        .query_map([req.tombstones_before_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
         .map_err(db_err)?;
-    let purged = tx
-        .execute(
-            "DELETE FROM records WHERE deleted = 1 AND updated_at < ?1",
-            [older_than_ms],
+    let mut erasures = Vec::with_capacity(gone.len());
+    let mut top = None;
+    for (collection, scope, record_id, seq) in gone {
+        tx.prepare_cached(
+            "DELETE FROM records WHERE collection = ?1 AND scope = ?2 AND record_id = ?3",
         )
+        .map_err(db_err)?
+        .execute(params![collection, scope, record_id])
         .map_err(db_err)?;
+        tx.prepare_cached(
+            "DELETE FROM audit_prior WHERE collection = ?1 AND scope = ?2 AND record_id = ?3",
+        )
+        .map_err(db_err)?
+        .execute(params![collection, scope, record_id])
+        .map_err(db_err)?;
+        top = top.max(Some(seq));
+        erasures.push(audit::erasure(req.now_ms, collection, scope, record_id));
+    }
+    let purged = erasures.len() as u64;
+    append_audit_tx(&tx, erasures)?;
     let mut mark = meta(&tx, "purged_through_seq")?;
     if let Some(top) = top
         && top > mark
@@ -505,10 +732,14 @@ fn purge_blocking(conn: &mut Connection, older_than_ms: i64) -> Result<PurgeRepo
         )
         .map_err(db_err)?;
     }
+    let answers_purged = tx
+        .execute("DELETE FROM ops WHERE at < ?1", [req.answers_before_ms])
+        .map_err(db_err)? as u64;
     tx.commit().map_err(db_err)?;
     Ok(PurgeReport {
-        purged: purged as u64,
+        purged,
         purged_through_seq: mark,
+        answers_purged,
     })
 }
 
@@ -534,6 +765,76 @@ fn shared_secret_blocking(
     Ok(value)
 }
 
+/// Copies every committed page back into the database file and empties the WAL, so
+/// what a purge deleted (overwritten in place, `secure_delete`) is not left in older
+/// page images in the WAL. Fails while a reader still uses the WAL; then it is owed.
+fn truncate_wal(conn: &Connection) -> Result<bool, StorageError> {
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(db_err)?;
+    Ok(busy == 0)
+}
+
+fn audit_page_blocking(
+    conn: &Connection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<StoredAuditRow>, StorageError> {
+    conn.prepare_cached(
+        "SELECT id, at, event, user, client_id, client_addr, op_id, collection, scope, \
+         record_id, kind, old_version, new_version, code, detail, prior_sha256, prev_hash, \
+         hash FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )
+    .map_err(db_err)?
+    .query_map([after_id, limit], |r| {
+        Ok(StoredAuditRow {
+            id: r.get(0)?,
+            fields: AuditFields {
+                at: r.get(1)?,
+                event: r.get(2)?,
+                user: r.get(3)?,
+                client_id: r.get(4)?,
+                client_addr: r.get(5)?,
+                op_id: r.get(6)?,
+                collection: r.get(7)?,
+                scope: r.get(8)?,
+                record_id: r.get(9)?,
+                kind: r.get(10)?,
+                old_version: r.get(11)?,
+                new_version: r.get(12)?,
+                code: r.get(13)?,
+                detail: r.get(14)?,
+            },
+            prior_sha256: r.get(15)?,
+            prev_hash: r.get(16)?,
+            hash: r.get(17)?,
+        })
+    })
+    .map_err(db_err)?
+    .collect::<Result<_, _>>()
+    .map_err(db_err)
+}
+
+fn audit_priors_blocking(
+    conn: &Connection,
+    hashes: &[String],
+) -> Result<Vec<(String, String)>, StorageError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT data FROM audit_prior WHERE hash = ?1")
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for h in hashes {
+        if let Some(data) = stmt
+            .query_row([h], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db_err)?
+        {
+            out.push((h.clone(), data));
+        }
+    }
+    Ok(out)
+}
+
 impl Storage for SqliteStorage {
     fn push<'a>(
         &'a self,
@@ -542,7 +843,8 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Vec<OpResult>, StorageError>> {
         let ctx = ctx.clone();
-        self.with_writer(move |conn| push_blocking(conn, &ctx, &items, now_ms))
+        let user = ctx.user.name.clone();
+        self.with_writer_for(&user, move |conn| push_blocking(conn, &ctx, &items, now_ms))
     }
 
     fn pull<'a>(&'a self, query: &'a PullQuery) -> BoxFuture<'a, Result<PullPage, StorageError>> {
@@ -550,11 +852,49 @@ impl Storage for SqliteStorage {
         self.with_reader(move |conn| pull_blocking(conn, &q))
     }
 
-    fn purge_tombstones(
+    fn purge(&self, req: PurgeRequest) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
+        let inner = Arc::clone(&self.inner);
+        self.with_writer(move |conn| {
+            let report = purge_blocking(conn, req)?;
+            let deleted = report.purged > 0 || report.answers_purged > 0;
+            if deleted || inner.checkpoint_owed.load(Ordering::Relaxed) {
+                let done = truncate_wal(conn)?;
+                inner.checkpoint_owed.store(!done, Ordering::Relaxed);
+            }
+            Ok(report)
+        })
+    }
+
+    fn append_audit(&self, entries: Vec<AuditEntry>) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_writer(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            append_audit_tx(&tx, entries)?;
+            tx.commit().map_err(db_err)
+        })
+    }
+
+    fn audit_page(
         &self,
-        older_than_ms: i64,
-    ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
-        self.with_writer(move |conn| purge_blocking(conn, older_than_ms))
+        after_id: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>> {
+        self.with_reader(move |conn| audit_page_blocking(conn, after_id, limit))
+    }
+
+    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>> {
+        self.with_reader(|conn| {
+            conn.query_row("SELECT hash FROM audit_head WHERE id = 1", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+    }
+
+    fn audit_priors(
+        &self,
+        row_hashes: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>> {
+        self.with_reader(move |conn| audit_priors_blocking(conn, &row_hashes))
     }
 
     fn shared_secret<'a>(

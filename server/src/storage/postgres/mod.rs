@@ -15,9 +15,11 @@
 //!   lock, so two servers starting together apply each migration once.
 //! - **Order of locks in a push** (why no push can deadlock another): first the
 //!   advisory locks of every op_id and every record the push touches, all at once in
-//!   ascending key order; then, at its first applied op, the row of the seq counter,
-//!   held to commit. Every push takes them in that order, so no cycle can form. The
-//!   purge takes only rows no push holds (`SKIP LOCKED`) and never waits for a push.
+//!   ascending key order, and the rows of its records as it reads them; then, once
+//!   every op is decided and its records written, the row of the seq counter; then the
+//!   audit chain's head; both held to commit. Every push takes them in that order, so
+//!   no cycle can form. The purge takes only record rows no push holds (`SKIP
+//!   LOCKED`), then the purge mark and the audit head, and never waits for a record.
 //! - **Text columns** cannot hold a NUL character in PostgreSQL, but a client may send
 //!   one in an `op_id` or `client_id`; those two are stored escaped ([`pg_text`]) so the
 //!   request gets the same answer as on SQLite instead of a 500.
@@ -25,6 +27,7 @@
 //! The migrations are in `schema.rs`, the locks, storage steps and retries of a push in
 //! `push.rs` (with the reasoning for ordered commits); reads and the purge are here.
 
+mod audit;
 mod push;
 mod schema;
 
@@ -41,14 +44,15 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{IsolationLevel, NoTls, Row, Statement};
 
 pub use push::pg_text;
-pub use schema::MIGRATIONS;
+pub use schema::{APP_ROLE_GRANTS, MIGRATIONS};
 
 use super::{
-    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PushContext, Storage, StorageError,
-    db_err,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
+    StorageError, db_err,
 };
+use crate::audit::{AuditEntry, StoredAuditRow};
 use crate::config::PostgresUrl;
-use crate::logic::{Access, PushItem, StoredRecord};
+use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
@@ -66,6 +70,8 @@ pub struct PostgresStorage {
     pool: Pool,
     /// Set once the migrations have run in this process.
     migrated: Arc<OnceCell<()>>,
+    /// For the scopes of records from before scoped ids.
+    rules: AccessRules,
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -98,8 +104,11 @@ impl<T> Pg<T> for Result<T, tokio_postgres::Error> {
 impl PostgresStorage {
     /// Connects and runs the migrations: a wrong URL, an unreachable database or a
     /// schema newer than this server fails here, at start.
-    pub async fn connect(url: &PostgresUrl) -> Result<PostgresStorage, StorageError> {
-        let s = PostgresStorage::lazy(url)?;
+    pub async fn connect(
+        url: &PostgresUrl,
+        rules: &AccessRules,
+    ) -> Result<PostgresStorage, StorageError> {
+        let s = PostgresStorage::lazy(url, rules)?;
         s.ready().await?;
         Ok(s)
     }
@@ -107,7 +116,7 @@ impl PostgresStorage {
     /// Builds the pool without connecting; the first operation connects and runs the
     /// migrations. For callers that cannot wait at construction (a synchronous
     /// [`crate::open_storage`]).
-    pub fn lazy(url: &PostgresUrl) -> Result<PostgresStorage, StorageError> {
+    pub fn lazy(url: &PostgresUrl, rules: &AccessRules) -> Result<PostgresStorage, StorageError> {
         let mut config = tokio_postgres::Config::from_str(url.expose()).map_err(db_err)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
@@ -134,6 +143,7 @@ impl PostgresStorage {
         Ok(PostgresStorage {
             pool,
             migrated: Arc::new(OnceCell::new()),
+            rules: rules.clone(),
         })
     }
 
@@ -141,7 +151,7 @@ impl PostgresStorage {
         self.migrated
             .get_or_try_init(|| async {
                 let mut client = self.pool.get().await.map_err(db_err)?;
-                schema::migrate(&mut client).await
+                schema::migrate(&mut client, &self.rules).await
             })
             .await
             .map(|_| ())
@@ -188,12 +198,15 @@ impl PostgresStorage {
             .pg()
     }
 
-    async fn purge_impl(&self, older_than_ms: i64) -> Result<PurgeReport, StorageError> {
+    async fn purge_impl(&self, req: PurgeRequest) -> Result<PurgeReport, StorageError> {
         self.ready().await?;
         let mut client = self.pool.get().await.map_err(db_err)?;
-        purge(&mut client, older_than_ms)
-            .await
-            .map_err(|e| pg_err(&e))
+        purge(&mut client, req).await
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
+        self.ready().await?;
+        self.pool.get().await.map_err(db_err)
     }
 }
 
@@ -228,9 +241,9 @@ const READABLE_AFTER: &str = "FROM records r \
        AND ($2::text[] IS NULL OR collection = ANY($2::text[])) \
        AND CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
                           WHERE n.name = r.collection LIMIT 1), $5::text) \
-             WHEN 'private' THEN owner = $6 \
-             WHEN 'team' THEN team = $7 \
-             WHEN 'shared' THEN true \
+             WHEN 'private' THEN scope = $6 \
+             WHEN 'team' THEN scope = $7 \
+             WHEN 'shared' THEN scope = '*' \
              ELSE false END";
 
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
@@ -307,6 +320,9 @@ impl PullSteps for PgPull<'_> {
         let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
         let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
         let default = rule(q.access.default);
+        // A user reads the records of their own scope under each collection's rule.
+        let own = logic::scope_of(Access::Private, &q.user);
+        let team = logic::scope_of(Access::Team, &q.user);
         let rows_to_read = cut.rows_to_read();
         let mut params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &since,
@@ -314,8 +330,8 @@ impl PullSteps for PgPull<'_> {
             &names,
             &rules,
             &default,
-            &q.user.name,
-            &q.user.team,
+            &own,
+            &team,
             &rows_to_read,
         ];
         let sizes = self.tx.query(&self.st_sizes, &params).await.pg()?;
@@ -371,35 +387,77 @@ fn rule(a: Access) -> &'static str {
 
 async fn purge(
     client: &mut deadpool_postgres::Client,
-    older_than_ms: i64,
-) -> Result<PurgeReport, tokio_postgres::Error> {
+    req: PurgeRequest,
+) -> Result<PurgeReport, StorageError> {
     let st_delete = client
         .prepare_cached(
-            "DELETE FROM records WHERE (collection, record_id) IN ( \
-                 SELECT collection, record_id FROM records \
+            "DELETE FROM records WHERE (collection, scope, record_id) IN ( \
+                 SELECT collection, scope, record_id FROM records \
                  WHERE deleted AND updated_at < $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING seq",
+             RETURNING collection, scope, record_id, seq",
         )
-        .await?;
+        .await
+        .pg()?;
+    let st_priors = client
+        .prepare_cached(
+            "DELETE FROM audit_prior p USING unnest($1::text[], $2::text[], $3::text[]) \
+                 AS g(collection, scope, record_id) \
+             WHERE p.collection = g.collection AND p.scope = g.scope \
+               AND p.record_id = g.record_id",
+        )
+        .await
+        .pg()?;
     let st_mark = client
         .prepare_cached(
             "UPDATE meta SET value = GREATEST(value, $1) WHERE key = 'purged_through_seq' \
              RETURNING value",
         )
-        .await?;
-    let tx = client.transaction().await?;
+        .await
+        .pg()?;
+    let st_answers = client
+        .prepare_cached("DELETE FROM ops WHERE at < $1")
+        .await
+        .pg()?;
+    let tx = client.transaction().await.pg()?;
     // SKIP LOCKED: a tombstone that a push is deciding on right now is left for the
     // next purge, so the purge never waits on a push (and cannot deadlock with one).
-    let rows = tx.query(&st_delete, &[&older_than_ms]).await?;
+    let rows = tx
+        .query(&st_delete, &[&req.tombstones_before_ms])
+        .await
+        .pg()?;
     let mut top = 0i64;
+    let (mut cols, mut scopes, mut ids) = (Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
-        top = top.max(r.try_get::<_, i64>(0)?);
+        cols.push(r.try_get::<_, String>(0).pg()?);
+        scopes.push(r.try_get::<_, String>(1).pg()?);
+        ids.push(r.try_get::<_, String>(2).pg()?);
+        top = top.max(r.try_get::<_, i64>(3).pg()?);
     }
-    let mark: i64 = tx.query_one(&st_mark, &[&top]).await?.try_get(0)?;
-    tx.commit().await?;
+    if !rows.is_empty() {
+        tx.execute(&st_priors, &[&cols, &scopes, &ids]).await.pg()?;
+        let erasures = cols
+            .into_iter()
+            .zip(scopes)
+            .zip(ids)
+            .map(|((c, s), i)| crate::audit::erasure(req.now_ms, c, s, i))
+            .collect();
+        audit::append(&tx, erasures).await.pg()?;
+    }
+    let mark: i64 = tx
+        .query_one(&st_mark, &[&top])
+        .await
+        .pg()?
+        .try_get(0)
+        .pg()?;
+    let answers_purged = tx
+        .execute(&st_answers, &[&req.answers_before_ms])
+        .await
+        .pg()?;
+    tx.commit().await.pg()?;
     Ok(PurgeReport {
         purged: rows.len() as u64,
         purged_through_seq: mark,
+        answers_purged,
     })
 }
 
@@ -417,11 +475,36 @@ impl Storage for PostgresStorage {
         Box::pin(self.pull_impl(query))
     }
 
-    fn purge_tombstones(
+    fn purge(&self, req: PurgeRequest) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
+        Box::pin(self.purge_impl(req))
+    }
+
+    fn append_audit(&self, entries: Vec<AuditEntry>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.pg()?;
+            audit::append(&tx, entries).await.pg()?;
+            tx.commit().await.pg()
+        })
+    }
+
+    fn audit_page(
         &self,
-        older_than_ms: i64,
-    ) -> BoxFuture<'_, Result<PurgeReport, StorageError>> {
-        Box::pin(self.purge_impl(older_than_ms))
+        after_id: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>> {
+        Box::pin(async move { audit::page(&self.client().await?, after_id, limit).await })
+    }
+
+    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>> {
+        Box::pin(async move { audit::head(&self.client().await?).await })
+    }
+
+    fn audit_priors(
+        &self,
+        row_hashes: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>> {
+        Box::pin(async move { audit::priors(&self.client().await?, &row_hashes).await })
     }
 
     fn shared_secret<'a>(

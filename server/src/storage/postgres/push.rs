@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, Statement};
 
-use super::{pg_err, read_record};
-use crate::logic::{self, PushItem, StoredRecord};
-use crate::push::{self, AnswerRow, AuditRow, PushSteps, RecordRow};
+use super::{audit, pg_err, read_record};
+use crate::audit::AuditEntry;
+use crate::logic::{self, PushItem, RecordKey, StoredRecord};
+use crate::push::{self, AnswerRow, PushSteps, RecordRow};
 use crate::storage::{PushContext, StorageError, db_err};
 
 /// How many times a push is run again after PostgreSQL aborted it for a deadlock or a
@@ -72,10 +73,10 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
 
 /// The advisory lock key of a name: 64 bits of SHA-256, with a tag per kind of name
 /// and length prefixes so that no two different names can be spelled the same.
-fn lock_key(kind: &str, a: &str, b: &str) -> i64 {
+fn lock_key(kind: &str, parts: &[&str]) -> i64 {
     let mut h = Sha256::new();
     h.update(b"outpost-lock-v1\0");
-    for part in [kind, a, b] {
+    for part in std::iter::once(&kind).chain(parts) {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -112,7 +113,8 @@ pub(super) async fn push(
 }
 
 const SELECT_RECORD_FOR_UPDATE: &str = "SELECT collection, record_id, data, deleted, version, seq, hlc, owner, team, \
-     created_at, updated_at FROM records WHERE collection = $1 AND record_id = $2 FOR UPDATE";
+     created_at, updated_at FROM records \
+     WHERE collection = $1 AND scope = $2 AND record_id = $3 FOR UPDATE";
 
 /// One attempt at a push, in one READ COMMITTED transaction.
 async fn push_once(
@@ -130,27 +132,33 @@ async fn push_once(
         .prepare_cached("SELECT answer FROM ops WHERE user_name = $1 AND op_id = $2")
         .await?;
     let st_record = client.prepare_cached(SELECT_RECORD_FOR_UPDATE).await?;
-    let st_seq = client
-        .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'last_seq' RETURNING value")
-        .await?;
-    let st_upsert = client
+    let st_stage = client
         .prepare_cached(
-            "INSERT INTO records (collection, record_id, data, deleted, version, seq, hlc, owner, \
-             team, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (collection, record_id) DO UPDATE SET data = excluded.data, \
+            "INSERT INTO records (collection, scope, record_id, data, deleted, version, seq, \
+             hlc, owner, team, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, -nextval('records_staged_seq'), $7, $8, $9, $10, \
+                     $11) \
+             ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
              deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
              hlc = excluded.hlc, updated_at = excluded.updated_at",
         )
         .await?;
-    let st_audit = client
+    let st_seq = client
+        .prepare_cached("UPDATE meta SET value = value + $1 WHERE key = 'last_seq' RETURNING value")
+        .await?;
+    let st_seqs = client
         .prepare_cached(
-            "INSERT INTO audit (at, user_name, client_id, op_id, collection, record_id, kind, \
-             old_version, new_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "UPDATE records r SET seq = g.seq \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+                 AS g(collection, scope, record_id, seq) \
+             WHERE r.collection = g.collection AND r.scope = g.scope \
+               AND r.record_id = g.record_id",
         )
         .await?;
     let st_store = client
         .prepare_cached(
-            "INSERT INTO ops (user_name, op_id, answer, at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO ops (user_name, op_id, answer, at) \
+             SELECT $1, op_id, answer, $4 FROM unnest($2::text[], $3::text[]) AS a(op_id, answer) \
              ON CONFLICT (user_name, op_id) DO NOTHING",
         )
         .await?;
@@ -172,10 +180,11 @@ async fn push_once(
     let mut keys: Vec<i64> = Vec::with_capacity(items.len() * 2);
     for item in items {
         if logic::op_id_ok(item.op_id()) {
-            keys.push(lock_key("op", user, item.op_id()));
+            keys.push(lock_key("op", &[user, item.op_id()]));
         }
         if let PushItem::Valid(op) = item {
-            keys.push(lock_key("record", &op.collection, &op.record_id));
+            let scope = logic::scope_of(ctx.access.of(&op.collection), &ctx.user);
+            keys.push(lock_key("record", &[&op.collection, &scope, &op.record_id]));
         }
     }
     keys.sort_unstable();
@@ -188,9 +197,9 @@ async fn push_once(
         tx: &tx,
         st_answer,
         st_record,
+        st_stage,
         st_seq,
-        st_upsert,
-        st_audit,
+        st_seqs,
         st_store,
     };
     let results = push::apply(&mut steps, ctx, items, now_ms).await?;
@@ -204,9 +213,9 @@ struct PgPush<'a> {
     tx: &'a Transaction<'a>,
     st_answer: Statement,
     st_record: Statement,
+    st_stage: Statement,
     st_seq: Statement,
-    st_upsert: Statement,
-    st_audit: Statement,
+    st_seqs: Statement,
     st_store: Statement,
 }
 
@@ -225,17 +234,16 @@ impl PushSteps for PgPush<'_> {
         }
     }
 
-    async fn load_record(
-        &mut self,
-        collection: &str,
-        record_id: &str,
-    ) -> Result<Option<StoredRecord>, Abort> {
+    async fn load_record(&mut self, key: &RecordKey) -> Result<Option<StoredRecord>, Abort> {
         // FOR UPDATE: other pushes are already kept out by the advisory lock; this keeps
         // the purge (which skips locked rows) off a tombstone that this push is about to
         // decide on.
         match self
             .tx
-            .query_opt(&self.st_record, &[&collection, &record_id])
+            .query_opt(
+                &self.st_record,
+                &[&key.collection, &key.scope, &key.record_id],
+            )
             .await?
         {
             Some(row) => Ok(Some(read_record(&row)?)),
@@ -243,85 +251,88 @@ impl PushSteps for PgPush<'_> {
         }
     }
 
-    async fn next_seq(&mut self) -> Result<i64, Abort> {
-        // Why no puller can miss a change: seq comes from one counter row, and taking
-        // it row-locks that row until this transaction commits. So between allocating a
-        // seq and committing, a transaction is the only one in the database (whatever
-        // process runs it) that can allocate: the next one waits in this UPDATE, and
-        // reads the counter only after this one has committed. PostgreSQL makes a
-        // commit visible before it releases the commit's locks, so commits become
-        // visible in seq order: a snapshot that holds seq S holds every seq < S. A pull
-        // reads its page and the counter in one snapshot, so a cursor at S never has a
-        // change below S still to come. A standby replays commits in the same order, so
-        // the same holds for pulls served by a replica.
+    async fn stage_records(&mut self, rows: &[RecordRow<'_>]) -> Result<(), Abort> {
+        // The heavy writes, before the seq counter is taken: a negative stand-in seq
+        // (unique, and below every cursor) until `assign_seqs`. Uncommitted, so no pull
+        // sees it; and the record's advisory lock keeps other pushes off it.
+        for row in rows {
+            self.tx
+                .execute(
+                    &self.st_stage,
+                    &[
+                        &row.key.collection,
+                        &row.key.scope,
+                        &row.key.record_id,
+                        &row.data,
+                        &row.deleted,
+                        &row.version,
+                        &row.hlc,
+                        &row.owner,
+                        &row.team,
+                        &row.created_at_ms,
+                        &row.updated_at_ms,
+                    ],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn assign_seqs(&mut self, count: i64, rows: &[RecordRow<'_>]) -> Result<i64, Abort> {
+        // Why no puller can miss a change: seqs come from one counter row, and taking
+        // them row-locks that row until this transaction commits. So between allocating
+        // its seqs and committing, a transaction is the only one in the database
+        // (whatever process runs it) that can allocate: the next one waits in this
+        // UPDATE, and reads the counter only after this one has committed. PostgreSQL
+        // makes a commit visible before it releases the commit's locks, so commits
+        // become visible in seq order: a snapshot that holds seq S holds every seq < S.
+        // A pull reads its page and the counter in one snapshot, so a cursor at S never
+        // has a change below S still to come. A standby replays commits in the same
+        // order, so the same holds for pulls served by a replica.
         //
-        // The cost is that allocating-to-commit is serialized across all servers.
-        // Everything before (auth, parsing, op_id look-ups, the version check) runs in
-        // parallel, and the held span is a few statements long. The alternative, a
-        // sequence plus holding cursors back below the oldest open transaction
-        // (pg_snapshot_xmin), avoids that but makes pulls lag behind any long
-        // transaction and exposes xid plumbing to every pull; this deployment's writes
-        // are small, so ordered commits are the simpler guarantee.
-        Ok(self.tx.query_one(&self.st_seq, &[]).await?.try_get(0)?)
-    }
-
-    async fn write_record(&mut self, row: RecordRow<'_>) -> Result<(), Abort> {
+        // The lock is taken as late as it can be: every op is already decided and every
+        // record written (with a stand-in seq, see `stage_records`), so what is
+        // serialized across all servers is only this UPDATE, the one that gives the
+        // records their seqs, the audit rows and stored answers (under the audit head,
+        // taken next) and the commit. Reads, merges and writes of record data run in
+        // parallel. The alternative, a sequence plus holding cursors back below the
+        // oldest open transaction (pg_snapshot_xmin), would avoid even that, but makes
+        // pulls lag behind any long transaction and exposes xid plumbing to every pull.
+        let last: i64 = self
+            .tx
+            .query_one(&self.st_seq, &[&count])
+            .await?
+            .try_get(0)?;
+        let first = last - count + 1;
+        let collections: Vec<&str> = rows.iter().map(|r| r.key.collection.as_str()).collect();
+        let scopes: Vec<&str> = rows.iter().map(|r| r.key.scope.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.key.record_id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| first + r.nth - 1).collect();
         self.tx
-            .execute(
-                &self.st_upsert,
-                &[
-                    &row.collection,
-                    &row.record_id,
-                    &row.data,
-                    &row.deleted,
-                    &row.version,
-                    &row.seq,
-                    &row.hlc,
-                    &row.owner,
-                    &row.team,
-                    &row.created_at_ms,
-                    &row.updated_at_ms,
-                ],
-            )
+            .execute(&self.st_seqs, &[&collections, &scopes, &ids, &seqs])
             .await?;
-        Ok(())
+        Ok(first)
     }
 
-    async fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), Abort> {
-        self.tx
-            .execute(
-                &self.st_audit,
-                &[
-                    &row.at,
-                    &row.user,
-                    &pg_text(row.client_id).as_ref(),
-                    &pg_text(row.op_id).as_ref(),
-                    &row.collection,
-                    &row.record_id,
-                    &row.kind,
-                    &row.old_version,
-                    &row.new_version,
-                ],
-            )
-            .await?;
-        Ok(())
+    async fn append_audit(&mut self, entries: Vec<AuditEntry>) -> Result<(), Abort> {
+        Ok(audit::append(self.tx, entries).await?)
     }
 
-    async fn store_answer(&mut self, row: AnswerRow<'_>) -> Result<(), Abort> {
+    async fn store_answers(&mut self, rows: &[AnswerRow<'_>]) -> Result<(), Abort> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let op_ids: Vec<String> = rows.iter().map(|r| pg_text(r.op_id).into_owned()).collect();
+        let answers: Vec<&str> = rows.iter().map(|r| r.answer).collect();
         let stored = self
             .tx
             .execute(
                 &self.st_store,
-                &[
-                    &row.user,
-                    &pg_text(row.op_id).as_ref(),
-                    &row.answer,
-                    &row.at_ms,
-                ],
+                &[&first.user, &op_ids, &answers, &first.at_ms],
             )
             .await?;
-        if stored == 0 {
-            // Cannot happen while the advisory lock of push_once is held; should it
+        if stored != rows.len() as u64 {
+            // Cannot happen while the advisory locks of push_once are held; should it
             // anyway (someone wrote to the table by hand), the stored answer wins: roll
             // back and run again, and the new attempt returns it.
             return Err(Abort::Retry("op_id answered concurrently".into()));
@@ -349,8 +360,12 @@ mod tests {
 
     #[test]
     fn lock_keys_separate_kinds_and_boundaries() {
-        assert_ne!(lock_key("op", "ab", "c"), lock_key("op", "a", "bc"));
-        assert_ne!(lock_key("op", "a", "b"), lock_key("record", "a", "b"));
-        assert_eq!(lock_key("op", "a", "b"), lock_key("op", "a", "b"));
+        assert_ne!(lock_key("op", &["ab", "c"]), lock_key("op", &["a", "bc"]));
+        assert_ne!(lock_key("op", &["a", "b"]), lock_key("record", &["a", "b"]));
+        assert_eq!(lock_key("op", &["a", "b"]), lock_key("op", &["a", "b"]));
+        assert_ne!(
+            lock_key("record", &["c", "t:x", "r"]),
+            lock_key("record", &["c", "t:xr", ""])
+        );
     }
 }

@@ -8,7 +8,8 @@
 use deadpool_postgres::GenericClient;
 
 use super::pg_err;
-use crate::storage::StorageError;
+use crate::logic::AccessRules;
+use crate::storage::{StorageError, scope_sql};
 
 /// Advisory lock key of the migrations. Fixed and arbitrary ("outpost" in ASCII);
 /// record and op_id keys are hashes, so a clash with it is as unlikely as any other.
@@ -91,11 +92,136 @@ CREATE INDEX records_collection_seq ON records (collection, seq);
     r#"
 CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 "#,
+    // 4: ids scoped per owner, team or everyone (see logic::scope_of), so the key gains
+    // the scope; rows written before get theirs from the access rules at the next start
+    // ('?' until then). A push writes its records before it takes the seq counter, with
+    // negative stand-ins from records_staged_seq (see push.rs). The audit gains denied
+    // writes, failed logins, pulls and erasures, the client's address and a hash chain
+    // (its head kept apart; forced overwrites' replaced versions in audit_prior); stored
+    // answers lose the records of conflicts and get an index to expire by.
+    r#"
+ALTER TABLE records ADD COLUMN scope TEXT NOT NULL DEFAULT '?';
+ALTER TABLE records ALTER COLUMN scope DROP DEFAULT;
+ALTER TABLE records DROP CONSTRAINT records_pkey;
+ALTER TABLE records ADD PRIMARY KEY (collection, scope, record_id);
+CREATE INDEX records_unscoped ON records (collection) WHERE scope = '?';
+CREATE SEQUENCE records_staged_seq;
+
+ALTER TABLE audit ALTER COLUMN new_version DROP NOT NULL;
+ALTER TABLE audit
+    ADD COLUMN event TEXT NOT NULL DEFAULT 'write',
+    ADD COLUMN client_addr TEXT NOT NULL DEFAULT '',
+    ADD COLUMN scope TEXT NOT NULL DEFAULT '',
+    ADD COLUMN code TEXT NOT NULL DEFAULT '',
+    ADD COLUMN detail TEXT NOT NULL DEFAULT '',
+    ADD COLUMN prior_sha256 TEXT,
+    ADD COLUMN prev_hash TEXT,
+    ADD COLUMN hash TEXT;
+CREATE TABLE audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, hash) VALUES (1, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TABLE audit_prior (
+    hash       TEXT PRIMARY KEY,  -- the hash of the audit row that kept it
+    collection TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE INDEX audit_prior_record ON audit_prior (collection, scope, record_id);
+
+CREATE INDEX ops_at ON ops (at);
+UPDATE ops SET answer = json_build_object(
+        'status', 'conflict', 'op_id', answer::json -> 'op_id',
+        'collection', answer::json -> 'current' -> 'collection',
+        'record_id', answer::json -> 'current' -> 'record_id')::text
+    WHERE answer::json ->> 'status' = 'conflict'
+      AND json_typeof(answer::json -> 'current') = 'object';
+"#,
 ];
 
-/// Applies the migrations the database lacks; fails on a schema newer than this server
-/// or a database that is not UTF8.
-pub(super) async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StorageError> {
+/// What a role needs to run `outpost-server` on a schema it does not own, run by the
+/// schema's owner after `outpost-server migrate` (`outpost_app` names the role). It
+/// may read and write records, answers and the chain's head, and erase kept versions,
+/// but only read and append the audit: it cannot change or delete an audit row, nor
+/// drop the triggers that guard them (only the owner can).
+pub const APP_ROLE_GRANTS: &str = "\
+GRANT USAGE ON SCHEMA public TO outpost_app;
+GRANT SELECT ON outpost_schema_version TO outpost_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON records, ops, meta, audit_head, audit_prior TO outpost_app;
+GRANT SELECT, INSERT ON audit TO outpost_app;
+GRANT SELECT, INSERT ON secrets TO outpost_app;
+GRANT USAGE ON SEQUENCE audit_id_seq, records_staged_seq TO outpost_app;
+";
+
+/// Applies the migrations the database lacks, then gives records from before scoped
+/// ids their scope under `rules`; fails on a schema newer than this server or a
+/// database that is not UTF8.
+///
+/// A schema that is already current is only read: a server may run as a role that can
+/// read and write the data but not create tables (see the README's GRANTs), once the
+/// schema's owner has migrated it.
+pub(super) async fn migrate(
+    client: &mut deadpool_postgres::Client,
+    rules: &AccessRules,
+) -> Result<(), StorageError> {
+    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    let versioned: bool = client
+        .query_one(
+            "SELECT to_regclass('outpost_schema_version') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err(&e))?
+        .get(0);
+    let current: i32 = if versioned {
+        client
+            .query_one(
+                "SELECT COALESCE(max(version), 0) FROM outpost_schema_version",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err(&e))?
+            .get(0)
+    } else {
+        0
+    };
+    if current < known {
+        apply_migrations(client).await?;
+    } else if current > known {
+        return Err(StorageError(format!(
+            "database schema version {current} is newer than this server ({known})"
+        )));
+    }
+    assign_scopes(client, rules).await
+}
+
+/// Gives records written before scoped ids the scope of their collection's access
+/// rule. Their old key was (collection, id), so no two can meet on the new one.
+async fn assign_scopes(
+    client: &deadpool_postgres::Client,
+    rules: &AccessRules,
+) -> Result<(), StorageError> {
+    for (name, access) in &rules.named {
+        let sql = format!(
+            "UPDATE records SET scope = {} WHERE scope = '?' AND collection = $1",
+            scope_sql(*access)
+        );
+        client
+            .execute(&sql, &[name])
+            .await
+            .map_err(|e| pg_err(&e))?;
+    }
+    let sql = format!(
+        "UPDATE records SET scope = {} WHERE scope = '?'",
+        scope_sql(rules.default)
+    );
+    client.execute(&sql, &[]).await.map_err(|e| pg_err(&e))?;
+    Ok(())
+}
+
+async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), StorageError> {
     let encoding: String = client
         .query_one("SHOW server_encoding", &[])
         .await

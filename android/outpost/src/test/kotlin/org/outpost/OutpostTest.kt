@@ -150,18 +150,19 @@ class OutpostTest {
             val c = device("c", CHIOMA)
             a.put("answers", "north-1", """{"team":"north"}""")
             assertEquals(SyncOutcome.COMPLETED, a.syncNow(30.seconds).outcome)
-            // Chioma is on team south: writing team north's record is forbidden for good.
-            c.put("answers", "north-1", """{"team":"south?"}""")
+            // The server refuses this for good: a counter past its cap of CRDT entries.
+            val replicas = (0..10_000).joinToString(",") { "\"r$it\":1" }
+            c.put("answers", "too-big", """{"n":{"${'$'}crdt":"gcounter","p":{$replicas}}}""")
             val report = c.syncNow(30.seconds)
             assertEquals(1uL, report.rejected, report.toString())
             val edit = c.failedEdits().single()
-            assertEquals(listOf("north-1", "put", "forbidden"), listOf(edit.recordId, edit.kind, edit.errorCode))
-            assertEquals(SyncState.FAILED, c.get("answers", "north-1")?.syncState)
+            assertEquals(listOf("too-big", "put", "invalid_request"), listOf(edit.recordId, edit.kind, edit.errorCode))
+            assertEquals(SyncState.FAILED, c.get("answers", "too-big")?.syncState)
             eventually(what = "status counts the failure") { c.syncStatus.value.failed == 1uL }
             assertThrows<OutpostException.NotFound> { runBlocking { c.discardFailed(edit.entryId + 1000) } }
             c.discardFailed(edit.entryId)
             assertTrue(c.failedEdits().isEmpty())
-            assertNull(c.get("answers", "north-1"))
+            assertNull(c.get("answers", "too-big"))
             eventually(what = "status drops the failure") { c.syncStatus.value.failed == 0uL }
         }
 

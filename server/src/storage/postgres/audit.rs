@@ -1,0 +1,187 @@
+//! The audit trail on PostgreSQL: appending to its hash chain from any number of
+//! server processes, and reading it back for `audit verify`.
+//!
+//! A chain has one head, so appends must follow one another: each takes the head's row
+//! lock (`audit_head ... FOR UPDATE`), chains its rows after the hash it finds, inserts
+//! them in order (so their ids follow the chain) and moves the head, all in the caller's
+//! transaction. A push takes the head last, after the seq counter (see `push.rs`), so
+//! the lock is held only for its final statements. The rows are hashed as stored: op_id
+//! and client_id escaped ([`pg_text`]).
+
+use deadpool_postgres::{GenericClient, Transaction};
+
+use super::{Pg, pg_text};
+use crate::audit::{self, AuditEntry, AuditFields, StoredAuditRow};
+use crate::storage::StorageError;
+
+/// Appends `entries` to the chain inside `tx`; the head stays locked until it commits.
+pub(super) async fn append(
+    tx: &Transaction<'_>,
+    entries: Vec<AuditEntry>,
+) -> Result<(), tokio_postgres::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let st_head = tx
+        .prepare_cached("SELECT hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        .await?;
+    let st_insert = tx
+        .prepare_cached(
+            "INSERT INTO audit (at, event, user_name, client_id, client_addr, op_id, collection, \
+             scope, record_id, kind, old_version, new_version, code, detail, prior_sha256, \
+             prev_hash, hash) \
+             SELECT at, event, user_name, client_id, client_addr, op_id, collection, scope, \
+                    record_id, kind, old_version, new_version, code, detail, prior_sha256, \
+                    prev_hash, hash \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                         $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
+                         $16::text[], $17::text[]) WITH ORDINALITY \
+                  AS u(at, event, user_name, client_id, client_addr, op_id, collection, scope, \
+                       record_id, kind, old_version, new_version, code, detail, prior_sha256, \
+                       prev_hash, hash, ord) \
+             ORDER BY ord",
+        )
+        .await?;
+    let st_prior = tx
+        .prepare_cached(
+            "INSERT INTO audit_prior (hash, collection, scope, record_id, data) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
+        )
+        .await?;
+    let st_set_head = tx
+        .prepare_cached("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .await?;
+
+    let head: String = tx.query_one(&st_head, &[]).await?.try_get(0)?;
+    let entries = entries
+        .into_iter()
+        .map(|mut e| {
+            e.fields.op_id = pg_text(&e.fields.op_id).into_owned();
+            e.fields.client_id = pg_text(&e.fields.client_id).into_owned();
+            e
+        })
+        .collect();
+    let rows = audit::seal(&head, entries);
+    let col = |f: fn(&AuditFields) -> &String| -> Vec<&str> {
+        rows.iter().map(|r| f(&r.fields).as_str()).collect()
+    };
+    let old: Vec<Option<i64>> = rows.iter().map(|r| r.fields.old_version).collect();
+    let new: Vec<Option<i64>> = rows.iter().map(|r| r.fields.new_version).collect();
+    let prior_sha: Vec<Option<&str>> = rows.iter().map(|r| r.prior_sha256.as_deref()).collect();
+    let prev: Vec<&str> = rows.iter().map(|r| r.prev_hash.as_str()).collect();
+    let hash: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
+    tx.execute(
+        &st_insert,
+        &[
+            &col(|f| &f.at),
+            &col(|f| &f.event),
+            &col(|f| &f.user),
+            &col(|f| &f.client_id),
+            &col(|f| &f.client_addr),
+            &col(|f| &f.op_id),
+            &col(|f| &f.collection),
+            &col(|f| &f.scope),
+            &col(|f| &f.record_id),
+            &col(|f| &f.kind),
+            &old,
+            &new,
+            &col(|f| &f.code),
+            &col(|f| &f.detail),
+            &prior_sha,
+            &prev,
+            &hash,
+        ],
+    )
+    .await?;
+    let kept: Vec<_> = rows.iter().filter(|r| r.prior.is_some()).collect();
+    if !kept.is_empty() {
+        let by =
+            |f: fn(&audit::SealedRow) -> &str| -> Vec<&str> { kept.iter().map(|r| f(r)).collect() };
+        tx.execute(
+            &st_prior,
+            &[
+                &by(|r| &r.hash),
+                &by(|r| &r.fields.collection),
+                &by(|r| &r.fields.scope),
+                &by(|r| &r.fields.record_id),
+                &by(|r| r.prior.as_deref().unwrap_or_default()),
+            ],
+        )
+        .await?;
+    }
+    if let Some(last) = rows.last() {
+        tx.execute(&st_set_head, &[&last.hash]).await?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` rows after `after_id`, in id order.
+pub(super) async fn page(
+    client: &impl GenericClient,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<StoredAuditRow>, StorageError> {
+    let rows = client
+        .query(
+            "SELECT id, at, event, user_name, client_id, client_addr, op_id, collection, scope, \
+             record_id, kind, old_version, new_version, code, detail, prior_sha256, prev_hash, \
+             hash FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after_id, &limit],
+        )
+        .await
+        .pg()?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredAuditRow {
+                id: r.try_get(0).pg()?,
+                fields: AuditFields {
+                    at: r.try_get(1).pg()?,
+                    event: r.try_get(2).pg()?,
+                    user: r.try_get(3).pg()?,
+                    client_id: r.try_get(4).pg()?,
+                    client_addr: r.try_get(5).pg()?,
+                    op_id: r.try_get(6).pg()?,
+                    collection: r.try_get(7).pg()?,
+                    scope: r.try_get(8).pg()?,
+                    record_id: r.try_get(9).pg()?,
+                    kind: r.try_get(10).pg()?,
+                    old_version: r.try_get(11).pg()?,
+                    new_version: r.try_get(12).pg()?,
+                    code: r.try_get(13).pg()?,
+                    detail: r.try_get(14).pg()?,
+                },
+                prior_sha256: r.try_get(15).pg()?,
+                prev_hash: r.try_get(16).pg()?,
+                hash: r.try_get(17).pg()?,
+            })
+        })
+        .collect()
+}
+
+/// The chain's head.
+pub(super) async fn head(client: &impl GenericClient) -> Result<String, StorageError> {
+    client
+        .query_one("SELECT hash FROM audit_head WHERE id = 1", &[])
+        .await
+        .pg()?
+        .try_get(0)
+        .pg()
+}
+
+/// The kept versions of the rows with these hashes.
+pub(super) async fn priors(
+    client: &impl GenericClient,
+    hashes: &[String],
+) -> Result<Vec<(String, String)>, StorageError> {
+    let rows = client
+        .query(
+            "SELECT hash, data FROM audit_prior WHERE hash = ANY($1)",
+            &[&hashes],
+        )
+        .await
+        .pg()?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0).pg()?, r.try_get(1).pg()?)))
+        .collect()
+}
