@@ -38,7 +38,7 @@ fn entry_counts_read_off_the_json() {
         (json!({"$crdt":"gcounter","p":{"a":1,"b":2}}), 2),
         (
             json!({"$crdt":"pncounter","p":{"a":5},"n":{"a":1,"b":7}}),
-            3,
+            2,
         ),
         (
             json!({"$crdt":"lww","v":[1,2,3],"t":"1700000000000-00001-a"}),
