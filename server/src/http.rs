@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,7 +30,9 @@ use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::json::{JsonError, parse_strict};
 use crate::logic::{self, BadPush, User, decode_cursor, encode_cursor};
+use crate::metrics::Metrics;
 use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
+use crate::throttle::AuthThrottle;
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]
@@ -39,30 +42,56 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct StateInner {
-    users: Vec<User>,
-    access: AccessRules,
+    /// Swapped whole by a config reload; a request reads one version throughout.
+    policy: RwLock<Arc<Policy>>,
     storage: Arc<dyn Storage>,
-    rate_limit_per_minute: Option<u32>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    metrics: Arc<Metrics>,
+    auth_throttle: AuthThrottle,
+}
+
+/// The part of the config a reload (SIGHUP) changes without a restart: who may sign
+/// in and with which token, what each collection allows, and the request limits.
+#[derive(Debug)]
+pub struct Policy {
+    pub users: Vec<User>,
+    pub access: AccessRules,
+    pub rate_limit_per_minute: Option<u32>,
+    pub auth_failures_per_minute: Option<u32>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub metrics_token_sha256: Option<[u8; 32]>,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Policy {
+        Policy {
+            users: config.users.clone(),
+            access: AccessRules {
+                named: config
+                    .collections
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+                default: config.default_access,
+            },
+            rate_limit_per_minute: config.rate_limit_per_minute,
+            auth_failures_per_minute: config.auth_failures_per_minute,
+            trusted_proxies: config.trusted_proxies.clone(),
+            metrics_token_sha256: config.metrics_token_sha256,
+        }
+    }
 }
 
 impl AppState {
     pub fn new(config: &Config, storage: Arc<dyn Storage>) -> AppState {
         AppState {
             inner: Arc::new(StateInner {
-                users: config.users.clone(),
-                access: AccessRules {
-                    named: config
-                        .collections
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect(),
-                    default: config.default_access,
-                },
+                policy: RwLock::new(Arc::new(Policy::from_config(config))),
                 storage,
-                rate_limit_per_minute: config.rate_limit_per_minute,
                 windows: Mutex::new(HashMap::new()),
+                metrics: Arc::new(Metrics::default()),
+                auth_throttle: AuthThrottle::default(),
             }),
         }
     }
@@ -70,12 +99,32 @@ impl AppState {
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts a reloaded config's policy in force for every request that starts after.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn auth_throttle(&self) -> &AuthThrottle {
+        &self.inner.auth_throttle
+    }
 }
 
 /// The whole application: routes plus error mapping, compression and panic safety.
 pub fn build_app(state: AppState) -> Router {
+    let outer = state.clone();
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::serve_metrics))
         .route("/v1/push", post(push))
         .route("/v1/pull", get(pull))
         .fallback(not_found)
@@ -93,6 +142,14 @@ pub fn build_app(state: AppState) -> Router {
         // the CPU; a pull page or push answer is compressed on every request.
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            outer.clone(),
+            crate::throttle::guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            outer,
+            crate::metrics::account,
+        ))
 }
 
 async fn health() -> Response {
@@ -169,14 +226,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
         return Err(unauthorized("the Authorization scheme must be Bearer"));
     }
     let digest = Sha256::digest(token.trim().as_bytes());
+    let policy = state.policy();
     let mut found = None;
-    for u in &state.inner.users {
-        let diff = u
-            .token_sha256
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
+    for u in &policy.users {
+        if same_digest(&u.token_sha256, &digest) {
             found = Some(u);
         }
     }
@@ -187,8 +240,13 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
     Ok(user)
 }
 
+/// Compares two digests in constant time.
+pub(crate) fn same_digest(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let Some(limit) = state.inner.rate_limit_per_minute else {
+    let Some(limit) = state.policy().rate_limit_per_minute else {
         return Ok(());
     };
     let window = Duration::from_secs(60);
@@ -308,7 +366,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let ctx = PushContext {
         user,
         client_id: batch.client_id,
-        access: state.inner.access.clone(),
+        access: state.policy().access.clone(),
     };
     let n = batch.items.len();
     let results = state
@@ -320,6 +378,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             tracing::error!(error = %e, "push failed");
             ApiError::internal()
         })?;
+    state.metrics().push_results(&results);
     tracing::debug!(user = %ctx.user.name, ops = n, "push applied");
     Ok(axum::Json(PushResponse { results }).into_response())
 }
@@ -399,7 +458,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let params = parse_pull_query(req.uri().query())?;
     let query = PullQuery {
         user,
-        access: state.inner.access.clone(),
+        access: state.policy().access.clone(),
         since: params.since,
         limit: params.limit,
         collections: params.collections,
@@ -418,7 +477,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             cursor,
             has_more,
         } => Ok(axum::Json(PullResponse {
-            changes,
+            changes: state.metrics().count_pulled(changes),
             cursor: encode_cursor(cursor),
             has_more,
         })

@@ -24,11 +24,11 @@ pub struct User {
 }
 
 /// Amina's token; she is in team `north`.
-pub const AMINA: &str = "token-amina-0123456789";
+pub const AMINA: &str = "token-amina-0123456789abcdef0123456789";
 /// Ben's token; he is in team `north` with Amina.
-pub const BEN: &str = "token-ben-0123456789";
+pub const BEN: &str = "token-ben-0123456789abcdef0123456789";
 /// Chioma's token; she is alone in team `south`.
-pub const CHIOMA: &str = "token-chioma-0123456789";
+pub const CHIOMA: &str = "token-chioma-0123456789abcdef0123456789";
 
 /// The users of [`base_config`], in its order.
 pub const USERS: [User; 3] = [
@@ -344,6 +344,21 @@ impl TestServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal by name (`"HUP"`, `"TERM"`) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// Sends SIGTERM and returns the exit status.

@@ -76,7 +76,7 @@ impl SimResult {
 
 const NOTE_IDS: [&str; 4] = ["n1", "n2", "n3", "n4"];
 const TALLY_IDS: [&str; 2] = ["t1", "t2"];
-const TOKEN: &str = "sim-token-0123456789";
+const TOKEN: &str = "sim-token-0123456789abcdef0123456789";
 
 fn strategies() -> [(&'static str, ConflictStrategy); 6] {
     [
