@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use outpost_core::protocol::validate_collection;
@@ -34,7 +33,7 @@ pub struct PostgresUrl(String);
 impl PostgresUrl {
     /// Checks the URL's syntax (no connection is made).
     pub fn parse(url: &str) -> Result<PostgresUrl, String> {
-        tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        crate::storage::postgres::tls::parse_url(url)?;
         Ok(PostgresUrl(url.to_owned()))
     }
 
@@ -46,14 +45,15 @@ impl PostgresUrl {
 
 impl fmt::Debug for PostgresUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match tokio_postgres::Config::from_str(&self.0) {
-            Ok(c) => write!(
+        match crate::storage::postgres::tls::parse_url(&self.0) {
+            Ok((c, link)) => write!(
                 f,
-                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?})",
+                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?} sslmode={:?})",
                 c.get_user(),
                 c.get_dbname(),
                 c.get_hosts(),
-                c.get_ports()
+                c.get_ports(),
+                link.mode
             ),
             Err(_) => f.write_str("PostgresUrl(<unparsable>)"),
         }
