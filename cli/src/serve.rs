@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub async fn run(config_path: &Path) -> ExitCode {
-    crate::init_logging("info");
+    // The server's own filter: other crates' logs capped, whatever RUST_LOG says.
+    outpost_server::logging::init("info");
     outpost_server::run_main("outpost serve", config_path).await
 }

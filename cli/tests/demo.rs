@@ -150,7 +150,7 @@ fn serve_runs_the_reference_server_until_sigterm() {
         &config,
         "listen = \"127.0.0.1:0\"\ndatabase = \"s.db\"\ndefault_access = \"team\"\n\
          tombstone_retention_days = 30\n\n[[users]]\nname = \"amina\"\nteam = \"t\"\n\
-         token = \"token-amina-0123456789\"\n",
+         token = \"token-amina-0123456789abcdef0123456789\"\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))

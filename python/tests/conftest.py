@@ -20,9 +20,9 @@ sys.path.insert(0, str(GENERATED))
 
 import outpost_ffi as ffi  # noqa: E402
 
-USERS = [("amina", "north", "token-amina-0123456789"),
-         ("ben", "north", "token-ben-0123456789"),
-         ("chioma", "south", "token-chioma-0123456789")]
+USERS = [("amina", "north", "token-amina-0123456789abcdef0123456789"),
+         ("ben", "north", "token-ben-0123456789abcdef0123456789"),
+         ("chioma", "south", "token-chioma-0123456789abcdef0123456789")]
 
 COLLECTIONS = [ffi.CollectionSpec(name="answers", strategy=ffi.ConflictStrategy.LAST_WRITE_WINS),
                ffi.CollectionSpec(name="patients", strategy=ffi.ConflictStrategy.FIELD_MERGE,

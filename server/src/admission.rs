@@ -11,47 +11,46 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The pushes in progress, per user.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PushSlots {
-    max: usize,
-    held: Mutex<HashMap<String, usize>>,
+    held: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// One push in progress; its place is given back when this is dropped.
 #[derive(Debug)]
 pub struct PushSlot {
-    slots: Arc<PushSlots>,
+    held: Arc<Mutex<HashMap<String, usize>>>,
     user: String,
 }
 
 impl PushSlots {
-    pub fn new(max: usize) -> Arc<PushSlots> {
-        Arc::new(PushSlots {
-            max,
-            held: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A place for one more push of `user`, unless they already have `max`.
-    pub fn try_take(self: &Arc<Self>, user: &str) -> Option<PushSlot> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+    /// A place for one more push of `user`, unless they already have `max` (read per
+    /// push, so a config reload changes it for the pushes that follow).
+    pub fn try_take(&self, user: &str, max: usize) -> Option<PushSlot> {
+        let mut held = lock(&self.held);
         let n = held.entry(user.to_owned()).or_insert(0);
-        if *n >= self.max {
+        if *n >= max {
             return None;
         }
         *n += 1;
         Some(PushSlot {
-            slots: Arc::clone(self),
+            held: Arc::clone(&self.held),
             user: user.to_owned(),
         })
     }
+}
 
-    fn give_back(&self, user: &str) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(user) {
+fn lock(m: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PushSlot {
+    fn give_back(&self) {
+        let mut held = lock(&self.held);
+        if let Some(n) = held.get_mut(&self.user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                held.remove(user);
+                held.remove(&self.user);
             }
         }
     }
@@ -59,7 +58,7 @@ impl PushSlots {
 
 impl Drop for PushSlot {
     fn drop(&mut self) {
-        self.slots.give_back(&self.user);
+        self.give_back();
     }
 }
 
@@ -69,13 +68,16 @@ mod tests {
 
     #[test]
     fn each_user_has_their_own_places() {
-        let slots = PushSlots::new(2);
-        let a1 = slots.try_take("amina").unwrap();
-        let _a2 = slots.try_take("amina").unwrap();
-        assert!(slots.try_take("amina").is_none());
-        let _b = slots.try_take("ben").unwrap();
+        let slots = PushSlots::default();
+        let a1 = slots.try_take("amina", 2).unwrap();
+        let _a2 = slots.try_take("amina", 2).unwrap();
+        assert!(slots.try_take("amina", 2).is_none());
+        let _b = slots.try_take("ben", 2).unwrap();
         drop(a1);
-        assert!(slots.try_take("amina").is_some());
+        assert!(slots.try_take("amina", 2).is_some());
+        // A lower cap (a reload) holds at once; a higher one lets more in.
+        assert!(slots.try_take("amina", 1).is_none());
+        assert!(slots.try_take("amina", 3).is_some());
         drop(_b);
         assert!(!slots.held.lock().unwrap().contains_key("ben"));
     }

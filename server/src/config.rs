@@ -7,9 +7,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use outpost_core::protocol::validate_collection;
@@ -35,7 +34,7 @@ pub struct PostgresUrl(String);
 impl PostgresUrl {
     /// Checks the URL's syntax (no connection is made).
     pub fn parse(url: &str) -> Result<PostgresUrl, String> {
-        tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        crate::storage::postgres::tls::parse_url(url)?;
         Ok(PostgresUrl(url.to_owned()))
     }
 
@@ -47,14 +46,15 @@ impl PostgresUrl {
 
 impl fmt::Debug for PostgresUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match tokio_postgres::Config::from_str(&self.0) {
-            Ok(c) => write!(
+        match crate::storage::postgres::tls::parse_url(&self.0) {
+            Ok((c, link)) => write!(
                 f,
-                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?})",
+                "PostgresUrl(user={:?} dbname={:?} hosts={:?} ports={:?} sslmode={:?})",
                 c.get_user(),
                 c.get_dbname(),
                 c.get_hosts(),
-                c.get_ports()
+                c.get_ports(),
+                link.mode
             ),
             Err(_) => f.write_str("PostgresUrl(<unparsable>)"),
         }
@@ -88,6 +88,14 @@ pub struct Config {
     pub max_concurrent_pushes_per_user: usize,
     /// Whether every pull page served is an audit row.
     pub audit_pulls: bool,
+    /// Timeouts and the connection cap of the listener.
+    pub limits: ConnLimits,
+    /// Failed authentications per minute per client address before 429; `None` is off.
+    pub auth_failures_per_minute: Option<u32>,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// SHA-256 of the bearer token `/metrics` asks for; `None` turns `/metrics` off.
+    pub metrics_token_sha256: Option<[u8; 32]>,
 }
 
 /// How long stored op answers are kept by default, in days: longer than any device
@@ -121,6 +129,42 @@ impl fmt::Debug for Secret {
 /// minute on a slow link, and a bounded amount of memory per pull.
 pub const DEFAULT_PULL_PAGE_MIB: f64 = 4.0;
 
+/// How long a connection may take at each step, and how many may be open: what keeps
+/// slow or silent clients from holding the server's sockets and memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// From the connection's start, or the first byte of a later request, to the end
+    /// of the request's headers.
+    pub header_read: Duration,
+    /// From the end of the headers to the end of the request body.
+    pub body_read: Duration,
+    /// Between an answer and the next request on a kept-alive connection.
+    pub idle: Duration,
+    /// How long a write may make no progress (a client that stopped reading).
+    pub write: Duration,
+    /// Open connections at most; past it, idle connections are closed to make room,
+    /// else accepting waits.
+    pub max_connections: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Static tokens shorter than this are refused at start: a short token can be guessed.
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// Failed authentications per minute per client address, unless configured.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
+
 /// A config that cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -143,9 +187,7 @@ impl Config {
 
     /// Parses config text; relative database paths are joined to `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let table: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {e}")))?;
+        let table: Table = text.parse().map_err(|e| toml_error(text, &e))?;
         let known = [
             "listen",
             "database",
@@ -162,6 +204,15 @@ impl Config {
             "push_budget_ms",
             "max_concurrent_pushes_per_user",
             "audit_pulls",
+            "header_read_timeout_secs",
+            "body_read_timeout_secs",
+            "idle_timeout_secs",
+            "write_timeout_secs",
+            "max_connections",
+            "auth_failures_per_minute",
+            "trusted_proxies",
+            "metrics_token",
+            "metrics_token_sha256",
         ];
         check_keys(&table, &known, "")?;
 
@@ -226,6 +277,23 @@ impl Config {
 
         let users = parse_users(table.get("users"))?;
         let collections = parse_collections(table.get("collections"))?;
+        let limits = parse_limits(&table)?;
+        let auth_failures_per_minute = match table.get("auth_failures_per_minute") {
+            None => Some(DEFAULT_AUTH_FAILURES_PER_MINUTE),
+            Some(Value::Integer(0)) => None,
+            Some(Value::Integer(n)) if *n > 0 && *n <= i64::from(u32::MAX) => {
+                Some(u32::try_from(*n).unwrap_or(u32::MAX))
+            }
+            Some(_) => {
+                return Err(err(
+                    "auth_failures_per_minute",
+                    "must be a non-negative integer (0 turns throttling off)",
+                ));
+            }
+        };
+        let trusted_proxies = parse_proxies(table.get("trusted_proxies"))?;
+        let metrics_token_sha256 =
+            parse_token(&table, "metrics_token", "metrics_token_sha256", "", true)?;
 
         let ops_days = opt_number(&table, "ops_retention_days")?.unwrap_or(DEFAULT_OPS_DAYS);
         let ops_retention = Duration::try_from_secs_f64(ops_days * 86_400.0)
@@ -268,6 +336,10 @@ impl Config {
             push_limits,
             max_concurrent_pushes_per_user,
             audit_pulls,
+            limits,
+            auth_failures_per_minute,
+            trusted_proxies,
+            metrics_token_sha256,
         })
     }
 
@@ -404,35 +476,8 @@ fn parse_users(v: Option<&Value>) -> Result<Vec<User>, ConfigError> {
         if team.is_empty() {
             return Err(err(&format!("{p}.team"), "empty"));
         }
-        let digest = match (t.get("token"), t.get("token_sha256")) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    &format!("{p}.token"),
-                    "give either token or token_sha256, not both",
-                ));
-            }
-            (None, None) => return Err(err(&format!("{p}.token"), "missing")),
-            (Some(_), None) => {
-                let tok = req_str(t, "token", &format!("{p}.token"))?;
-                if tok.is_empty() {
-                    return Err(err(&format!("{p}.token"), "empty"));
-                }
-                let mut d = [0u8; 32];
-                d.copy_from_slice(&Sha256::digest(tok.as_bytes()));
-                d
-            }
-            (None, Some(_)) => {
-                let key = format!("{p}.token_sha256");
-                let hexs = req_str(t, "token_sha256", &key)?;
-                let bytes = hex::decode(hexs)
-                    .ok()
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| err(&key, "must be 64 hex digits"))?;
-                let mut d = [0u8; 32];
-                d.copy_from_slice(&bytes);
-                d
-            }
-        };
+        let digest = parse_token(t, "token", "token_sha256", &format!("{p}."), false)?
+            .ok_or_else(|| err(&format!("{p}.token"), "missing"))?;
         if !digests.insert(digest) {
             return Err(err(&format!("{p}.token"), "the same token as another user"));
         }
@@ -443,6 +488,117 @@ fn parse_users(v: Option<&Value>) -> Result<Vec<User>, ConfigError> {
         });
     }
     Ok(users)
+}
+
+/// A token given as `token` (plain, at least [`MIN_TOKEN_CHARS`]) or `hash_key` (hex
+/// SHA-256), as its digest. `None` when neither is there and `optional`.
+fn parse_token(
+    t: &Table,
+    key: &str,
+    hash_key: &str,
+    prefix: &str,
+    optional: bool,
+) -> Result<Option<[u8; 32]>, ConfigError> {
+    let plain_key = format!("{prefix}{key}");
+    let mut d = [0u8; 32];
+    match (t.get(key), t.get(hash_key)) {
+        (Some(_), Some(_)) => Err(err(
+            &plain_key,
+            format!("give either {key} or {hash_key}, not both"),
+        )),
+        (None, None) if optional => Ok(None),
+        (None, None) => Err(err(&plain_key, "missing")),
+        (Some(_), None) => {
+            let tok = req_str(t, key, &plain_key)?;
+            if tok.is_empty() {
+                return Err(err(&plain_key, "empty"));
+            }
+            // Length only: the value itself must never reach an error message or log.
+            let n = tok.chars().count();
+            if n < MIN_TOKEN_CHARS {
+                return Err(err(
+                    &plain_key,
+                    format!(
+                        "too short ({n} characters; at least {MIN_TOKEN_CHARS}, e.g. \
+                         `openssl rand -hex 24`)"
+                    ),
+                ));
+            }
+            d.copy_from_slice(&Sha256::digest(tok.as_bytes()));
+            Ok(Some(d))
+        }
+        (None, Some(_)) => {
+            let hk = format!("{prefix}{hash_key}");
+            let hexs = req_str(t, hash_key, &hk)?;
+            let bytes = hex::decode(hexs)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| err(&hk, "must be 64 hex digits"))?;
+            d.copy_from_slice(&bytes);
+            Ok(Some(d))
+        }
+    }
+}
+
+/// The TOML parser's message without its quote of the offending line, which may hold
+/// a token: only the line number and the reason.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    match line {
+        Some(l) => ConfigError(format!("invalid TOML at line {l}: {}", e.message())),
+        None => ConfigError(format!("invalid TOML: {}", e.message())),
+    }
+}
+
+/// A positive number of seconds, or `default`.
+fn opt_secs(table: &Table, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match opt_number(table, key)? {
+        None => Ok(default),
+        Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).map_err(|_| err(key, "out of range")),
+        Some(_) => Err(err(key, "must be positive")),
+    }
+}
+
+fn parse_limits(table: &Table) -> Result<ConnLimits, ConfigError> {
+    let d = ConnLimits::default();
+    let max_connections = match table.get("max_connections") {
+        None => d.max_connections,
+        Some(Value::Integer(n)) if *n > 0 && *n <= 1_000_000 => {
+            usize::try_from(*n).unwrap_or(d.max_connections)
+        }
+        Some(_) => {
+            return Err(err(
+                "max_connections",
+                "must be an integer from 1 to 1000000",
+            ));
+        }
+    };
+    Ok(ConnLimits {
+        header_read: opt_secs(table, "header_read_timeout_secs", d.header_read)?,
+        body_read: opt_secs(table, "body_read_timeout_secs", d.body_read)?,
+        idle: opt_secs(table, "idle_timeout_secs", d.idle)?,
+        write: opt_secs(table, "write_timeout_secs", d.write)?,
+        max_connections,
+    })
+}
+
+fn parse_proxies(v: Option<&Value>) -> Result<Vec<IpAddr>, ConfigError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = v.as_array() else {
+        return Err(err("trusted_proxies", "must be an array of IP addresses"));
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.as_str()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .ok_or_else(|| err(&format!("trusted_proxies[{i}]"), "not an IP address"))
+        })
+        .collect()
 }
 
 fn parse_collections(v: Option<&Value>) -> Result<BTreeMap<String, Access>, ConfigError> {
@@ -482,7 +638,7 @@ tombstone_retention_days = 30
 [[users]]
 name = "amina"
 team = "north"
-token = "secret"
+token = "secret-amina-0123456789-0123456789"
 
 [[users]]
 name = "ben"
@@ -611,7 +767,10 @@ access = "private"
             ),
             (BASE.replace("2cf2", "zz"), "users[1].token_sha256"),
             (
-                BASE.replace("token = \"secret\"", "token = \"secret\"\ncolor = 1"),
+                BASE.replace(
+                    "token = \"secret-amina-0123456789-0123456789\"",
+                    "token = \"secret-amina-0123456789-0123456789\"\ncolor = 1",
+                ),
                 "users[0].color: unknown key",
             ),
             (BASE.replace("= 30", "= -1"), "tombstone_retention_days"),
@@ -630,6 +789,73 @@ access = "private"
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err().0;
+            assert!(e.starts_with(want), "{e} !~ {want}");
+        }
+    }
+
+    #[test]
+    fn a_short_token_is_refused_without_echoing_it() {
+        let text = BASE.replace("secret-amina-0123456789-0123456789", "s3cret-but-short");
+        let e = parse(&text).unwrap_err().0;
+        assert!(
+            e.starts_with("users[0].token: too short (16 characters"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let text = BASE.replace("default_access", "metrics_token = \"x\"\ndefault_access");
+        let e = parse(&text).unwrap_err().0;
+        assert!(e.starts_with("metrics_token: too short"), "{e}");
+    }
+
+    #[test]
+    fn a_toml_error_names_the_line_but_never_quotes_it() {
+        let text = BASE.replace(
+            "token = \"secret-amina-0123456789-0123456789\"",
+            "token = \"secret-amina-0123456789-0123456789",
+        );
+        let e = parse(&text).unwrap_err().0;
+        assert!(e.starts_with("invalid TOML at line 10"), "{e}");
+        assert!(!e.contains("secret-amina"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_can_be_set() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.limits, ConnLimits::default());
+        assert_eq!(
+            c.auth_failures_per_minute,
+            Some(DEFAULT_AUTH_FAILURES_PER_MINUTE)
+        );
+        assert!(c.trusted_proxies.is_empty());
+        assert!(c.metrics_token_sha256.is_none());
+        let extra = "header_read_timeout_secs = 2.5\nbody_read_timeout_secs = 5\n\
+                     idle_timeout_secs = 7\nwrite_timeout_secs = 3\nmax_connections = 64\n\
+                     auth_failures_per_minute = 0\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n\
+                     metrics_token = \"metrics-0123456789-0123456789-0123\"\n";
+        let c = parse(&BASE.replace("default_access", &format!("{extra}default_access"))).unwrap();
+        assert_eq!(c.limits.header_read, Duration::from_millis(2500));
+        assert_eq!(c.limits.body_read, Duration::from_secs(5));
+        assert_eq!(c.limits.idle, Duration::from_secs(7));
+        assert_eq!(c.limits.write, Duration::from_secs(3));
+        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.auth_failures_per_minute, None);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.metrics_token_sha256.is_some());
+        for (line, want) in [
+            (
+                "header_read_timeout_secs = 0",
+                "header_read_timeout_secs: must be positive",
+            ),
+            ("max_connections = 0", "max_connections:"),
+            (
+                "trusted_proxies = [\"proxy\"]",
+                "trusted_proxies[0]: not an IP",
+            ),
+            ("auth_failures_per_minute = -1", "auth_failures_per_minute:"),
+        ] {
+            let e = parse(&BASE.replace("default_access", &format!("{line}\ndefault_access")))
+                .unwrap_err()
+                .0;
             assert!(e.starts_with(want), "{e} !~ {want}");
         }
     }

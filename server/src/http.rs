@@ -5,13 +5,13 @@
 //! own error object and code, never with a framework's plain-text rejection.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,8 +33,10 @@ use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
 use crate::logic::{self, AccessRules, User};
+use crate::metrics::Metrics;
 use crate::pull::change_bytes;
 use crate::storage::{PageChange, PullPage, PullQuery, PushContext, Storage, StorageError, db_err};
+use crate::throttle::{AuthThrottle, ClientAddr};
 
 /// Everything a request needs.
 #[derive(Debug, Clone)]
@@ -44,41 +46,69 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct StateInner {
-    users: Vec<User>,
-    access: AccessRules,
+    /// Swapped whole by a config reload; a request reads one version throughout.
+    policy: RwLock<Arc<Policy>>,
     storage: Arc<dyn Storage>,
-    rate_limit_per_minute: Option<u32>,
-    max_pull_page_bytes: usize,
-    /// The configured cursor secret, if any.
+    /// The configured cursor secret, if any (fixed until a restart).
     cursor_secret: Option<Secret>,
     /// The cursor key, once known.
     cursor_key: tokio::sync::OnceCell<CursorKey>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     bodies: BodyParser,
-    push_limits: PushLimits,
-    push_slots: Arc<PushSlots>,
+    push_slots: PushSlots,
     audit: AuditLog,
-    audit_pulls: bool,
+    metrics: Arc<Metrics>,
+    auth_throttle: AuthThrottle,
+}
+
+/// The part of the config a reload (SIGHUP) changes without a restart: who may sign
+/// in and with which token, what each collection allows, and the request limits.
+#[derive(Debug)]
+pub struct Policy {
+    pub users: Vec<User>,
+    pub access: AccessRules,
+    pub rate_limit_per_minute: Option<u32>,
+    pub auth_failures_per_minute: Option<u32>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub metrics_token_sha256: Option<[u8; 32]>,
+    pub max_pull_page_bytes: usize,
+    pub push_limits: PushLimits,
+    pub max_concurrent_pushes_per_user: usize,
+    pub audit_pulls: bool,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Policy {
+        Policy {
+            users: config.users.clone(),
+            access: config.access_rules(),
+            rate_limit_per_minute: config.rate_limit_per_minute,
+            auth_failures_per_minute: config.auth_failures_per_minute,
+            trusted_proxies: config.trusted_proxies.clone(),
+            metrics_token_sha256: config.metrics_token_sha256,
+            max_pull_page_bytes: config.max_pull_page_bytes,
+            push_limits: config.push_limits,
+            max_concurrent_pushes_per_user: config.max_concurrent_pushes_per_user,
+            audit_pulls: config.audit_pulls,
+        }
+    }
 }
 
 impl AppState {
     pub fn new(config: &Config, storage: Arc<dyn Storage>) -> AppState {
         AppState {
             inner: Arc::new(StateInner {
-                users: config.users.clone(),
-                access: config.access_rules(),
+                policy: RwLock::new(Arc::new(Policy::from_config(config))),
                 storage,
-                rate_limit_per_minute: config.rate_limit_per_minute,
-                max_pull_page_bytes: config.max_pull_page_bytes,
                 cursor_secret: config.cursor_secret.clone(),
                 cursor_key: tokio::sync::OnceCell::new(),
                 windows: Mutex::new(HashMap::new()),
                 bodies: BodyParser::default(),
-                push_limits: config.push_limits,
-                push_slots: PushSlots::new(config.max_concurrent_pushes_per_user),
+                push_slots: PushSlots::default(),
                 audit: AuditLog::new(),
-                audit_pulls: config.audit_pulls,
+                metrics: Arc::new(Metrics::default()),
+                auth_throttle: AuthThrottle::default(),
             }),
         }
     }
@@ -113,12 +143,31 @@ impl AppState {
     pub fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
     }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts a reloaded config's policy in force for every request that starts after.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn auth_throttle(&self) -> &AuthThrottle {
+        &self.inner.auth_throttle
+    }
 }
 
-/// The peer's IP address, when the server was started with connection info.
+/// The client's IP address (after trusted proxies, see [`crate::throttle`]); empty
+/// when the app is called without a connection.
 fn peer(req: &axum::http::Extensions) -> String {
-    req.get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+    req.get::<ClientAddr>()
+        .map(|c| c.0.to_string())
         .unwrap_or_default()
 }
 
@@ -158,8 +207,10 @@ const CURSOR_SECRET: &str = "cursor_key";
 
 /// The whole application: routes plus error mapping, compression and panic safety.
 pub fn build_app(state: AppState) -> Router {
+    let outer = state.clone();
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::serve_metrics))
         .route("/v1/push", post(push))
         .route("/v1/pull", get(pull))
         .fallback(not_found)
@@ -178,6 +229,14 @@ pub fn build_app(state: AppState) -> Router {
         // the CPU; a pull page or push answer is compressed on every request.
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            outer.clone(),
+            crate::throttle::guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            outer,
+            crate::metrics::account,
+        ))
 }
 
 async fn health() -> Response {
@@ -266,14 +325,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
         return Err(unauthorized("the Authorization scheme must be Bearer"));
     }
     let digest = Sha256::digest(token.trim().as_bytes());
+    let policy = state.policy();
     let mut found = None;
-    for u in &state.inner.users {
-        let diff = u
-            .token_sha256
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
+    for u in &policy.users {
+        if same_digest(&u.token_sha256, &digest) {
             found = Some(u);
         }
     }
@@ -284,8 +339,13 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
     Ok(user)
 }
 
+/// Compares two digests in constant time.
+pub(crate) fn same_digest(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let Some(limit) = state.inner.rate_limit_per_minute else {
+    let Some(limit) = state.policy().rate_limit_per_minute else {
         return Ok(());
     };
     let window = Duration::from_secs(60);
@@ -376,7 +436,12 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let (parts, body) = req.into_parts();
     let client_addr = peer(&parts.extensions);
     let user = authenticated(&state, &parts.headers, &client_addr, "push")?;
-    let Some(_slot) = state.inner.push_slots.try_take(&user.name) else {
+    let policy = state.policy();
+    let Some(_slot) = state
+        .inner
+        .push_slots
+        .try_take(&user.name, policy.max_concurrent_pushes_per_user)
+    else {
         let mut e = ApiError::new(
             ErrorCode::RateLimited,
             "too many pushes of this user in progress; retry later",
@@ -389,9 +454,9 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let ctx = PushContext {
         user,
         client_id: batch.client_id,
-        access: state.inner.access.clone(),
+        access: policy.access.clone(),
         client_addr,
-        limits: state.inner.push_limits,
+        limits: policy.push_limits,
     };
     let n = batch.items.len();
     let results = state
@@ -403,6 +468,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             tracing::error!(error = %e, "push failed");
             ApiError::internal()
         })?;
+    state.metrics().push_results(&results);
     tracing::debug!(user = %ctx.user.name, ops = n, "push applied");
     Ok(axum::Json(PushResponse { results }).into_response())
 }
@@ -492,6 +558,7 @@ fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let client_addr = peer(req.extensions());
     let user = authenticated(&state, req.headers(), &client_addr, "pull")?;
+    let policy = state.policy();
     let params = parse_pull_query(req.uri().query())?;
     let key = state.cursor_key().await.map_err(|e| {
         tracing::error!(error = %e, "no cursor key");
@@ -510,11 +577,11 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     };
     let query = PullQuery {
         user,
-        access: state.inner.access.clone(),
+        access: policy.access.clone(),
         since,
         limit: params.limit,
         collections: params.collections,
-        max_bytes: state.inner.max_pull_page_bytes,
+        max_bytes: policy.max_pull_page_bytes,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");
@@ -534,7 +601,8 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 tracing::error!(error = %e, "cannot seal a cursor");
                 ApiError::internal()
             })?;
-            if state.inner.audit_pulls {
+            state.metrics().pulled(changes.len());
+            if policy.audit_pulls {
                 let mut fields = request_row(event::PULL, &client_addr, "pull");
                 fields.user = query.user.name.clone();
                 fields.detail = serde_json::json!({

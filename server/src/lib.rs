@@ -10,16 +10,17 @@
 //! ```sh
 //! cargo run -p outpost-server -- --config server/server.example.toml
 //! curl http://127.0.0.1:8787/health      # {"status":"ok","protocol":1}
-//! curl -H 'Authorization: Bearer change-me-amina-secret-token' \
+//! curl -H 'Authorization: Bearer change-me-amina-secret-token-0123456789' \
 //!      'http://127.0.0.1:8787/v1/pull?limit=10'
 //! ```
 //!
 //! On start it prints one line to stdout, `outpost-server listening on http://<addr>`
 //! (with `listen = "127.0.0.1:0"` this tells you the port), and logs to stderr
-//! (`RUST_LOG=debug` for more). SIGTERM or Ctrl-C stops it after in-flight requests
-//! finish. `outpost-server audit verify` checks the audit trail's hash chain and
-//! `outpost-server migrate` only migrates. The configuration keys are described in
-//! `server/README.md`; the protocol in `server/openapi.json`.
+//! (`RUST_LOG=debug` for more; other crates' logs stay capped at `info`, see
+//! [`logging`]). SIGTERM or Ctrl-C stops it after in-flight requests finish; SIGHUP
+//! reloads the config. `outpost-server audit verify` checks the audit trail's hash
+//! chain and `outpost-server migrate` only migrates. The configuration keys are
+//! described in `server/README.md`; the protocol in `server/openapi.json`.
 //!
 //! # Tests
 //!
@@ -43,22 +44,28 @@ mod admission;
 pub mod audit;
 pub mod budget;
 pub mod config;
+pub mod connections;
 pub mod cursor;
 pub mod error;
 pub mod http;
 mod intake;
 pub mod json;
+pub mod logging;
 pub mod logic;
+pub mod metrics;
 mod pull;
 mod push;
 pub mod storage;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Config, ConfigError, Database, PostgresUrl};
-pub use http::{AppState, build_app};
+pub use config::{Config, ConfigError, ConnLimits, Database, PostgresUrl};
+use connections::SharedLimits;
+pub use http::{AppState, Policy, build_app};
 pub use logic::{Access, AccessRules, User};
 pub use storage::postgres::PostgresStorage;
 pub use storage::sqlite::SqliteStorage;
@@ -100,24 +107,41 @@ pub async fn connect_storage(config: &Config) -> Result<Arc<dyn Storage>, Storag
     }
 }
 
+/// Connections the kernel completes and queues for us while the accept loop is busy
+/// (capped by `net.core.somaxconn`): a burst of devices coming back online, or a flood
+/// being shed, must not make new clients wait a TCP retransmission.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// A server with its socket bound and its database open, not yet serving.
 #[derive(Debug)]
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
     config: Config,
+    /// Reread on SIGHUP, when set.
+    config_path: Option<PathBuf>,
 }
 
 impl Server {
     /// Opens the database (running migrations) and binds the listen address.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let storage = connect_storage(&config).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let state = AppState::new(&config, storage);
         // A database that cannot keep the cursor key fails here, not on a pull.
         state.cursor_key().await?;
@@ -125,6 +149,7 @@ impl Server {
             listener,
             state,
             config,
+            config_path: None,
         })
     }
 
@@ -140,7 +165,18 @@ impl Server {
             listener,
             state,
             config,
+            config_path: None,
         })
+    }
+
+    /// Rereads the config from `path` on SIGHUP: users and tokens, collection access,
+    /// rate and authentication limits, timeouts and the connection cap change for the
+    /// requests and connections that follow, and no connection is dropped. A config
+    /// that does not load is logged and the one in force kept. `listen`, `database`,
+    /// the cursor key and the purge settings change only at the next start.
+    pub fn reload_on_sighup(mut self, path: &Path) -> Server {
+        self.config_path = Some(path.to_owned());
+        self
     }
 
     /// The bound address (the real port when the config says port 0).
@@ -189,15 +225,21 @@ impl Server {
             .audit_log()
             .writer(Arc::clone(self.state.storage()))
             .map(tokio::spawn);
+        let limits = Arc::new(SharedLimits::new(self.config.limits.clone()));
+        let reloader = self.config_path.clone().map(|path| {
+            AbortOnDrop(tokio::spawn(reload_loop(
+                path,
+                self.config.clone(),
+                self.state.clone(),
+                Arc::clone(&limits),
+            )))
+        });
+        let metrics = Arc::clone(self.state.metrics());
         let app = build_app(self.state);
-        // The peer's address reaches handlers (for the audit) as ConnectInfo.
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        // Handlers get the peer's address as ConnectInfo (the throttle and the audit).
+        let result = connections::serve(self.listener, app, limits, metrics, shutdown).await;
         drop(purger);
+        drop(reloader);
         // The app, and with it the queue's last sender, is gone: the writer drains
         // what is left and ends.
         if let Some(w) = writer
@@ -220,6 +262,44 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Reloads the config at each SIGHUP (see [`Server::reload_on_sighup`]).
+async fn reload_loop(path: PathBuf, first: Config, state: AppState, limits: Arc<SharedLimits>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; config reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(new) => {
+                    if new.listen != first.listen
+                        || new.database != first.database
+                        || new.cursor_secret != first.cursor_secret
+                    {
+                        tracing::warn!(
+                            "listen, database and cursor key changes take effect at the next start"
+                        );
+                    }
+                    state.set_policy(Policy::from_config(&new));
+                    limits.set(new.limits.clone());
+                    state.metrics().config_reload(true);
+                    tracing::info!(users = new.users.len(), "config reloaded");
+                }
+                Err(e) => {
+                    state.metrics().config_reload(false);
+                    tracing::error!(error = %e, "config reload failed; the config in force is kept");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, first, state, limits);
+    }
+}
+
 /// What a server program does: load the config, bind, print the one stdout line
 /// (`outpost-server listening on http://<addr>`, which scripts read to learn the port),
 /// and serve until SIGTERM or Ctrl-C. Shared by `outpost-server` and `outpost serve`.
@@ -232,7 +312,7 @@ pub async fn run_main(program: &str, config_path: &std::path::Path) -> std::proc
         Err(code) => return code,
     };
     let server = match Server::bind(config).await {
-        Ok(s) => s,
+        Ok(s) => s.reload_on_sighup(config_path),
         Err(e) => {
             eprintln!("{program}: {e}");
             return ExitCode::FAILURE;

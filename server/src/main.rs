@@ -39,13 +39,7 @@ enum AuditAction {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    outpost_server::logging::init("info");
     let program = "outpost-server";
     let Some(config) = args.config else {
         eprintln!("{program}: --config <FILE> is required");

@@ -184,7 +184,7 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
                 )
             })
             .collect();
-        let r = s.push(AMINA, ops).await;
+        let r = s.push_resending(AMINA, ops).await;
         assert!(r.iter().all(|x| x["status"] == "applied"), "{r:?}");
     }
     // From here on the peak RSS is the pulls'.

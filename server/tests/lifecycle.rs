@@ -39,7 +39,10 @@ async fn the_example_config_starts_as_is(b: Backend) {
     let s = TestServer::start_config(&b, dir, config, db);
     let r = s.client().get(s.url("/health")).send().await.unwrap();
     assert_eq!(answer(r).await.0, 200);
-    for token in ["change-me-amina-secret-token", "change-me-ben-secret-token"] {
+    for token in [
+        "change-me-amina-secret-token-0123456789",
+        "change-me-ben-secret-token-0123456789",
+    ] {
         assert_eq!(s.pull_raw(token, "").await.0, 200, "{token}");
     }
     if b == Backend::Sqlite {

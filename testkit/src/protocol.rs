@@ -31,6 +31,29 @@ impl TestServer {
         body["results"].as_array().expect("results").clone()
     }
 
+    /// Pushes ops as a client does: those answered `deferred` (the push's work budget
+    /// ran out, as it may on a busy machine) are sent again, same op_ids, until none
+    /// is. The final result of every op, in their order.
+    pub async fn push_resending(&self, token: &str, ops: Vec<Value>) -> Vec<Value> {
+        let mut results: Vec<Option<Value>> = vec![None; ops.len()];
+        let mut pending: Vec<usize> = (0..ops.len()).collect();
+        while !pending.is_empty() {
+            let batch = pending.iter().map(|&i| ops[i].clone()).collect();
+            let answered = self.push(token, batch).await;
+            assert_eq!(answered.len(), pending.len(), "one result per op");
+            let mut again = Vec::new();
+            for (i, r) in pending.into_iter().zip(answered) {
+                if r["status"] == "deferred" {
+                    again.push(i);
+                } else {
+                    results[i] = Some(r);
+                }
+            }
+            pending = again;
+        }
+        results.into_iter().flatten().collect()
+    }
+
     /// `GET /v1/pull<query>`: status and JSON answer.
     pub async fn pull_raw(&self, token: &str, query: &str) -> (u16, Value) {
         let r = self

@@ -31,11 +31,11 @@ pub struct User {
 }
 
 /// Amina's token; she is in team `north`.
-pub const AMINA: &str = "token-amina-0123456789";
+pub const AMINA: &str = "token-amina-0123456789abcdef0123456789";
 /// Ben's token; he is in team `north` with Amina.
-pub const BEN: &str = "token-ben-0123456789";
+pub const BEN: &str = "token-ben-0123456789abcdef0123456789";
 /// Chioma's token; she is alone in team `south`.
-pub const CHIOMA: &str = "token-chioma-0123456789";
+pub const CHIOMA: &str = "token-chioma-0123456789abcdef0123456789";
 
 /// The users of [`base_config`], in its order.
 pub const USERS: [User; 3] = [
@@ -443,8 +443,18 @@ impl TestServer {
     /// The server process's peak resident memory so far, in bytes: `VmHWM` of
     /// `/proc/<pid>/status`. `None` where there is no such file (not Linux).
     pub fn peak_rss(&self) -> Option<u64> {
+        self.proc_status_bytes("VmHWM:")
+    }
+
+    /// The server process's resident memory now, in bytes (`VmRSS`), as
+    /// [`TestServer::peak_rss`].
+    pub fn rss(&self) -> Option<u64> {
+        self.proc_status_bytes("VmRSS:")
+    }
+
+    fn proc_status_bytes(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }
@@ -505,6 +515,17 @@ impl TestServer {
         }
         self.loopback.take();
         self.app.stop();
+    }
+
+    /// Sends a signal by name (`"HUP"`, `"TERM"`) without waiting for anything
+    /// ([`Mode::Process`] only).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// Sends SIGTERM and returns the exit status ([`Mode::Process`] only).

@@ -30,9 +30,9 @@
 mod audit;
 mod push;
 mod schema;
+pub mod tls;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use deadpool_postgres::{
 };
 use outpost_core::protocol::{JsonObject, OpResult};
 use tokio::sync::OnceCell;
-use tokio_postgres::{IsolationLevel, NoTls, Row, Statement};
+use tokio_postgres::{IsolationLevel, Row, Statement};
 
 pub use push::pg_text;
 pub use schema::{APP_ROLE_GRANTS, MIGRATIONS};
@@ -90,6 +90,22 @@ fn pg_err(e: &tokio_postgres::Error) -> StorageError {
     }
 }
 
+/// A failure to get a connection, with its causes: the pool's and tokio-postgres's
+/// messages hide the reason (`error performing TLS handshake` without what failed).
+pub(crate) fn pool_err(e: &deadpool_postgres::PoolError) -> StorageError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.ends_with(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    StorageError(msg)
+}
+
 /// `?` on a tokio-postgres result, keeping the server's message.
 trait Pg<T> {
     fn pg(self) -> Result<T, StorageError>;
@@ -117,22 +133,27 @@ impl PostgresStorage {
     /// migrations. For callers that cannot wait at construction (a synchronous
     /// [`crate::open_storage`]).
     pub fn lazy(url: &PostgresUrl, rules: &AccessRules) -> Result<PostgresStorage, StorageError> {
-        let mut config = tokio_postgres::Config::from_str(url.expose()).map_err(db_err)?;
+        let (mut config, link) = tls::parse_url(url.expose()).map_err(StorageError)?;
+        let tls = tls::RustlsConnect(tls::client_config(&link).map_err(StorageError)?);
+        // A password over a link that may be unencrypted is watched, so a server that
+        // asks for it in clear text does not get it.
+        let guarded = !link.mode.always_tls() && config.get_password().is_some();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         if config.get_application_name().is_none() {
             config.application_name("outpost-server");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A connection that died shows up as an error on its next query; the
-                // client retries 5xx. Checking each one on checkout costs a round trip.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            // A connection that died shows up as an error on its next query; the
+            // client retries 5xx. Checking each one on checkout costs a round trip.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if guarded {
+            Manager::from_connect(config, tls::GuardedConnect(tls), manager_config)
+        } else {
+            Manager::from_config(config, tls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -150,7 +171,7 @@ impl PostgresStorage {
     async fn ready(&self) -> Result<(), StorageError> {
         self.migrated
             .get_or_try_init(|| async {
-                let mut client = self.pool.get().await.map_err(db_err)?;
+                let mut client = self.pool.get().await.map_err(|e| pool_err(&e))?;
                 schema::migrate(&mut client, &self.rules).await
             })
             .await
@@ -169,7 +190,7 @@ impl PostgresStorage {
 
     async fn pull_impl(&self, q: &PullQuery) -> Result<PullPage, StorageError> {
         self.ready().await?;
-        let mut client = self.pool.get().await.map_err(db_err)?;
+        let mut client = self.pool.get().await.map_err(|e| pool_err(&e))?;
         pull(&mut client, q).await
     }
 
@@ -178,8 +199,7 @@ impl PostgresStorage {
         name: &str,
         candidate: Vec<u8>,
     ) -> Result<Vec<u8>, StorageError> {
-        self.ready().await?;
-        let client = self.pool.get().await.map_err(db_err)?;
+        let client = self.client().await?;
         // Two statements, not one: a statement that finds the name taken by a
         // transaction still running waits for it, but reads from a snapshot taken
         // before it committed; the second statement sees the row.
@@ -200,13 +220,13 @@ impl PostgresStorage {
 
     async fn purge_impl(&self, req: PurgeRequest) -> Result<PurgeReport, StorageError> {
         self.ready().await?;
-        let mut client = self.pool.get().await.map_err(db_err)?;
+        let mut client = self.pool.get().await.map_err(|e| pool_err(&e))?;
         purge(&mut client, req).await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
         self.ready().await?;
-        self.pool.get().await.map_err(db_err)
+        self.pool.get().await.map_err(|e| pool_err(&e))
     }
 }
 

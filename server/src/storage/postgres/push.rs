@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, Statement};
 
-use super::{audit, pg_err, read_record};
+use super::{audit, pg_err, pool_err, read_record};
 use crate::audit::AuditEntry;
 use crate::logic::{self, PushItem, RecordKey, StoredRecord};
 use crate::push::{self, AnswerRow, PushSteps, RecordRow};
@@ -96,7 +96,7 @@ pub(super) async fn push(
 ) -> Result<Vec<OpResult>, StorageError> {
     let mut last = String::new();
     for attempt in 0..PUSH_ATTEMPTS {
-        let mut client = pool.get().await.map_err(db_err)?;
+        let mut client = pool.get().await.map_err(|e| pool_err(&e))?;
         match push_once(&mut client, ctx, items, now_ms).await {
             Ok(results) => return Ok(results),
             Err(Abort::Fail(e)) => return Err(e),

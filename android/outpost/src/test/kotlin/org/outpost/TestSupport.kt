@@ -16,9 +16,9 @@ import org.outpost.ffi.Durability
 import org.outpost.ffi.OutpostConfig
 import org.outpost.ffi.TokenProvider
 
-const val AMINA = "token-amina-0123456789"
-const val BEN = "token-ben-0123456789"
-const val CHIOMA = "token-chioma-0123456789"
+const val AMINA = "token-amina-0123456789abcdef0123456789"
+const val BEN = "token-ben-0123456789abcdef0123456789"
+const val CHIOMA = "token-chioma-0123456789abcdef0123456789"
 
 class TestServer : AutoCloseable {
     val dir: File = Files.createTempDirectory("outpost-kt").toFile()
