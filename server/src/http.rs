@@ -28,6 +28,8 @@ use tower_http::compression::CompressionLayer;
 use crate::config::Config;
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::json::{JsonError, parse_strict};
+use crate::jwt::jwks::KeyCache;
+use crate::jwt::{self, Verifier};
 use crate::logic::{self, BadPush, User, decode_cursor, encode_cursor};
 use crate::storage::{AccessRules, PullPage, PullQuery, PushContext, Storage};
 
@@ -45,6 +47,8 @@ struct StateInner {
     rate_limit_per_minute: Option<u32>,
     /// Per user: start of the current one-minute window and requests in it.
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    /// JWTs from an identity provider, when `[jwt]` is configured.
+    jwt: Option<Verifier>,
 }
 
 impl AppState {
@@ -63,12 +67,22 @@ impl AppState {
                 storage,
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 windows: Mutex::new(HashMap::new()),
+                jwt: config.jwt.as_ref().map(Verifier::new),
             }),
         }
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    /// The identity provider's key cache when its keys come from `jwt.jwks_url`.
+    pub fn remote_keys(&self) -> Option<Arc<KeyCache>> {
+        self.inner
+            .jwt
+            .as_ref()
+            .map(|v| Arc::clone(v.keys()))
+            .filter(|k| k.is_remote())
     }
 }
 
@@ -152,9 +166,16 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Finds the user of a bearer token. Every user's digest is compared, in constant time,
-/// so timing says nothing about which token is close.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
+/// Who a request comes from: the token's user, and the device session a JWT names.
+#[derive(Debug)]
+struct Caller {
+    user: User,
+    device: Option<String>,
+}
+
+/// Finds the user of a bearer token: a JWT when `[jwt]` is configured and the token is
+/// one, else a static token. Every refusal reads the same.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError::new(ErrorCode::Unauthorized, m);
     let value = headers
         .get(header::AUTHORIZATION)
@@ -168,7 +189,38 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(unauthorized("the Authorization scheme must be Bearer"));
     }
-    let digest = Sha256::digest(token.trim().as_bytes());
+    let token = token.trim();
+    let caller = match &state.inner.jwt {
+        Some(verifier) if jwt::looks_like_jwt(token) => {
+            let id = verifier.verify(token).await.map_err(|reason| {
+                tracing::debug!(%reason, "jwt refused");
+                unauthorized(WRONG_TOKEN)
+            })?;
+            Caller {
+                user: User {
+                    name: id.user,
+                    team: id.team,
+                    token_sha256: Sha256::digest(token.as_bytes()).into(),
+                },
+                device: id.device,
+            }
+        }
+        _ => Caller {
+            user: static_user(state, token).ok_or_else(|| unauthorized(WRONG_TOKEN))?,
+            device: None,
+        },
+    };
+    rate_limit(state, &caller.user)?;
+    Ok(caller)
+}
+
+/// What any refused token is told, JWT or static.
+const WRONG_TOKEN: &str = "unknown or wrong token";
+
+/// The `[[users]]` entry of a static token. Every user's digest is compared, in
+/// constant time, so timing says nothing about which token is close.
+fn static_user(state: &AppState, token: &str) -> Option<User> {
+    let digest = Sha256::digest(token.as_bytes());
     let mut found = None;
     for u in &state.inner.users {
         let diff = u
@@ -180,11 +232,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
             found = Some(u);
         }
     }
-    let user = found
-        .cloned()
-        .ok_or_else(|| unauthorized("unknown or wrong token"))?;
-    rate_limit(state, &user)?;
-    Ok(user)
+    found.cloned()
 }
 
 fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
@@ -291,7 +339,7 @@ async fn push(State(state): State<AppState>, req: Request) -> Response {
 
 async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let user = authenticate(&state, &parts.headers)?;
+    let caller = authenticate(&state, &parts.headers).await?;
     let (raw, gzip) = read_body(&parts.headers, body).await?;
     // Decoding and parsing up to 8 MiB is CPU work: keep it off the async threads.
     let batch = tokio::task::spawn_blocking(move || {
@@ -306,9 +354,10 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     .await
     .map_err(|_| ApiError::internal())??;
     let ctx = PushContext {
-        user,
+        user: caller.user,
         client_id: batch.client_id,
         access: state.inner.access.clone(),
+        device: caller.device,
     };
     let n = batch.items.len();
     let results = state
@@ -395,10 +444,10 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
 }
 
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
-    let user = authenticate(&state, req.headers())?;
+    let caller = authenticate(&state, req.headers()).await?;
     let params = parse_pull_query(req.uri().query())?;
     let query = PullQuery {
-        user,
+        user: caller.user,
         access: state.inner.access.clone(),
         since: params.since,
         limit: params.limit,

@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod json;
+pub mod jwt;
 pub mod logic;
 mod pull;
 mod push;
@@ -111,6 +112,11 @@ impl Server {
                 source,
             })?;
         let state = AppState::new(&config, storage);
+        // The provider's keys before the first request, so a token is not kept waiting
+        // for them; a provider that cannot be reached is logged and retried later.
+        if let Some(keys) = state.remote_keys() {
+            keys.refresh().await;
+        }
         Ok(Server {
             listener,
             state,
@@ -124,7 +130,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish. The
-    /// tombstone purge runs at start and every `purge_interval_secs`.
+    /// tombstone purge runs at start and every `purge_interval_secs`; with
+    /// `jwt.jwks_url`, the keys are fetched again every few minutes.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -148,11 +155,22 @@ impl Server {
                 tokio::time::sleep(interval).await;
             }
         });
+        let refresher = self.state.remote_keys().map(|keys| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(jwt::jwks::REFRESH_INTERVAL).await;
+                    keys.refresh().await;
+                }
+            })
+        });
         let app = build_app(self.state);
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         purger.abort();
+        if let Some(r) = refresher {
+            r.abort();
+        }
         result.map_err(ServeError::Io)
     }
 }

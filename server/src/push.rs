@@ -41,6 +41,8 @@ pub(crate) struct AuditRow<'a> {
     pub kind: &'a str,
     pub old_version: Option<i64>,
     pub new_version: i64,
+    /// The token's device session, when it names one.
+    pub device: Option<&'a str>,
 }
 
 /// The stored answer to an op, which a repeat of its `(user, op_id)` gets again.
@@ -177,6 +179,7 @@ async fn apply_op<S: PushSteps>(
             kind: op.kind.as_str(),
             old_version: state.old_version,
             new_version: state.version,
+            device: ctx.device.as_deref(),
         })
         .await?;
     Ok(OpResult::Applied {

@@ -40,6 +40,9 @@ pub struct PushContext {
     pub user: User,
     pub client_id: String,
     pub access: AccessRules,
+    /// The device session the token names (a JWT's `sid`), which the audit records
+    /// beside the `client_id` the request claims.
+    pub device: Option<String>,
 }
 
 impl fmt::Debug for PushContext {

@@ -75,6 +75,11 @@ INSERT INTO meta (key, value) VALUES ('last_seq', 0), ('purged_through_seq', 0);
     r#"
 CREATE INDEX records_collection_seq ON records (collection, seq);
 "#,
+    // 3: the device session a JWT names (its `sid`), beside the client_id the request
+    // claims; NULL for static tokens and tokens without one.
+    r#"
+ALTER TABLE audit ADD COLUMN device TEXT;
+"#,
 ];
 
 /// Records, answers and audit in one SQLite file.
@@ -333,7 +338,8 @@ impl PushSteps for SqlitePush<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO audit (at, user, client_id, op_id, collection, record_id, \
-                 kind, old_version, new_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 kind, old_version, new_version, device) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(db_err)?
             .execute(params![
@@ -345,7 +351,8 @@ impl PushSteps for SqlitePush<'_> {
                 row.record_id,
                 row.kind,
                 row.old_version,
-                row.new_version
+                row.new_version,
+                row.device
             ])
             .map_err(db_err)?;
         Ok(())

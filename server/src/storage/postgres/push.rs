@@ -145,7 +145,8 @@ async fn push_once(
     let st_audit = client
         .prepare_cached(
             "INSERT INTO audit (at, user_name, client_id, op_id, collection, record_id, kind, \
-             old_version, new_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             old_version, new_version, device) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .await?;
     let st_store = client
@@ -301,6 +302,7 @@ impl PushSteps for PgPush<'_> {
                     &row.kind,
                     &row.old_version,
                     &row.new_version,
+                    &row.device.map(pg_text).as_deref(),
                 ],
             )
             .await?;

@@ -86,6 +86,11 @@ END $$;
     r#"
 CREATE INDEX records_collection_seq ON records (collection, seq);
 "#,
+    // 3: the device session a JWT names (its `sid`), beside the client_id the request
+    // claims; NULL for static tokens and tokens without one. Escaped like op_id.
+    r#"
+ALTER TABLE audit ADD COLUMN device TEXT;
+"#,
 ];
 
 /// Applies the migrations the database lacks; fails on a schema newer than this server
