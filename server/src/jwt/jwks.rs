@@ -269,22 +269,30 @@ async fn fetch(remote: &Remote) -> Result<KeySet, String> {
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| with_causes(&e))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| e.without_url().to_string())?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| with_causes(&e))? {
         if body.len() + chunk.len() > MAX_JWKS_BYTES {
             return Err(format!("more than {MAX_JWKS_BYTES} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
     KeySet::parse(&body)
+}
+
+/// An error and its causes, which say what went wrong (DNS, refused, timeout, TLS).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
