@@ -721,3 +721,86 @@ async fn access_rules_and_audit_from_claims(b: Backend) {
 }
 
 backend_tests!("jwt": access_rules_and_audit_from_claims);
+
+/// Mangled tokens (bytes changed, parts cut or swapped, hostile headers) are all 401:
+/// never a 5xx, never accepted, and the server keeps answering.
+#[tokio::test]
+async fn mangled_tokens_are_all_refused() {
+    let (rsa, ec) = (rsa_key("rsa-1"), ec_key("ec-1"));
+    let endpoint = JwksEndpoint::start(jwks(&[&rsa, &ec])).await;
+    let extra = format!("{}hs256_secret = {SECRET:?}\n", url_config(&endpoint));
+    let s = TestServer::start_with(&Backend::Sqlite, &extra);
+    let valid = [
+        mint(&rsa, &claims("nurse-a", "north")),
+        mint(&ec, &claims("nurse-a", "north")),
+        hs256(&claims("nurse-a", "north")),
+    ];
+    let mut tokens: Vec<String> = Vec::new();
+    // A deterministic walk over every kind of damage, over each valid token.
+    let mut x: u64 = 0x5eed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/";
+    for t in &valid {
+        let parts: Vec<&str> = t.split('.').collect();
+        for _ in 0..40 {
+            let mut b = t.clone().into_bytes();
+            let i = usize::try_from(next()).unwrap() % b.len();
+            let c = ALPHABET[usize::try_from(next()).unwrap() % ALPHABET.len()];
+            if b[i] == c {
+                continue;
+            }
+            b[i] = c;
+            tokens.push(String::from_utf8(b).unwrap());
+        }
+        for cut in [1, 10, t.len() / 2, t.len() - 1] {
+            tokens.push(t[..cut].to_owned());
+        }
+        tokens.push(format!("{}.{}", parts[0], parts[1]));
+        tokens.push(format!(
+            "{}.{}.{}.{}",
+            parts[0], parts[1], parts[2], parts[2]
+        ));
+        tokens.push(format!("{}.{}.{}", parts[1], parts[0], parts[2]));
+    }
+    let body = b64(claims("nurse-a", "north").to_string().as_bytes());
+    for header in [
+        json!({"alg": "RS256", "kid": "k".repeat(5000)}),
+        json!({"alg": "RS256", "kid": 7}),
+        json!({"alg": "RS256", "kid": null}),
+        json!({"alg": "HS256", "crit": ["exp"]}),
+        json!({"alg": "HS256", "b64": false, "crit": ["b64"]}),
+        json!({"alg": "PS256", "kid": "rsa-1"}),
+        json!({"alg": "EdDSA", "kid": "rsa-1"}),
+        json!({"alg": ["RS256"], "kid": "rsa-1"}),
+        json!({"alg": "RS256", "kid": "rsa-1", "jku": "http://127.0.0.1:1/keys"}),
+        json!({"alg": "RS256", "kid": "ec-1", "jwk": rsa.jwk}),
+        json!({}),
+    ] {
+        let h = b64(header.to_string().as_bytes());
+        for sig in ["", "c2ln", valid[0].rsplit('.').next().unwrap()] {
+            tokens.push(format!("{h}.{body}.{sig}"));
+        }
+    }
+    tokens.push(format!(
+        "{}.{}.",
+        b64(b"{\"alg\":\"HS256\"}"),
+        b64(&[0xff; 40])
+    ));
+    tokens.push(format!("{}.{body}.x", b64(&[b'{'; 2000])));
+    for (i, t) in tokens.iter().enumerate() {
+        if valid.contains(t) {
+            continue;
+        }
+        let (st, body) = s.pull_raw(t, "").await;
+        assert_eq!(st, 401, "token #{i} {t:.80}: {body}");
+    }
+    for t in &valid {
+        assert_eq!(pull_status(&s, t).await, 200);
+    }
+    assert!(endpoint.hits() <= 2, "{} fetches", endpoint.hits());
+}
