@@ -561,10 +561,17 @@ async fn a_hanging_or_down_jwks_endpoint_does_not_stall_cached_kids() {
             (r.status().as_u16(), Instant::now())
         })
     };
-    // Let the fetch begin, then check cached kids while it hangs.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(endpoint.hits(), 2, "the unknown kid's fetch is under way");
+    // Wait until the fetch has reached the endpoint, then check cached kids while it
+    // hangs there.
+    while endpoint.hits() < 2 {
+        assert!(!stuck.is_finished(), "answered before fetching");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cached_kids_stay_fast(&s, &good).await;
+    assert!(
+        !stuck.is_finished(),
+        "the fetch was still hanging throughout"
+    );
     let (st, done) = stuck.await.unwrap();
     assert_eq!(st, 401);
     let waited = done - started;
