@@ -28,6 +28,11 @@ enum Command {
     /// Run the end-to-end demo: devices offline, a flaky reconnect, conflicts, checks.
     Demo(DemoArgs),
     /// Run the reference sync server (the same code as `outpost-server`).
+    ///
+    /// Users sign in with static tokens listed as [[users]] in the config, with JWTs
+    /// from the organisation's identity provider configured as [jwt] (RS256 and ES256
+    /// keys from jwks_file or jwks_url, or an HS256 secret), or with both. See
+    /// server/README.md and server/server.example.toml.
     Serve {
         /// The TOML configuration file (see server/server.example.toml).
         #[arg(long, value_name = "FILE")]

@@ -1,6 +1,7 @@
 //! `outpost serve`: the reference server, so the one `outpost` program can also be the
 //! server an app or a second terminal talks to. It runs exactly what the
-//! `outpost-server` binary runs, first stdout line included.
+//! `outpost-server` binary runs, first stdout line included, with both ways of signing
+//! in: static `[[users]]` tokens and JWTs from an identity provider (`[jwt]`).
 
 use std::path::Path;
 use std::process::ExitCode;

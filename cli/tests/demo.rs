@@ -85,6 +85,10 @@ fn field_demo_reports_no_lost_answers_and_every_conflict() {
     ] {
         assert!(keep.join(f).exists(), "{f} not kept");
     }
+    // The devices signed in with JWTs: the server knows no static users.
+    let config = std::fs::read_to_string(keep.join("server.toml")).unwrap();
+    assert!(config.contains("\n[jwt]\n") && config.contains("hs256_secret = "));
+    assert!(!config.contains("[[users]]"), "{config}");
     let again = outpost(&["demo", "--devices", "2", "--surveys", "1", "--dir", keep_s]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a demo run"));

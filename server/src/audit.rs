@@ -54,7 +54,7 @@ pub mod event {
 }
 
 /// The content of an audit row, as stored, which its hash covers. Text that a backend
-/// stores escaped (PostgreSQL's `op_id`, `client_id`) is hashed escaped.
+/// stores escaped (PostgreSQL's `op_id`, `client_id`, `device`) is hashed escaped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuditFields {
     /// RFC 3339 UTC.
@@ -75,6 +75,8 @@ pub struct AuditFields {
     pub code: String,
     /// Small JSON: counts, collections asked for.
     pub detail: String,
+    /// The device session the token names (a JWT's `sid`); `None` for static tokens.
+    pub device: Option<String>,
 }
 
 /// A row to append: its content, and a replaced version to keep apart.
@@ -128,6 +130,7 @@ pub fn row_hash(prev: &str, fields: &AuditFields, prior_sha256: Option<&str>) ->
         fields.new_version,
         fields.code,
         fields.detail,
+        fields.device,
         prior_sha256,
     ]);
     let mut h = Sha256::new();
@@ -498,6 +501,7 @@ mod tests {
                 collection: "patients".into(),
                 scope: "t:north".into(),
                 record_id: record.into(),
+                device: Some("tablet-7".into()),
                 ..AuditFields::default()
             },
             prior: None,
@@ -577,6 +581,16 @@ mod tests {
             v.problems.iter().any(|p| p.contains("row 1: its content")),
             "{v}"
         );
+        // The token's device session is content too: changed or cleared.
+        for device in [Some("tablet-9".to_owned()), None] {
+            let mut moved = rows.clone();
+            moved[1].fields.device = device;
+            let v = verify_rows(&moved, &head, &priors);
+            assert!(
+                v.problems.iter().any(|p| p.contains("row 2: its content")),
+                "{v}"
+            );
+        }
 
         // Changed and rehashed: the next row no longer follows.
         let mut rehashed = changed.clone();

@@ -3,7 +3,8 @@
 //! A typo in a config file must not become a silently open collection or a user with
 //! no team, so every key is checked by hand and every error names the key it is about
 //! (`users[1].team: missing`). Unknown keys are errors for the same reason. Plain
-//! tokens are hashed at load, so only SHA-256 digests live in memory.
+//! tokens are hashed at load, so only SHA-256 digests live in memory. A `[jwt]` section
+//! is checked the same way, its key file read at load.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -16,6 +17,8 @@ use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
 use crate::budget::PushLimits;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::{Hs256Secret, JwtConfig, KeySource, MIN_HS256_SECRET_BYTES};
 use crate::logic::{Access, AccessRules, User};
 
 /// Where records are stored.
@@ -96,6 +99,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// SHA-256 of the bearer token `/metrics` asks for; `None` turns `/metrics` off.
     pub metrics_token_sha256: Option<[u8; 32]>,
+    /// Tokens from an identity provider, beside `users`.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// How long stored op answers are kept by default, in days: longer than any device
@@ -213,6 +218,7 @@ impl Config {
             "trusted_proxies",
             "metrics_token",
             "metrics_token_sha256",
+            "jwt",
         ];
         check_keys(&table, &known, "")?;
 
@@ -275,7 +281,8 @@ impl Config {
 
         let cursor_secret = parse_cursor_secret(&table, base_dir)?;
 
-        let users = parse_users(table.get("users"))?;
+        let jwt = parse_jwt(table.get("jwt"), base_dir)?;
+        let users = parse_users(table.get("users"), jwt.is_some())?;
         let collections = parse_collections(table.get("collections"))?;
         let limits = parse_limits(&table)?;
         let auth_failures_per_minute = match table.get("auth_failures_per_minute") {
@@ -340,6 +347,7 @@ impl Config {
             auth_failures_per_minute,
             trusted_proxies,
             metrics_token_sha256,
+            jwt,
         })
     }
 
@@ -439,14 +447,21 @@ fn parse_access(v: &Value, path: &str) -> Result<Access, ConfigError> {
         .ok_or_else(|| err(path, "must be \"private\", \"team\" or \"shared\""))
 }
 
-fn parse_users(v: Option<&Value>) -> Result<Vec<User>, ConfigError> {
+/// `[[users]]`; optional when `[jwt]` is there to let users in.
+fn parse_users(v: Option<&Value>, have_jwt: bool) -> Result<Vec<User>, ConfigError> {
     let Some(v) = v else {
-        return Err(err("users", "missing: name at least one [[users]] entry"));
+        if have_jwt {
+            return Ok(Vec::new());
+        }
+        return Err(err(
+            "users",
+            "missing: name at least one [[users]] entry, or configure [jwt]",
+        ));
     };
     let Some(list) = v.as_array() else {
         return Err(err("users", "must be an array of tables ([[users]])"));
     };
-    if list.is_empty() {
+    if list.is_empty() && !have_jwt {
         return Err(err("users", "empty: name at least one user"));
     }
     let mut users = Vec::new();
@@ -599,6 +614,112 @@ fn parse_proxies(v: Option<&Value>) -> Result<Vec<IpAddr>, ConfigError> {
                 .ok_or_else(|| err(&format!("trusted_proxies[{i}]"), "not an IP address"))
         })
         .collect()
+}
+
+/// `[jwt]`: see DESIGN.md, "Tokens from an identity provider". A relative `jwks_file`
+/// is relative to `base_dir`, like `database`.
+fn parse_jwt(v: Option<&Value>, base_dir: &Path) -> Result<Option<JwtConfig>, ConfigError> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let Some(t) = v.as_table() else {
+        return Err(err("jwt", "must be a table ([jwt])"));
+    };
+    check_keys(
+        t,
+        &[
+            "issuer",
+            "audience",
+            "jwks_file",
+            "jwks_url",
+            "hs256_secret",
+            "user_claim",
+            "team_claim",
+            "device_claim",
+        ],
+        "jwt.",
+    )?;
+    let non_empty = |key: &str, default: Option<&str>| -> Result<String, ConfigError> {
+        let path = format!("jwt.{key}");
+        let s = match (t.get(key), default) {
+            (None, Some(d)) => d,
+            _ => req_str(t, key, &path)?,
+        };
+        if s.is_empty() {
+            return Err(err(&path, "empty"));
+        }
+        Ok(s.to_owned())
+    };
+    let issuer = non_empty("issuer", None)?;
+    let audience = non_empty("audience", None)?;
+    let keys = match (t.get("jwks_file"), t.get("jwks_url")) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "jwt.jwks_url",
+                "give either jwks_file or jwks_url, not both",
+            ));
+        }
+        (Some(_), None) => {
+            let file = PathBuf::from(non_empty("jwks_file", None)?);
+            let path = if file.is_absolute() {
+                file
+            } else {
+                base_dir.join(file)
+            };
+            let bytes = std::fs::read(&path).map_err(|e| {
+                err(
+                    "jwt.jwks_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let keys = KeySet::parse(&bytes).map_err(|e| err("jwt.jwks_file", e))?;
+            KeySource::File { path, keys }
+        }
+        (None, Some(_)) => {
+            let key = "jwt.jwks_url";
+            let url = url::Url::parse(req_str(t, "jwks_url", key)?)
+                .map_err(|e| err(key, format!("not a URL: {e}")))?;
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            // Whoever can answer for the keys can sign in as anyone.
+            match url.scheme() {
+                "https" => {}
+                "http" if loopback => {}
+                _ => return Err(err(key, "must be https (http only on loopback)")),
+            }
+            KeySource::Url(url)
+        }
+        (None, None) => KeySource::None,
+    };
+    let hs256_secret = match t.get("hs256_secret") {
+        None => None,
+        Some(_) => {
+            let s = req_str(t, "hs256_secret", "jwt.hs256_secret")?;
+            if s.len() < MIN_HS256_SECRET_BYTES {
+                return Err(err(
+                    "jwt.hs256_secret",
+                    format!("too short: at least {MIN_HS256_SECRET_BYTES} bytes"),
+                ));
+            }
+            Some(Hs256Secret(s.as_bytes().to_vec()))
+        }
+    };
+    if matches!(keys, KeySource::None) && hs256_secret.is_none() {
+        return Err(err("jwt", "give jwks_file, jwks_url or hs256_secret"));
+    }
+    Ok(Some(JwtConfig {
+        issuer,
+        audience,
+        keys,
+        hs256_secret,
+        user_claim: non_empty("user_claim", Some("sub"))?,
+        team_claim: non_empty("team_claim", Some("team"))?,
+        device_claim: non_empty("device_claim", Some("sid"))?,
+    }))
 }
 
 fn parse_collections(v: Option<&Value>) -> Result<BTreeMap<String, Access>, ConfigError> {
@@ -858,5 +979,127 @@ access = "private"
                 .0;
             assert!(e.starts_with(want), "{e} !~ {want}");
         }
+    }
+
+    const JWT: &str = r#"
+[jwt]
+issuer = "https://id.example.org/realms/health"
+audience = "outpost"
+jwks_url = "https://id.example.org/realms/health/protocol/openid-connect/certs"
+hs256_secret = "0123456789abcdef0123456789abcdef"
+"#;
+
+    /// `BASE` without its users, with `[jwt]` lines.
+    fn jwt_only(jwt: &str) -> String {
+        let head = BASE.split("[[users]]").next().unwrap();
+        format!("{head}{jwt}")
+    }
+
+    #[test]
+    fn jwt_section_with_defaults_and_no_users() {
+        let c = parse(&jwt_only(JWT)).unwrap();
+        assert!(c.users.is_empty());
+        let j = c.jwt.unwrap();
+        assert_eq!(j.issuer, "https://id.example.org/realms/health");
+        assert_eq!(j.audience, "outpost");
+        assert_eq!(
+            (
+                j.user_claim.as_str(),
+                j.team_claim.as_str(),
+                j.device_claim.as_str()
+            ),
+            ("sub", "team", "sid")
+        );
+        assert!(matches!(j.keys, KeySource::Url(ref u) if u.path().ends_with("/certs")));
+        assert!(j.hs256_secret.is_some());
+        // Beside users, too.
+        let both = parse(&format!("{BASE}{JWT}")).unwrap();
+        assert_eq!(both.users.len(), 2);
+        assert!(both.jwt.is_some());
+        // Without [jwt], users stay required.
+        assert!(
+            parse(&jwt_only(""))
+                .unwrap_err()
+                .0
+                .starts_with("users: missing")
+        );
+    }
+
+    #[test]
+    fn a_jwks_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = r#"{"keys":[{"kty":"EC","kid":"e1","crv":"P-256",
+            "x":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc",
+            "y":"CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk"}]}"#;
+        std::fs::write(dir.path().join("keys.json"), jwks).unwrap();
+        let text = jwt_only("[jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"keys.json\"\n");
+        let c = Config::parse(&text, dir.path()).unwrap();
+        match c.jwt.unwrap().keys {
+            KeySource::File { path, keys } => {
+                assert_eq!(path, dir.path().join("keys.json"));
+                assert!(keys.get("e1").is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(dir.path().join("keys.json"), "{}").unwrap();
+        let e = Config::parse(&text, dir.path()).unwrap_err().0;
+        assert!(e.starts_with("jwt.jwks_file: not a JWKS"), "{e}");
+    }
+
+    #[test]
+    fn jwt_errors_name_the_key() {
+        let cases = [
+            (JWT.replace("issuer", "isuer"), "jwt.isuer: unknown key"),
+            (
+                JWT.replace("audience = \"outpost\"", ""),
+                "jwt.audience: missing",
+            ),
+            (JWT.replace("\"outpost\"", "\"\""), "jwt.audience: empty"),
+            (
+                JWT.replace("0123456789abcdef0123456789abcdef", "short-secret"),
+                "jwt.hs256_secret: too short",
+            ),
+            (
+                JWT.replace("https://id", "http://id"),
+                "jwt.jwks_url: must be https",
+            ),
+            (
+                JWT.replace(
+                    "\"https://id.example.org/realms/health/protocol",
+                    "\"not a url",
+                ),
+                "jwt.jwks_url: not a URL",
+            ),
+            (
+                format!("{JWT}jwks_file = \"k.json\"\n"),
+                "jwt.jwks_url: give either",
+            ),
+            (
+                "[jwt]\nissuer = \"i\"\naudience = \"a\"\n".to_owned(),
+                "jwt: give jwks_file, jwks_url or hs256_secret",
+            ),
+            (
+                "[jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/nonexistent/k.json\"\n"
+                    .to_owned(),
+                "jwt.jwks_file: cannot read",
+            ),
+            (
+                format!("{JWT}team_claim = 5\n"),
+                "jwt.team_claim: must be a string",
+            ),
+            ("jwt = 1\n".to_owned(), "jwt: must be a table"),
+        ];
+        for (jwt, want) in cases {
+            let text = if jwt.starts_with("jwt =") {
+                format!("{jwt}{BASE}")
+            } else {
+                jwt_only(&jwt)
+            };
+            let e = parse(&text).unwrap_err().0;
+            assert!(e.starts_with(want), "{e} !~ {want}");
+        }
+        // http is fine on loopback, where nobody else can answer.
+        let local = JWT.replace("https://id.example.org", "http://127.0.0.1:9000");
+        assert!(parse(&jwt_only(&local)).is_ok());
     }
 }

@@ -32,6 +32,8 @@ use crate::config::{Config, Secret};
 use crate::cursor::{self, CursorKey, Opened, Scope};
 use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
+use crate::jwt::jwks::KeyCache;
+use crate::jwt::{self, Verifier};
 use crate::logic::{self, AccessRules, User};
 use crate::metrics::Metrics;
 use crate::pull::change_bytes;
@@ -76,10 +78,27 @@ pub struct Policy {
     pub push_limits: PushLimits,
     pub max_concurrent_pushes_per_user: usize,
     pub audit_pulls: bool,
+    /// JWTs from an identity provider, when `[jwt]` is configured.
+    pub jwt: Option<Verifier>,
 }
 
 impl Policy {
     pub fn from_config(config: &Config) -> Policy {
+        Policy::with_jwt(config, config.jwt.as_ref().map(Verifier::new))
+    }
+
+    /// The policy of a reloaded config. Its JWT checker is built anew, but keeps the
+    /// keys `previous` fetched when its `jwks_url` is unchanged, so tokens are not kept
+    /// waiting for a fetch (or refused while the provider is down) after a reload.
+    pub fn reloaded(config: &Config, previous: &Policy) -> Policy {
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(|j| Verifier::reloaded(j, previous.jwt.as_ref()));
+        Policy::with_jwt(config, jwt)
+    }
+
+    fn with_jwt(config: &Config, jwt: Option<Verifier>) -> Policy {
         Policy {
             users: config.users.clone(),
             access: config.access_rules(),
@@ -91,6 +110,7 @@ impl Policy {
             push_limits: config.push_limits,
             max_concurrent_pushes_per_user: config.max_concurrent_pushes_per_user,
             audit_pulls: config.audit_pulls,
+            jwt,
         }
     }
 }
@@ -161,6 +181,16 @@ impl AppState {
     pub fn auth_throttle(&self) -> &AuthThrottle {
         &self.inner.auth_throttle
     }
+
+    /// The identity provider's key cache in force, when its keys come from
+    /// `jwt.jwks_url`: for the start-up fetch and the background refresh.
+    pub fn remote_keys(&self) -> Option<Arc<KeyCache>> {
+        self.policy()
+            .jwt
+            .as_ref()
+            .map(|v| Arc::clone(v.keys()))
+            .filter(|k| k.is_remote())
+    }
 }
 
 /// The client's IP address (after trusted proxies, see [`crate::throttle`]); empty
@@ -184,13 +214,14 @@ fn request_row(event: &str, peer: &str, kind: &str) -> AuditFields {
 
 /// [`authenticate`], with every failed authentication recorded in the audit (the
 /// reason, never the token).
-fn authenticated(
+async fn authenticated(
     state: &AppState,
+    policy: &Policy,
     headers: &HeaderMap,
     peer: &str,
     route: &str,
-) -> Result<User, ApiError> {
-    authenticate(state, headers).inspect_err(|e| {
+) -> Result<Caller, ApiError> {
+    authenticate(state, policy, headers).await.inspect_err(|e| {
         if e.code == ErrorCode::Unauthorized {
             let mut fields = request_row(event::AUTH_FAILED, peer, route);
             fields.code = e.message.clone();
@@ -308,9 +339,20 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Finds the user of a bearer token. Every user's digest is compared, in constant time,
-/// so timing says nothing about which token is close.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
+/// Who a request comes from: the token's user, and the device session a JWT names.
+#[derive(Debug)]
+struct Caller {
+    user: User,
+    device: Option<String>,
+}
+
+/// Finds the user of a bearer token: a JWT when `[jwt]` is configured and the token is
+/// one, else a static token. Every refusal reads the same.
+async fn authenticate(
+    state: &AppState,
+    policy: &Policy,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError::new(ErrorCode::Unauthorized, m);
     let value = headers
         .get(header::AUTHORIZATION)
@@ -324,19 +366,45 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError>
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(unauthorized("the Authorization scheme must be Bearer"));
     }
-    let digest = Sha256::digest(token.trim().as_bytes());
-    let policy = state.policy();
+    let token = token.trim();
+    let caller = match &policy.jwt {
+        Some(verifier) if jwt::looks_like_jwt(token) => {
+            let id = verifier.verify(token).await.map_err(|reason| {
+                tracing::debug!(%reason, "jwt refused");
+                unauthorized(WRONG_TOKEN)
+            })?;
+            Caller {
+                user: User {
+                    name: id.user,
+                    team: id.team,
+                    token_sha256: Sha256::digest(token.as_bytes()).into(),
+                },
+                device: id.device,
+            }
+        }
+        _ => Caller {
+            user: static_user(policy, token).ok_or_else(|| unauthorized(WRONG_TOKEN))?,
+            device: None,
+        },
+    };
+    rate_limit(state, policy, &caller.user)?;
+    Ok(caller)
+}
+
+/// What any refused token is told, JWT or static.
+const WRONG_TOKEN: &str = "unknown or wrong token";
+
+/// The `[[users]]` entry of a static token. Every user's digest is compared, in
+/// constant time, so timing says nothing about which token is close.
+fn static_user(policy: &Policy, token: &str) -> Option<User> {
+    let digest = Sha256::digest(token.as_bytes());
     let mut found = None;
     for u in &policy.users {
         if same_digest(&u.token_sha256, &digest) {
             found = Some(u);
         }
     }
-    let user = found
-        .cloned()
-        .ok_or_else(|| unauthorized("unknown or wrong token"))?;
-    rate_limit(state, &user)?;
-    Ok(user)
+    found.cloned()
 }
 
 /// Compares two digests in constant time.
@@ -344,8 +412,8 @@ pub(crate) fn same_digest(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let Some(limit) = state.policy().rate_limit_per_minute else {
+fn rate_limit(state: &AppState, policy: &Policy, user: &User) -> Result<(), ApiError> {
+    let Some(limit) = policy.rate_limit_per_minute else {
         return Ok(());
     };
     let window = Duration::from_secs(60);
@@ -435,12 +503,12 @@ async fn push(State(state): State<AppState>, req: Request) -> Response {
 async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let client_addr = peer(&parts.extensions);
-    let user = authenticated(&state, &parts.headers, &client_addr, "push")?;
     let policy = state.policy();
+    let caller = authenticated(&state, &policy, &parts.headers, &client_addr, "push").await?;
     let Some(_slot) = state
         .inner
         .push_slots
-        .try_take(&user.name, policy.max_concurrent_pushes_per_user)
+        .try_take(&caller.user.name, policy.max_concurrent_pushes_per_user)
     else {
         let mut e = ApiError::new(
             ErrorCode::RateLimited,
@@ -452,11 +520,12 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let (raw, gzip) = read_body(&parts.headers, body).await?;
     let batch = state.inner.bodies.push_batch(raw, gzip).await?;
     let ctx = PushContext {
-        user,
+        user: caller.user,
         client_id: batch.client_id,
         access: policy.access.clone(),
         client_addr,
         limits: policy.push_limits,
+        device: caller.device,
     };
     let n = batch.items.len();
     let results = state
@@ -557,8 +626,9 @@ fn parse_collections(list: &str) -> Result<Vec<String>, ApiError> {
 
 async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let client_addr = peer(req.extensions());
-    let user = authenticated(&state, req.headers(), &client_addr, "pull")?;
     let policy = state.policy();
+    let caller = authenticated(&state, &policy, req.headers(), &client_addr, "pull").await?;
+    let user = caller.user;
     let params = parse_pull_query(req.uri().query())?;
     let key = state.cursor_key().await.map_err(|e| {
         tracing::error!(error = %e, "no cursor key");
@@ -605,6 +675,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             if policy.audit_pulls {
                 let mut fields = request_row(event::PULL, &client_addr, "pull");
                 fields.user = query.user.name.clone();
+                fields.device = caller.device;
                 fields.detail = serde_json::json!({
                     "changes": changes.len(),
                     "collections": query.collections,

@@ -50,6 +50,7 @@ pub mod error;
 pub mod http;
 mod intake;
 pub mod json;
+pub mod jwt;
 pub mod logging;
 pub mod logic;
 pub mod metrics;
@@ -145,6 +146,11 @@ impl Server {
         let state = AppState::new(&config, storage);
         // A database that cannot keep the cursor key fails here, not on a pull.
         state.cursor_key().await?;
+        // The provider's keys before the first request, so a token is not kept waiting
+        // for them; a provider that cannot be reached is logged and retried later.
+        if let Some(keys) = state.remote_keys() {
+            keys.refresh().await;
+        }
         Ok(Server {
             listener,
             state,
@@ -187,8 +193,9 @@ impl Server {
     /// Serves until `shutdown` completes, then lets in-flight requests finish. The
     /// purge (tombstones, expired op answers) runs at start and every
     /// `purge_interval_secs`, and stops with the server, also when this future is
-    /// dropped unfinished. The audit queue's writer runs alongside, and writes what is
-    /// left in it once the app is gone (before this returns, when it returns).
+    /// dropped unfinished; so does the refresh of `jwt.jwks_url` keys, every few
+    /// minutes. The audit queue's writer runs alongside, and writes what is left in it
+    /// once the app is gone (before this returns, when it returns).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -234,12 +241,23 @@ impl Server {
                 Arc::clone(&limits),
             )))
         });
+        // The keys of the verifier in force, whichever a reload has put there.
+        let keys_state = self.state.clone();
+        let refresher = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(jwt::jwks::REFRESH_INTERVAL).await;
+                if let Some(keys) = keys_state.remote_keys() {
+                    keys.refresh().await;
+                }
+            }
+        }));
         let metrics = Arc::clone(self.state.metrics());
         let app = build_app(self.state);
         // Handlers get the peer's address as ConnectInfo (the throttle and the audit).
         let result = connections::serve(self.listener, app, limits, metrics, shutdown).await;
         drop(purger);
         drop(reloader);
+        drop(refresher);
         // The app, and with it the queue's last sender, is gone: the writer drains
         // what is left and ends.
         if let Some(w) = writer
@@ -282,7 +300,19 @@ async fn reload_loop(path: PathBuf, first: Config, state: AppState, limits: Arc<
                             "listen, database and cursor key changes take effect at the next start"
                         );
                     }
-                    state.set_policy(Policy::from_config(&new));
+                    let old = state.policy();
+                    let policy = Policy::reloaded(&new, &old);
+                    // A new key cache (another jwks_url) is filled before the policy is
+                    // in force, so its first tokens are not kept waiting; a failed fetch
+                    // is retried later.
+                    let keys = |p: &Policy| p.jwt.as_ref().map(|v| Arc::clone(v.keys()));
+                    if let Some(k) = keys(&policy)
+                        && k.is_remote()
+                        && !keys(&old).is_some_and(|o| Arc::ptr_eq(&o, &k))
+                    {
+                        k.refresh().await;
+                    }
+                    state.set_policy(policy);
                     limits.set(new.limits.clone());
                     state.metrics().config_reload(true);
                     tracing::info!(users = new.users.len(), "config reloaded");

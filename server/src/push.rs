@@ -443,6 +443,7 @@ impl<'c> Run<'c> {
             user: self.ctx.user.name.clone(),
             client_id: self.ctx.client_id.clone(),
             client_addr: self.ctx.client_addr.clone(),
+            device: self.ctx.device.clone(),
             // An op_id too long to be a key is still named, shortened.
             op_id: op_id.chars().take(MAX_ID_CHARS).collect(),
             ..AuditFields::default()

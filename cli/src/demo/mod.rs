@@ -8,11 +8,12 @@
 //! the "sync until quiet" loop and the report's table; `scenario` holds the steps both
 //! stories' phases take. The stories themselves live in `field` (nurses) and `assets`
 //! (engineers), each as its phases over the run's state; `verify` reads the server's
-//! database.
+//! database; `tokens` signs the devices' JWTs.
 
 mod assets;
 mod field;
 mod scenario;
+mod tokens;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -24,15 +25,17 @@ use std::time::{Duration, Instant};
 
 use outpost_core::BatchLimits;
 use outpost_core::{
-    ConflictStrategy, Durability, Query, StaticToken, Store, StoreConfig, SyncConfig, SyncEngine,
-    SyncOutcome,
+    ConflictStrategy, Durability, Query, Store, StoreConfig, SyncConfig, SyncEngine, SyncOutcome,
 };
 use outpost_testkit::{Backend, FaultyTransport, Folder, Mode, RandomFaults, TestDb, TestServer};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::Value;
 
+use self::tokens::DemoIssuer;
 use crate::{DemoArgs, Scenario};
+
+/// The one team of every demo user.
+const TEAM: &str = "field-team";
 
 /// Errors that stop the demo before it can report (a check that fails is not one).
 pub type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -122,7 +125,8 @@ pub struct Harness {
     _temp: Option<tempfile::TempDir>,
     pub url: String,
     pub server_db: PathBuf,
-    tokens: BTreeMap<String, String>,
+    users: Vec<String>,
+    issuer: DemoIssuer,
     collections: Vec<(&'static str, ConflictStrategy)>,
     seed: u64,
     fail_rate: f64,
@@ -130,9 +134,10 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Writes a server config with one user per name (all in one team, so everyone
-    /// reads everything the demo compares), and starts the server on 127.0.0.1:0. The
-    /// config stays beside the data, so `outpost serve` can reopen a kept run.
+    /// Writes a server config that takes JWTs signed for this run (every user in one
+    /// team, so everyone reads everything the demo compares), and starts the server on
+    /// 127.0.0.1:0. The config stays beside the data, so `outpost serve` can reopen a
+    /// kept run.
     pub fn start(
         args: &DemoArgs,
         seed: u64,
@@ -157,25 +162,15 @@ impl Harness {
             }
         };
         let server_db = dir.join("server.db");
-        // Tokens only need to differ per user; they never leave this machine.
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x7011_7e57);
-        let mut tokens = BTreeMap::new();
+        // No [[users]]: the devices sign in with JWTs, as with an identity provider.
+        let issuer = DemoIssuer::new();
         let mut toml = String::from(
             "# Written by `outpost demo`. Reopen its data with:\n\
              #   outpost serve --config <this file>\n\
              listen = \"127.0.0.1:0\"\ndatabase = \"server.db\"\ndefault_access = \"team\"\n\
              tombstone_retention_days = 30\n",
         );
-        for name in users {
-            let token: String = (0..32)
-                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-                .collect();
-            let _ = write!(
-                toml,
-                "\n[[users]]\nname = \"{name}\"\nteam = \"field-team\"\ntoken = \"{token}\"\n"
-            );
-            tokens.insert(name.clone(), token);
-        }
+        toml.push_str(&issuer.config_section());
         let config_path = dir.join("server.toml");
         std::fs::write(&config_path, toml)?;
         let server = TestServer::builder(&Backend::Sqlite)
@@ -191,7 +186,8 @@ impl Harness {
             _temp: temp,
             url,
             server_db,
-            tokens,
+            users: users.to_vec(),
+            issuer,
             collections,
             seed,
             fail_rate: args.fail_rate,
@@ -213,10 +209,9 @@ impl Harness {
             config = config.with_collection(c, *s);
         }
         let store = Store::open(self.dir.join(format!("{name}.db")), config)?;
-        let token = self
-            .tokens
-            .get(user)
-            .ok_or_else(|| format!("no user {user} in the server config"))?;
+        if !self.users.iter().any(|u| u == user) {
+            return Err(format!("no user {user} in this run").into());
+        }
         // Each device draws its faults from its own generator, so they depend on the
         // seed and the device, not on how the devices' requests interleave.
         let link_seed = self
@@ -236,7 +231,7 @@ impl Harness {
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),
-            Arc::new(StaticToken(token.clone())),
+            Arc::new(self.issuer.provider(user, TEAM, name)),
             sync_config(),
             tokio::runtime::Handle::current(),
         );

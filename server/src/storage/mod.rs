@@ -47,6 +47,9 @@ pub struct PushContext {
     /// The peer's IP address, for the audit; empty when unknown.
     pub client_addr: String,
     pub limits: PushLimits,
+    /// The device session the token names (a JWT's `sid`), which the audit records
+    /// beside the `client_id` the request claims.
+    pub device: Option<String>,
 }
 
 impl fmt::Debug for PushContext {

@@ -171,6 +171,11 @@ UPDATE ops SET answer = json_object(
     WHERE json_extract(answer, '$.status') = 'conflict'
       AND json_type(answer, '$.current') = 'object';
 "#,
+    // 5: the device session a JWT names (its `sid`), beside the client_id the request
+    // claims; NULL for static tokens and tokens without one. Covered by the row's hash.
+    r#"
+ALTER TABLE audit ADD COLUMN device TEXT;
+"#,
 ];
 
 /// Records, answers and audit in one SQLite file.
@@ -536,9 +541,10 @@ fn append_audit_tx(tx: &Connection, entries: Vec<AuditEntry>) -> Result<(), Stor
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO audit (at, event, user, client_id, client_addr, op_id, collection, \
-             scope, record_id, kind, old_version, new_version, code, detail, prior_sha256, \
-             prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             scope, record_id, kind, old_version, new_version, code, detail, device, \
+             prior_sha256, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                     ?18)",
         )
         .map_err(db_err)?;
     let mut keep = tx
@@ -565,6 +571,7 @@ fn append_audit_tx(tx: &Connection, entries: Vec<AuditEntry>) -> Result<(), Stor
                 f.new_version,
                 f.code,
                 f.detail,
+                f.device,
                 r.prior_sha256,
                 r.prev_hash,
                 r.hash
@@ -782,8 +789,8 @@ fn audit_page_blocking(
 ) -> Result<Vec<StoredAuditRow>, StorageError> {
     conn.prepare_cached(
         "SELECT id, at, event, user, client_id, client_addr, op_id, collection, scope, \
-         record_id, kind, old_version, new_version, code, detail, prior_sha256, prev_hash, \
-         hash FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+         record_id, kind, old_version, new_version, code, detail, device, prior_sha256, \
+         prev_hash, hash FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
     )
     .map_err(db_err)?
     .query_map([after_id, limit], |r| {
@@ -804,10 +811,11 @@ fn audit_page_blocking(
                 new_version: r.get(12)?,
                 code: r.get(13)?,
                 detail: r.get(14)?,
+                device: r.get(15)?,
             },
-            prior_sha256: r.get(15)?,
-            prev_hash: r.get(16)?,
-            hash: r.get(17)?,
+            prior_sha256: r.get(16)?,
+            prev_hash: r.get(17)?,
+            hash: r.get(18)?,
         })
     })
     .map_err(db_err)?

@@ -5,8 +5,8 @@
 //! lock (`audit_head ... FOR UPDATE`), chains its rows after the hash it finds, inserts
 //! them in order (so their ids follow the chain) and moves the head, all in the caller's
 //! transaction. A push takes the head last, after the seq counter (see `push.rs`), so
-//! the lock is held only for its final statements. The rows are hashed as stored: op_id
-//! and client_id escaped ([`pg_text`]).
+//! the lock is held only for its final statements. The rows are hashed as stored: op_id,
+//! client_id and device escaped ([`pg_text`]).
 
 use deadpool_postgres::{GenericClient, Transaction};
 
@@ -28,18 +28,18 @@ pub(super) async fn append(
     let st_insert = tx
         .prepare_cached(
             "INSERT INTO audit (at, event, user_name, client_id, client_addr, op_id, collection, \
-             scope, record_id, kind, old_version, new_version, code, detail, prior_sha256, \
-             prev_hash, hash) \
+             scope, record_id, kind, old_version, new_version, code, detail, device, \
+             prior_sha256, prev_hash, hash) \
              SELECT at, event, user_name, client_id, client_addr, op_id, collection, scope, \
-                    record_id, kind, old_version, new_version, code, detail, prior_sha256, \
-                    prev_hash, hash \
+                    record_id, kind, old_version, new_version, code, detail, device, \
+                    prior_sha256, prev_hash, hash \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
                          $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
-                         $16::text[], $17::text[]) WITH ORDINALITY \
+                         $16::text[], $17::text[], $18::text[]) WITH ORDINALITY \
                   AS u(at, event, user_name, client_id, client_addr, op_id, collection, scope, \
-                       record_id, kind, old_version, new_version, code, detail, prior_sha256, \
-                       prev_hash, hash, ord) \
+                       record_id, kind, old_version, new_version, code, detail, device, \
+                       prior_sha256, prev_hash, hash, ord) \
              ORDER BY ord",
         )
         .await?;
@@ -59,6 +59,7 @@ pub(super) async fn append(
         .map(|mut e| {
             e.fields.op_id = pg_text(&e.fields.op_id).into_owned();
             e.fields.client_id = pg_text(&e.fields.client_id).into_owned();
+            e.fields.device = e.fields.device.as_deref().map(|d| pg_text(d).into_owned());
             e
         })
         .collect();
@@ -68,6 +69,7 @@ pub(super) async fn append(
     };
     let old: Vec<Option<i64>> = rows.iter().map(|r| r.fields.old_version).collect();
     let new: Vec<Option<i64>> = rows.iter().map(|r| r.fields.new_version).collect();
+    let device: Vec<Option<&str>> = rows.iter().map(|r| r.fields.device.as_deref()).collect();
     let prior_sha: Vec<Option<&str>> = rows.iter().map(|r| r.prior_sha256.as_deref()).collect();
     let prev: Vec<&str> = rows.iter().map(|r| r.prev_hash.as_str()).collect();
     let hash: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
@@ -88,6 +90,7 @@ pub(super) async fn append(
             &new,
             &col(|f| &f.code),
             &col(|f| &f.detail),
+            &device,
             &prior_sha,
             &prev,
             &hash,
@@ -125,8 +128,8 @@ pub(super) async fn page(
     let rows = client
         .query(
             "SELECT id, at, event, user_name, client_id, client_addr, op_id, collection, scope, \
-             record_id, kind, old_version, new_version, code, detail, prior_sha256, prev_hash, \
-             hash FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+             record_id, kind, old_version, new_version, code, detail, device, prior_sha256, \
+             prev_hash, hash FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after_id, &limit],
         )
         .await
@@ -150,10 +153,11 @@ pub(super) async fn page(
                     new_version: r.try_get(12).pg()?,
                     code: r.try_get(13).pg()?,
                     detail: r.try_get(14).pg()?,
+                    device: r.try_get(15).pg()?,
                 },
-                prior_sha256: r.try_get(15).pg()?,
-                prev_hash: r.try_get(16).pg()?,
-                hash: r.try_get(17).pg()?,
+                prior_sha256: r.try_get(16).pg()?,
+                prev_hash: r.try_get(17).pg()?,
+                hash: r.try_get(18).pg()?,
             })
         })
         .collect()

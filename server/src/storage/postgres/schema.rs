@@ -139,6 +139,12 @@ UPDATE ops SET answer = json_build_object(
     WHERE answer::json ->> 'status' = 'conflict'
       AND json_typeof(answer::json -> 'current') = 'object';
 "#,
+    // 5: the device session a JWT names (its `sid`), beside the client_id the request
+    // claims; NULL for static tokens and tokens without one. Escaped like op_id, and
+    // covered by the row's hash like every other column.
+    r#"
+ALTER TABLE audit ADD COLUMN device TEXT;
+"#,
 ];
 
 /// What a role needs to run `outpost-server` on a schema it does not own, run by the
