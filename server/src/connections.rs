@@ -533,13 +533,10 @@ impl Connection {
                     return;
                 }
                 r = self.stop.changed(), if !stopping => {
-                    if r.is_err() {
-                        // The serving future was dropped, not shut down (an embedder
-                        // aborted it): its connections end with it.
-                        return;
-                    }
                     stopping = true;
-                    conn.as_mut().graceful_shutdown();
+                    if r.is_ok() {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
