@@ -6,17 +6,19 @@
 //! with an unkeyed checksum: every user could read how many changes the whole
 //! deployment had made, and could write a cursor by hand, for instance to skip a
 //! `cursor_expired` it ought to get. Now the position is encrypted and authenticated
-//! with a server key, and bound to the user and the collection set it was issued for.
+//! with a server key, and bound to the user, their team and the collection set it was
+//! issued for.
 //!
 //! Text: `c2.`, 8 hex digits naming the key (a digest of it, which tells nothing about
-//! it), then 96 hex digits: seq, purge mark and a digest of user and collection set,
-//! sealed with AES-256-GCM-SIV. The seal is deterministic (a fixed nonce, which GCM-SIV
-//! is built to allow): it reveals only whether two cursors are the same position for
-//! the same user and set, so an empty page gives back the very cursor it was given.
+//! it), then 96 hex digits: seq, purge mark and a digest of user, team and collection
+//! set, sealed with AES-256-GCM-SIV. The seal is deterministic (a fixed nonce, which
+//! GCM-SIV is built to allow): it reveals only whether two cursors are the same
+//! position for the same user, team and set, so an empty page gives back the very
+//! cursor it was given.
 //!
 //! What a cursor that cannot be used gets (see [`Opened`]):
 //! - garbled, or under this key but not sealed by it (made or changed by hand): 400;
-//! - sealed by this server for another user or another collection set, sealed under
+//! - sealed by this server for another user, team or collection set, sealed under
 //!   another key (the key was changed), or in the unkeyed format of older servers:
 //!   410 `cursor_expired`. These were issued honestly and have stopped applying; the
 //!   client's right move is to pull from the beginning, and 410 is the answer every
@@ -102,17 +104,22 @@ impl CursorKey {
     }
 }
 
-/// Who a cursor was issued to and for which collections, as a digest.
+/// Who a cursor was issued to (user and team) and for which collections, as a digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope([u8; SCOPE_LEN]);
 
 impl Scope {
-    /// `collections`: `None` for every collection, else the names as a sorted set.
-    pub fn new(user: &str, collections: Option<&[String]>) -> Scope {
+    /// `collections`: `None` for every collection, else the names as a sorted set. The
+    /// team is bound too: a user whose team changes (a JWT's claim, a reloaded config)
+    /// reads another team's records, so an old position in the sequence says nothing
+    /// about what they have seen of those.
+    pub fn new(user: &str, team: &str, collections: Option<&[String]>) -> Scope {
         let mut h = Sha256::new();
         h.update(b"outpost cursor scope\0");
-        h.update((user.len() as u64).to_be_bytes());
-        h.update(user.as_bytes());
+        for part in [user, team] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
         match collections {
             // Collection names never hold `*` or `,`, so no list reads as another.
             None => h.update(b"*"),
@@ -199,7 +206,7 @@ pub fn open(key: &CursorKey, text: &str, scope: &Scope) -> Opened {
     };
     if plain[16..] != scope.0 {
         return Opened::Stale(
-            "this cursor was issued for another user or another set of collections; pull again from the beginning",
+            "this cursor was issued for another user, team or set of collections; pull again from the beginning",
         );
     }
     Opened::Valid(Cursor { seq, purge_mark })
@@ -245,7 +252,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_for_their_scope_only() {
         let k = key("a secret of any length");
-        let amina = Scope::new("amina", None);
+        let amina = Scope::new("amina", "north", None);
         for c in [at(0, 0), at(1, 0), at(1051, 7), at(i64::MAX, i64::MAX / 2)] {
             let text = seal(&k, c, &amina).unwrap();
             assert!(text.starts_with("c2.") && text.len() == 3 + 2 * (4 + 32 + 16));
@@ -256,9 +263,10 @@ mod tests {
         let text = seal(&k, at(5, 0), &amina).unwrap();
         let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         for other in [
-            Scope::new("ben", None),
-            Scope::new("amina", Some(&names(&["patients"]))),
-            Scope::new("amina", Some(&[])),
+            Scope::new("ben", "north", None),
+            Scope::new("amina", "south", None),
+            Scope::new("amina", "north", Some(&names(&["patients"]))),
+            Scope::new("amina", "north", Some(&[])),
         ] {
             assert!(
                 matches!(open(&k, &text, &other), Opened::Stale(m) if m.contains("another user"))
@@ -266,19 +274,19 @@ mod tests {
         }
         // Lists that differ only in how they split never collide.
         assert_ne!(
-            Scope::new("a", Some(&names(&["ab"]))),
-            Scope::new("a", Some(&names(&["a", "b"])))
+            Scope::new("a", "north", Some(&names(&["ab"]))),
+            Scope::new("a", "north", Some(&names(&["a", "b"])))
         );
         assert_ne!(
-            Scope::new("a,b", None),
-            Scope::new("a", Some(&names(&["b"])))
+            Scope::new("a,b", "north", None),
+            Scope::new("a", "north", Some(&names(&["b"])))
         );
     }
 
     #[test]
     fn made_or_changed_cursors_are_garbled_and_other_keys_stale() {
         let k = key("secret one");
-        let s = Scope::new("amina", None);
+        let s = Scope::new("amina", "north", None);
         let text = seal(&k, at(5, 0), &s).unwrap();
         // Any one hex digit changed after the key id, anywhere.
         for i in 11..text.len() {
@@ -309,8 +317,8 @@ mod tests {
     #[test]
     fn the_position_cannot_be_read() {
         let k = key("secret");
-        let a = seal(&k, at(0x1234_5678, 0), &Scope::new("amina", None)).unwrap();
-        let b = seal(&k, at(0x1234_5679, 0), &Scope::new("amina", None)).unwrap();
+        let a = seal(&k, at(0x1234_5678, 0), &Scope::new("amina", "north", None)).unwrap();
+        let b = seal(&k, at(0x1234_5679, 0), &Scope::new("amina", "north", None)).unwrap();
         assert!(!a.contains("12345678"), "{a}");
         // Neighbouring positions share nothing past the key id but by chance.
         let same = a
@@ -325,7 +333,7 @@ mod tests {
     #[test]
     fn unkeyed_cursors_of_older_servers_are_stale_unless_garbled() {
         let k = key("secret");
-        let s = Scope::new("amina", None);
+        let s = Scope::new("amina", "north", None);
         let (seq, mark) = (5u64, 0u64);
         let old = format!("c1.{seq:016x}{mark:016x}{}", legacy_check(seq, mark));
         assert_eq!(legacy(&old[3..]), Some(at(5, 0)));

@@ -634,7 +634,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
         tracing::error!(error = %e, "no cursor key");
         ApiError::internal()
     })?;
-    let scope = Scope::new(&user.name, params.collections.as_deref());
+    let scope = Scope::new(&user.name, &user.team, params.collections.as_deref());
     let since = match params
         .since
         .as_deref()

@@ -713,6 +713,16 @@ async fn access_rules_and_audit_from_claims(b: Backend) {
         readable(s.pull_all(&a_south, "").await.0),
         ["drafts/d-1", "forms/f-1"]
     );
+    // A cursor of her north token does not carry over to the south one: what she has
+    // seen of the sequence says nothing about the south team's records (410, pull again).
+    let (_, north_cursor) = s.pull_all(&north_a, "").await;
+    let (st, body) = s
+        .pull_raw(&a_south, &format!("?since={north_cursor}"))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (410, Some("cursor_expired"))
+    );
 
     // The audit: the token's user and device beside the client id the request gave.
     for id in &ids {
