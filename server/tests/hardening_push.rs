@@ -392,7 +392,9 @@ async fn crdt_pushes_never_hold_another_team_for_a_second(b: Backend) {
 /// A CRDT field past 10,000 entries is refused with a clear message; writes that do
 /// not grow a field at the cap go through.
 async fn crdt_fields_are_capped(b: Backend) {
-    let s = TestServer::start(&b);
+    // Merges at the caps are slow; on a busy machine the default time budget would
+    // defer ops of a push whose statuses this test checks.
+    let s = TestServer::start_with(&b, "push_budget_ms = 60000");
     let r = s
         .push(
             AMINA,
@@ -1160,7 +1162,8 @@ async fn a_restricted_role_cannot_rewrite_the_audit() {
         &config,
         base_config(
             app_url.as_str(),
-            "tombstone_retention_days = 0\npurge_interval_secs = 0.2",
+            // The one multi-op push's statuses are checked: no deferral on a busy machine.
+            "tombstone_retention_days = 0\npurge_interval_secs = 0.2\npush_budget_ms = 60000",
         ),
     )
     .unwrap();
