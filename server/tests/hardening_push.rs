@@ -1066,6 +1066,45 @@ async fn audit_verify_finds_rewritten_and_removed_rows(b: Backend) {
     assert!(out.contains("rows at the end were removed"), "{out}");
 }
 
+/// `audit verify` run while the server keeps appending (pushes, failed logins) finds
+/// nothing wrong: rows that arrive while it reads are walked too, up to the head.
+async fn audit_verify_while_the_server_appends(b: Backend) {
+    // Failed logins without end from one address: no throttling, so they keep coming.
+    let s = TestServer::start_with(&b, "auth_failures_per_minute = 0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (c, push, pull) = (s.client().clone(), s.url("/v1/push"), s.url("/v1/pull"));
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ops = vec![put("patients", &format!("a-{n}"), None, json!({"n": n}))];
+                let r = c
+                    .post(&push)
+                    .bearer_auth(AMINA)
+                    .json(&json!({"client_id": "busy", "ops": ops}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                c.get(&pull).bearer_auth("wrong").send().await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..8 {
+        let config = s.config_path().to_owned();
+        let (code, out) = tokio::task::spawn_blocking(move || audit_verify(&config))
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{out}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = writer.await.unwrap();
+    assert!(pushed > 0);
+}
+
 /// Several server processes over one PostgreSQL extend one chain, whatever they
 /// append concurrently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1341,5 +1380,6 @@ outpost_testkit::backend_tests!("hardening_push":
     data_from_before_scoped_ids_keeps_working,
     the_audit_records_denials_logins_pulls_and_overwrites,
     audit_verify_finds_rewritten_and_removed_rows,
+    audit_verify_while_the_server_appends,
     old_answers_expire,
 );
