@@ -1166,7 +1166,10 @@ struct RoleGuard {
 
 impl Drop for RoleGuard {
     fn drop(&mut self) {
-        pg_exec(&self.admin, &format!("DROP ROLE IF EXISTS {}", self.role));
+        cleanup_failed(pg_try_exec(
+            &self.admin,
+            &format!("DROP ROLE IF EXISTS {}", self.role),
+        ));
     }
 }
 

@@ -12,7 +12,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The variable naming the PostgreSQL server for the PostgreSQL variants.
 pub const PG_ENV: &str = "OUTPOST_TEST_POSTGRES_URL";
@@ -164,19 +164,41 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let TestDb::Postgres {
+        let TestDb::Postgres {
             admin,
             name,
             owned: true,
             ..
         } = self
-        {
-            // FORCE: a killed server's connections may not be gone yet.
-            pg_exec(
-                admin,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
+        else {
+            return;
+        };
+        // A killed server's sessions may linger a moment. FORCE ends those of the admin's
+        // own role, but may not end another role's (a server run as a restricted role):
+        // those are waited for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let others = "SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = $1 AND usename <> current_user";
+        while Instant::now() < deadline && pg_try_count(admin, others, name).is_ok_and(|n| n > 0) {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let dropped = pg_try_exec(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        cleanup_failed(dropped);
+    }
+}
+
+/// A failed clean-up: a test failure, unless the test is failing already (a second
+/// panic while unwinding would abort the whole test binary and hide the first).
+pub fn cleanup_failed(result: Result<(), String>) {
+    match result {
+        Ok(()) => {}
+        Err(e) if std::thread::panicking() => {
+            let _ = std::io::stderr().write_all(format!("clean-up failed: {e}\n").as_bytes());
+        }
+        Err(e) => panic!("clean-up failed: {e}"),
     }
 }
 
@@ -188,7 +210,7 @@ pub fn with_dbname(url: &str, name: &str) -> String {
 }
 
 /// Runs `f` on a runtime of its own on another thread, so it works from sync code,
-/// from async tests and from `Drop` alike.
+/// from async tests and from `Drop` alike; fails if the server cannot be reached.
 fn pg_blocking<T: Send + 'static>(
     url: &str,
     f: impl for<'c> FnOnce(
@@ -196,22 +218,22 @@ fn pg_blocking<T: Send + 'static>(
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>
     + Send
     + 'static,
-) -> T {
+) -> Result<T, String> {
     let url = url.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("a runtime for PostgreSQL");
+            .map_err(|e| format!("a runtime for PostgreSQL: {e}"))?;
         rt.block_on(async move {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
-                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+                .map_err(|e| format!("cannot connect to {url}: {e}"))?;
             let task = tokio::spawn(conn);
             let out = f(&client).await;
             drop(client);
             let _ = task.await;
-            out
+            Ok(out)
         })
     })
     .join()
@@ -220,25 +242,36 @@ fn pg_blocking<T: Send + 'static>(
 
 /// Runs SQL statements on the PostgreSQL database at `url`.
 pub fn pg_exec(url: &str, sql: &str) {
+    pg_try_exec(url, sql).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`pg_exec`], with the failure as an error (for clean-up code, which must not panic
+/// while a test is failing).
+pub fn pg_try_exec(url: &str, sql: &str) -> Result<(), String> {
     let sql = sql.to_owned();
     pg_blocking(url, move |c| {
         Box::pin(async move {
             c.batch_execute(&sql)
                 .await
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+                .map_err(|e| format!("{sql}: {e:?}"))
         })
-    });
+    })?
 }
 
 /// The one `bigint` that `sql` (with one text parameter) selects.
 pub fn pg_count(url: &str, sql: &str, param: &str) -> i64 {
+    pg_try_count(url, sql, param).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pg_try_count(url: &str, sql: &str, param: &str) -> Result<i64, String> {
     let (sql, param) = (sql.to_owned(), param.to_owned());
     pg_blocking(url, move |c| {
         Box::pin(async move {
             c.query_one(&sql, &[&param])
                 .await
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-                .get(0)
+                .map_err(|e| format!("{sql}: {e:?}"))?
+                .try_get(0)
+                .map_err(|e| format!("{sql}: {e:?}"))
         })
-    })
+    })?
 }

@@ -21,7 +21,9 @@ mod protocol;
 mod server;
 
 pub use binary::{SERVER_BIN_ENV, built_server_binary, cargo_build, profile_dir, server_binary};
-pub use db::{Backend, PG_ENV, TestDb, pg_count, pg_exec, with_dbname};
+pub use db::{
+    Backend, PG_ENV, TestDb, cleanup_failed, pg_count, pg_exec, pg_try_exec, with_dbname,
+};
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
 pub use protocol::{answer, assert_error_shape, delete, hlc, op_id, patch, put};
 pub use server::{
