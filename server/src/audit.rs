@@ -347,45 +347,47 @@ impl Verifier {
     }
 }
 
-/// Reads the whole trail through `storage` and verifies it, a page at a time.
-///
-/// Servers may append while it reads: rows and the head they move commit together,
-/// but the walk and the head are read apart. So when the walk ends short of the head,
-/// the rows appended meanwhile are walked too, and the head read again; only a walk
-/// that reads nothing new and still ends elsewhere than the head is a problem.
-pub async fn verify(storage: &dyn Storage) -> Result<Verdict, StorageError> {
+/// The reads `audit verify` makes. A backend gives them from one snapshot (one read
+/// transaction), so the rows, the head and the kept versions agree with each other
+/// while servers keep appending: rows and the head they move commit together, so a
+/// snapshot holds either both or neither.
+pub(crate) trait AuditReads {
+    /// Up to `limit` rows with an id above `after_id`, in id order.
+    async fn page(
+        &mut self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditRow>, StorageError>;
+
+    /// The hash of the newest chained row, kept apart from the rows.
+    async fn head(&mut self) -> Result<String, StorageError>;
+
+    /// The kept versions of forced overwrites, by the hash of their audit row.
+    async fn priors(
+        &mut self,
+        row_hashes: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError>;
+}
+
+/// Reads the whole trail from one snapshot and verifies it, a page at a time.
+pub(crate) async fn verify<R: AuditReads>(reads: &mut R) -> Result<Verdict, StorageError> {
     const PAGE: i64 = 2000;
-    /// Walks after a first one, for rows appended while reading; a trail that never
-    /// stops growing is checked up to where it stood then.
-    const CATCH_UPS: u32 = 10;
     let mut v = Verifier::new();
     let mut after = 0;
-    let mut catch_ups = 0;
-    let head = loop {
-        let mut read = 0;
-        loop {
-            let page = storage.audit_page(after, PAGE).await?;
-            for r in &page {
-                v.row(r);
-            }
-            read += page.len();
-            match page.last() {
-                Some(r) => after = r.id,
-                None => break,
-            }
-            if page.len() < PAGE as usize {
-                break;
-            }
+    loop {
+        let page = reads.page(after, PAGE).await?;
+        for r in &page {
+            v.row(r);
         }
-        let head = storage.audit_head().await?;
-        if v.running == head || (catch_ups > 0 && read == 0) || catch_ups == CATCH_UPS {
-            break head;
+        match page.last() {
+            Some(r) if page.len() as i64 == PAGE => after = r.id,
+            _ => break,
         }
-        catch_ups += 1;
-    };
+    }
+    let head = reads.head().await?;
     let mut priors = HashMap::new();
     for chunk in v.prior_hashes().chunks(500) {
-        priors.extend(storage.audit_priors(chunk.to_vec()).await?);
+        priors.extend(reads.priors(chunk).await?);
     }
     Ok(v.finish(&head, &priors))
 }

@@ -393,7 +393,7 @@ pub async fn verify_audit_main(
         Err(code) => return code,
     };
     let verdict = match connect_storage(&config).await {
-        Ok(storage) => audit::verify(storage.as_ref()).await,
+        Ok(storage) => storage.verify_audit().await,
         Err(e) => Err(e),
     };
     match verdict {

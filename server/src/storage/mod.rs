@@ -21,7 +21,7 @@ use outpost_core::protocol::OpResult;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::audit::{AuditEntry, StoredAuditRow};
+use crate::audit::{AuditEntry, Verdict};
 use crate::budget::PushLimits;
 use crate::logic::{Access, AccessRules, Cursor, PushItem, User};
 
@@ -173,19 +173,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
         candidate: Vec<u8>,
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
 
-    /// Up to `limit` audit rows with an id above `after_id`, in id order.
-    fn audit_page(
-        &self,
-        after_id: i64,
-        limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>>;
-
-    /// The hash of the newest chained audit row, kept apart from the rows.
-    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>>;
-
-    /// The kept versions of forced overwrites, by the hash of their audit row.
-    fn audit_priors(
-        &self,
-        row_hashes: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>>;
+    /// Walks the audit trail and checks its hash chain ([`crate::audit::Verifier`]),
+    /// reading rows, head and kept versions from one snapshot, so that servers may go on
+    /// appending meanwhile.
+    fn verify_audit(&self) -> BoxFuture<'_, Result<Verdict, StorageError>>;
 }

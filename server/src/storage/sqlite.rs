@@ -25,7 +25,7 @@ use super::{
     BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
     StorageError, db_err, scope_sql,
 };
-use crate::audit::{self, AuditEntry, AuditFields, StoredAuditRow};
+use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow, Verdict};
 use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
 use crate::push::{self, AnswerRow, PushSteps, RecordRow};
@@ -843,6 +843,34 @@ fn audit_priors_blocking(
     Ok(out)
 }
 
+/// The reads of `audit verify`, inside one read transaction.
+struct SqliteAudit<'a> {
+    tx: &'a Connection,
+}
+
+impl AuditReads for SqliteAudit<'_> {
+    async fn page(
+        &mut self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditRow>, StorageError> {
+        audit_page_blocking(self.tx, after_id, limit)
+    }
+
+    async fn head(&mut self) -> Result<String, StorageError> {
+        self.tx
+            .query_row("SELECT hash FROM audit_head WHERE id = 1", [], |r| r.get(0))
+            .map_err(db_err)
+    }
+
+    async fn priors(
+        &mut self,
+        row_hashes: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        audit_priors_blocking(self.tx, row_hashes)
+    }
+}
+
 impl Storage for SqliteStorage {
     fn push<'a>(
         &'a self,
@@ -883,26 +911,15 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn audit_page(
-        &self,
-        after_id: i64,
-        limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>> {
-        self.with_reader(move |conn| audit_page_blocking(conn, after_id, limit))
-    }
-
-    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>> {
+    fn verify_audit(&self) -> BoxFuture<'_, Result<Verdict, StorageError>> {
         self.with_reader(|conn| {
-            conn.query_row("SELECT hash FROM audit_head WHERE id = 1", [], |r| r.get(0))
-                .map_err(db_err)
+            // A deferred transaction: its snapshot is taken at the first read and held
+            // to the end, whatever the writer commits meanwhile.
+            let tx = conn.transaction().map_err(db_err)?;
+            let verdict = run_ready(audit::verify(&mut SqliteAudit { tx: &tx }))?;
+            tx.commit().map_err(db_err)?;
+            Ok(verdict)
         })
-    }
-
-    fn audit_priors(
-        &self,
-        row_hashes: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>> {
-        self.with_reader(move |conn| audit_priors_blocking(conn, &row_hashes))
     }
 
     fn shared_secret<'a>(

@@ -11,7 +11,7 @@
 use deadpool_postgres::{GenericClient, Transaction};
 
 use super::{Pg, pg_text};
-use crate::audit::{self, AuditEntry, AuditFields, StoredAuditRow};
+use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow};
 use crate::storage::StorageError;
 
 /// Appends `entries` to the chain inside `tx`; the head stays locked until it commits.
@@ -119,8 +119,47 @@ pub(super) async fn append(
     Ok(())
 }
 
+/// The reads of `audit verify`, inside one REPEATABLE READ transaction.
+pub(super) struct Snapshot<'a>(pub &'a Transaction<'a>);
+
+impl AuditReads for Snapshot<'_> {
+    async fn page(
+        &mut self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditRow>, StorageError> {
+        page(self.0, after_id, limit).await
+    }
+
+    async fn head(&mut self) -> Result<String, StorageError> {
+        self.0
+            .query_one("SELECT hash FROM audit_head WHERE id = 1", &[])
+            .await
+            .pg()?
+            .try_get(0)
+            .pg()
+    }
+
+    async fn priors(
+        &mut self,
+        row_hashes: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let rows = self
+            .0
+            .query(
+                "SELECT hash, data FROM audit_prior WHERE hash = ANY($1)",
+                &[&row_hashes],
+            )
+            .await
+            .pg()?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).pg()?, r.try_get(1).pg()?)))
+            .collect()
+    }
+}
+
 /// Up to `limit` rows after `after_id`, in id order.
-pub(super) async fn page(
+async fn page(
     client: &impl GenericClient,
     after_id: i64,
     limit: i64,
@@ -160,32 +199,5 @@ pub(super) async fn page(
                 hash: r.try_get(18).pg()?,
             })
         })
-        .collect()
-}
-
-/// The chain's head.
-pub(super) async fn head(client: &impl GenericClient) -> Result<String, StorageError> {
-    client
-        .query_one("SELECT hash FROM audit_head WHERE id = 1", &[])
-        .await
-        .pg()?
-        .try_get(0)
-        .pg()
-}
-
-/// The kept versions of the rows with these hashes.
-pub(super) async fn priors(
-    client: &impl GenericClient,
-    hashes: &[String],
-) -> Result<Vec<(String, String)>, StorageError> {
-    let rows = client
-        .query(
-            "SELECT hash, data FROM audit_prior WHERE hash = ANY($1)",
-            &[&hashes],
-        )
-        .await
-        .pg()?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0).pg()?, r.try_get(1).pg()?)))
         .collect()
 }

@@ -50,7 +50,7 @@ use super::{
     BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
     StorageError, db_err,
 };
-use crate::audit::{AuditEntry, StoredAuditRow};
+use crate::audit::{AuditEntry, Verdict};
 use crate::config::PostgresUrl;
 use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
@@ -296,13 +296,7 @@ async fn pull(
         )
         .await
         .pg()?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .pg()?;
+    let tx = snapshot(client).await?;
     let mut steps = PgPull {
         tx: &tx,
         st_sizes,
@@ -312,6 +306,18 @@ async fn pull(
     let page = pull::read_page(&mut steps, q).await?;
     tx.commit().await.pg()?;
     Ok(page)
+}
+
+/// A read-only REPEATABLE READ transaction: every statement in it reads the same
+/// snapshot.
+async fn snapshot(client: &mut deadpool_postgres::Client) -> Result<Transaction<'_>, StorageError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg()
 }
 
 /// The reads of a pull page, inside its REPEATABLE READ transaction.
@@ -508,23 +514,14 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn audit_page(
-        &self,
-        after_id: i64,
-        limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<StoredAuditRow>, StorageError>> {
-        Box::pin(async move { audit::page(&self.client().await?, after_id, limit).await })
-    }
-
-    fn audit_head(&self) -> BoxFuture<'_, Result<String, StorageError>> {
-        Box::pin(async move { audit::head(&self.client().await?).await })
-    }
-
-    fn audit_priors(
-        &self,
-        row_hashes: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StorageError>> {
-        Box::pin(async move { audit::priors(&self.client().await?, &row_hashes).await })
+    fn verify_audit(&self) -> BoxFuture<'_, Result<Verdict, StorageError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = snapshot(&mut client).await?;
+            let verdict = crate::audit::verify(&mut audit::Snapshot(&tx)).await?;
+            tx.commit().await.pg()?;
+            Ok(verdict)
+        })
     }
 
     fn shared_secret<'a>(
