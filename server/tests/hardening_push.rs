@@ -166,20 +166,6 @@ async fn db_bytes(s: &TestServer) -> i64 {
     }
 }
 
-fn gcounter(keys: usize, value: u64) -> Value {
-    let p: serde_json::Map<String, Value> = (0..keys)
-        .map(|i| (format!("r{i:05}"), json!(value)))
-        .collect();
-    json!({"$crdt": "gcounter", "p": p})
-}
-
-fn orset(tags: usize) -> Value {
-    let adds: serde_json::Map<String, Value> = (0..tags)
-        .map(|i| (format!("e{i}"), json!([format!("a:{}", i + 1)])))
-        .collect();
-    json!({"$crdt": "orset", "adds": adds, "removes": {}})
-}
-
 async fn push_body(s: &TestServer, token: &str, ops: Vec<Value>) -> (u16, Value, usize) {
     let r = s
         .client()

@@ -20,19 +20,6 @@ use std::time::{Duration, Instant};
 use outpost_testkit::*;
 use serde_json::{Value, json};
 
-fn gcounter(keys: usize) -> Value {
-    let p: serde_json::Map<String, Value> =
-        (0..keys).map(|i| (format!("r{i:05}"), json!(1))).collect();
-    json!({"$crdt": "gcounter", "p": p})
-}
-
-fn orset(tags: usize) -> Value {
-    let adds: serde_json::Map<String, Value> = (0..tags)
-        .map(|i| (format!("e{i}"), json!([format!("a:{}", i + 1)])))
-        .collect();
-    json!({"$crdt": "orset", "adds": adds, "removes": {}})
-}
-
 /// Records the attack merges into, each with a counter and a set at the caps.
 const RECORDS: usize = 4;
 
@@ -99,7 +86,7 @@ async fn crdt_pushes_never_hold_another_team_for_a_second(b: Backend) {
                     "counts",
                     &format!("c-{i}"),
                     None,
-                    json!({"n": gcounter(10_000), "s": orset(10_000)}),
+                    json!({"n": gcounter(10_000, 1), "s": orset(10_000)}),
                 )],
             )
             .await;

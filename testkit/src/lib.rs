@@ -25,7 +25,7 @@ pub use db::{
     Backend, PG_ENV, TestDb, cleanup_failed, pg_count, pg_exec, pg_try_exec, with_dbname,
 };
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
-pub use protocol::{answer, assert_error_shape, delete, hlc, op_id, patch, put};
+pub use protocol::{answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put};
 pub use server::{
     AMINA, BEN, CHIOMA, Folder, Mode, ServerBuilder, TestServer, USERS, User, base_config,
 };

@@ -148,3 +148,20 @@ pub fn delete(collection: &str, id: &str, base: Option<i64>) -> Value {
     json!({"op_id": op_id(), "collection": collection, "record_id": id, "kind": "delete",
            "base_version": base, "hlc": hlc()})
 }
+
+/// A grow-only counter field (`$crdt: gcounter`) with `replicas` replicas `r00000`,
+/// `r00001`, ..., each at `value`: a field with that many entries.
+pub fn gcounter(replicas: usize, value: u64) -> Value {
+    let p: serde_json::Map<String, Value> = (0..replicas)
+        .map(|i| (format!("r{i:05}"), json!(value)))
+        .collect();
+    json!({"$crdt": "gcounter", "p": p})
+}
+
+/// An OR-set field (`$crdt: orset`) holding `tags` elements `e0`, `e1`, ..., one tag each.
+pub fn orset(tags: usize) -> Value {
+    let adds: serde_json::Map<String, Value> = (0..tags)
+        .map(|i| (format!("e{i}"), json!([format!("a:{}", i + 1)])))
+        .collect();
+    json!({"$crdt": "orset", "adds": adds, "removes": {}})
+}
