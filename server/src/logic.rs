@@ -367,6 +367,8 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewState {
     pub data: Option<JsonObject>,
+    /// `data`'s size as JSON ([`json_size`]; 0 for a tombstone), measured once here.
+    pub bytes: usize,
     pub deleted: bool,
     pub old_version: Option<i64>,
     pub version: i64,
@@ -431,8 +433,8 @@ pub fn decide(
             .as_ref()
             .map(|inc| crdt::apply_write(base, inc, op.kind))
     });
-    let (data, deleted) = match written {
-        None => (None, true),
+    let (data, bytes, deleted) = match written {
+        None => (None, 0, true),
         Some(Ok(d)) => {
             let size = json_size(&d);
             if size > MAX_RECORD_BYTES {
@@ -450,7 +452,7 @@ pub fn decide(
             {
                 return Decision::Reject(ErrorBody::new(ErrorCode::InvalidRequest, message));
             }
-            (Some(d), false)
+            (Some(d), size, false)
         }
         Some(Err(e)) => {
             return Decision::Reject(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()));
@@ -458,6 +460,7 @@ pub fn decide(
     };
     Decision::Apply(NewState {
         data,
+        bytes,
         deleted,
         old_version: existing.map(|e| e.version),
         version: existing.map_or(1, |e| e.version + 1),

@@ -335,9 +335,7 @@ impl<'c> Run<'c> {
                         .map_err(db_err)?,
                     _ => None,
                 };
-                if let Some(d) = &state.data {
-                    self.budget.charge_work(json_size(d));
-                }
+                self.budget.charge_work(state.bytes);
                 let mut fields = self.op_fields(event::WRITE, op, &key);
                 fields.old_version = state.old_version;
                 fields.new_version = Some(state.version);
