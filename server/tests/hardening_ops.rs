@@ -1,7 +1,8 @@
 //! Black-box tests of the server's operational hardening, against the real binary:
-//! slow and silent connections, file-descriptor exhaustion, clients that never read,
-//! secrets and record data kept out of logs at `trace`, token rules, throttling of
-//! failed authentication, config reload on SIGHUP, and `/metrics`.
+//! slow, silent and idle connections, the connection cap and file-descriptor
+//! exhaustion, clients that never read, secrets and record data kept out of logs at
+//! `trace`, token rules, throttling of failed authentication (and whose address that
+//! is behind a proxy), config reload on SIGHUP, and `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -96,15 +97,27 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 /// `GET path` with `token`, from the loopback address `local` (its own client
 /// address, as far as throttling is concerned).
 async fn get_from(s: &TestServer, local: &str, path: &str, token: &str) -> reqwest::Response {
-    reqwest::Client::builder()
+    get_forwarded(s, local, None, path, token).await
+}
+
+/// [`get_from`], saying `X-Forwarded-For: <forwarded>` as a reverse proxy would.
+async fn get_forwarded(
+    s: &TestServer,
+    local: &str,
+    forwarded: Option<&str>,
+    path: &str,
+    token: &str,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::builder()
         .local_address(local.parse::<std::net::IpAddr>().unwrap())
         .build()
         .unwrap()
         .get(s.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+        .bearer_auth(token);
+    if let Some(f) = forwarded {
+        req = req.header("x-forwarded-for", f);
+    }
+    req.send().await.unwrap()
 }
 
 /// The `/metrics` text, read from an address of its own, so the reader is never the
@@ -396,6 +409,148 @@ async fn clients_that_never_read_are_dropped_and_their_answers_freed() {
     assert!(after <= baseline + (64 << 20), "{after} vs {baseline}");
     // And the server still serves.
     assert_eq!(s.pull_raw(BEN, "?limit=1").await.0, 200);
+}
+
+/// A kept-alive connection is served as long as its next request comes within
+/// `idle_timeout_secs`, and closed, without an answer, once it has been silent longer.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let s = TestServer::start_with(
+        &Backend::Sqlite,
+        &format!("idle_timeout_secs = 1\n{}", metrics_key()),
+    );
+    let addr = addr_of(&s);
+    let (read, idle) = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..3 {
+            assert_eq!(exchange(&mut c, &get("/health", None)).unwrap().0, 200);
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        assert_eq!(exchange(&mut c, &get("/health", None)).unwrap().0, 200);
+        let since = Instant::now();
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest).map(|_| rest.len());
+        (read.map_err(|e| e.kind()), since.elapsed())
+    })
+    .await
+    .unwrap();
+    println!("an idle connection was closed after {idle:?}");
+    assert_eq!(read, Ok(0), "closed with nothing sent");
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
+        "{idle:?}"
+    );
+    let m = metrics_text(&s).await;
+    assert_eq!(
+        sample(&m, "outpost_connection_timeouts_total{kind=\"idle\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+/// At `max_connections` the oldest connections that are idle or still sending their
+/// headers are closed to make room, and one whose request is under way is not: 30 slow
+/// connections over a cap of 8 lock out neither `/health` nor a push in progress.
+#[tokio::test]
+async fn the_connection_cap_makes_room_without_closing_requests_under_way() {
+    let s = TestServer::start_with(
+        &Backend::Sqlite,
+        &format!(
+            "max_connections = 8\nheader_read_timeout_secs = 60\nidle_timeout_secs = 60\n{}",
+            metrics_key()
+        ),
+    );
+    let addr = addr_of(&s);
+    let (health, slow_closed, pushed) = tokio::task::spawn_blocking(move || {
+        // The oldest connection: a push whose body is still coming.
+        let body =
+            json!({"client_id": "c", "ops": [put("patients", "p", None, json!({}))]}).to_string();
+        let (head, tail) = body.split_at(10);
+        let mut busy = TcpStream::connect(addr).unwrap();
+        busy.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            busy,
+            "POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AMINA}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut slow: Vec<TcpStream> = (0..30)
+            .map(|i| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                let _ = write!(c, "GET /health HTTP/1.1\r\nX-Slow-{i}: ");
+                c
+            })
+            .collect();
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            worst = worst.max(health_once(addr).unwrap());
+        }
+        let closed = slow.iter_mut().map(closed_by_server).filter(|&c| c).count();
+        // The push under way was never closed: its body ends, and it is answered.
+        busy.write_all(tail.as_bytes()).unwrap();
+        let mut reader = BufReader::new(busy);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        (worst, closed, status)
+    })
+    .await
+    .unwrap();
+    println!("cap of 8: worst /health {health:?}, {slow_closed} of 30 slow connections closed");
+    assert!(health < Duration::from_secs(1), "{health:?}");
+    assert!(pushed.starts_with("HTTP/1.1 200"), "{pushed:?}");
+    assert!(slow_closed >= 30 - 8, "{slow_closed}");
+    let m = metrics_text(&s).await;
+    assert!(
+        sample(&m, "outpost_connections_evicted_total") >= 22.0,
+        "{m}"
+    );
+    assert!(sample(&m, "outpost_open_connections") <= 8.0, "{m}");
+    assert_eq!(s.pull_all(AMINA, "").await.0.len(), 1);
+}
+
+/// A proxy in `trusted_proxies` is believed about the client it forwards for, in the
+/// throttle and the audit; any other peer's `X-Forwarded-For` is ignored, so a client
+/// cannot dodge the throttle or write another address into the audit by sending one.
+#[tokio::test]
+async fn only_trusted_proxies_name_the_client() {
+    let s = TestServer::start_with(
+        &Backend::Sqlite,
+        "trusted_proxies = [\"127.0.0.1\"]\nauth_failures_per_minute = 3",
+    );
+    let wrong = "wrong-token-0123456789abcdef0123456789";
+    let status = async |local: &str, fwd: &str, token: &str| {
+        get_forwarded(&s, local, Some(fwd), "/v1/pull", token)
+            .await
+            .status()
+            .as_u16()
+    };
+    // Through the proxy: failures count against the address it names.
+    for _ in 0..3 {
+        assert_eq!(status("127.0.0.1", "203.0.113.7", wrong).await, 401);
+    }
+    assert_eq!(status("127.0.0.1", "203.0.113.7", AMINA).await, 429);
+    assert_eq!(status("127.0.0.1", "203.0.113.8", AMINA).await, 200);
+    // Straight from a peer that is not a proxy: the header is not believed.
+    for i in 0..3 {
+        let fwd = format!("198.51.100.{i}");
+        assert_eq!(status("127.0.0.2", &fwd, wrong).await, 401);
+    }
+    assert_eq!(status("127.0.0.2", "198.51.100.9", AMINA).await, 429);
+    assert_eq!(status("127.0.0.1", "203.0.113.8", AMINA).await, 200);
+    // The audit names the forwarded client, and the direct peer itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.count("audit", "client_addr", "127.0.0.2") == 0 {
+        assert!(Instant::now() < deadline, "no audit row for 127.0.0.2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.count("audit", "client_addr", "203.0.113.7") >= 1);
+    for spoofed in ["198.51.100.0", "198.51.100.1", "198.51.100.2"] {
+        assert_eq!(s.count("audit", "client_addr", spoofed), 0, "{spoofed}");
+    }
 }
 
 async fn no_record_data_or_token_in_logs_at_trace(b: Backend) {
