@@ -1075,9 +1075,22 @@ async fn a_restricted_role_cannot_rewrite_the_audit() {
         admin: admin.clone(),
         role: role.clone(),
     };
-    // The owner migrates (a server started once, or `outpost-server migrate`).
-    let owner = TestServer::start(&b);
-    let url = owner.db().database();
+    // The owner migrates, as the README says: `outpost-server migrate`.
+    let owner_dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(&b, owner_dir.path());
+    let url = db.database();
+    let owner_config = owner_dir.path().join("owner.toml");
+    std::fs::write(&owner_config, base_config(&url, "")).unwrap();
+    let out = std::process::Command::new(server_binary().unwrap())
+        .args(["migrate", "--config"])
+        .arg(&owner_config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "database schema is up to date\n"
+    );
     let grants = outpost_server::storage::postgres::APP_ROLE_GRANTS.replace("outpost_app", &role);
     pg_exec(&url, &format!("CREATE ROLE {role} LOGIN; {grants}"));
     let mut app_url = url::Url::parse(&url).unwrap();
@@ -1093,7 +1106,7 @@ async fn a_restricted_role_cannot_rewrite_the_audit() {
         ),
     )
     .unwrap();
-    let app = TestServer::start_config(&b, dir, config.clone(), owner.db().share());
+    let app = TestServer::start_config(&b, dir, config.clone(), db.share());
 
     // The server works as that role: writes, denials, conflicts, forced overwrites,
     // pulls, failed logins, purges.
