@@ -169,10 +169,14 @@ async fn pages(s: &TestServer, extra: &str) -> (Vec<(usize, usize, bool)>, Vec<S
 /// RSS), and a device pulling 1,000 per page with a 30 s timeout could never finish.
 /// Now pages stop at 4 MiB of change JSON, with `has_more` and a cursor right after the
 /// last change; memory stays bounded with several pullers; a device syncs to the end.
+/// 40 such records are enough to show it: four pullers at once would hold 160 MB of
+/// uncut answers, plus the rows they were read from.
 async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
+    const RECORDS: usize = 40;
+    const PAGES: usize = RECORDS / 4;
     let mut s = TestServer::start(&b);
     let blob = "x".repeat(1_000_000);
-    for chunk in 0..20 {
+    for chunk in 0..RECORDS / 5 {
         let ops = (0..5)
             .map(|i| {
                 let n = chunk * 5 + i;
@@ -191,14 +195,14 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
     s.restart();
 
     let (got, ids) = pages(&s, "&limit=5000").await;
-    let want: Vec<String> = (0..100).map(|n| format!("p-{n:03}")).collect();
+    let want: Vec<String> = (0..RECORDS).map(|n| format!("p-{n:03}")).collect();
     assert_eq!(ids, want, "every record once, in seq order");
     // Four 1 MB changes make a page; a fifth would pass 4 MiB.
-    assert_eq!(got.len(), 25, "{got:?}");
+    assert_eq!(got.len(), PAGES, "{got:?}");
     for (i, (len, n, more)) in got.iter().enumerate() {
         assert!(*len <= 4 * MIB as usize + 1024, "page {i}: {len} bytes");
         assert_eq!(*n, 4, "page {i}");
-        assert_eq!(*more, i < 24, "page {i}");
+        assert_eq!(*more, i < PAGES - 1, "page {i}");
     }
 
     // Four pullers at once, twice over.
@@ -229,11 +233,11 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        assert_eq!(t.await.unwrap(), 2 * RECORDS);
     }
     let peak = s.peak_rss().expect("VmHWM of the server");
     eprintln!(
-        "{b:?}: peak RSS over 9 full pulls of 100 MB: {} MiB",
+        "{b:?}: peak RSS over 9 full pulls of {RECORDS} MB: {} MiB",
         peak / MIB
     );
     assert!(peak < 128 * MIB, "peak RSS {} MiB", peak / MIB);
@@ -247,10 +251,13 @@ async fn pull_pages_are_cut_at_the_byte_budget(b: Backend) {
         outpost_core::SyncOutcome::Completed,
         "{report:?}"
     );
-    assert_eq!(report.pulled, 100);
-    assert!(report.requests >= 25, "{report:?}");
-    assert_eq!(store.count("patients", &[]).unwrap(), 100);
-    let r = store.get("patients", "p-099").unwrap().unwrap();
+    assert_eq!(report.pulled, RECORDS as u64);
+    assert!(report.requests >= PAGES as u64, "{report:?}");
+    assert_eq!(store.count("patients", &[]).unwrap(), RECORDS as u64);
+    let r = store
+        .get("patients", &format!("p-{:03}", RECORDS - 1))
+        .unwrap()
+        .unwrap();
     assert_eq!(r.data["blob"].as_str().map(str::len), Some(1_000_000));
 }
 
