@@ -173,19 +173,29 @@ impl Drop for TestDb {
         else {
             return;
         };
-        // A killed server's sessions may linger a moment. FORCE ends those of the admin's
-        // own role, but may not end another role's (a server run as a restricted role):
-        // those are waited for.
+        // FORCE ends the sessions a killed server leaves for a moment, but a role that
+        // may create databases and is no superuser cannot end another role's (a server
+        // run as a restricted role) nor an autovacuum worker's: those are waited for,
+        // and the drop tried again should autovacuum start on the database meanwhile.
+        let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                      AND (usename IS DISTINCT FROM current_user \
+                           OR backend_type <> 'client backend')";
         let deadline = Instant::now() + Duration::from_secs(10);
-        let others = "SELECT count(*) FROM pg_stat_activity \
-                      WHERE datname = $1 AND usename <> current_user";
-        while Instant::now() < deadline && pg_try_count(admin, others, name).is_ok_and(|n| n > 0) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let dropped = pg_try_exec(
-            admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        );
+        let dropped = loop {
+            while Instant::now() < deadline
+                && pg_try_count(admin, others, name).is_ok_and(|n| n > 0)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let r = pg_try_exec(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+            if r.is_ok() || Instant::now() >= deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         cleanup_failed(dropped);
     }
 }
