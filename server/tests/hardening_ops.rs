@@ -556,7 +556,10 @@ async fn only_trusted_proxies_name_the_client() {
 async fn no_record_data_or_token_in_logs_at_trace(b: Backend) {
     let marker = format!("PATIENT-MARKER-{}", uuid_like());
     let wrong = format!("WRONG-TOKEN-MARKER-{}-0123456789abcdef", uuid_like());
-    let s = TestServer::builder(&b).env("RUST_LOG", "trace").start();
+    let s = TestServer::builder(&b)
+        .extra(LONG_PUSH_BUDGET)
+        .env("RUST_LOG", "trace")
+        .start();
     let r = s
         .push(
             AMINA,
@@ -792,7 +795,7 @@ async fn metrics_count_requests_ops_and_connections(b: Backend) {
     assert_error_shape(&v);
     drop(plain);
 
-    let s = TestServer::start_with(&b, &metrics_key());
+    let s = TestServer::start_with(&b, &format!("{LONG_PUSH_BUDGET}{}", metrics_key()));
     for token in [
         None,
         Some(AMINA),

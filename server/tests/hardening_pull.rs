@@ -316,7 +316,7 @@ async fn a_change_over_the_budget_comes_alone(b: Backend) {
 /// as the 1,001st is met; up to that, names go into a set.
 async fn collections_lists_are_capped_and_deduplicated(b: Backend) {
     let s = TestServer::start(&b);
-    s.push(
+    s.push_resending(
         AMINA,
         vec![
             put("visits", "v", None, json!({})),

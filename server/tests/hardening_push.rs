@@ -197,7 +197,7 @@ fn statuses(results: &[Value]) -> Vec<&str> {
 async fn a_thousand_conflicts_on_a_big_record_answer_small(b: Backend) {
     // No time budget to speak of, so what bounds the answer here is the record carried
     // once and the 16 ops per record, whatever the machine's speed.
-    let s = TestServer::start_with(&b, "push_budget_ms = 60000");
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     let blob = "x".repeat(1_000_000);
     let r = s
         .push(
@@ -281,7 +281,7 @@ async fn a_thousand_conflicts_on_a_big_record_answer_small(b: Backend) {
 async fn crdt_fields_are_capped(b: Backend) {
     // Merges at the caps are slow; on a busy machine the default time budget would
     // defer ops of a push whose statuses this test checks.
-    let s = TestServer::start_with(&b, "push_budget_ms = 60000");
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     let r = s
         .push(
             AMINA,
@@ -400,7 +400,7 @@ async fn deferred_ops_have_no_effect_and_apply_when_sent_again(b: Backend) {
 
 /// A push carries at most 16 ops of one record; the rest wait for the next push.
 async fn ops_of_one_record_per_push_are_capped(b: Backend) {
-    let s = TestServer::start(&b);
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     s.push(
         AMINA,
         vec![put("counts", "c", None, json!({"n": gcounter(3, 0)}))],
@@ -720,7 +720,7 @@ async fn data_from_before_scoped_ids_keeps_working(b: Backend) {
 /// overwrites (with the version they replaced) are in the audit, with the client's
 /// address, and the chain verifies.
 async fn the_audit_records_denials_logins_pulls_and_overwrites(b: Backend) {
-    let s = TestServer::start_with(&b, "audit_pulls = true");
+    let s = TestServer::start_with(&b, &format!("{LONG_PUSH_BUDGET}audit_pulls = true"));
     let mut bad_hlc = put("patients", "x", None, json!({}));
     bad_hlc["hlc"] = json!("yesterday");
     let capped = put("counts", "c", None, json!({"n": gcounter(10_001, 1)}));
@@ -1105,7 +1105,7 @@ async fn a_restricted_role_cannot_rewrite_the_audit() {
         base_config(
             app_url.as_str(),
             // The one multi-op push's statuses are checked: no deferral on a busy machine.
-            "tombstone_retention_days = 0\npurge_interval_secs = 0.2\npush_budget_ms = 60000",
+            &format!("{LONG_PUSH_BUDGET}tombstone_retention_days = 0\npurge_interval_secs = 0.2"),
         ),
     )
     .unwrap();

@@ -117,7 +117,7 @@ fn a_bad_config_fails_naming_the_key() {
 }
 
 async fn a_restart_loses_nothing_and_keeps_idempotency(b: Backend) {
-    let mut s = TestServer::start(&b);
+    let mut s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     let ops: Vec<Value> = (0..50)
         .map(|i| put("patients", &format!("p{i}"), None, json!({"i": i})))
         .collect();

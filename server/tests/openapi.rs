@@ -175,7 +175,7 @@ async fn real_answers_match_the_document(backend: Backend) {
     let spec = spec();
     let s = TestServer::start_with(
         &backend,
-        "rate_limit_per_minute = 40\npurge_interval_secs = 0.2",
+        &format!("{LONG_PUSH_BUDGET}rate_limit_per_minute = 40\npurge_interval_secs = 0.2"),
     );
     let r = s.client().get(s.url("/health")).send().await.unwrap();
     let (st, body) = answer(r).await;
@@ -305,7 +305,7 @@ async fn real_answers_match_the_document(backend: Backend) {
     // 410: a cursor from before a purge (retention 0 on this server).
     let s2 = TestServer::start_with(
         &backend,
-        "tombstone_retention_days = 0\npurge_interval_secs = 0.2",
+        &format!("{LONG_PUSH_BUDGET}tombstone_retention_days = 0\npurge_interval_secs = 0.2"),
     );
     s2.push(AMINA, vec![put("patients", "x", None, json!({}))])
         .await;

@@ -153,7 +153,7 @@ async fn create_put_patch_delete_versions(b: Backend) {
 }
 
 async fn repeated_op_id_gets_the_first_answer(b: Backend) {
-    let s = TestServer::start(&b);
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     let op = put("patients", "p-1", None, json!({"name": "A"}));
     let first = s.push(AMINA, vec![op.clone()]).await;
     assert_eq!(first[0]["status"], "applied");
@@ -367,7 +367,7 @@ async fn paging_1200_records_at_limit_500(b: Backend) {
                 )
             })
             .collect();
-        let r = s.push(AMINA, ops).await;
+        let r = s.push_resending(AMINA, ops).await;
         assert!(r.iter().all(|x| x["status"] == "applied"));
     }
     let mut seen = BTreeSet::new();
@@ -726,7 +726,7 @@ async fn answers_are_gzipped_when_asked(b: Backend) {
     let ops = (0..50)
         .map(|i| put("patients", &format!("p{i}"), None, json!({"i": i})))
         .collect();
-    s.push(AMINA, ops).await;
+    s.push_resending(AMINA, ops).await;
     let raw = reqwest::Client::builder().no_gzip().build().unwrap();
     let r = raw
         .get(s.url("/v1/pull"))
@@ -806,7 +806,7 @@ async fn whole_push_400s_change_nothing(b: Backend) {
 }
 
 async fn a_bad_op_is_rejected_while_its_neighbours_apply(b: Backend) {
-    let s = TestServer::start(&b);
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
     let mut bad = Vec::new();
     let mut b = put("Patients", "r", None, json!({}));
     bad.push(b.clone());

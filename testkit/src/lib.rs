@@ -27,5 +27,6 @@ pub use db::{
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
 pub use protocol::{answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put};
 pub use server::{
-    AMINA, BEN, CHIOMA, Folder, Mode, ServerBuilder, TestServer, USERS, User, base_config,
+    AMINA, BEN, CHIOMA, Folder, LONG_PUSH_BUDGET, Mode, ServerBuilder, TestServer, USERS, User,
+    base_config,
 };

@@ -56,6 +56,11 @@ pub const USERS: [User; 3] = [
     },
 ];
 
+/// Extra config (see [`base_config`]) for a test that checks the statuses of a push of
+/// several ops but is not about the push's time budget: on a machine busy enough to stall
+/// a push for a quarter of a second, the default 500 ms would defer its later ops.
+pub const LONG_PUSH_BUDGET: &str = "push_budget_ms = 600000\n";
+
 /// The first line the server prints on stdout once it listens.
 const LISTENING: &str = "outpost-server listening on http://";
 
