@@ -40,7 +40,10 @@ pub mod transport;
 pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
 pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
-pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, ObserverStats, RecordRef, Subscription};
+pub use feed::{
+    ChangeEvent, ChangeListener, ChangeOrigin, ObserverStats, RecordRef, Subscription,
+    SubscriptionEnd,
+};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
 pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};

@@ -136,7 +136,9 @@ impl Store {
     }
 
     /// Closes the store: running queries are interrupted, listeners stop, and every later
-    /// call fails with [`Error::Closed`]. Committed writes are already durable.
+    /// call fails with [`Error::Closed`]. Committed writes are already durable. Once it
+    /// returns no listener callback runs or starts, and every subscription reports
+    /// itself closed ([`Subscription::closed`]).
     pub fn close(&self) {
         if self.shared.db.close() {
             self.shared.feed.close_all();
