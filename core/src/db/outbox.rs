@@ -1,7 +1,8 @@
 //! The `outbox` table: the durable queue of local edits (see `crate::outbox` for the
 //! states an entry moves through and why).
 //!
-//! This is the only module with SQL that writes `outbox`. `sent` is set once an entry
+//! This is the only module with SQL that writes `outbox` (besides `seals`, which moves a
+//! signed-out user's entries out and back whole). `sent` is set once an entry
 //! has been handed to the network, and from then on nothing here changes what the
 //! entry carries: its op_id may already be applied on the server.
 
@@ -245,6 +246,12 @@ pub(crate) fn coalesce(
 
 pub(crate) fn delete(tx: &mut Tx<'_>, entry_id: i64) -> Result<()> {
     tx.delete_stamped("DELETE FROM outbox WHERE id = ?1", [entry_id])?;
+    Ok(())
+}
+
+/// Every entry goes: the signed-out user's queue leaves the device (or its seal).
+pub(crate) fn delete_all(tx: &mut Tx<'_>) -> Result<()> {
+    tx.delete_stamped("DELETE FROM outbox", [])?;
     Ok(())
 }
 
