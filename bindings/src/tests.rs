@@ -730,9 +730,11 @@ fn deadline_and_cancel_stop_a_sync_cleanly() {
     canceller.join().unwrap();
     assert_eq!(r.outcome, SyncOutcome::Cancelled);
     assert_eq!(db.status().unwrap().pending, 1);
-    // A provider that throws is an auth failure, not a crash.
+    // A provider that throws cannot get a token now: the sync backs off, no crash.
     let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
-    assert_eq!(r.outcome, SyncOutcome::AuthFailed, "{r:?}");
+    assert_eq!(r.outcome, SyncOutcome::BackingOff, "{r:?}");
+    assert!(r.should_retry);
+    assert_eq!(db.status().unwrap().activity, SyncActivity::BackingOff);
 }
 
 /// The real server binary on a loopback port (amina and ben share a team).

@@ -506,6 +506,8 @@ pub enum SyncActivity {
     Offline,
     BackingOff,
     AuthError,
+    /// The token provider returned no token: no one is signed in.
+    SignedOut,
 }
 
 impl From<core::SyncActivity> for SyncActivity {
@@ -516,6 +518,7 @@ impl From<core::SyncActivity> for SyncActivity {
             core::SyncActivity::Offline => SyncActivity::Offline,
             core::SyncActivity::BackingOff => SyncActivity::BackingOff,
             core::SyncActivity::AuthError => SyncActivity::AuthError,
+            core::SyncActivity::SignedOut => SyncActivity::SignedOut,
         }
     }
 }
@@ -555,6 +558,8 @@ pub enum SyncOutcome {
     DeadlineExceeded,
     BackingOff,
     AuthFailed,
+    /// The token provider returned no token; nothing was sent.
+    SignedOut,
     Failed,
 }
 
@@ -567,6 +572,7 @@ impl From<core::SyncOutcome> for SyncOutcome {
             core::SyncOutcome::DeadlineExceeded => SyncOutcome::DeadlineExceeded,
             core::SyncOutcome::BackingOff => SyncOutcome::BackingOff,
             core::SyncOutcome::AuthFailed => SyncOutcome::AuthFailed,
+            core::SyncOutcome::SignedOut => SyncOutcome::SignedOut,
             core::SyncOutcome::Failed => SyncOutcome::Failed,
         }
     }

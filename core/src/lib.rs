@@ -52,7 +52,7 @@ pub use store::{
 };
 pub use sync::{
     ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
-    SyncOutcome, SyncReport, SyncStatus, TokenProvider,
+    SyncOutcome, SyncReport, SyncStatus, TOKEN_TIMEOUT, TokenError, TokenFuture, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
 

@@ -389,6 +389,16 @@ pub(crate) fn release_all(conn: &Connection) -> Result<usize> {
         .execute([])?)
 }
 
+/// Every queued entry is due now, its backoff waived: the user is signing out and
+/// asked for everything to go. Returns how many.
+pub(crate) fn due_now(tx: &Tx<'_>) -> Result<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'pending' AND next_attempt_at > 0",
+        )?
+        .execute([])?)
+}
+
 /// Every failed entry is queued again, due now. Returns how many.
 pub(crate) fn retry_failed(tx: &Tx<'_>) -> Result<usize> {
     Ok(tx
