@@ -22,7 +22,7 @@ def main():
     import outpost_ffi as ffi
 
     class NoToken(ffi.TokenProvider):
-        def token(self, refresh):
+        async def token(self, refresh):
             return ""
 
     config = ffi.OutpostConfig(

@@ -30,9 +30,10 @@ pub struct CallTimes {
 #[derive(Debug)]
 struct NoToken;
 
+#[async_trait::async_trait]
 impl outpost_ffi::TokenProvider for NoToken {
-    fn token(&self, _refresh: bool) -> std::result::Result<String, OutpostError> {
-        Ok(String::new())
+    async fn token(&self, _refresh: bool) -> std::result::Result<Option<String>, OutpostError> {
+        Ok(Some(String::new()))
     }
 }
 
@@ -59,6 +60,7 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
         backoff_initial_ms: None,
         backoff_max_ms: None,
         network_debounce_ms: None,
+        user_id: None,
     };
     let db = Outpost::open(config, Box::new(NoToken))?;
     let mut puts = Vec::with_capacity(n as usize);

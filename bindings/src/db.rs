@@ -18,8 +18,8 @@ use crate::listeners::{
 };
 use crate::runtime::runtime;
 use crate::types::{
-    Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record, Resolution, SyncReport,
-    SyncStatus, WriteOp, parse_filter, parse_filters, parse_object, parse_value,
+    Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record, Resolution, SignOutPolicy,
+    SyncReport, SyncStatus, WriteOp, parse_filter, parse_filters, parse_object, parse_value,
 };
 
 /// An open Outpost database and its sync engine.
@@ -30,15 +30,19 @@ pub struct Outpost {
     closed: AtomicBool,
 }
 
-/// A live listener registration; `close()` stops delivery. Closing twice is harmless.
+/// A live listener registration. It ends when the app closes it or when the store
+/// closes (`close`, `sign_out`); once either call returns, its listener is not called
+/// again. `closed()` resolves at the end, so a Flow or stream over it can complete.
 #[derive(Debug, uniffi::Object)]
 pub struct SubscriptionHandle {
     sub: Mutex<Option<core::Subscription>>,
+    end: core::SubscriptionEnd,
 }
 
 impl SubscriptionHandle {
     fn new(sub: core::Subscription) -> Arc<SubscriptionHandle> {
         Arc::new(SubscriptionHandle {
+            end: sub.end(),
             sub: Mutex::new(Some(sub)),
         })
     }
@@ -46,16 +50,36 @@ impl SubscriptionHandle {
 
 #[uniffi::export]
 impl SubscriptionHandle {
-    /// Stops delivery. Events already being delivered may still arrive once.
+    /// Stops delivery: once it returns, the listener is not called again (unless this is
+    /// called from the listener itself, whose call is under way). Closing twice is
+    /// harmless.
     pub fn close(&self) {
         // A poisoned lock only means a panic elsewhere; dropping the subscription is safe.
+        // Taken out first, so the lock is not held while a running callback finishes.
         let sub = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(sub);
     }
 
+    /// True once delivery has ended: closed here, or the store closed.
     pub fn is_closed(&self) -> bool {
-        self.sub.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.end.has_ended() || self.sub.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl SubscriptionHandle {
+    /// Returns once delivery has ended, however it ended.
+    pub async fn closed(&self) {
+        self.end.clone().ended().await;
+    }
+}
+
+/// Removes the database at `path` with the files SQLite keeps beside it, sealed data of
+/// signed-out users included. Missing files are fine. A database open in this process
+/// is refused with `StillOpen`: close it (or sign out) first.
+#[uniffi::export]
+pub fn delete_database(path: String) -> Result<(), OutpostError> {
+    guard(|| Ok(core::delete_database(path)?))
 }
 
 impl Outpost {
@@ -79,7 +103,8 @@ impl Outpost {
 #[uniffi::export]
 impl Outpost {
     /// Opens (or creates and migrates) the database at `config.path` and sets up sync
-    /// against `config.server_url`. No network request is made here.
+    /// against `config.server_url`. No network request is made here. A database that
+    /// holds another user's data than `config.user_id` is refused with `WrongUser`.
     #[uniffi::constructor]
     pub fn open(
         config: OutpostConfig,
@@ -419,7 +444,9 @@ impl Outpost {
     }
 
     /// Stops sync and listeners and closes the database. Committed writes are already
-    /// durable. Every later call fails with `Closed`; closing twice is harmless.
+    /// durable. Once it returns no listener is called again, and every subscription's
+    /// `closed()` has resolved. Every later call fails with `Closed`; closing twice is
+    /// harmless.
     pub fn close(&self) -> Result<(), OutpostError> {
         guard(|| {
             if self.closed.swap(true, Ordering::SeqCst) {
@@ -451,6 +478,34 @@ impl Outpost {
             .await
         {
             Ok(report) => Ok(report.into()),
+            Err(e) if e.is_panic() => Err(OutpostError::Internal {
+                detail: panic_message(e.into_panic().as_ref()),
+            }),
+            Err(e) => Err(OutpostError::Sync {
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Signs the user out of this device and closes it, as `close` does. `SyncFirst`
+    /// syncs (only if anything is unsynced) and fails with `UnsyncedEdits`, changing
+    /// nothing, if edits are still not on the server by the deadline. `KeepUnsynced`
+    /// needs no network: unsynced edits are sealed under the user's id. Then open the
+    /// database for the next user, or `delete_database`.
+    pub async fn sign_out(&self, policy: SignOutPolicy) -> Result<(), OutpostError> {
+        self.live()?;
+        let rt = runtime()?;
+        let engine = self.engine.clone();
+        let signed_out = rt
+            .spawn(async move { engine.sign_out(policy.into()).await })
+            .await;
+        match signed_out {
+            Ok(Ok(())) => {
+                self.closed.store(true, Ordering::SeqCst);
+                self.engine.set_conflict_listener(None);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
             Err(e) if e.is_panic() => Err(OutpostError::Internal {
                 detail: panic_message(e.into_panic().as_ref()),
             }),

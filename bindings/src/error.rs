@@ -48,6 +48,25 @@ pub enum OutpostError {
     /// SQLite or file-system failure.
     #[error("database error: {detail}")]
     Database { detail: String },
+    /// The database holds the data of another user than `OutpostConfig.user_id` (None:
+    /// data written without a user id). Nothing was read or changed. Sign that user out
+    /// (open with `user_id = holder`, then `sign_out`), or `delete_database`.
+    #[error("the database holds the data of another user ({holder:?}); sign them out first")]
+    WrongUser { holder: Option<String> },
+    /// `sign_out` was to sync first, and these edits are still not on the server.
+    /// Nothing was removed; the store stays open. Ask the user: try again later, sign
+    /// out keeping them (`KeepUnsynced`), or handle the rejected and conflicted ones.
+    #[error(
+        "{pending} waiting, {failed} rejected and {conflicts} conflicted edits are not on the server"
+    )]
+    UnsyncedEdits {
+        pending: u64,
+        failed: u64,
+        conflicts: u64,
+    },
+    /// `delete_database` on a database that is open in this process.
+    #[error("the database {path} is open; close it first")]
+    StillOpen { path: String },
     /// Sync could not run at all (not a sync outcome: those are in `SyncReport`).
     #[error("sync error: {detail}")]
     Sync { detail: String },
@@ -76,6 +95,17 @@ impl From<outpost_core::Error> for OutpostError {
             E::Closed => OutpostError::Closed,
             E::Interrupted => OutpostError::Interrupted,
             E::Database(detail) => OutpostError::Database { detail },
+            E::WrongUser { holder } => OutpostError::WrongUser { holder },
+            E::UnsyncedEdits {
+                pending,
+                failed,
+                conflicts,
+            } => OutpostError::UnsyncedEdits {
+                pending,
+                failed,
+                conflicts,
+            },
+            E::StillOpen(path) => OutpostError::StillOpen { path },
             // The core's enum is non-exhaustive: a new case still reaches the app intact.
             other => OutpostError::Internal {
                 detail: other.to_string(),

@@ -9,7 +9,8 @@
 //! - JSON crosses as strings and is parsed here; bad JSON is a typed error, never a panic.
 //! - Every exported call runs under `catch_unwind`: a Rust panic becomes
 //!   [`OutpostError::Internal`] instead of aborting the app.
-//! - Calls after [`Outpost::close`] fail with [`OutpostError::Closed`].
+//! - Calls after [`Outpost::close`] (or `sign_out`) fail with [`OutpostError::Closed`];
+//!   once either returns no listener is called again.
 //! - Listener callbacks may throw: the error is logged and the next event still arrives.
 
 mod db;
@@ -18,7 +19,7 @@ mod listeners;
 mod runtime;
 mod types;
 
-pub use db::{Outpost, SubscriptionHandle};
+pub use db::{Outpost, SubscriptionHandle, delete_database};
 pub use error::OutpostError;
 pub use listeners::{
     ChangeListener, ConflictListener, QueryListener, RecordListener, StatusListener, TokenProvider,

@@ -4,6 +4,12 @@
 //! Rust as an error value: the core logs it and delivers the next event, and nothing
 //! panics or poisons a lock. The core also runs listeners on their own threads, under
 //! `catch_unwind`, so a slow listener never blocks a write.
+//!
+//! The token provider is asynchronous (`suspend` in Kotlin, `async` in Swift and
+//! Python): fetching a token is a network call to the identity provider, which the app
+//! makes with its own client and coroutines.
+
+use std::sync::Arc;
 
 use outpost_core as core;
 
@@ -41,11 +47,16 @@ pub trait RecordListener: Send + Sync {
     fn on_record(&self, record: Option<Record>) -> Result<(), OutpostError>;
 }
 
-/// Supplies the bearer token; called with `refresh = true` after a 401. Runs on a
-/// background thread, so it may block on a network call.
+/// Supplies the bearer token; `refresh` is true after the server answered 401.
+///
+/// Return the token; return None when no one is signed in (the engine stops syncing
+/// with the `SignedOut` outcome and status, and asks again at the next sync); throw when
+/// the token cannot be had now (identity provider unreachable, no network): the sync
+/// backs off and retries. A call that takes over a minute counts as a throw.
 #[uniffi::export(callback_interface)]
+#[async_trait::async_trait]
 pub trait TokenProvider: Send + Sync {
-    fn token(&self, refresh: bool) -> Result<String, OutpostError>;
+    async fn token(&self, refresh: bool) -> Result<Option<String>, OutpostError>;
 }
 
 fn text(e: OutpostError) -> String {
@@ -98,7 +109,13 @@ impl core::RecordListener for OneRecord {
 pub(crate) struct Tokens(pub Box<dyn TokenProvider>);
 
 impl core::TokenProvider for Tokens {
-    fn token(&self, refresh: bool) -> Result<String, String> {
-        self.0.token(refresh).map_err(text)
+    fn fetch(self: Arc<Self>, refresh: bool) -> core::TokenFuture {
+        Box::pin(async move {
+            match self.0.token(refresh).await {
+                Ok(Some(token)) => Ok(token),
+                Ok(None) => Err(core::TokenError::SignedOut),
+                Err(e) => Err(core::TokenError::Unavailable(text(e))),
+            }
+        })
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crate::*;
 
 struct Token;
+#[async_trait::async_trait]
 impl TokenProvider for Token {
-    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
-        Ok("t".into())
+    async fn token(&self, _refresh: bool) -> Result<Option<String>, OutpostError> {
+        Ok(Some("t".into()))
     }
 }
 
@@ -46,6 +47,7 @@ fn config(dir: &tempfile::TempDir) -> OutpostConfig {
         backoff_initial_ms: Some(50),
         backoff_max_ms: Some(100),
         network_debounce_ms: Some(10),
+        user_id: None,
     }
 }
 
@@ -704,9 +706,10 @@ fn sync_offline_and_unreachable_report_instead_of_failing() {
 }
 
 struct SlowToken;
+#[async_trait::async_trait]
 impl TokenProvider for SlowToken {
-    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
-        std::thread::sleep(Duration::from_millis(300));
+    async fn token(&self, _refresh: bool) -> Result<Option<String>, OutpostError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         Err(OutpostError::Callback {
             detail: s("no token"),
         })
@@ -730,9 +733,99 @@ fn deadline_and_cancel_stop_a_sync_cleanly() {
     canceller.join().unwrap();
     assert_eq!(r.outcome, SyncOutcome::Cancelled);
     assert_eq!(db.status().unwrap().pending, 1);
-    // A provider that throws is an auth failure, not a crash.
+    // A provider that throws cannot get a token now: the sync backs off, no crash.
     let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
-    assert_eq!(r.outcome, SyncOutcome::AuthFailed, "{r:?}");
+    assert_eq!(r.outcome, SyncOutcome::BackingOff, "{r:?}");
+    assert!(r.should_retry);
+    assert_eq!(db.status().unwrap().activity, SyncActivity::BackingOff);
+}
+
+struct SignedOut;
+#[async_trait::async_trait]
+impl TokenProvider for SignedOut {
+    async fn token(&self, _refresh: bool) -> Result<Option<String>, OutpostError> {
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_provider_with_no_one_signed_in_stops_the_sync_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Outpost::open(config(&dir), Box::new(SignedOut)).unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    let rt = crate::runtime::runtime().unwrap();
+    let r = rt.block_on(db.sync_now(Some(5_000))).unwrap();
+    assert_eq!(r.outcome, SyncOutcome::SignedOut, "{r:?}");
+    assert!(!r.should_retry);
+    let status = db.status().unwrap();
+    assert_eq!(
+        (status.activity, status.pending),
+        (SyncActivity::SignedOut, 1)
+    );
+    assert_eq!(status.next_retry_at_ms, None, "no retry on a timer");
+}
+
+#[test]
+fn sign_out_refuses_or_seals_and_ends_subscriptions_and_the_next_user_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_user = |user: &str| OutpostConfig {
+        user_id: Some(s(user)),
+        ..config(&dir)
+    };
+    let db = Outpost::open(as_user("amina"), Box::new(Token)).unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    let (listener, rx) = Recorder::<Vec<String>>::new(false);
+    let handle = db
+        .observe(s("answers"), Query::default(), listener)
+        .unwrap();
+    next(&rx);
+    let rt = crate::runtime::runtime().unwrap();
+    // The server is unreachable: syncing first cannot empty the queue.
+    let refused = rt.block_on(db.sign_out(SignOutPolicy::SyncFirst { deadline_ms: 2_000 }));
+    assert_eq!(
+        refused.unwrap_err(),
+        OutpostError::UnsyncedEdits {
+            pending: 1,
+            failed: 0,
+            conflicts: 0
+        }
+    );
+    assert!(!db.is_closed() && !handle.is_closed());
+    assert!(db.get(s("answers"), s("a")).unwrap().is_some());
+    rt.block_on(db.sign_out(SignOutPolicy::KeepUnsynced))
+        .unwrap();
+    assert!(db.is_closed() && handle.is_closed());
+    rt.block_on(handle.closed());
+    assert_eq!(
+        db.get(s("answers"), s("a")).unwrap_err(),
+        OutpostError::Closed
+    );
+    assert_eq!(
+        rt.block_on(db.sign_out(SignOutPolicy::KeepUnsynced))
+            .unwrap_err(),
+        OutpostError::Closed
+    );
+    quiet(&rx);
+
+    let path = config(&dir).path;
+    let ben = Outpost::open(as_user("ben"), Box::new(Token)).unwrap();
+    assert_eq!(ben.get(s("answers"), s("a")).unwrap(), None);
+    assert_eq!(
+        delete_database(path.clone()).unwrap_err(),
+        OutpostError::StillOpen { path: path.clone() }
+    );
+    ben.close().unwrap();
+    assert_eq!(
+        Outpost::open(as_user("amina"), Box::new(Token)).unwrap_err(),
+        OutpostError::WrongUser {
+            holder: Some(s("ben"))
+        }
+    );
+    delete_database(path.clone()).unwrap();
+    assert!(!std::path::Path::new(&path).exists());
+    // Her sealed edit went with the file.
+    let amina = Outpost::open(as_user("amina"), Box::new(Token)).unwrap();
+    assert_eq!(amina.get(s("answers"), s("a")).unwrap(), None);
 }
 
 /// The real server binary on a loopback port (amina and ben share a team).
@@ -741,9 +834,10 @@ fn server() -> outpost_testkit::TestServer {
 }
 
 struct Named(&'static str);
+#[async_trait::async_trait]
 impl TokenProvider for Named {
-    fn token(&self, _refresh: bool) -> Result<String, OutpostError> {
-        Ok(self.0.to_owned())
+    async fn token(&self, _refresh: bool) -> Result<Option<String>, OutpostError> {
+        Ok(Some(self.0.to_owned()))
     }
 }
 
@@ -907,6 +1001,34 @@ fn panics_become_internal_errors_and_core_errors_map_one_to_one() {
         (
             E::Database(s("disk")),
             OutpostError::Database { detail: s("disk") },
+        ),
+        (
+            E::WrongUser {
+                holder: Some(s("amina")),
+            },
+            OutpostError::WrongUser {
+                holder: Some(s("amina")),
+            },
+        ),
+        (
+            E::WrongUser { holder: None },
+            OutpostError::WrongUser { holder: None },
+        ),
+        (
+            E::UnsyncedEdits {
+                pending: 1,
+                failed: 2,
+                conflicts: 3,
+            },
+            OutpostError::UnsyncedEdits {
+                pending: 1,
+                failed: 2,
+                conflicts: 3,
+            },
+        ),
+        (
+            E::StillOpen(s("/d.db")),
+            OutpostError::StillOpen { path: s("/d.db") },
         ),
     ];
     for (core, ffi) in cases {

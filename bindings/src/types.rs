@@ -110,6 +110,11 @@ pub struct OutpostConfig {
     /// How long the network must stay up before it is trusted; None: 2 s.
     #[uniffi(default = None)]
     pub network_debounce_ms: Option<u64>,
+    /// The signed-in user (the token's subject). The file remembers it: opening it for
+    /// another user fails with `WrongUser` instead of showing one user's records to
+    /// another. None opens only a database that holds no user's data.
+    #[uniffi(default = None)]
+    pub user_id: Option<String>,
 }
 
 impl OutpostConfig {
@@ -122,6 +127,7 @@ impl OutpostConfig {
                 .collect(),
             durability: self.durability.into(),
             encryption_key: self.encryption_key.clone(),
+            user_id: self.user_id.clone(),
             ..core::StoreConfig::default()
         }
     }
@@ -506,6 +512,8 @@ pub enum SyncActivity {
     Offline,
     BackingOff,
     AuthError,
+    /// The token provider returned no token: no one is signed in.
+    SignedOut,
 }
 
 impl From<core::SyncActivity> for SyncActivity {
@@ -516,6 +524,7 @@ impl From<core::SyncActivity> for SyncActivity {
             core::SyncActivity::Offline => SyncActivity::Offline,
             core::SyncActivity::BackingOff => SyncActivity::BackingOff,
             core::SyncActivity::AuthError => SyncActivity::AuthError,
+            core::SyncActivity::SignedOut => SyncActivity::SignedOut,
         }
     }
 }
@@ -555,6 +564,8 @@ pub enum SyncOutcome {
     DeadlineExceeded,
     BackingOff,
     AuthFailed,
+    /// The token provider returned no token; nothing was sent.
+    SignedOut,
     Failed,
 }
 
@@ -567,6 +578,7 @@ impl From<core::SyncOutcome> for SyncOutcome {
             core::SyncOutcome::DeadlineExceeded => SyncOutcome::DeadlineExceeded,
             core::SyncOutcome::BackingOff => SyncOutcome::BackingOff,
             core::SyncOutcome::AuthFailed => SyncOutcome::AuthFailed,
+            core::SyncOutcome::SignedOut => SyncOutcome::SignedOut,
             core::SyncOutcome::Failed => SyncOutcome::Failed,
         }
     }
@@ -714,5 +726,27 @@ impl TryFrom<&Resolution> for core::Resolution {
                 }
             },
         })
+    }
+}
+
+/// What `sign_out` does with the edits the user has not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SignOutPolicy {
+    /// Sync first, for at most `deadline_ms`; if edits are still not on the server, fail
+    /// with `UnsyncedEdits` and change nothing. Otherwise remove the user's data.
+    SyncFirst { deadline_ms: u64 },
+    /// Seal the unsynced edits in the file under the user's id (no other user can read
+    /// them), remove the rest; they come back when the same user signs in again.
+    KeepUnsynced,
+}
+
+impl From<SignOutPolicy> for core::SignOut {
+    fn from(p: SignOutPolicy) -> Self {
+        match p {
+            SignOutPolicy::SyncFirst { deadline_ms } => core::SignOut::SyncFirst {
+                deadline: Duration::from_millis(deadline_ms),
+            },
+            SignOutPolicy::KeepUnsynced => core::SignOut::KeepUnsynced,
+        }
     }
 }

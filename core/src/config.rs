@@ -114,6 +114,11 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// Read connections kept open for queries, so reads never wait on writes.
     pub read_connections: usize,
+    /// The signed-in user whose data the store holds (the token's user, e.g. its
+    /// `sub`). Kept in the file at first open; a later open for another user fails
+    /// with `Error::WrongUser` instead of showing one user's records to another. `None`
+    /// opens only a database that holds no user's data.
+    pub user_id: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +129,7 @@ impl Default for StoreConfig {
             encryption_key: None,
             busy_timeout: Duration::from_secs(5),
             read_connections: 2,
+            user_id: None,
         }
     }
 }
@@ -131,6 +137,12 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub fn with_collection(mut self, name: &str, strategy: ConflictStrategy) -> Self {
         self.collections.push(CollectionConfig::new(name, strategy));
+        self
+    }
+
+    /// Opens the store for this user (see [`StoreConfig::user_id`]).
+    pub fn for_user(mut self, user_id: &str) -> Self {
+        self.user_id = Some(user_id.to_owned());
         self
     }
 
@@ -159,8 +171,26 @@ impl StoreConfig {
                 key.len()
             )));
         }
+        if let Some(user) = &self.user_id {
+            check_user_id(user)?;
+        }
         Ok(Collections(out))
     }
+}
+
+/// The longest user id kept: identity providers' subjects are far shorter (a UUID, an
+/// `auth0|…` id), and the id is compared on every open.
+pub const MAX_USER_ID_LEN: usize = 256;
+
+/// A user id is 1 to [`MAX_USER_ID_LEN`] characters, none of them control characters.
+fn check_user_id(user: &str) -> Result<()> {
+    let n = user.chars().count();
+    if n == 0 || n > MAX_USER_ID_LEN || user.chars().any(char::is_control) {
+        return Err(Error::InvalidConfig(format!(
+            "user_id must be 1-{MAX_USER_ID_LEN} characters, no control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// What a collection declares, checked.
@@ -254,9 +284,14 @@ mod tests {
         assert!(matches!(twice.validated(), Err(Error::InvalidConfig(_))));
         let key = StoreConfig {
             encryption_key: Some(vec![1; 5]),
-            ..ok
+            ..ok.clone()
         };
         assert!(matches!(key.validated(), Err(Error::InvalidConfig(_))));
+        assert!(ok.clone().for_user("auth0|5f1c").validated().is_ok());
+        for user in ["", "a\nb", &"u".repeat(MAX_USER_ID_LEN + 1)] {
+            let bad = ok.clone().for_user(user).validated();
+            assert!(matches!(bad, Err(Error::InvalidConfig(_))), "{user:?}");
+        }
     }
 
     #[test]

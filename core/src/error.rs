@@ -50,6 +50,33 @@ pub enum Error {
     /// SQLite or file-system failure.
     #[error("database error: {0}")]
     Database(String),
+    /// The database holds the data of another user than the one it was opened for
+    /// (`None`: data written without a user id). Nothing was read or changed: sign that
+    /// user out (open for them, `sign_out`) or delete the database.
+    #[error("{}", wrong_user(.holder.as_deref()))]
+    WrongUser { holder: Option<String> },
+    /// Sign-out was to sync first, and these edits are still not on the server. Nothing
+    /// was removed: the app asks the user (sync later, keep them sealed, or discard).
+    #[error(
+        "{} edits are not on the server ({pending} waiting, {failed} rejected, \
+         {conflicts} in conflict); nothing was removed",
+        pending + failed + conflicts
+    )]
+    UnsyncedEdits {
+        pending: u64,
+        failed: u64,
+        conflicts: u64,
+    },
+    /// The database is open in this process; close it first.
+    #[error("the database {0} is open; close it first")]
+    StillOpen(String),
+}
+
+fn wrong_user(holder: Option<&str>) -> String {
+    match holder {
+        Some(h) => format!("the database holds the data of user {h:?}: sign them out first"),
+        None => "the database holds data written without a user id: sign it out first".into(),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,12 +5,25 @@
 //! merges its change into that slot and wakes the thread, so a slow or failing listener
 //! can never block a write, and events coalesce rather than queue without bound or get
 //! dropped. Listeners are never called on the writing thread or under a database lock.
+//!
+//! A subscription ends when it is cancelled or when the store (or engine) closes. Once
+//! that call returns no callback runs or starts: the pending event is dropped, and the
+//! call waits for a callback under way (unless it is that callback's own thread). Its
+//! end is observable ([`Subscription::closed`]), so a Kotlin Flow or Swift stream over
+//! it can complete.
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::thread;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// How long ending a subscription waits for a callback under way. A listener that
+/// hangs longer is logged and left running; no later callback starts.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,14 +124,36 @@ impl Coalesce for ChangeEvent {
 struct Slot<E> {
     pending: Option<E>,
     closed: bool,
+    /// A callback is running.
+    busy: bool,
 }
 
 struct Subscriber<E> {
     slot: Mutex<Slot<E>>,
+    /// Wakes the delivery thread.
     wake: Condvar,
+    /// Tells a closing call that the running callback returned.
+    idle: Condvar,
+    /// The delivery thread, which must not wait for itself.
+    thread: OnceLock<ThreadId>,
+    ended: watch::Sender<bool>,
 }
 
 impl<E> Subscriber<E> {
+    fn new(initial: Option<E>, closed: bool) -> Subscriber<E> {
+        Subscriber {
+            slot: Mutex::new(Slot {
+                pending: initial.filter(|_| !closed),
+                closed,
+                busy: false,
+            }),
+            wake: Condvar::new(),
+            idle: Condvar::new(),
+            thread: OnceLock::new(),
+            ended: watch::Sender::new(closed),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot<E>> {
         // A poisoned slot only means a panic elsewhere; the data is still consistent.
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,13 +161,44 @@ impl<E> Subscriber<E> {
 }
 
 trait Closable: Send + Sync {
+    /// Ends delivery; returns once no callback runs (see the module doc).
     fn close(&self);
+    fn is_closed(&self) -> bool;
+    fn ended(&self) -> watch::Receiver<bool>;
 }
 
 impl<E: Send> Closable for Subscriber<E> {
     fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_one();
+        let mut slot = self.lock();
+        slot.closed = true;
+        slot.pending = None;
+        self.wake.notify_all();
+        if self.thread.get() != Some(&thread::current().id()) {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            while slot.busy {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("a listener is still running {CLOSE_WAIT:?} after its end");
+                    break;
+                }
+                slot = self
+                    .idle
+                    .wait_timeout(slot, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        drop(slot);
+        // Told last, so a stream completing on it has every value already delivered.
+        self.ended.send_replace(true);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn ended(&self) -> watch::Receiver<bool> {
+        self.ended.subscribe()
     }
 }
 
@@ -141,13 +207,22 @@ pub(crate) type Deliver<E> = Box<dyn Fn(&E) -> Result<(), String> + Send>;
 
 /// The publisher side: one delivery thread and one pending slot per subscriber.
 pub(crate) struct Fanout<E> {
-    subscribers: Mutex<Vec<Weak<Subscriber<E>>>>,
+    subscribers: Mutex<Subscribers<E>>,
+}
+
+struct Subscribers<E> {
+    live: Vec<Weak<Subscriber<E>>>,
+    /// Closed for good: a later subscription starts ended.
+    closed: bool,
 }
 
 impl<E> Default for Fanout<E> {
     fn default() -> Self {
         Fanout {
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(Subscribers {
+                live: Vec::new(),
+                closed: false,
+            }),
         }
     }
 }
@@ -178,20 +253,18 @@ impl<E: Coalesce> Fanout<E> {
         deliver_fn: Deliver<E>,
         initial: Option<E>,
     ) -> Subscription {
-        let sub = Arc::new(Subscriber {
-            slot: Mutex::new(Slot {
-                pending: initial,
-                closed: false,
-            }),
-            wake: Condvar::new(),
-        });
         // Registered before its thread starts: a commit made once the first delivery
         // is under way (an observer's initial result) must reach this subscriber.
-        {
-            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            subs.retain(|w| w.strong_count() > 0);
-            subs.push(Arc::downgrade(&sub));
-        }
+        let sub = {
+            let mut subs = self.lock();
+            let sub = Arc::new(Subscriber::new(initial, subs.closed));
+            if subs.closed {
+                return Subscription { sub, counts: None };
+            }
+            subs.live.retain(|w| w.strong_count() > 0);
+            subs.live.push(Arc::downgrade(&sub));
+            sub
+        };
         let worker = Arc::clone(&sub);
         let spawned = thread::Builder::new()
             .name("outpost-listener".into())
@@ -204,10 +277,8 @@ impl<E: Coalesce> Fanout<E> {
 
     /// Hands an event to every subscriber. Cheap: no listener runs here.
     pub(crate) fn publish(&self, event: E) {
-        let subs: Vec<Arc<Subscriber<E>>> = {
-            let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            subs.iter().filter_map(Weak::upgrade).collect()
-        };
+        let subs: Vec<Arc<Subscriber<E>>> =
+            self.lock().live.iter().filter_map(Weak::upgrade).collect();
         for sub in subs {
             let mut slot = sub.lock();
             if slot.closed {
@@ -222,24 +293,35 @@ impl<E: Coalesce> Fanout<E> {
         }
     }
 
+    /// Ends every subscription, now and to come; returns once no callback runs.
     pub(crate) fn close_all(&self) {
-        let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        for sub in subs.iter().filter_map(Weak::upgrade) {
+        let subs: Vec<Arc<Subscriber<E>>> = {
+            let mut subs = self.lock();
+            subs.closed = true;
+            subs.live.drain(..).filter_map(|w| w.upgrade()).collect()
+        };
+        for sub in subs {
             sub.close();
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers<E>> {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 fn deliver<E>(sub: &Subscriber<E>, listener: &(dyn Fn(&E) -> Result<(), String> + Send)) {
+    let _ = sub.thread.set(thread::current().id());
     loop {
         let event = {
             let mut slot = sub.lock();
             loop {
-                if let Some(e) = slot.pending.take() {
-                    break e;
-                }
                 if slot.closed {
                     return;
+                }
+                if let Some(e) = slot.pending.take() {
+                    slot.busy = true;
+                    break e;
                 }
                 slot = sub.wake.wait(slot).unwrap_or_else(|p| p.into_inner());
             }
@@ -250,6 +332,8 @@ fn deliver<E>(sub: &Subscriber<E>, listener: &(dyn Fn(&E) -> Result<(), String> 
             Ok(Err(e)) => tracing::warn!(error = %e, "listener failed"),
             Err(_) => tracing::warn!("listener panicked"),
         }
+        sub.lock().busy = false;
+        sub.idle.notify_all();
     }
 }
 
@@ -302,8 +386,26 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Stops delivery; once it returns, no callback runs or starts (called from the
+    /// listener itself, the callback under way is its caller).
     pub fn cancel(&self) {
         self.sub.close();
+    }
+
+    /// Whether delivery has ended: cancelled, or the store or engine closed.
+    pub fn is_closed(&self) -> bool {
+        self.sub.is_closed()
+    }
+
+    /// Resolves once delivery has ended, however it ended: what lets a stream over the
+    /// subscription complete when the store closes.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.end().ended()
+    }
+
+    /// The end of this subscription, to wait for apart from it (it outlives it).
+    pub fn end(&self) -> SubscriptionEnd {
+        SubscriptionEnd(self.sub.ended())
     }
 
     /// An observer's counts so far; all zero for a plain change subscription.
@@ -316,6 +418,22 @@ impl Subscription {
     pub(crate) fn counting(mut self, counts: Arc<ObserverCounts>) -> Subscription {
         self.counts = Some(counts);
         self
+    }
+}
+
+/// The end of a [`Subscription`]: cancelled, or its store or engine closed.
+#[derive(Debug, Clone)]
+pub struct SubscriptionEnd(watch::Receiver<bool>);
+
+impl SubscriptionEnd {
+    pub fn has_ended(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the subscription has ended.
+    pub async fn ended(mut self) {
+        // An error means the sender is gone, which only happens after the end.
+        let _ = self.0.wait_for(|e| *e).await;
     }
 }
 
@@ -393,6 +511,66 @@ mod tests {
             feed.publish(event(ChangeOrigin::Local, &[&i.to_string()]));
             rx.recv_timeout(Duration::from_secs(5)).unwrap();
         }
+    }
+
+    #[test]
+    fn closing_waits_for_the_running_callback_drops_what_is_pending_and_stays_closed() {
+        let feed = Feed::default();
+        let (tx, rx) = mpsc::channel();
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = Arc::clone(&running);
+        let sub = feed.subscribe_listener(Arc::new(move |e: &ChangeEvent| {
+            r.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            r.store(false, Ordering::SeqCst);
+            tx.send(e.commits).unwrap();
+        }));
+        let end = sub.end();
+        feed.publish(event(ChangeOrigin::Local, &["a"]));
+        while !running.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Pending behind the running callback when the feed closes: never delivered.
+        feed.publish(event(ChangeOrigin::Local, &["b"]));
+        assert!(!end.has_ended());
+        feed.close_all();
+        assert!(
+            !running.load(Ordering::SeqCst),
+            "close returned under a callback"
+        );
+        assert!(sub.is_closed() && end.has_ended());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok(1));
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        // A subscription after the close starts ended and hears nothing.
+        let late = feed.subscribe_with(Box::new(|_: &ChangeEvent| Ok(())), None);
+        assert!(late.is_closed() && late.end().has_ended());
+        feed.publish(event(ChangeOrigin::Local, &["c"]));
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_listener_may_cancel_its_own_subscription() {
+        let feed = Feed::default();
+        let (tx, rx) = mpsc::channel();
+        let slot: Arc<Mutex<Option<Subscription>>> = Arc::default();
+        let own = Arc::clone(&slot);
+        let sub = feed.subscribe_listener(Arc::new(move |_: &ChangeEvent| {
+            // Cancelling from the delivery thread itself does not wait for itself.
+            if let Some(s) = own.lock().unwrap().take() {
+                s.cancel();
+            }
+            tx.send(()).unwrap();
+        }));
+        let end = sub.end();
+        *slot.lock().unwrap() = Some(sub);
+        feed.publish(event(ChangeOrigin::Local, &["a"]));
+        assert!(rx.recv_timeout(Duration::from_secs(1)).is_ok());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), end.ended()).await })
+            .expect("its end is told");
     }
 
     #[test]

@@ -37,17 +37,22 @@ mod store;
 pub mod sync;
 pub mod transport;
 
-pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
+pub use config::{CollectionConfig, ConflictStrategy, Durability, MAX_USER_ID_LEN, StoreConfig};
 pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
-pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, ObserverStats, RecordRef, Subscription};
+pub use feed::{
+    ChangeEvent, ChangeListener, ChangeOrigin, ObserverStats, RecordRef, Subscription,
+    SubscriptionEnd,
+};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
 pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};
-pub use store::{QueryListener, RecordListener, Store, WriteTx};
+pub use store::{
+    QueryListener, RecordListener, SignOut, Store, Unsynced, WriteTx, delete_database,
+};
 pub use sync::{
     ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
-    SyncOutcome, SyncReport, SyncStatus, TokenProvider,
+    SyncOutcome, SyncReport, SyncStatus, TOKEN_TIMEOUT, TokenError, TokenFuture, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
 

@@ -3,8 +3,14 @@
 The server is started the way testkit/src/server.rs starts it: a temporary TOML config
 with three users, `listen = "127.0.0.1:0"`, and the address read from its first
 stdout line.
+
+The token provider is an async callback. Rust calls it from its own threads, where no
+asyncio loop runs, so UniFFI schedules it on the loop given to `uniffi_set_event_loop`;
+the bindings' own coroutines (`sync_now`, `sign_out`) are then awaited on that loop too,
+through `run`.
 """
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,6 +25,16 @@ GENERATED = Path(os.environ.get("OUTPOST_PY_BINDINGS", ROOT / "python" / "genera
 sys.path.insert(0, str(GENERATED))
 
 import outpost_ffi as ffi  # noqa: E402
+
+LOOP = asyncio.new_event_loop()
+threading.Thread(target=LOOP.run_forever, name="uniffi-loop", daemon=True).start()
+ffi.uniffi_set_event_loop(LOOP)
+
+
+def run(coro, timeout=60):
+    """Awaits one of the bindings' coroutines on the loop UniFFI uses."""
+    return asyncio.run_coroutine_threadsafe(coro, LOOP).result(timeout)
+
 
 USERS = [("amina", "north", "token-amina-0123456789abcdef0123456789"),
          ("ben", "north", "token-ben-0123456789abcdef0123456789"),
@@ -76,12 +92,12 @@ class StaticToken(ffi.TokenProvider):
     def __init__(self, token):
         self.value = token
 
-    def token(self, refresh):
+    async def token(self, refresh):
         return self.value
 
 
-def open_device(tmp_path, server, name, token, provider=None):
-    config = ffi.OutpostConfig(
+def device_config(tmp_path, server, name, user=None):
+    return ffi.OutpostConfig(
         path=str(tmp_path / f"{name}.db"),
         server_url=server.url,
         collections=COLLECTIONS,
@@ -89,7 +105,12 @@ def open_device(tmp_path, server, name, token, provider=None):
         backoff_initial_ms=100,
         backoff_max_ms=500,
         network_debounce_ms=20,
+        user_id=user,
     )
+
+
+def open_device(tmp_path, server, name, token, provider=None, user=None):
+    config = device_config(tmp_path, server, name, user)
     return ffi.Outpost.open(config, provider or StaticToken(token))
 
 
@@ -106,8 +127,8 @@ def wait_until(predicate, timeout=10.0, what="condition"):
 def devices(tmp_path, server):
     opened = []
 
-    def make(name, token=USERS[0][2], provider=None):
-        d = open_device(tmp_path, server, name, token, provider)
+    def make(name, token=USERS[0][2], provider=None, user=None):
+        d = open_device(tmp_path, server, name, token, provider, user)
         opened.append(d)
         return d
     yield make

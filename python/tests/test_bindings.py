@@ -12,13 +12,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import USERS, ffi, wait_until
+from conftest import USERS, ffi, run, wait_until
 
 AMINA, BEN, CHIOMA = USERS[0][2], USERS[1][2], USERS[2][2]
 
 
 def sync(device, deadline_ms=30_000):
-    return asyncio.run(device.sync_now(deadline_ms))
+    return run(device.sync_now(deadline_ms))
+
+
+class SlowToken(ffi.TokenProvider):
+    """Answers once `release` is set, without holding up the event loop."""
+
+    def __init__(self, release):
+        self.release = release
+
+    async def token(self, refresh):
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        return AMINA
 
 
 def data(record):
@@ -220,13 +232,7 @@ def test_use_after_close_raises_closed(devices):
 
 def test_sync_now_cancelled_under_asyncio(devices):
     release = threading.Event()
-
-    class SlowToken(ffi.TokenProvider):
-        def token(self, refresh):
-            release.wait(5)
-            return AMINA
-
-    a = devices("a", provider=SlowToken())
+    a = devices("a", provider=SlowToken(release))
     a.put("answers", "c1", "{}")
 
     async def cancel_midway():
@@ -236,7 +242,7 @@ def test_sync_now_cancelled_under_asyncio(devices):
         a.cancel_sync()
         return await task
 
-    report = asyncio.run(cancel_midway())
+    report = run(cancel_midway())
     release.set()
     assert report.outcome == ffi.SyncOutcome.CANCELLED
     assert a.status().pending == 1
@@ -246,13 +252,7 @@ def test_sync_now_cancelled_under_asyncio(devices):
 
 def test_deadline_stops_a_sync(devices):
     release = threading.Event()
-
-    class SlowToken(ffi.TokenProvider):
-        def token(self, refresh):
-            release.wait(5)
-            return AMINA
-
-    a = devices("a", provider=SlowToken())
+    a = devices("a", provider=SlowToken(release))
     a.put("answers", "d1", "{}")
     report = sync(a, deadline_ms=100)
     release.set()

@@ -73,8 +73,25 @@ impl Device {
         tokens: Arc<dyn outpost_core::TokenProvider>,
         config: SyncConfig,
     ) -> Device {
+        Device::open_as(dir, name, None, server, tokens, config).expect("open device store")
+    }
+
+    /// A device whose store is opened for `user` (see `StoreConfig::user_id`); the
+    /// store's error, such as `WrongUser`, is returned.
+    pub fn open_as(
+        dir: &std::path::Path,
+        name: &str,
+        user: Option<&str>,
+        server: &TestServer,
+        tokens: Arc<dyn outpost_core::TokenProvider>,
+        config: SyncConfig,
+    ) -> outpost_core::Result<Device> {
         let path = dir.join(format!("{name}.db"));
-        let store = Store::open(&path, store_config()).expect("open device store");
+        let store_config = StoreConfig {
+            user_id: user.map(str::to_owned),
+            ..store_config()
+        };
+        let store = Store::open(&path, store_config)?;
         let link = Arc::new(FaultyTransport::http(&server.base_url()).expect("transport"));
         let engine = SyncEngine::new(
             store.clone(),
@@ -83,12 +100,12 @@ impl Device {
             config,
             tokio::runtime::Handle::current(),
         );
-        Device {
+        Ok(Device {
             store,
             engine,
             link,
             path,
-        }
+        })
     }
 
     /// Syncs until a sync completes with nothing left to send (bounded).

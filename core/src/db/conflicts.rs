@@ -1,7 +1,8 @@
 //! The `conflicts` table: the conflict log. Every losing version is kept here, under
 //! every strategy, and open manual conflicts wait here for the app.
 //!
-//! This is the only module with SQL that reads or writes `conflicts`.
+//! This is the only module with SQL that reads or writes `conflicts`, besides `seals`,
+//! which moves whole rows of a signed-out user in and out.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -117,6 +118,12 @@ pub(crate) fn insert(tx: &Tx<'_>, c: &NewConflict<'_>) -> Result<Conflict> {
         resolved,
         created_at_ms: tx.now(),
     })
+}
+
+/// The whole log goes with the signed-out user's data (or into their seal).
+pub(crate) fn delete_all(tx: &Tx<'_>) -> Result<()> {
+    tx.execute("DELETE FROM conflicts", [])?;
+    Ok(())
 }
 
 pub(crate) fn mark_resolved(tx: &Tx<'_>, id: i64, outcome: &str) -> Result<()> {

@@ -25,6 +25,12 @@ pub(crate) fn set(conn: &Connection, collection: &str, cursor: &str) -> Result<(
     Ok(())
 }
 
+/// Every cursor goes with the signed-out user: the next user pulls from the beginning.
+pub(crate) fn remove_all(conn: &Connection) -> Result<()> {
+    conn.execute("DELETE FROM cursors", [])?;
+    Ok(())
+}
+
 pub(crate) fn remove(conn: &Connection, collection: &str) -> Result<()> {
     conn.prepare_cached("DELETE FROM cursors WHERE collection = ?1")?
         .execute([collection])?;

@@ -189,6 +189,18 @@ fn rename_legacy(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Merges each search table's segments into one, so the terms of deleted records are
+/// gone from the index's pages rather than only marked deleted.
+pub(crate) fn compact_search(conn: &Connection) -> Result<()> {
+    for collection in search_tables(conn)? {
+        let table = search_table(&collection);
+        conn.execute_batch(&format!(
+            "INSERT INTO {table} ({table}) VALUES ('optimize')"
+        ))?;
+    }
+    Ok(())
+}
+
 fn drop_search(conn: &Connection, collection: &str) -> Result<()> {
     for suffix in TRIGGERS {
         conn.execute_batch(&format!(

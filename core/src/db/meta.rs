@@ -26,6 +26,8 @@ pub(crate) enum Key<'a> {
     Resync(&'a str),
     /// The search fields a collection's search table was built for.
     Search(&'a str),
+    /// The user whose data the live tables hold; absent while they hold no user's.
+    Owner,
 }
 
 impl Key<'_> {
@@ -38,6 +40,7 @@ impl Key<'_> {
             Key::RetryAt => "retry_at".into(),
             Key::Resync(collection) => format!("resync:{collection}").into(),
             Key::Search(collection) => format!("search:{collection}").into(),
+            Key::Owner => "owner".into(),
         }
     }
 }
@@ -69,6 +72,19 @@ pub(crate) fn set(conn: &Connection, key: &Key<'_>, value: &str) -> Result<()> {
 pub(crate) fn remove(conn: &Connection, key: &Key<'_>) -> Result<()> {
     conn.prepare_cached("DELETE FROM meta WHERE key = ?1")?
         .execute([key.name()])?;
+    Ok(())
+}
+
+/// Forgets the signed-out user's facts: the owner, the replica id their stamps and
+/// CRDT entries carry (the next user gets a fresh one, so two users' edits never share
+/// a CRDT entry), and the engine's facts about their syncs. The install's client id,
+/// the clock and the collections' search fields stay: they belong to the device.
+pub(crate) fn forget_user(conn: &Connection) -> Result<()> {
+    for key in [Key::Owner, Key::ReplicaId, Key::LastSyncedAt, Key::RetryAt] {
+        remove(conn, &key)?;
+    }
+    conn.prepare_cached("DELETE FROM meta WHERE key LIKE 'resync:%'")?
+        .execute([])?;
     Ok(())
 }
 

@@ -12,11 +12,13 @@
 
 pub(crate) mod conflicts;
 pub(crate) mod cursors;
+pub(crate) mod files;
 pub(crate) mod indexes;
 pub(crate) mod meta;
 pub(crate) mod outbox;
 pub(crate) mod records;
 pub(crate) mod schema;
+pub(crate) mod seals;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -89,6 +91,9 @@ pub(crate) struct Db {
     closed: AtomicBool,
     replica_id: String,
     client_id: String,
+    user: Option<String>,
+    // Registered while open, so the files are not deleted under it.
+    file: Mutex<Option<files::OpenFile>>,
 }
 
 impl Db {
@@ -107,6 +112,7 @@ impl Db {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         indexes::apply(&tx, collections)?;
         tx.commit()?;
+        seat(&mut conn, config.user_id.as_deref())?;
         let (replica_id, client_id) = meta::identity(&conn)?;
         let clock = recover_clock(&conn, &replica_id)?;
         outbox::release_all(&conn)?;
@@ -121,6 +127,8 @@ impl Db {
             closed: AtomicBool::new(false),
             replica_id,
             client_id,
+            user: config.user_id.clone(),
+            file: Mutex::new(Some(files::OpenFile::register(path))),
         })
     }
 
@@ -134,6 +142,11 @@ impl Db {
 
     pub(crate) fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// The user the database was opened for.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -164,12 +177,45 @@ impl Db {
         self.interrupt();
         lock(&self.readers).clear();
         let writer = lock(&self.writer).take();
+        self.release(writer);
+        true
+    }
+
+    /// Runs `last` as the final transaction and closes, holding the writer throughout,
+    /// so no write can land between them, then rewrites the file (VACUUM) so that what
+    /// `last` deleted is gone from it, not only from its tables. If `last` fails,
+    /// nothing changes and the database stays open.
+    pub(crate) fn close_after(
+        &self,
+        now_ms: i64,
+        last: impl FnOnce(&mut Tx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut guard = self.writer()?;
+        let mut tx = guard.begin(now_ms)?;
+        last(&mut tx)?;
+        tx.commit()?;
+        self.closed.store(true, Ordering::SeqCst);
+        let writer = guard.0.take();
+        drop(guard);
+        self.interrupt();
+        lock(&self.readers).clear();
+        if let Some(Err(e)) = writer.as_ref().map(|w| w.conn.execute_batch("VACUUM")) {
+            // The data is gone from every table already; only its old pages remain.
+            tracing::error!(error = %e, "could not rewrite the file after removing data");
+        }
+        self.release(writer);
+        Ok(())
+    }
+
+    /// Folds the WAL back so the file is complete on its own, drops the writer and
+    /// unregisters the file.
+    fn release(&self, writer: Option<Writer>) {
         if let Some(Err(e)) =
             writer.map(|w| w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
         {
             tracing::warn!(error = %e, "checkpoint at close failed; the WAL stays beside the file");
         }
-        true
+        lock(&self.file).take();
     }
 
     /// The writer, locked: writes queue here rather than in SQLite's busy handler.
@@ -449,6 +495,36 @@ fn apply_key(_conn: &Connection, key: Option<&[u8]>) -> Result<()> {
     match key {
         Some(_) => Err(Error::EncryptionUnavailable),
         None => Ok(()),
+    }
+}
+
+/// Makes sure the live tables are `user`'s, or no one's, before anything reads them. A
+/// database that holds another user's data (or, opened with no user, any user's) is
+/// refused unchanged. One that holds no user's is claimed: a user who left sealed
+/// data at sign-out gets it back, and the first user to open a database written
+/// before user ids takes over its data.
+fn seat(conn: &mut Connection, user: Option<&str>) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let owner = meta::get(&tx, &meta::Key::Owner)?;
+    match (owner, user) {
+        (Some(holder), Some(user)) if holder == user => Ok(()),
+        (Some(holder), _) => Err(Error::WrongUser {
+            holder: Some(holder),
+        }),
+        (None, None) => Ok(()),
+        (None, Some(user)) => {
+            if seals::replica(&tx, user)?.is_some() {
+                // Her seal and data written without a user id cannot be told apart
+                // once merged: that data must be signed out first.
+                if !seals::live_is_empty(&tx)? {
+                    return Err(Error::WrongUser { holder: None });
+                }
+                seals::unseal(&tx, user)?;
+            }
+            meta::set(&tx, &meta::Key::Owner, user)?;
+            tx.commit()?;
+            Ok(())
+        }
     }
 }
 

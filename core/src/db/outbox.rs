@@ -1,7 +1,8 @@
 //! The `outbox` table: the durable queue of local edits (see `crate::outbox` for the
 //! states an entry moves through and why).
 //!
-//! This is the only module with SQL that writes `outbox`. `sent` is set once an entry
+//! This is the only module with SQL that writes `outbox` (besides `seals`, which moves a
+//! signed-out user's entries out and back whole). `sent` is set once an entry
 //! has been handed to the network, and from then on nothing here changes what the
 //! entry carries: its op_id may already be applied on the server.
 
@@ -248,6 +249,12 @@ pub(crate) fn delete(tx: &mut Tx<'_>, entry_id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Every entry goes: the signed-out user's queue leaves the device (or its seal).
+pub(crate) fn delete_all(tx: &mut Tx<'_>) -> Result<()> {
+    tx.delete_stamped("DELETE FROM outbox", [])?;
+    Ok(())
+}
+
 /// Schema 2 kept applied entries as `synced`; the migration to 3 drops them, saving
 /// the clock, since they may hold the highest stamp this device issued.
 pub(crate) fn drop_synced(tx: &mut Tx<'_>) -> Result<()> {
@@ -379,6 +386,16 @@ pub(crate) fn defer(tx: &Tx<'_>, entry_id: i64, not_before_ms: Option<i64>) -> R
 pub(crate) fn release_all(conn: &Connection) -> Result<usize> {
     Ok(conn
         .prepare_cached("UPDATE outbox SET state = 'pending' WHERE state = 'syncing'")?
+        .execute([])?)
+}
+
+/// Every queued entry is due now, its backoff waived: the user is signing out and
+/// asked for everything to go. Returns how many.
+pub(crate) fn due_now(tx: &Tx<'_>) -> Result<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'pending' AND next_attempt_at > 0",
+        )?
         .execute([])?)
 }
 

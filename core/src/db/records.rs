@@ -2,7 +2,8 @@
 //! confirmed (`base`, `version`, `base_hlc`) and the newest server state pulled while
 //! local edits were pending (`remote`, the stash).
 //!
-//! This is the only module with SQL that writes `records`. Each function is one
+//! This is the only module with SQL that writes `records` (besides `seals`, which moves
+//! a signed-out user's rows out and back whole). Each function is one
 //! transition of a record's row, named for what it means (a local edit, an adopted
 //! server state, a pulled change), so the rules about which row may change when (a
 //! pull never touches a record with local edits; a base moves only with an applied op)
@@ -239,6 +240,12 @@ pub(crate) fn delete(tx: &mut Tx<'_>, collection: &str, id: &str) -> Result<()> 
         "DELETE FROM records WHERE collection = ?1 AND id = ?2",
         params![collection, id],
     )?;
+    Ok(())
+}
+
+/// Every record goes: the signed-out user's data leaves the device (or its seal).
+pub(crate) fn delete_all(tx: &mut Tx<'_>) -> Result<()> {
+    tx.delete_stamped("DELETE FROM records", [])?;
     Ok(())
 }
 

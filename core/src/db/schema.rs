@@ -11,10 +11,79 @@ use super::{Tx, meta, outbox};
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
+
+/// The tables that keep what users who signed out left unsynced, each row under its
+/// user's id. Columns are those of the live table, in order, after `user_id` (a test
+/// holds them to it). No query reads them: the rows move back when the same user signs
+/// in again.
+macro_rules! seal_tables {
+    () => {
+        "
+CREATE TABLE seals (
+    user_id    TEXT PRIMARY KEY,
+    replica_id TEXT NOT NULL,
+    sealed_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sealed_records (
+    user_id    TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    data       TEXT,
+    deleted    INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    hlc        TEXT NOT NULL,
+    sync_state TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    base       TEXT,
+    base_hlc   TEXT,
+    pulled_gen INTEGER NOT NULL,
+    remote     TEXT,
+    PRIMARY KEY (user_id, collection, id)
+);
+CREATE TABLE sealed_outbox (
+    user_id         TEXT NOT NULL,
+    id              INTEGER NOT NULL,
+    op_id           TEXT NOT NULL,
+    collection      TEXT NOT NULL,
+    record_id       TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    base_version    INTEGER,
+    data            TEXT,
+    hlc             TEXT NOT NULL,
+    force           INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    sent            INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    last_error_code TEXT,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    bytes           INTEGER NOT NULL,
+    PRIMARY KEY (user_id, id)
+);
+CREATE TABLE sealed_conflicts (
+    user_id        TEXT NOT NULL,
+    id             INTEGER NOT NULL,
+    collection     TEXT NOT NULL,
+    record_id      TEXT NOT NULL,
+    strategy       TEXT NOT NULL,
+    base           TEXT,
+    local          TEXT,
+    remote         TEXT,
+    remote_version INTEGER,
+    outcome        TEXT NOT NULL,
+    resolved       INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    PRIMARY KEY (user_id, id)
+);
+"
+    };
+}
 
 /// The latest schema, for a new database.
-pub(crate) const CREATE: &str = "
+pub(crate) const CREATE: &str = concat!(
+    "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -81,7 +150,9 @@ CREATE TABLE conflicts (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX conflicts_open ON conflicts (resolved, id);
-";
+",
+    seal_tables!()
+);
 
 /// Schema version 1, as first shipped: kept verbatim so migrations can be tested.
 #[cfg(test)]
@@ -165,6 +236,8 @@ const MIGRATIONS: &[Step] = &[
     // 2 -> 3: applied entries are deleted as their answers arrive; drop those that
     // earlier versions kept as `synced`.
     Step::Rows(outbox::drop_synced),
+    // 3 -> 4: what users who signed out left unsynced, sealed under their user id.
+    Step::Sql(seal_tables!()),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == VERSION - 1);

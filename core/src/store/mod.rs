@@ -9,8 +9,10 @@
 //! Each method here is a few lines: check the input, open a transaction (or take a
 //! reader), call the table owners in `db` or a pure plan, commit. The transactions the
 //! sync engine runs live beside the ones the app runs: `queue` (the outbox), `incoming`
-//! (pulled pages) and `settle` (conflicts).
+//! (pulled pages) and `settle` (conflicts). `account` holds whose data the store is,
+//! and signing out.
 
+mod account;
 mod incoming;
 mod observe;
 mod queue;
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use serde_json::Value;
 
+pub use account::{SignOut, Unsynced, delete_database};
 pub use observe::{QueryListener, RecordListener};
 pub use write::WriteTx;
 
@@ -136,7 +139,9 @@ impl Store {
     }
 
     /// Closes the store: running queries are interrupted, listeners stop, and every later
-    /// call fails with [`Error::Closed`]. Committed writes are already durable.
+    /// call fails with [`Error::Closed`]. Committed writes are already durable. Once it
+    /// returns no listener callback runs or starts, and every subscription reports
+    /// itself closed ([`Subscription::closed`]).
     pub fn close(&self) {
         if self.shared.db.close() {
             self.shared.feed.close_all();

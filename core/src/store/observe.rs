@@ -126,6 +126,9 @@ impl Store {
         query: &Query,
         listener: Arc<dyn QueryListener>,
     ) -> Result<Subscription> {
+        if self.is_closed() {
+            return Err(crate::Error::Closed);
+        }
         let declared = self.shared.collections.get(collection)?;
         let select = sql::select(collection, !declared.search.is_empty(), query)?;
         let collection = collection.to_owned();
@@ -195,6 +198,9 @@ impl Store {
         id: &str,
         listener: Arc<dyn RecordListener>,
     ) -> Result<Subscription> {
+        if self.is_closed() {
+            return Err(crate::Error::Closed);
+        }
         self.shared.collections.check(collection)?;
         validate_record_id(id)?;
         let (collection, id) = (collection.to_owned(), id.to_owned());

@@ -60,6 +60,11 @@ impl Store {
 
     // ---- the engine's side ----
 
+    /// Waives every queued entry's backoff, for a sync the user asked for by signing out.
+    pub(crate) fn outbox_due_now(&self) -> Result<usize> {
+        self.write(ChangeOrigin::Local, |w| outbox_table::due_now(w.tx()))
+    }
+
     /// The entries that may go out now (see `db::outbox::next_batch`).
     #[cfg(test)]
     pub(crate) fn outbox_next_batch(

@@ -1,16 +1,33 @@
-//! The bearer token: cached between requests, fetched from the app off the async
-//! threads, and refreshed once when the server answers 401.
+//! The bearer token: cached between requests, fetched from the app's provider beside
+//! the sync, and refreshed once when the server answers 401.
+//!
+//! A provider with no token says why. No one signed in stops the sync as `SignedOut`
+//! (no request is made, and auto mode does not retry on a timer); a provider that
+//! cannot be reached is a transient failure, retried with backoff. A request that could
+//! not be made for want of a token fails as unauthorized on the request paths, and
+//! [`Inner::explain`] restores the provider's reason when the sync's outcome is decided.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use super::Inner;
+use super::config::{TOKEN_TIMEOUT, TokenError};
 use super::report::Stop;
 use crate::db::lock;
 use crate::transport::TransportError;
 
+/// A spawned fetch that is abandoned (and the app's call with it) when the sync stops
+/// waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Inner {
-    async fn token(&self, refresh: bool) -> Result<String, Stop> {
+    async fn token(&self, refresh: bool) -> Result<String, TokenError> {
         let cached = if refresh {
             None
         } else {
@@ -19,20 +36,39 @@ impl Inner {
         if let Some(t) = cached {
             return Ok(t);
         }
-        let provider = Arc::clone(&self.tokens);
-        // The app may fetch a token over the network: keep it off the async threads.
-        let fetched = tokio::task::spawn_blocking(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.token(refresh)))
-                .unwrap_or_else(|_| Err("token provider panicked".into()))
-        })
-        .await
-        .map_err(|e| Stop::Auth(format!("token provider: {e}")))?;
+        // Spawned, so a panicking provider is a JoinError here, not an unwind through
+        // the sync; and bounded, so one that never answers is only unavailable.
+        let mut task = AbortOnDrop(self.runtime.spawn(Arc::clone(&self.tokens).fetch(refresh)));
+        let fetched = match tokio::time::timeout(TOKEN_TIMEOUT, &mut task.0).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if e.is_panic() => Err(TokenError::Unavailable(
+                "the token provider panicked".into(),
+            )),
+            Ok(Err(e)) => Err(TokenError::Unavailable(e.to_string())),
+            Err(_) => Err(TokenError::Unavailable(format!(
+                "the token provider did not answer within {TOKEN_TIMEOUT:?}"
+            ))),
+        };
         match fetched {
             Ok(t) => {
                 *lock(&self.token) = Some(t.clone());
                 Ok(t)
             }
-            Err(e) => Err(Stop::Auth(format!("no token: {e}"))),
+            Err(e) => {
+                *lock(&self.token) = None;
+                *lock(&self.token_error) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Has a token before the sync touches the queue: a provider with none stops it
+    /// with no entry marked in flight (or blamed for an attempt).
+    pub(super) async fn authorize(&self) -> Result<(), Stop> {
+        match self.token(false).await {
+            Ok(_) => Ok(()),
+            Err(TokenError::SignedOut) => Err(Stop::SignedOut),
+            Err(e @ TokenError::Unavailable(_)) => Err(Stop::Transient(e.to_string())),
         }
     }
 
@@ -43,19 +79,27 @@ impl Inner {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<T, TransportError>>,
     {
-        let token = self
-            .token(false)
-            .await
-            .map_err(|_| TransportError::Unauthorized("no token".into()))?;
+        let token = self.token(false).await.map_err(no_token)?;
         match request(token).await {
             Err(TransportError::Unauthorized(_)) => {
-                let token = self
-                    .token(true)
-                    .await
-                    .map_err(|_| TransportError::Unauthorized("token refresh failed".into()))?;
+                let token = self.token(true).await.map_err(no_token)?;
                 request(token).await
             }
             other => other,
         }
     }
+
+    /// Why the sync stopped, with the provider's reason when it was the missing token
+    /// rather than the server that stopped it.
+    pub(super) fn explain(&self, stop: Stop) -> Stop {
+        match (stop, lock(&self.token_error).take()) {
+            (Stop::Auth(_), Some(TokenError::SignedOut)) => Stop::SignedOut,
+            (Stop::Auth(_), Some(e @ TokenError::Unavailable(_))) => Stop::Transient(e.to_string()),
+            (stop, _) => stop,
+        }
+    }
+}
+
+fn no_token(e: TokenError) -> TransportError {
+    TransportError::Unauthorized(e.to_string())
 }

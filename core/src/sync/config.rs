@@ -1,6 +1,9 @@
 //! How an app tunes and feeds the engine: its knobs, and the callbacks it supplies
 //! (the token, manual conflicts, status changes).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conflict::Conflict;
@@ -40,10 +43,50 @@ impl Default for SyncConfig {
     }
 }
 
-/// Supplies the bearer token. Called with `refresh = true` after a 401.
-pub trait TokenProvider: Send + Sync {
-    fn token(&self, refresh: bool) -> Result<String, String>;
+/// Why a token provider has no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No one is signed in: the engine stops (`SyncOutcome::SignedOut`, status
+    /// `SyncActivity::SignedOut`) and asks again only at the next sync, never on a
+    /// timer. Nothing queued is lost.
+    #[error("no one is signed in")]
+    SignedOut,
+    /// The provider cannot get a token now (the identity provider is unreachable, the
+    /// refresh timed out): a transient failure, retried later with backoff.
+    #[error("no token for now: {0}")]
+    Unavailable(String),
 }
+
+/// What [`TokenProvider::fetch`] returns.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send>>;
+
+/// Supplies the bearer token; `refresh` is true after the server answered 401.
+///
+/// Implement [`TokenProvider::token`] (it may block: the engine calls it on a blocking
+/// thread, and reads an error as [`TokenError::Unavailable`]), or
+/// [`TokenProvider::fetch`] to answer asynchronously or to say
+/// [`TokenError::SignedOut`]. The engine gives a fetch [`TOKEN_TIMEOUT`].
+pub trait TokenProvider: Send + Sync + 'static {
+    fn token(&self, _refresh: bool) -> Result<String, String> {
+        Err("this token provider implements neither token nor fetch".into())
+    }
+
+    /// The token, or why there is none. The engine calls only this.
+    fn fetch(self: Arc<Self>, refresh: bool) -> TokenFuture {
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || self.token(refresh)).await {
+                Ok(answer) => answer.map_err(TokenError::Unavailable),
+                Err(e) if e.is_panic() => Err(TokenError::Unavailable(
+                    "the token provider panicked".into(),
+                )),
+                Err(e) => Err(TokenError::Unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+/// How long the engine waits for a token before taking the provider as unavailable.
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fixed token, for servers with long-lived device tokens and for tests.
 #[derive(Debug, Clone)]

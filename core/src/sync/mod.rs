@@ -29,20 +29,25 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{Notify, watch};
 
-pub use config::{ConflictListener, StaticToken, StatusListener, SyncConfig, TokenProvider};
+pub use config::{
+    ConflictListener, StaticToken, StatusListener, SyncConfig, TOKEN_TIMEOUT, TokenError,
+    TokenFuture, TokenProvider,
+};
 pub use report::{SyncOutcome, SyncReport};
 pub use status::{SyncActivity, SyncStatus};
 
 pub use crate::conflict::{Conflict, Resolution};
 use crate::db::{lock, meta};
 use crate::feed::{ChangeEvent, ChangeOrigin, Fanout, Subscription};
-use crate::store::Store;
+use crate::store::{SignOut, Store};
 use crate::transport::Transport;
 
 #[derive(Debug, Default)]
 struct EngineState {
     running: bool,
     auth_failed: bool,
+    /// The token provider said no one is signed in.
+    signed_out: bool,
     last_error: Option<String>,
     last_synced_at_ms: Option<i64>,
     /// After a failed pull or a network error: no automatic retry before this.
@@ -57,6 +62,8 @@ struct Inner {
     config: SyncConfig,
     runtime: tokio::runtime::Handle,
     token: Mutex<Option<String>>,
+    /// Why the provider had no token, while the sync it stopped ends.
+    token_error: Mutex<Option<config::TokenError>>,
     online: AtomicBool,
     network_generation: AtomicU64,
     running: Mutex<Option<watch::Receiver<Option<SyncReport>>>>,
@@ -111,6 +118,7 @@ impl SyncEngine {
             config,
             runtime,
             token: Mutex::new(None),
+            token_error: Mutex::new(None),
             online: AtomicBool::new(true),
             network_generation: AtomicU64::new(0),
             running: Mutex::new(None),
@@ -275,6 +283,29 @@ impl SyncEngine {
         if let Some(t) = lock(&self.inner.auto_task).take() {
             t.abort();
         }
+    }
+
+    /// Signs the user out of this device, then closes the store and stops the engine:
+    /// every listener ends, and later calls fail with `Error::Closed`.
+    ///
+    /// [`SignOut::SyncFirst`] syncs first (only if anything is unsynced, so a clean
+    /// device signs out offline) and fails with `Error::UnsyncedEdits` if edits are
+    /// still not on the server by the deadline, changing nothing, so the app can ask
+    /// the user. [`SignOut::KeepUnsynced`] needs no network: the user's unsynced edits
+    /// are sealed under their user id, and sent once they sign in again.
+    pub async fn sign_out(&self, policy: SignOut) -> crate::Result<()> {
+        if let SignOut::SyncFirst { deadline } = policy
+            && !self.inner.store.unsynced()?.is_empty()
+        {
+            // The user is waiting to leave: what is backing off goes now.
+            self.inner.store.outbox_due_now()?;
+            self.sync_now(Some(deadline)).await;
+        }
+        // The check, the removal or seal, and the close are one hold of the writer.
+        self.inner.store.sign_out(policy)?;
+        self.shutdown();
+        *lock(&self.inner.token) = None;
+        Ok(())
     }
 
     /// Stops background work and any running sync. The store stays open. Call it when

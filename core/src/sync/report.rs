@@ -26,6 +26,8 @@ pub enum SyncOutcome {
     BackingOff,
     /// The server refused the token, even a fresh one.
     AuthFailed,
+    /// The token provider says no one is signed in; nothing was sent.
+    SignedOut,
     /// Something else went wrong (see `errors`).
     Failed,
 }
@@ -72,7 +74,7 @@ impl SyncReport {
     pub fn should_retry(&self) -> bool {
         !matches!(
             self.outcome,
-            SyncOutcome::Completed | SyncOutcome::AuthFailed
+            SyncOutcome::Completed | SyncOutcome::AuthFailed | SyncOutcome::SignedOut
         )
     }
 }
@@ -88,6 +90,7 @@ pub(crate) fn tally(r: &Tally) -> MutexGuard<'_, SyncReport> {
 #[derive(Debug)]
 pub(crate) enum Stop {
     Auth(String),
+    SignedOut,
     Transient(String),
     Fatal(String),
 }

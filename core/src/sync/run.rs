@@ -25,6 +25,7 @@ impl Inner {
             return SyncReport::ended(SyncOutcome::Offline);
         }
         lock(&self.state).running = true;
+        lock(&self.token_error).take();
         self.publish_status();
         let report: Tally = Mutex::new(SyncReport::new());
         let deadline_reached = async {
@@ -48,7 +49,10 @@ impl Inner {
         }
         let save = match finished {
             Some(Ok(())) => self.completed(&mut r),
-            Some(Err(stop)) => self.stopped(stop, &mut r),
+            Some(Err(stop)) => {
+                let stop = self.explain(stop);
+                self.stopped(stop, &mut r)
+            }
             None => {
                 lock(&self.state).running = false;
                 r.outcome = if started.elapsed() >= deadline.unwrap_or(Duration::MAX) {
@@ -72,6 +76,7 @@ impl Inner {
     }
 
     async fn work(&self, report: &Tally) -> Result<(), Stop> {
+        self.authorize().await?;
         self.push_all(report).await?;
         self.pull_all(report).await
     }
@@ -84,6 +89,7 @@ impl Inner {
         st.running = false;
         st.last_synced_at_ms = Some(now);
         st.auth_failed = false;
+        st.signed_out = false;
         st.last_error = None;
         st.consecutive_failures = 0;
         st.retry_at_ms = None;
@@ -99,11 +105,13 @@ impl Inner {
         let mut save = Vec::new();
         let mut st = lock(&self.state);
         st.running = false;
+        st.signed_out = matches!(stop, Stop::SignedOut);
         let (outcome, message) = match stop {
             Stop::Auth(m) => {
                 st.auth_failed = true;
                 (SyncOutcome::AuthFailed, m)
             }
+            Stop::SignedOut => (SyncOutcome::SignedOut, "no one is signed in".to_owned()),
             Stop::Transient(m) => {
                 st.consecutive_failures = st.consecutive_failures.saturating_add(1);
                 let at = now + self.backoff(st.consecutive_failures).as_millis() as i64;

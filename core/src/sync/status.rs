@@ -18,6 +18,9 @@ pub enum SyncActivity {
     BackingOff,
     /// The server refused the token, even a fresh one; the app must sign in again.
     AuthError,
+    /// The token provider says no one is signed in: nothing is sent until it has a
+    /// token again (asked at the next sync).
+    SignedOut,
 }
 
 /// A snapshot of the sync state.
@@ -61,6 +64,8 @@ impl Inner {
             SyncActivity::Offline
         } else if st.running {
             SyncActivity::Syncing
+        } else if st.signed_out {
+            SyncActivity::SignedOut
         } else if st.auth_failed {
             SyncActivity::AuthError
         } else if next_retry_at_ms.is_some() && st.consecutive_failures > 0 {
@@ -80,6 +85,10 @@ impl Inner {
     }
 
     pub(super) fn publish_status(&self) {
+        // A closed store has no counts to show; its listeners are ending.
+        if self.store.is_closed() {
+            return;
+        }
         self.statuses.publish(self.status());
     }
 }

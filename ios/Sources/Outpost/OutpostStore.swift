@@ -13,10 +13,25 @@ public final class OutpostStore: @unchecked Sendable {
     /// The generated object, for anything this layer does not wrap.
     public let native: Outpost
 
-    /// Opens (or creates) the database. `token` is called off the main thread, with
-    /// `refresh == true` after the server answered 401.
-    public init(config: OutpostConfig, token: @escaping @Sendable (_ refresh: Bool) throws -> String) throws {
+    /// Opens (or creates) the database for `config.userId`. `token` is called off the
+    /// main thread, with `refresh == true` after the server answered 401: return the
+    /// token, `nil` when no one is signed in (sync stops with `.signedOut` until there is
+    /// a token again), or throw when the identity provider cannot be reached (the sync
+    /// backs off and retries). A file that holds another user's data throws
+    /// `OutpostError.WrongUser(holder:)`: sign that user out first, or `deleteDatabase`.
+    public init(
+        config: OutpostConfig,
+        token: @escaping @Sendable (_ refresh: Bool) async throws -> String?
+    ) throws {
         native = try Outpost.open(config: config, tokens: ClosureTokenProvider(token))
+    }
+
+    /// Removes the database at `path` and the files beside it, sealed data included.
+    /// One that is open in this process throws `OutpostError.StillOpen`.
+    public static func deleteDatabase(path: String) async throws {
+        try await Task.detached(priority: .userInitiated) {
+            try OutpostFFI.deleteDatabase(path: path)
+        }.value
     }
 
     /// Runs a blocking call off the caller's actor: a durable write waits for an fsync.
@@ -62,16 +77,35 @@ public final class OutpostStore: @unchecked Sendable {
         try await offMain { try self.native.batch(ops: ops) }
     }
 
-    /// Every change event, local or pulled, while iterated.
+    /// Every change event, local or pulled, while iterated; it finishes when the store
+    /// closes or signs out.
     public func changes() -> AsyncStream<ChangeEvent> {
         AsyncStream { continuation in
             let listener = ClosureChangeListener { continuation.yield($0) }
             do {
                 let handle = try native.subscribe(listener: listener)
-                continuation.onTermination = { _ in handle.close() }
+                let stop = Self.follow(handle) { continuation.finish() }
+                continuation.onTermination = { _ in stop() }
             } catch {
                 continuation.finish()
             }
+        }
+    }
+
+    /// Calls `finish` when the subscription ends (the store closed or signed out; the
+    /// end comes after its last callback). Returns what a stream's `onTermination` calls
+    /// when it ends first: closing the subscription.
+    private static func follow(
+        _ handle: SubscriptionHandle,
+        finish: @escaping @Sendable () -> Void
+    ) -> @Sendable () -> Void {
+        let ended = Task {
+            await handle.closed()
+            finish()
+        }
+        return {
+            ended.cancel()
+            handle.close()
         }
     }
 
@@ -93,28 +127,32 @@ public final class OutpostStore: @unchecked Sendable {
     }
 
     /// A stream over a native subscription that keeps the latest value: `open` subscribes
-    /// with a listener that yields. It finishes with the error if subscribing throws, and
-    /// closes the subscription when it terminates.
+    /// with a listener that yields. It finishes with the error if subscribing throws,
+    /// finishes when the store closes or signs out, and closes the subscription when it
+    /// terminates.
     private func subscription<T>(
         _ open: (@escaping @Sendable (T) -> Void) throws -> SubscriptionHandle
     ) -> AsyncThrowingStream<T, Error> {
         AsyncThrowingStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             do {
                 let handle = try open { continuation.yield($0) }
-                continuation.onTermination = { _ in handle.close() }
+                let stop = Self.follow(handle) { continuation.finish() }
+                continuation.onTermination = { _ in stop() }
             } catch {
                 continuation.finish(throwing: error)
             }
         }
     }
 
-    /// The current sync status, then every change.
+    /// The current sync status, then every change; it finishes when the store closes or
+    /// signs out.
     public func statusUpdates() -> AsyncStream<SyncStatus> {
         AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             let listener = ClosureStatusListener { continuation.yield($0) }
             do {
                 let handle = try native.subscribeStatus(listener: listener)
-                continuation.onTermination = { _ in handle.close() }
+                let stop = Self.follow(handle) { continuation.finish() }
+                continuation.onTermination = { _ in stop() }
             } catch {
                 continuation.finish()
             }
@@ -175,16 +213,26 @@ public final class OutpostStore: @unchecked Sendable {
         try? native.setNetworkAvailable(available: available)
     }
 
+    /// Signs the user out of this device, then closes it as `close()` does: every stream
+    /// finishes, and later calls throw `.Closed`. `.syncFirst(deadlineMs:)` syncs first and
+    /// throws `OutpostError.UnsyncedEdits` if edits are still not on the server by then,
+    /// changing nothing (ask the user). `.keepUnsynced` needs no network: the unsynced
+    /// edits are sealed in the file for this user alone, and sent once they sign in again.
+    public func signOut(_ policy: SignOutPolicy) async throws {
+        try await native.signOut(policy: policy)
+    }
+
     /// Stops sync and listeners and closes the database; later calls throw `.Closed`.
+    /// Every stream finishes; no listener is called once it returns.
     public func close() {
         try? native.close()
     }
 }
 
 final class ClosureTokenProvider: TokenProvider, @unchecked Sendable {
-    let fetch: @Sendable (Bool) throws -> String
-    init(_ fetch: @escaping @Sendable (Bool) throws -> String) { self.fetch = fetch }
-    func token(refresh: Bool) throws -> String { try fetch(refresh) }
+    let fetch: @Sendable (Bool) async throws -> String?
+    init(_ fetch: @escaping @Sendable (Bool) async throws -> String?) { self.fetch = fetch }
+    func token(refresh: Bool) async throws -> String? { try await fetch(refresh) }
 }
 
 final class ClosureChangeListener: ChangeListener, @unchecked Sendable {

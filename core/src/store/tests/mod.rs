@@ -7,6 +7,7 @@ use crate::outbox::{BatchLimits, EntryState, PushOutcome};
 use crate::protocol::{ErrorBody, OpKind};
 use crate::{ConflictStrategy, Error, Store, StoreConfig, SyncState};
 
+mod accounts;
 mod model;
 mod plans;
 mod regressions;

@@ -84,7 +84,8 @@ fn the_migration_that_drops_synced_entries_keeps_the_clock_ahead_of_their_stamps
     let path = dir.path().join("s.db");
     let wall = FakeClock::new(5_000_000);
     drop(Store::open_with_clock(&path, config(), wall.clone()).unwrap());
-    // Schema 2 is schema 3 that kept applied entries as `synced`. Here one holds the
+    // Schema 2 is schema 3 (the latest without the sealed tables) that kept applied
+    // entries as `synced`. Here one holds the
     // highest stamp the device issued (its wall clock was ahead then), and no other
     // row nor a saved clock does.
     let dropped: Hlc = "0000010000000-00000-r".parse().unwrap();
@@ -96,6 +97,11 @@ fn the_migration_that_drops_synced_entries_keeps_the_clock_ahead_of_their_stamps
         ),
     );
     let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "DROP TABLE seals; DROP TABLE sealed_records; DROP TABLE sealed_outbox;
+         DROP TABLE sealed_conflicts;",
+    )
+    .unwrap();
     raw.pragma_update(None, "user_version", 2).unwrap();
     drop(raw);
     let next = next_stamp(&path, &wall);

@@ -85,7 +85,7 @@ fn a_full_repull_drops_what_the_server_no_longer_has_but_keeps_local_edits() {
     assert_eq!(s.resync_generation("c").unwrap(), None);
 }
 
-fn sent_entry(s: &Store) -> OutboxEntry {
+pub(super) fn sent_entry(s: &Store) -> OutboxEntry {
     let e = s
         .outbox_next_batch(BatchLimits::default(), i64::MAX)
         .unwrap()

@@ -26,6 +26,7 @@ import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.flow.flowOn
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
 import org.outpost.ffi.ChangeEvent
 import org.outpost.ffi.ChangeListener
@@ -40,6 +41,7 @@ import org.outpost.ffi.QueryListener
 import org.outpost.ffi.Record
 import org.outpost.ffi.RecordListener
 import org.outpost.ffi.Resolution
+import org.outpost.ffi.SignOutPolicy
 import org.outpost.ffi.StatusListener
 import org.outpost.ffi.SubscriptionHandle
 import org.outpost.ffi.SyncReport
@@ -48,10 +50,15 @@ import org.outpost.ffi.TokenProvider
 import org.outpost.ffi.WriteOp
 import org.outpost.ffi.Outpost as Native
 
-/** A [TokenProvider] from a lambda; `refresh` is true after the server answered 401. */
-fun tokenProvider(fetch: (refresh: Boolean) -> String): TokenProvider =
+/**
+ * A [TokenProvider] from a suspending lambda; `refresh` is true after the server answered
+ * 401. Return the token, or null when no one is signed in (sync stops with
+ * `SyncOutcome.SIGNED_OUT` until a token is available again); throw when the identity
+ * provider cannot be reached (the sync backs off and retries).
+ */
+fun tokenProvider(fetch: suspend (refresh: Boolean) -> String?): TokenProvider =
     object : TokenProvider {
-        override fun token(refresh: Boolean): String = fetch(refresh)
+        override suspend fun token(refresh: Boolean): String? = fetch(refresh)
     }
 
 /**
@@ -93,12 +100,26 @@ class Outpost private constructor(
     }
 
     companion object {
-        /** Opens (or creates) the database described by [config]. No network call is made. */
+        /**
+         * Opens (or creates) the database described by [config] for `config.userId`. No
+         * network call is made. A file that holds another user's data throws
+         * `OutpostException.WrongUser` (its `holder`): sign that user out first (open for
+         * them, then [signOut]) or [deleteDatabase].
+         */
         suspend fun open(
             config: OutpostConfig,
             tokens: TokenProvider,
             io: CoroutineDispatcher = Dispatchers.IO,
         ): Outpost = withContext(io) { Outpost(Native.open(config, tokens), io) }
+
+        /**
+         * Removes the database at [path] and the files beside it, sealed data included.
+         * One that is open in this process throws `OutpostException.StillOpen`.
+         */
+        suspend fun deleteDatabase(
+            path: String,
+            io: CoroutineDispatcher = Dispatchers.IO,
+        ) = withContext(io) { org.outpost.ffi.deleteDatabase(path) }
     }
 
     /** The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago". */
@@ -154,6 +175,21 @@ class Outpost private constructor(
     suspend fun setRemove(collection: String, id: String, field: String, element: String): Record =
         withContext(io) { native.setRemove(collection, id, field, element) }
 
+    /**
+     * The sync status now, then every change; unlike [syncStatus], it completes when the
+     * store closes or signs out.
+     */
+    fun statusUpdates(): Flow<SyncStatus> =
+        subscription<SyncStatus> {
+            native.subscribeStatus(
+                object : StatusListener {
+                    override fun onStatus(status: SyncStatus) {
+                        trySend(status)
+                    }
+                },
+            )
+        }.buffer(Channel.CONFLATED)
+
     /** Every change event, local or pulled, while collected. */
     fun changes(): Flow<ChangeEvent> =
         subscription {
@@ -200,10 +236,18 @@ class Outpost private constructor(
             )
         }.buffer(Channel.CONFLATED)
 
-    /** A Flow over a native subscription, opened on [io] and closed when collection ends. */
+    /**
+     * A Flow over a native subscription, opened on [io] and closed when collection ends.
+     * It completes when the store closes or signs out: the subscription's end comes after
+     * its last callback, so every value delivered is emitted first.
+     */
     private fun <T> subscription(open: ProducerScope<T>.() -> SubscriptionHandle): Flow<T> =
         callbackFlow {
             val handle = open()
+            launch {
+                handle.closed()
+                close()
+            }
             awaitClose {
                 handle.cancel()
                 handle.destroy()
@@ -250,7 +294,26 @@ class Outpost private constructor(
      */
     suspend fun discardFailed(entryId: Long) = withContext(io) { native.discardFailed(entryId) }
 
-    /** Stops sync and listeners and closes the database; later calls throw `Closed`. */
+    /**
+     * Signs the user out of this device, then closes it as [close] does: every Flow of
+     * it completes, and later calls throw `OutpostException.Closed`.
+     *
+     * `SignOutPolicy.SyncFirst(deadlineMs)` syncs first and throws
+     * `OutpostException.UnsyncedEdits` (pending, failed, conflicts) if edits are still not
+     * on the server by then; nothing changes, so ask the user. `SignOutPolicy.KeepUnsynced`
+     * needs no network: the user's unsynced edits are sealed in the file under their user
+     * id, for them alone, and sent once they sign in again. Then open the database for the
+     * next user, or [deleteDatabase].
+     */
+    suspend fun signOut(policy: SignOutPolicy) {
+        withContext(io) { native.signOut(policy) }
+        if (closed.compareAndSet(false, true)) statusHandle.cancel()
+    }
+
+    /**
+     * Stops sync and listeners and closes the database; later calls throw `Closed`. Every
+     * Flow of it completes; no listener is called once this returns.
+     */
     override fun close() {
         if (!closed.compareAndSet(false, true)) return
         statusHandle.cancel()

@@ -15,12 +15,10 @@ import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import org.junit.jupiter.api.AfterEach
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.BeforeEach
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 import java.util.concurrent.CountDownLatch
@@ -38,21 +36,7 @@ import org.outpost.ffi.SyncOutcome
 import org.outpost.ffi.SyncState
 import org.outpost.ffi.WriteOp
 
-class OutpostTest {
-    private lateinit var server: TestServer
-    private val open = mutableListOf<Outpost>()
-
-    @BeforeEach
-    fun start() {
-        server = TestServer()
-    }
-
-    @AfterEach
-    fun stop() {
-        open.forEach { it.close() }
-        server.close()
-    }
-
+class OutpostTest : ServerTest() {
     private suspend fun device(name: String, token: String = AMINA) = server.device(name, token).also { open += it }
 
     private fun ids(records: List<Record>) = records.map { it.id }

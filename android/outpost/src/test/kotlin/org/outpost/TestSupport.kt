@@ -10,6 +10,8 @@ import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.withTimeout
+import org.junit.jupiter.api.AfterEach
+import org.junit.jupiter.api.BeforeEach
 import org.outpost.ffi.CollectionSpec
 import org.outpost.ffi.ConflictStrategy
 import org.outpost.ffi.Durability
@@ -94,5 +96,22 @@ class TestServer : AutoCloseable {
 suspend fun eventually(timeoutMs: Long = 10_000, what: String = "condition", check: suspend () -> Boolean) {
     withTimeout(timeoutMs) {
         while (!check()) delay(20)
+    }
+}
+
+/** A suite with a fresh server for each test; the devices in [open] are closed after it. */
+abstract class ServerTest {
+    protected lateinit var server: TestServer
+    protected val open = mutableListOf<Outpost>()
+
+    @BeforeEach
+    fun start() {
+        server = TestServer()
+    }
+
+    @AfterEach
+    fun stop() {
+        open.forEach { it.close() }
+        server.close()
     }
 }

@@ -17,7 +17,7 @@ import org.outpost.ffi.TokenProvider
 
 class FfiBenchTest {
     private object NoToken : TokenProvider {
-        override fun token(refresh: Boolean): String = ""
+        override suspend fun token(refresh: Boolean): String? = ""
     }
 
     // The same record as bench/src/util.rs payload(i), as compact JSON text.
