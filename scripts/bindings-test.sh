@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the workspace (the FFI library, uniffi-bindgen and outpost-server), generates
-# the Kotlin, Python and Swift bindings from the built library, then runs the JVM suite
+# the Kotlin, Python and Swift bindings from the built library, then runs the Kotlin suites
 # (Maven) and the Python suite against the real server on loopback.
 #
 # Needs: Rust, JDK 17, Maven, Python 3 with pytest. Fetches only from crates.io, Maven
@@ -28,15 +28,15 @@ generate python python/generated
 generate swift ios/generated
 ln -sf "$lib" "python/generated/$(basename "$lib")"
 
-echo "== Kotlin/JVM tests (Maven)"
+echo "== Kotlin tests (Maven: JVM suite, then the Android module under Robolectric)"
 status=0
-rm -rf android/target/surefire-reports
+rm -rf android/*/target/surefire-reports
 (cd android && mvn -q -B -Dstyle.color=never test) || status=$?
 # -q hides Surefire's own summary; print one line per test class and the total.
-python3 - android/target/surefire-reports <<'PY' || true
+python3 - android <<'PY' || true
 import glob, sys, xml.etree.ElementTree as ET
 totals = [0, 0, 0, 0]
-for path in sorted(glob.glob(sys.argv[1] + "/TEST-*.xml")):
+for path in sorted(glob.glob(sys.argv[1] + "/*/target/surefire-reports/TEST-*.xml")):
     s = ET.parse(path).getroot()
     n = [int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")]
     totals = [a + b for a, b in zip(totals, n)]
