@@ -523,3 +523,28 @@ impl Drop for Outpost {
         self.engine.shutdown();
     }
 }
+
+#[uniffi::export]
+impl Outpost {
+    /// `close` for a caller that must not wait (an app's main thread): every later call
+    /// fails with `Closed` once this returns, and the rest (stopping sync, waiting out a
+    /// running write and listener, folding the WAL back) runs on a background thread.
+    /// The returned handle's `closed()` resolves once the database is closed. Fails with
+    /// `Closed` when the store has already closed.
+    pub fn close_in_background(&self) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        guard(|| {
+            let rt = runtime()?;
+            // A store subscription ends only once the store has closed: the done signal.
+            let done = self.store.subscribe(Arc::new(|_: &core::ChangeEvent| {}))?;
+            if !self.closed.swap(true, Ordering::SeqCst) {
+                let (store, engine) = (self.store.clone(), self.engine.clone());
+                rt.spawn_blocking(move || {
+                    engine.set_conflict_listener(None);
+                    engine.shutdown();
+                    store.close();
+                });
+            }
+            Ok(SubscriptionHandle::new(done))
+        })
+    }
+}

@@ -1039,3 +1039,51 @@ fn panics_become_internal_errors_and_core_errors_map_one_to_one() {
     ));
     assert!(matches!(e, OutpostError::Callback { .. }));
 }
+
+/// Holds every change callback until the test lets it go.
+struct Stuck {
+    entered: Mutex<mpsc::Sender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl ChangeListener for Stuck {
+    fn on_change(&self, _event: ChangeEvent) -> Result<(), OutpostError> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(())
+    }
+}
+
+#[test]
+fn close_in_background_refuses_calls_at_once_and_closes_behind_a_running_listener() {
+    let (dir, db) = open();
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let listener = Stuck {
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    };
+    let _handle = db.subscribe(Box::new(listener)).unwrap();
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    entered.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    // `close` would wait for the stuck listener; this returns with it still stuck.
+    let done = db.close_in_background().unwrap();
+    assert!(db.is_closed());
+    assert_eq!(
+        db.put(s("answers"), None, s("{}")).unwrap_err(),
+        OutpostError::Closed
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!done.is_closed(), "closed while a listener still runs");
+
+    release.send(()).unwrap();
+    let rt = crate::runtime::runtime().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), done.closed())
+            .await
+            .unwrap()
+    });
+    delete_database(config(&dir).path).unwrap();
+    assert_eq!(db.close_in_background().unwrap_err(), OutpostError::Closed);
+}

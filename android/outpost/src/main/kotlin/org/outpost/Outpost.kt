@@ -7,7 +7,9 @@
 // is compiled and tested on a plain JVM.
 package org.outpost
 
+import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicBoolean
+import java.util.concurrent.atomic.AtomicInteger
 import kotlin.time.Duration
 import kotlinx.coroutines.CancellationException
 import kotlinx.coroutines.CoroutineDispatcher
@@ -35,6 +37,7 @@ import org.outpost.ffi.ConflictListener
 import org.outpost.ffi.FailedEdit
 import org.outpost.ffi.Filter
 import org.outpost.ffi.OutpostConfig
+import org.outpost.ffi.OutpostException
 import org.outpost.ffi.Page
 import org.outpost.ffi.Query
 import org.outpost.ffi.QueryListener
@@ -47,6 +50,7 @@ import org.outpost.ffi.SubscriptionHandle
 import org.outpost.ffi.SyncReport
 import org.outpost.ffi.SyncStatus
 import org.outpost.ffi.TokenProvider
+import org.outpost.ffi.UniffiLib
 import org.outpost.ffi.WriteOp
 import org.outpost.ffi.Outpost as Native
 
@@ -73,30 +77,27 @@ class Outpost private constructor(
     /** The generated object, for anything this layer does not wrap. */
     val native: Native,
     private val io: CoroutineDispatcher,
+    private val path: String,
 ) : AutoCloseable {
     private val closed = AtomicBoolean(false)
     private val status = MutableStateFlow(native.status())
     private val conflictEvents = MutableSharedFlow<Conflict>(extraBufferCapacity = 64)
 
-    // The status listener lives as long as this object; the engine coalesces updates, so
-    // the StateFlow always ends on the latest status.
-    private val statusHandle: SubscriptionHandle =
-        native.subscribeStatus(
-            object : StatusListener {
-                override fun onStatus(status: SyncStatus) {
-                    this@Outpost.status.value = status
-                }
-            },
-        )
+    // The listeners hold the flows, never this object: the native side keeps them alive,
+    // and they must not keep an Outpost the app dropped from being cleaned up.
+    private val statusHandle: SubscriptionHandle = native.subscribeStatus(statusInto(status))
+    private val ending = Ending(native, statusHandle, path)
+
+    // An Outpost the app dropped without close() still stops its sync, its listener
+    // threads and its database (the generated cleaner picks the platform's mechanism).
+    private val cleanable = UniffiLib.CLEANER.register(this, ending)
+
+    // How many syncNow calls wait on the one sync the core runs: only the last one to be
+    // cancelled may stop it (the others, the WorkManager worker among them, still want it).
+    private val syncCallers = AtomicInteger(0)
 
     init {
-        native.setConflictListener(
-            object : ConflictListener {
-                override fun onConflict(conflict: Conflict) {
-                    conflictEvents.tryEmit(conflict)
-                }
-            },
-        )
+        native.setConflictListener(conflictsInto(conflictEvents))
     }
 
     companion object {
@@ -110,7 +111,10 @@ class Outpost private constructor(
             config: OutpostConfig,
             tokens: TokenProvider,
             io: CoroutineDispatcher = Dispatchers.IO,
-        ): Outpost = withContext(io) { Outpost(Native.open(config, tokens), io) }
+        ): Outpost {
+            awaitClosing(config.path)
+            return withContext(io) { Outpost(Native.open(config, tokens), io, config.path) }
+        }
 
         /**
          * Removes the database at [path] and the files beside it, sealed data included.
@@ -119,7 +123,51 @@ class Outpost private constructor(
         suspend fun deleteDatabase(
             path: String,
             io: CoroutineDispatcher = Dispatchers.IO,
-        ) = withContext(io) { org.outpost.ffi.deleteDatabase(path) }
+        ) {
+            awaitClosing(path)
+            withContext(io) { org.outpost.ffi.deleteDatabase(path) }
+        }
+
+        /** Stores closing in the background, by path: opening or deleting the file again waits. */
+        private val closing = ConcurrentHashMap<String, SubscriptionHandle>()
+
+        private suspend fun awaitClosing(path: String) {
+            closing[path]?.let { done ->
+                done.closed()
+                closing.remove(path, done)
+            }
+        }
+
+        private fun statusInto(flow: MutableStateFlow<SyncStatus>) =
+            object : StatusListener {
+                override fun onStatus(status: SyncStatus) {
+                    flow.value = status
+                }
+            }
+
+        private fun conflictsInto(flow: MutableSharedFlow<Conflict>) =
+            object : ConflictListener {
+                override fun onConflict(conflict: Conflict) {
+                    flow.tryEmit(conflict)
+                }
+            }
+    }
+
+    /**
+     * Ends a store without blocking: the status listener stops, the core refuses new calls
+     * at once and closes the database on its own thread. Shared by [close] and the cleaner,
+     * so it must not refer to the Outpost.
+     */
+    private class Ending(
+        private val native: Native,
+        private val statusHandle: SubscriptionHandle,
+        private val path: String,
+    ) : Runnable {
+        override fun run() {
+            statusHandle.cancel()
+            // Fails with Closed only when the store has closed already (signOut).
+            runCatching { native.closeInBackground() }.onSuccess { closing[path] = it }
+        }
     }
 
     /** The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago". */
@@ -190,9 +238,12 @@ class Outpost private constructor(
             )
         }.buffer(Channel.CONFLATED)
 
-    /** Every change event, local or pulled, while collected. */
+    /**
+     * Every change event, local or pulled, while collected. None is dropped: a burst (a
+     * first sync) waits in an unbounded buffer for a slow collector.
+     */
     fun changes(): Flow<ChangeEvent> =
-        subscription {
+        subscription<ChangeEvent> {
             native.subscribe(
                 object : ChangeListener {
                     override fun onChange(event: ChangeEvent) {
@@ -200,7 +251,7 @@ class Outpost private constructor(
                     }
                 },
             )
-        }
+        }.buffer(Channel.UNLIMITED)
 
     /**
      * The result of [query] on [collection]: emitted once now, then each time a commit
@@ -239,11 +290,18 @@ class Outpost private constructor(
     /**
      * A Flow over a native subscription, opened on [io] and closed when collection ends.
      * It completes when the store closes or signs out: the subscription's end comes after
-     * its last callback, so every value delivered is emitted first.
+     * its last callback, so every value delivered is emitted first. Collected after that,
+     * it completes at once, as a store that has ended has nothing more to deliver.
      */
     private fun <T> subscription(open: ProducerScope<T>.() -> SubscriptionHandle): Flow<T> =
         callbackFlow {
-            val handle = open()
+            val handle =
+                try {
+                    open()
+                } catch (e: OutpostException.Closed) {
+                    close()
+                    return@callbackFlow
+                }
             launch {
                 handle.closed()
                 close()
@@ -258,14 +316,23 @@ class Outpost private constructor(
      * Pushes local edits, then pulls. [deadline] bounds the run (WorkManager and
      * BGTaskScheduler give about 30 s). Cancelling the calling coroutine cancels the sync:
      * in-flight edits go back to the queue and are resent later, never lost or doubled.
+     * A call while a sync runs joins it; cancelling one caller stops the sync only when no
+     * other caller still waits for it.
      */
     suspend fun syncNow(deadline: Duration? = null): SyncReport =
         withContext(io) {
+            syncCallers.incrementAndGet()
+            var left = false
             try {
                 native.syncNow(deadline?.inWholeMilliseconds?.coerceAtLeast(0)?.toULong())
             } catch (e: CancellationException) {
-                withContext(NonCancellable) { runCatching { native.cancelSync() } }
+                left = true
+                if (syncCallers.decrementAndGet() == 0) {
+                    withContext(NonCancellable) { runCatching { native.cancelSync() } }
+                }
                 throw e
+            } finally {
+                if (!left) syncCallers.decrementAndGet()
             }
         }
 
@@ -307,18 +374,26 @@ class Outpost private constructor(
      */
     suspend fun signOut(policy: SignOutPolicy) {
         withContext(io) { native.signOut(policy) }
-        if (closed.compareAndSet(false, true)) statusHandle.cancel()
+        if (closed.compareAndSet(false, true)) cleanable.clean()
     }
 
     /**
-     * Stops sync and listeners and closes the database; later calls throw `Closed`. Every
-     * Flow of it completes; no listener is called once this returns.
+     * Stops sync and listeners and closes the database without blocking the caller (it
+     * may be the main thread): later calls throw `Closed` at once, and the database closes
+     * on a background thread once a running write or listener is done; every Flow of it
+     * then completes. [open] and [deleteDatabase] of the same file wait for that; so does
+     * [closeAndWait].
      */
     override fun close() {
         if (!closed.compareAndSet(false, true)) return
-        statusHandle.cancel()
         // The native handle itself is freed by its cleaner once unreachable, so a stray
         // later call gets OutpostException.Closed rather than a use-after-free error.
-        native.closeStore()
+        cleanable.clean()
+    }
+
+    /** [close], then suspends until the database is closed and no listener runs. */
+    suspend fun closeAndWait() {
+        close()
+        awaitClosing(path)
     }
 }
