@@ -73,9 +73,20 @@ impl Device {
         tokens: Arc<dyn outpost_core::TokenProvider>,
         config: SyncConfig,
     ) -> Device {
+        Device::open_via(dir, name, &server.base_url(), tokens, config)
+    }
+
+    /// A device that reaches `server` at `url` (a proxy in front of it, say).
+    pub fn open_via(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        tokens: Arc<dyn outpost_core::TokenProvider>,
+        config: SyncConfig,
+    ) -> Device {
         let path = dir.join(format!("{name}.db"));
         let store = Store::open(&path, store_config()).expect("open device store");
-        let link = Arc::new(FaultyTransport::http(&server.base_url()).expect("transport"));
+        let link = Arc::new(FaultyTransport::http(url).expect("transport"));
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),
