@@ -30,6 +30,7 @@ mod db;
 mod error;
 mod feed;
 mod outbox;
+pub mod pages;
 pub mod protocol;
 mod query;
 mod record;

@@ -507,6 +507,8 @@ mod tests {
                     changes: Vec::new(),
                     cursor: String::new(),
                     has_more: false,
+                    remaining: None,
+                    remaining_capped: false,
                 })
             })
         }

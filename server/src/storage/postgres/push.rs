@@ -113,7 +113,7 @@ pub(super) async fn push(
 }
 
 const SELECT_RECORD_FOR_UPDATE: &str = "SELECT collection, record_id, data, deleted, version, seq, hlc, owner, team, \
-     created_at, updated_at FROM records \
+     created_at, updated_at, writer, echo FROM records \
      WHERE collection = $1 AND scope = $2 AND record_id = $3 FOR UPDATE";
 
 /// One attempt at a push, in one READ COMMITTED transaction.
@@ -135,12 +135,13 @@ async fn push_once(
     let st_stage = client
         .prepare_cached(
             "INSERT INTO records (collection, scope, record_id, data, deleted, version, seq, \
-             hlc, owner, team, created_at, updated_at) \
+             hlc, owner, team, created_at, updated_at, writer, echo) \
              VALUES ($1, $2, $3, $4, $5, $6, -nextval('records_staged_seq'), $7, $8, $9, $10, \
-                     $11) \
+                     $11, $12, $13) \
              ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
              deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-             hlc = excluded.hlc, updated_at = excluded.updated_at",
+             hlc = excluded.hlc, updated_at = excluded.updated_at, writer = excluded.writer, \
+             echo = excluded.echo",
         )
         .await?;
     let st_seq = client
@@ -271,6 +272,8 @@ impl PushSteps for PgPush<'_> {
                         &row.team,
                         &row.created_at_ms,
                         &row.updated_at_ms,
+                        &row.writer,
+                        &row.echo,
                     ],
                 )
                 .await?;
