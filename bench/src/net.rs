@@ -397,6 +397,7 @@ pub fn fetch_pages(
             since: since.clone(),
             limit: SyncConfig::default().pull_limit,
             collections: vec![collection.to_owned()],
+            ..PullParams::default()
         };
         let page = rt.block_on(transport.pull(TOKEN, &params))?;
         since = Some(page.cursor.clone());

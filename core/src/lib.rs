@@ -47,8 +47,8 @@ pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};
 pub use store::{QueryListener, RecordListener, Store, WriteTx};
 pub use sync::{
-    ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
-    SyncOutcome, SyncReport, SyncStatus, TokenProvider,
+    CollectionProgress, ConflictListener, Progress, StaticToken, StatusListener, SyncActivity,
+    SyncConfig, SyncEngine, SyncOutcome, SyncProgress, SyncReport, SyncStatus, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
 
