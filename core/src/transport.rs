@@ -503,8 +503,60 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_grow_with_the_bytes_in_flight() {
+        let t = HttpTimeouts::default();
+        assert_eq!(t.for_bytes(0), t.request);
+        assert_eq!(t.for_bytes(60 * 1024), t.request + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_additions_go_in_the_query_only_when_asked_for() {
+        let mut p = PullParams {
+            since: Some("c2.ab".into()),
+            limit: 10,
+            collections: vec!["a".into(), "b".into()],
+            ..PullParams::default()
+        };
+        assert_eq!(p.query(), "since=c2.ab&limit=10&collections=a%2Cb");
+        p.max_bytes = Some(0);
+        p.columns = true;
+        p.own = vec![(3, 3), (5, 9)];
+        assert_eq!(
+            p.query(),
+            "since=c2.ab&limit=10&collections=a%2Cb&max_bytes=1&format=columns&own=3%2C5-9"
+        );
+    }
+
+    #[test]
+    fn answers_are_decoded_by_their_encoding_and_bounded() {
+        let json = br#"{"status":"ok","protocol":1}"#;
+        let gz = gzip(json).unwrap();
+        let zs = zstd::bulk::compress(json, 3).unwrap();
+        for (enc, body) in [
+            (None, &json[..]),
+            (Some("gzip"), &gz),
+            (Some(" ZSTD "), &zs),
+        ] {
+            assert_eq!(decode_body(enc, body).unwrap(), json, "{enc:?}");
+        }
+        assert!(matches!(
+            decode_body(Some("br"), json),
+            Err(TransportError::Protocol(_))
+        ));
+        assert!(decode_body(Some("zstd"), b"not zstd").is_err());
+        // A bomb: a little zstd that would decode past the body limit.
+        let zeros = vec![0u8; MAX_BODY_BYTES + 1];
+        let bomb = zstd::bulk::compress(&zeros, 3).unwrap();
+        assert!(bomb.len() < 4096);
+        let e = decode_body(Some("zstd"), &bomb).unwrap_err();
+        assert!(e.to_string().contains("over"), "{e}");
+    }
+
+    #[test]
     fn transient_errors() {
         assert!(TransportError::Timeout.is_transient());
+        assert!(TransportError::Cut(String::new()).is_transient());
+        assert!(TransportError::Cut(String::new()).is_link_failure());
         assert!(TransportError::RateLimited { retry_after: None }.is_transient());
         let e = |status| TransportError::Http {
             status,
