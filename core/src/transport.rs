@@ -149,7 +149,8 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Counters of what went over the wire, for status and benchmarks.
+/// Counters of what went over the wire, for status and benchmarks: bodies as sent
+/// (compressed), and the request and status lines and headers.
 #[derive(Debug, Default)]
 pub struct WireStats {
     pub requests: std::sync::atomic::AtomicU64,
@@ -244,7 +245,7 @@ impl HttpTransport {
             .read_timeout(timeouts.stall)
             // Answers are decoded here (`decode_body`), to count what the radio carried.
             .no_gzip()
-            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| TransportError::Protocol(format!("HTTP client: {e}")))?;
         Ok(HttpTransport {
@@ -277,16 +278,18 @@ impl HttpTransport {
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-        sent: usize,
+        body: usize,
         timeout: Duration,
     ) -> Result<T, TransportError> {
-        let response = request
+        let request = request
             .header(reqwest::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
             .timeout(timeout)
-            .send()
-            .await
+            .build()
             .map_err(map_reqwest)?;
+        let sent = body + request_head_bytes(&request);
+        let response = self.client.execute(request).await.map_err(map_reqwest)?;
         let status = response.status().as_u16();
+        let head = response_head_bytes(&response);
         let header = |name| {
             response
                 .headers()
@@ -300,15 +303,40 @@ impl HttpTransport {
         let body = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                self.count(sent, 0);
+                self.count(sent, head);
                 return Err(TransportError::Cut(e.to_string()));
             }
         };
-        self.count(sent, body.len());
+        self.count(sent, head + body.len());
         let body = decode_body(encoding.as_deref(), &body)?;
         decode_answer(status, retry_after.as_deref(), &body)
     }
 }
+
+/// The bytes of a request's line and headers, as far as this side knows them (the
+/// client adds a few of its own): what a request costs the radio besides its body.
+fn request_head_bytes(r: &reqwest::Request) -> usize {
+    let url = r.url();
+    let target = url.path().len() + url.query().map_or(0, |q| q.len() + 1);
+    let line = r.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
+    let host = "host: \r\n".len() + url.host_str().map_or(0, str::len) + 6;
+    let agent = "user-agent: \r\n".len() + USER_AGENT.len();
+    line + host + agent + headers_bytes(r.headers()) + 2
+}
+
+/// The bytes of an answer's status line and headers.
+fn response_head_bytes(r: &reqwest::Response) -> usize {
+    "HTTP/1.1 200 OK\r\n".len() + headers_bytes(r.headers()) + 2
+}
+
+fn headers_bytes(h: &reqwest::header::HeaderMap) -> usize {
+    h.iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum()
+}
+
+/// What the device tells servers it is.
+const USER_AGENT: &str = concat!("outpost/", env!("CARGO_PKG_VERSION"));
 
 /// An answer's body as sent, decoded by its `Content-Encoding`; more than
 /// [`MAX_BODY_BYTES`] decoded is refused, as the server refuses such a request.
