@@ -72,6 +72,10 @@ struct Inner {
     cancel: Mutex<Option<Arc<Notify>>>,
     state: Mutex<EngineState>,
     statuses: Fanout<SyncStatus>,
+    /// Held while a status is computed and handed over, so two threads publishing at
+    /// once (the engine after a page, the store's feed after its writes) cannot hand
+    /// over an older snapshot last: progress shown only moves forward.
+    publishing: Mutex<()>,
     conflict_listener: Mutex<Option<Arc<dyn ConflictListener>>>,
     auto_wake: Notify,
     auto_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -134,6 +138,7 @@ impl SyncEngine {
             cancel: Mutex::new(None),
             state: Mutex::new(state),
             statuses: Fanout::default(),
+            publishing: Mutex::new(()),
             conflict_listener: Mutex::new(None),
             auto_wake: Notify::new(),
             auto_task: Mutex::new(None),

@@ -90,6 +90,7 @@ impl Inner {
     }
 
     pub(super) fn publish_status(&self) {
+        let _in_order = lock(&self.publishing);
         self.statuses.publish(self.status());
     }
 }
