@@ -584,6 +584,10 @@ struct PullParams {
     columns: bool,
     /// The client's own applied seqs, as inclusive ranges.
     own: Vec<(i64, i64)>,
+    /// The client sent one of the additions above (`max_bytes`, `format`, `own`), so it
+    /// knows them and reads `remaining`; a v1 client gets exactly the v1 page, whose
+    /// schema admits no other member, and costs no count.
+    knows_additions: bool,
 }
 
 /// Most ranges an `own` list may hold.
@@ -686,6 +690,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
             _ => {}
         }
     }
+    let knows_additions = max_bytes.is_some() || format.is_some() || own.is_some();
     Ok(PullParams {
         since,
         limit: limit.unwrap_or(DEFAULT_PULL_LIMIT),
@@ -695,6 +700,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
         // answer's own `format` member (absent in v1) says which form it is.
         columns: format.as_deref() == Some(pages::COLUMNS),
         own: own.unwrap_or_default(),
+        knows_additions,
     })
 }
 
@@ -748,6 +754,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             m.min(policy.max_pull_page_bytes)
         }),
         own: params.own,
+        count_remaining: params.knows_additions,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");
@@ -786,7 +793,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             let end = PageEnd {
                 cursor,
                 has_more,
-                remaining: remaining.changes,
+                remaining: query.count_remaining.then_some(remaining.changes),
                 remaining_capped: remaining.capped,
             };
             if params.columns {
@@ -803,8 +810,10 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
 struct PageEnd {
     cursor: String,
     has_more: bool,
-    /// Changes readable past this page (0 on the last).
-    remaining: u64,
+    /// Changes readable past this page (0 on the last), for a client that knows the
+    /// additions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<u64>,
     /// Present (and true) when `remaining` is a floor.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     remaining_capped: bool,

@@ -182,7 +182,7 @@ pub(crate) async fn read_page<S: PullSteps>(
     } else {
         marks.last_seq.max(since)
     };
-    let remaining = if has_more {
+    let remaining = if has_more && q.count_remaining {
         steps.count_after(q, seq, REMAINING_CAP).await?
     } else {
         Remaining::default()

@@ -170,14 +170,21 @@ async fn remaining_counts_what_follows_and_stops_at_the_cap(backend: Backend) {
         .map(|i| put("patients", &format!("p{i:02}"), None, json!({"i": i})))
         .collect();
     s.push_resending(AMINA, ops).await;
+    // A v1 client, sending none of the additions, gets the v1 page exactly: no count.
+    let (_, body) = s.pull_raw(AMINA, "?limit=10").await;
+    assert_eq!(body["has_more"], json!(true), "{body}");
+    assert!(
+        body.get("remaining").is_none() && body.get("remaining_capped").is_none(),
+        "{body}"
+    );
     // Chioma's team reads none of them: they are no part of her count.
-    let (_, body) = s.pull_raw(CHIOMA, "?limit=1").await;
+    let (_, body) = s.pull_raw(CHIOMA, "?limit=1&max_bytes=100000").await;
     assert_eq!(
         (body["has_more"].clone(), body["remaining"].clone()),
         (json!(false), json!(0))
     );
     let mut seen = Vec::new();
-    let mut q = "?limit=10".to_owned();
+    let mut q = "?limit=10&max_bytes=100000".to_owned();
     loop {
         let (st, body) = s.pull_raw(AMINA, &q).await;
         assert_eq!(st, 200);
@@ -186,7 +193,10 @@ async fn remaining_counts_what_follows_and_stops_at_the_cap(backend: Backend) {
         if !body["has_more"].as_bool().unwrap() {
             break;
         }
-        q = format!("?limit=10&since={}", body["cursor"].as_str().unwrap());
+        q = format!(
+            "?limit=10&max_bytes=100000&since={}",
+            body["cursor"].as_str().unwrap()
+        );
     }
     assert_eq!(seen, [15, 5, 0]);
     // Own changes left out are no part of it either.
@@ -199,7 +209,9 @@ async fn remaining_counts_what_follows_and_stops_at_the_cap(backend: Backend) {
             .collect();
         s.push_resending(AMINA, ops).await;
     }
-    let (_, body) = s.pull_raw(AMINA, "?limit=1&collections=answers").await;
+    let (_, body) = s
+        .pull_raw(AMINA, "?limit=1&collections=answers&format=columns")
+        .await;
     assert_eq!(
         (body["remaining"].clone(), body["remaining_capped"].clone()),
         (json!(10_000), json!(true))

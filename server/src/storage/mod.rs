@@ -86,6 +86,8 @@ pub struct PullQuery {
     /// Seqs (inclusive ranges) of the puller's own applied ops: such a change is left
     /// out when its device holds exactly what is stored (see `logic::echo_exact`).
     pub own: Vec<(i64, i64)>,
+    /// Count what remains past the page (`remaining`), for a client that reads it.
+    pub count_remaining: bool,
 }
 
 /// A change as a pull page carries it: the `Change` of the protocol, with its data
