@@ -21,7 +21,8 @@
 //!   no cycle can form. The purge takes only record rows no push holds (`SKIP
 //!   LOCKED`), then the purge mark and the audit head, and never waits for a record.
 //! - **Text columns** cannot hold a NUL character in PostgreSQL, but a client may send
-//!   one in an `op_id` or `client_id`; those two are stored escaped ([`pg_text`]) so the
+//!   one in an `op_id` or `client_id`; those two (the latter also as a record's
+//!   `writer`) are stored escaped ([`pg_text`], read back by [`pg_untext`]) so the
 //!   request gets the same answer as on SQLite instead of a 500.
 //!
 //! The migrations are in `schema.rs`, the locks, storage steps and retries of a push in
@@ -43,7 +44,7 @@ use outpost_core::protocol::{JsonObject, OpResult};
 use tokio::sync::OnceCell;
 use tokio_postgres::{IsolationLevel, Row, Statement};
 
-pub use push::pg_text;
+pub use push::{pg_text, pg_untext};
 pub use schema::{APP_ROLE_GRANTS, MIGRATIONS};
 
 use super::{
@@ -250,7 +251,11 @@ fn read_record(r: &Row) -> Result<StoredRecord, StorageError> {
         team: get_s(8)?,
         created_at_ms: get_i(9)?,
         updated_at_ms: get_i(10)?,
-        writer: r.try_get(11).map_err(|e| pg_err(&e))?,
+        // Stored escaped, like the client_id it is.
+        writer: r
+            .try_get::<_, Option<String>>(11)
+            .map_err(|e| pg_err(&e))?
+            .map(|w| pg_untext(&w).into_owned()),
         echo: r.try_get(12).map_err(|e| pg_err(&e))?,
     })
 }

@@ -71,6 +71,28 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The text [`pg_text`] was given, from what it made: for stored texts read back and
+/// compared, like a record's writer.
+pub fn pg_untext(s: &str) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some(escaped) => out.push(escaped),
+            None => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The advisory lock key of a name: 64 bits of SHA-256, with a tag per kind of name
 /// and length prefixes so that no two different names can be spelled the same.
 fn lock_key(kind: &str, parts: &[&str]) -> i64 {
@@ -257,6 +279,8 @@ impl PushSteps for PgPush<'_> {
         // (unique, and below every cursor) until `assign_seqs`. Uncommitted, so no pull
         // sees it; and the record's advisory lock keeps other pushes off it.
         for row in rows {
+            let writer = pg_text(row.writer);
+            let writer: &str = &writer;
             self.tx
                 .execute(
                     &self.st_stage,
@@ -272,7 +296,7 @@ impl PushSteps for PgPush<'_> {
                         &row.team,
                         &row.created_at_ms,
                         &row.updated_at_ms,
-                        &row.writer,
+                        &writer,
                         &row.echo,
                     ],
                 )
@@ -359,6 +383,9 @@ mod tests {
             }
         }
         assert!(matches!(pg_text("plain"), Cow::Borrowed(_)));
+        for (input, stored) in inputs.iter().zip(&out) {
+            assert_eq!(pg_untext(stored), *input);
+        }
     }
 
     #[test]
