@@ -369,6 +369,22 @@ impl Run {
             "≥ 0.8×",
             q.map(|q| q >= 0.8),
         ));
+        // Wire bytes per synced record, against the records' own JSON gzipped.
+        let wire: u64 = real.iter().map(|r| r.wire_bytes).sum();
+        let data: u64 = real.iter().map(|r| r.records_gzip_bytes).sum();
+        let per = |b: u64| b as f64 / n.max(1) as f64;
+        let q = ratio(wire as f64, data as f64);
+        self.rows.push(row(
+            &format!(
+                "4 first sync of {} changes: wire bytes per record",
+                size.pull_changes
+            ),
+            format!("{:.1} B ({wire} B both ways)", per(wire)),
+            format!("{:.1} B (the records' JSON, gzip)", per(data)),
+            q,
+            "≤ 1.2×",
+            q.map(|q| q <= 1.2),
+        ));
         let base_json: Vec<Value> = base
             .iter()
             .map(|(n, f, u)| json!({"changes": n, "fetch_s": f, "upsert_s": u}))

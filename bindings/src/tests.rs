@@ -925,6 +925,25 @@ fn a_sync_report_crosses_with_every_count() {
         pulled: 5,
         repulls: 6,
         requests: 7,
+        bytes_sent: 10,
+        bytes_received: 11,
+        progress: outpost_core::SyncProgress {
+            download: outpost_core::Progress {
+                changes_done: 12,
+                changes_total: 13,
+                bytes_done: 14,
+                bytes_total: 15,
+            },
+            upload: outpost_core::Progress::default(),
+            collections: vec![outpost_core::CollectionProgress {
+                collection: s("answers"),
+                download: outpost_core::Progress::default(),
+                upload: outpost_core::Progress {
+                    changes_done: 16,
+                    ..outpost_core::Progress::default()
+                },
+            }],
+        },
         duration: Duration::from_millis(8),
         errors: vec![s("nine")],
     };
@@ -940,6 +959,25 @@ fn a_sync_report_crosses_with_every_count() {
             pulled: 5,
             repulls: 6,
             requests: 7,
+            bytes_sent: 10,
+            bytes_received: 11,
+            progress: SyncProgress {
+                download: Progress {
+                    changes_done: 12,
+                    changes_total: 13,
+                    bytes_done: 14,
+                    bytes_total: 15,
+                },
+                upload: Progress::default(),
+                collections: vec![CollectionProgress {
+                    collection: s("answers"),
+                    download: Progress::default(),
+                    upload: Progress {
+                        changes_done: 16,
+                        ..Progress::default()
+                    },
+                }],
+            },
             duration_ms: 8,
             errors: vec![s("nine")],
             should_retry: true,

@@ -529,6 +529,61 @@ impl From<core::SyncActivity> for SyncActivity {
     }
 }
 
+/// Done of the total known so far: changes, and bytes (received bytes down, the ops'
+/// JSON up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, uniffi::Record)]
+pub struct Progress {
+    pub changes_done: u64,
+    pub changes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl From<core::Progress> for Progress {
+    fn from(p: core::Progress) -> Self {
+        Progress {
+            changes_done: p.changes_done,
+            changes_total: p.changes_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+        }
+    }
+}
+
+/// One collection's progress, down and up.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CollectionProgress {
+    pub collection: String,
+    pub download: Progress,
+    pub upload: Progress,
+}
+
+/// How far a sync has got: in all, and per collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct SyncProgress {
+    pub download: Progress,
+    pub upload: Progress,
+    pub collections: Vec<CollectionProgress>,
+}
+
+impl From<&core::SyncProgress> for SyncProgress {
+    fn from(p: &core::SyncProgress) -> Self {
+        SyncProgress {
+            download: p.download.into(),
+            upload: p.upload.into(),
+            collections: p
+                .collections
+                .iter()
+                .map(|c| CollectionProgress {
+                    collection: c.collection.clone(),
+                    download: c.download.into(),
+                    upload: c.upload.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A snapshot of the sync state, for "Syncing…" or "Last synced 2 min ago".
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SyncStatus {
@@ -537,6 +592,10 @@ pub struct SyncStatus {
     pub failed: u64,
     pub conflicts: u64,
     pub last_synced_at_ms: Option<i64>,
+    /// A sync has completed at least once: false through the first sync.
+    pub has_synced: bool,
+    /// How far the running (or last) sync has got.
+    pub progress: SyncProgress,
     pub last_error: Option<String>,
     pub next_retry_at_ms: Option<i64>,
 }
@@ -549,6 +608,8 @@ impl From<&core::SyncStatus> for SyncStatus {
             failed: s.failed,
             conflicts: s.conflicts,
             last_synced_at_ms: s.last_synced_at_ms,
+            has_synced: s.has_synced,
+            progress: (&s.progress).into(),
             last_error: s.last_error.clone(),
             next_retry_at_ms: s.next_retry_at_ms,
         }
@@ -597,6 +658,11 @@ pub struct SyncReport {
     /// Full re-pulls after the server expired a cursor.
     pub repulls: u64,
     pub requests: u64,
+    /// Bytes sent and received on the wire during the sync.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// How far the sync got.
+    pub progress: SyncProgress,
     pub duration_ms: u64,
     pub errors: Vec<String>,
     pub should_retry: bool,
@@ -614,6 +680,9 @@ impl From<core::SyncReport> for SyncReport {
             pulled: r.pulled,
             repulls: r.repulls,
             requests: r.requests,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            progress: (&r.progress).into(),
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
             errors: r.errors,
         }

@@ -30,6 +30,7 @@ mod db;
 mod error;
 mod feed;
 mod outbox;
+pub mod pages;
 pub mod protocol;
 mod query;
 mod record;
@@ -51,8 +52,9 @@ pub use store::{
     QueryListener, RecordListener, SignOut, Store, Unsynced, WriteTx, delete_database,
 };
 pub use sync::{
-    ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
-    SyncOutcome, SyncReport, SyncStatus, TOKEN_TIMEOUT, TokenError, TokenFuture, TokenProvider,
+    CollectionProgress, ConflictListener, Progress, StaticToken, StatusListener, SyncActivity,
+    SyncConfig, SyncEngine, SyncOutcome, SyncProgress, SyncReport, SyncStatus, TOKEN_TIMEOUT,
+    TokenError, TokenFuture, TokenProvider,
 };
 pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
 

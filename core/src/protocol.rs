@@ -166,12 +166,88 @@ pub struct Change {
     pub updated_at: String,
 }
 
-/// `GET /v1/pull` answer.
+/// `GET /v1/pull` answer, in either of its forms: v1's list of changes, or the dense
+/// columns of [`crate::pages`] a client gets when it asks for them (and the server
+/// knows them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WirePage")]
 pub struct PullResponse {
     pub changes: Vec<Change>,
     pub cursor: String,
     pub has_more: bool,
+    /// Changes readable past this page, when the server says (older servers do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    /// `remaining` is a floor: the server stopped counting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remaining_capped: bool,
+}
+
+/// A pull answer as it arrives: the members of both forms, each optional, read in one
+/// pass with no buffering, then checked and turned into a [`PullResponse`].
+#[derive(Debug, Deserialize)]
+struct WirePage {
+    #[serde(default)]
+    changes: Option<Vec<Change>>,
+    cursor: String,
+    has_more: bool,
+    #[serde(default)]
+    remaining: Option<u64>,
+    #[serde(default)]
+    remaining_capped: bool,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    collections: Vec<String>,
+    #[serde(default)]
+    collection: Option<Vec<u32>>,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    versions: Vec<i64>,
+    #[serde(default)]
+    hlc: Option<crate::pages::SplitStamps>,
+    #[serde(default)]
+    hlcs: Option<Vec<String>>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    shapes: Vec<Vec<u32>>,
+    #[serde(default)]
+    shape: Vec<Option<u32>>,
+    #[serde(default)]
+    values: Vec<Vec<Value>>,
+}
+
+impl TryFrom<WirePage> for PullResponse {
+    type Error = crate::pages::PageError;
+
+    fn try_from(w: WirePage) -> Result<PullResponse, Self::Error> {
+        let changes = match (w.format, w.changes) {
+            (None, Some(changes)) => changes,
+            (None, None) => return Err(crate::pages::PageError("no changes".into())),
+            (Some(format), _) => crate::pages::decode(crate::pages::Columns {
+                format,
+                collections: w.collections,
+                collection: w.collection,
+                ids: w.ids,
+                versions: w.versions,
+                hlc: w.hlc,
+                hlcs: w.hlcs,
+                keys: w.keys,
+                shapes: w.shapes,
+                shape: w.shape,
+                values: w.values,
+            })?,
+        };
+        Ok(PullResponse {
+            changes,
+            cursor: w.cursor,
+            has_more: w.has_more,
+            remaining: w.remaining,
+            remaining_capped: w.remaining_capped,
+        })
+    }
 }
 
 /// `GET /health` answer.

@@ -2,16 +2,20 @@
 //!
 //! The engine only sees the [`Transport`] trait, so tests and simulations can put a
 //! fault-injecting layer in between, and apps with unusual networking can bring their
-//! own. [`HttpTransport`] is the real one: HTTP with gzip both ways, a timeout on every
-//! request, and TLS through rustls with bundled roots (no OpenSSL, no platform hooks).
+//! own. [`HttpTransport`] is the real one: gzip up, zstd or gzip down (decoded here, so
+//! the bytes the radio carried are counted and a decoded answer is bounded), timeouts
+//! that grow with the bytes a request moves, and TLS through rustls with bundled roots
+//! (no OpenSSL, no platform hooks).
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{ErrorResponse, HealthResponse, PullResponse, PushRequest, PushResponse};
+use crate::protocol::{
+    ErrorResponse, HealthResponse, MAX_BODY_BYTES, PullResponse, PushRequest, PushResponse,
+};
 
 /// A boxed future, so the trait can be used as `dyn Transport`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -24,6 +28,11 @@ pub enum TransportError {
     Network(String),
     #[error("request timed out")]
     Timeout,
+    /// The answer started to arrive and then stopped: the connection closed or went
+    /// silent part way. The link works but drops long transfers, so a smaller request
+    /// may get through at once.
+    #[error("answer cut off: {0}")]
+    Cut(String),
     /// `401`: the token is missing, wrong or expired.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -51,20 +60,71 @@ impl TransportError {
         match self {
             TransportError::Network(_)
             | TransportError::Timeout
+            | TransportError::Cut(_)
             | TransportError::RateLimited { .. }
             | TransportError::Protocol(_) => true,
             TransportError::Http { status, .. } => *status >= 500 || *status == 408,
             TransportError::Unauthorized(_) | TransportError::CursorExpired => false,
         }
     }
+
+    /// The request failed on the link itself (nothing wrong with it or the server).
+    pub fn is_link_failure(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Network(_) | TransportError::Timeout | TransportError::Cut(_)
+        )
+    }
 }
 
-/// One pull request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One pull request. The fields past `collections` are protocol additions, which a
+/// server that predates them ignores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullParams {
     pub since: Option<String>,
     pub limit: u32,
     pub collections: Vec<String>,
+    /// Byte budget of the page (`max_bytes`); `None`: the server's own.
+    pub max_bytes: Option<usize>,
+    /// Ask for the dense form of [`crate::pages`] (`format=columns`).
+    pub columns: bool,
+    /// Seqs of this client's own applied ops (`own`), as inclusive ranges.
+    pub own: Vec<(i64, i64)>,
+}
+
+impl PullParams {
+    /// The request's query string, as every transport over HTTP sends it.
+    pub fn query(&self) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(since) = &self.since {
+            q.append_pair("since", since);
+        }
+        q.append_pair("limit", &self.limit.to_string());
+        if !self.collections.is_empty() {
+            q.append_pair("collections", &self.collections.join(","));
+        }
+        if let Some(b) = self.max_bytes {
+            q.append_pair("max_bytes", &b.max(1).to_string());
+        }
+        if self.columns {
+            q.append_pair("format", crate::pages::COLUMNS);
+        }
+        if !self.own.is_empty() {
+            let ranges: Vec<String> = self
+                .own
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            q.append_pair("own", &ranges.join(","));
+        }
+        q.finish()
+    }
 }
 
 /// A server speaking protocol v1.
@@ -83,9 +143,14 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         token: &'a str,
         params: &'a PullParams,
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>>;
+    /// What this transport counts of its traffic, if it counts: the sync report's bytes.
+    fn wire_stats(&self) -> Option<Arc<WireStats>> {
+        None
+    }
 }
 
-/// Counters of what went over the wire, for status and benchmarks.
+/// Counters of what went over the wire, for status and benchmarks: bodies as sent
+/// (compressed), and the request and status lines and headers.
 #[derive(Debug, Default)]
 pub struct WireStats {
     pub requests: std::sync::atomic::AtomicU64,
@@ -94,11 +159,22 @@ pub struct WireStats {
 }
 
 /// Timeouts of the HTTP transport.
+///
+/// A fixed timeout for a whole request is wrong on a slow link both ways: too short
+/// for a large page at a few KB/s (it is cut off and fetched again, forever), and far
+/// too long to notice a dead link under a small request. So a push or pull may take
+/// `request` plus the time its bytes need at `min_bytes_per_s`, and it fails sooner if
+/// nothing at all arrives for `stall`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpTimeouts {
     pub connect: Duration,
-    /// Whole push or pull request, answer included.
+    /// A push or pull request's allowance besides its bytes: round trips, server time.
     pub request: Duration,
+    /// The slowest link served: a request may take the time its bytes need at this
+    /// rate (bytes per second) on top of `request`.
+    pub min_bytes_per_s: u64,
+    /// No byte of the answer for this long: the link is gone.
+    pub stall: Duration,
     /// The reachability probe: short, so a captive portal or dead link is noticed fast.
     pub health: Duration,
 }
@@ -107,11 +183,28 @@ impl Default for HttpTimeouts {
     fn default() -> Self {
         HttpTimeouts {
             connect: Duration::from_secs(10),
-            request: Duration::from_secs(30),
+            request: Duration::from_secs(15),
+            min_bytes_per_s: 1024,
+            stall: Duration::from_secs(20),
             health: Duration::from_secs(3),
         }
     }
 }
+
+impl HttpTimeouts {
+    /// How long a request that moves about `bytes` (both ways, on the wire) may take.
+    pub fn for_bytes(&self, bytes: usize) -> Duration {
+        let rate = self.min_bytes_per_s.max(1);
+        self.request + Duration::from_secs_f64(bytes as f64 / rate as f64)
+    }
+}
+
+/// The compression of a pull page is not known before it arrives; this is what a
+/// page's JSON about shrinks to at least, for sizing its timeout.
+const EXPECTED_COMPRESSION: usize = 4;
+
+/// The encodings an answer may come in, best first.
+const ACCEPT_ENCODING: &str = "zstd, gzip";
 
 /// Protocol v1 over HTTP(S).
 #[derive(Debug, Clone)]
@@ -149,8 +242,10 @@ impl HttpTransport {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config())
             .connect_timeout(timeouts.connect)
-            .gzip(true)
-            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+            .read_timeout(timeouts.stall)
+            // Answers are decoded here (`decode_body`), to count what the radio carried.
+            .no_gzip()
+            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| TransportError::Protocol(format!("HTTP client: {e}")))?;
         Ok(HttpTransport {
@@ -183,22 +278,94 @@ impl HttpTransport {
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-        sent: usize,
+        body: usize,
         timeout: Duration,
     ) -> Result<T, TransportError> {
-        let response = request.timeout(timeout).send().await.map_err(map_reqwest)?;
+        let request = request
+            .header(reqwest::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
+            .timeout(timeout)
+            .build()
+            .map_err(map_reqwest)?;
+        let sent = body + request_head_bytes(&request);
+        let response = self.client.execute(request).await.map_err(map_reqwest)?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // Compressed size is what the radio paid for; reqwest hides it, so estimate
-        // with the content length when the server sent one.
-        let wire_len = response.content_length().map(|n| n as usize);
-        let body = response.bytes().await.map_err(map_reqwest)?;
-        self.count(sent, wire_len.unwrap_or(body.len()));
+        let head = response_head_bytes(&response);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let encoding = header(reqwest::header::CONTENT_ENCODING);
+        // The answer has begun: a failure from here on cut it off part way.
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.count(sent, head);
+                return Err(TransportError::Cut(e.to_string()));
+            }
+        };
+        self.count(sent, head + body.len());
+        let body = decode_body(encoding.as_deref(), &body)?;
         decode_answer(status, retry_after.as_deref(), &body)
+    }
+}
+
+/// The bytes of a request's line and headers, as far as this side knows them (the
+/// client adds a few of its own): what a request costs the radio besides its body.
+fn request_head_bytes(r: &reqwest::Request) -> usize {
+    let url = r.url();
+    let target = url.path().len() + url.query().map_or(0, |q| q.len() + 1);
+    let line = r.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
+    let host = "host: \r\n".len() + url.host_str().map_or(0, str::len) + 6;
+    let agent = "user-agent: \r\n".len() + USER_AGENT.len();
+    line + host + agent + headers_bytes(r.headers()) + 2
+}
+
+/// The bytes of an answer's status line and headers.
+fn response_head_bytes(r: &reqwest::Response) -> usize {
+    "HTTP/1.1 200 OK\r\n".len() + headers_bytes(r.headers()) + 2
+}
+
+fn headers_bytes(h: &reqwest::header::HeaderMap) -> usize {
+    h.iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum()
+}
+
+/// What the device tells servers it is.
+const USER_AGENT: &str = concat!("outpost/", env!("CARGO_PKG_VERSION"));
+
+/// An answer's body as sent, decoded by its `Content-Encoding`; more than
+/// [`MAX_BODY_BYTES`] decoded is refused, as the server refuses such a request.
+pub fn decode_body(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, TransportError> {
+    let bounded = |mut r: Box<dyn Read + '_>| {
+        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_BODY_BYTES));
+        let limit = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX) + 1;
+        (&mut r)
+            .take(limit)
+            .read_to_end(&mut out)
+            .map_err(|e| TransportError::Protocol(format!("undecodable answer: {e}")))?;
+        if out.len() > MAX_BODY_BYTES {
+            return Err(TransportError::Protocol(format!(
+                "the answer is over {MAX_BODY_BYTES} bytes decoded"
+            )));
+        }
+        Ok(out)
+    };
+    match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "identity") => Ok(body.to_vec()),
+        Some("gzip" | "x-gzip") => bounded(Box::new(flate2::read::GzDecoder::new(body))),
+        Some("zstd") => {
+            let d = zstd::stream::read::Decoder::new(body)
+                .map_err(|e| TransportError::Protocol(format!("undecodable answer: {e}")))?;
+            bounded(Box::new(d))
+        }
+        Some(other) => Err(TransportError::Protocol(format!(
+            "answer in an encoding not asked for: {other}"
+        ))),
     }
 }
 
@@ -236,6 +403,7 @@ pub fn decode_answer<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A request that got no answer at all.
 fn map_reqwest(e: reqwest::Error) -> TransportError {
     if e.is_timeout() {
         TransportError::Timeout
@@ -269,9 +437,10 @@ fn tls_config() -> rustls::ClientConfig {
     }
 }
 
-/// Gzips a request body: field links are slow and JSON compresses about 5:1.
+/// Gzips a request body: field links are slow and JSON compresses about 5:1. The
+/// default level: a phone compresses a push once, and the uplink is the slowest part.
 fn gzip(body: &[u8]) -> Result<Vec<u8>, TransportError> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(body)
         .map_err(|e| TransportError::Protocol(e.to_string()))?;
     enc.finish()
@@ -309,7 +478,9 @@ impl Transport for HttpTransport {
                 json
             };
             let sent = body.len();
-            self.send(req.body(body), sent, self.timeouts.request).await
+            // The answer: about a tenth of an op per op once compressed.
+            let timeout = self.timeouts.for_bytes(sent + request.ops.len() * 40);
+            self.send(req.body(body), sent, timeout).await
         })
     }
 
@@ -320,19 +491,17 @@ impl Transport for HttpTransport {
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
         Box::pin(async move {
             let mut url = self.url("v1/pull")?;
-            {
-                let mut q = url.query_pairs_mut();
-                if let Some(since) = &params.since {
-                    q.append_pair("since", since);
-                }
-                q.append_pair("limit", &params.limit.to_string());
-                if !params.collections.is_empty() {
-                    q.append_pair("collections", &params.collections.join(","));
-                }
-            }
+            url.set_query(Some(&params.query()));
             let req = self.client.get(url).bearer_auth(token);
-            self.send(req, 0, self.timeouts.request).await
+            // Without a budget of its own the page is the server's: 4 MiB by default.
+            let page = params.max_bytes.unwrap_or(4 << 20);
+            let timeout = self.timeouts.for_bytes(page / EXPECTED_COMPRESSION);
+            self.send(req, 0, timeout).await
         })
+    }
+
+    fn wire_stats(&self) -> Option<Arc<WireStats>> {
+        Some(self.stats())
     }
 }
 
@@ -362,8 +531,60 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_grow_with_the_bytes_in_flight() {
+        let t = HttpTimeouts::default();
+        assert_eq!(t.for_bytes(0), t.request);
+        assert_eq!(t.for_bytes(60 * 1024), t.request + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_additions_go_in_the_query_only_when_asked_for() {
+        let mut p = PullParams {
+            since: Some("c2.ab".into()),
+            limit: 10,
+            collections: vec!["a".into(), "b".into()],
+            ..PullParams::default()
+        };
+        assert_eq!(p.query(), "since=c2.ab&limit=10&collections=a%2Cb");
+        p.max_bytes = Some(0);
+        p.columns = true;
+        p.own = vec![(3, 3), (5, 9)];
+        assert_eq!(
+            p.query(),
+            "since=c2.ab&limit=10&collections=a%2Cb&max_bytes=1&format=columns&own=3%2C5-9"
+        );
+    }
+
+    #[test]
+    fn answers_are_decoded_by_their_encoding_and_bounded() {
+        let json = br#"{"status":"ok","protocol":1}"#;
+        let gz = gzip(json).unwrap();
+        let zs = zstd::bulk::compress(json, 3).unwrap();
+        for (enc, body) in [
+            (None, &json[..]),
+            (Some("gzip"), &gz),
+            (Some(" ZSTD "), &zs),
+        ] {
+            assert_eq!(decode_body(enc, body).unwrap(), json, "{enc:?}");
+        }
+        assert!(matches!(
+            decode_body(Some("br"), json),
+            Err(TransportError::Protocol(_))
+        ));
+        assert!(decode_body(Some("zstd"), b"not zstd").is_err());
+        // A bomb: a little zstd that would decode past the body limit.
+        let zeros = vec![0u8; MAX_BODY_BYTES + 1];
+        let bomb = zstd::bulk::compress(&zeros, 3).unwrap();
+        assert!(bomb.len() < 4096);
+        let e = decode_body(Some("zstd"), &bomb).unwrap_err();
+        assert!(e.to_string().contains("over"), "{e}");
+    }
+
+    #[test]
     fn transient_errors() {
         assert!(TransportError::Timeout.is_transient());
+        assert!(TransportError::Cut(String::new()).is_transient());
+        assert!(TransportError::Cut(String::new()).is_link_failure());
         assert!(TransportError::RateLimited { retry_after: None }.is_transient());
         let e = |status| TransportError::Http {
             status,

@@ -258,3 +258,40 @@ def test_deadline_stops_a_sync(devices):
     release.set()
     assert report.outcome == ffi.SyncOutcome.DEADLINE_EXCEEDED and report.should_retry
     assert a.status().pending == 1
+
+
+class Statuses(ffi.StatusListener):
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+
+    def on_status(self, status):
+        with self.lock:
+            self.seen.append(status)
+
+
+def test_first_sync_progress_is_monotonic_and_reaches_the_total(devices):
+    b = devices("b", BEN)
+    b.batch([ffi.WriteOp.PUT(collection="patients", id=f"p{i}",
+                             data_json=json.dumps({"name": f"P{i}", "village": "Kole", "age": i}))
+             for i in range(600)])
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    a = devices("a", AMINA)
+    assert not a.status().has_synced
+    statuses = Statuses()
+    handle = a.subscribe_status(statuses)
+    report = sync(a, deadline_ms=60_000)
+    assert report.outcome == ffi.SyncOutcome.COMPLETED
+    assert report.bytes_received > 0 and report.bytes_sent > 0
+    wait_until(lambda: statuses.seen and statuses.seen[-1].has_synced, what="the last status")
+    handle.close()
+    with statuses.lock:
+        seen = list(statuses.seen)
+    done = [s.progress.download.changes_done for s in seen]
+    assert done == sorted(done), done
+    last = seen[-1].progress.download
+    assert (last.changes_done, last.changes_total) == (600, 600)
+    assert report.progress.download.changes_done == 600
+    patients = [c for c in report.progress.collections if c.collection == "patients"]
+    assert patients[0].download.changes_total == 600
+    assert not any(s.has_synced for s in seen if 0 < s.progress.download.changes_done < 600)

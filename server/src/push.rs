@@ -40,6 +40,10 @@ pub(crate) struct RecordRow<'a> {
     pub team: &'a str,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The `client_id` of this push.
+    pub writer: &'a str,
+    /// See [`logic::echo_exact`].
+    pub echo: bool,
 }
 
 /// The stored answer to an op, which a repeat of its `(user, op_id)` gets again.
@@ -341,6 +345,8 @@ impl<'c> Run<'c> {
                 fields.new_version = Some(state.version);
                 self.audit.push(AuditEntry { fields, prior });
                 let version = state.version;
+                let echo =
+                    logic::echo_exact(op, existing, &self.ctx.client_id, state.data.as_ref());
                 let record = StoredRecord {
                     collection: op.collection.clone(),
                     record_id: op.record_id.clone(),
@@ -354,6 +360,8 @@ impl<'c> Run<'c> {
                     team: state.team,
                     created_at_ms: state.created_at_ms,
                     updated_at_ms: self.now_ms,
+                    writer: Some(self.ctx.client_id.clone()),
+                    echo,
                 };
                 if self.last_nth.insert(key.clone(), nth).is_none() {
                     self.changed.push(key.clone());
@@ -486,6 +494,8 @@ impl<'c> Run<'c> {
                     team: &rec.team,
                     created_at_ms: rec.created_at_ms,
                     updated_at_ms: rec.updated_at_ms,
+                    writer: &self.ctx.client_id,
+                    echo: rec.echo,
                 })
             })
             .collect();

@@ -254,6 +254,34 @@ async fn real_answers_match_the_document(backend: Backend) {
     let (st, body) = s.pull_raw(AMINA, "").await;
     assert!(!body["changes"].as_array().unwrap().is_empty());
     check(&spec, "get", "/v1/pull", st, &body);
+    // The dense form, with a tombstone among its changes; and the additions to v1.
+    let (st, body) = s.pull_raw(AMINA, "?format=columns").await;
+    assert_eq!(body["format"], "columns", "{st} {body}");
+    assert!(
+        body["shape"].as_array().unwrap().contains(&Value::Null),
+        "{body}"
+    );
+    check(&spec, "get", "/v1/pull", st, &body);
+    let (st, body) = s.pull_raw(AMINA, "?format=columns&max_bytes=1").await;
+    assert_eq!(
+        (&body["has_more"], body["ids"].as_array().unwrap().len()),
+        (&json!(true), 1)
+    );
+    check(&spec, "get", "/v1/pull", st, &body);
+    let (st, body) = s.pull_raw(AMINA, "?max_bytes=1&own=70,80-90").await;
+    assert_eq!(body["has_more"], json!(true), "{body}");
+    assert!(body["remaining"].as_u64().unwrap() >= 1, "{body}");
+    check(&spec, "get", "/v1/pull", st, &body);
+    // p-1's tombstone (seq 2) is this client's own: listed, it is left out.
+    let (st, body) = s.pull_raw(AMINA, "?own=1-3").await;
+    let ids: Vec<_> = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["record_id"])
+        .collect();
+    assert_eq!(ids, [&json!("p-2")], "{body}");
+    check(&spec, "get", "/v1/pull", st, &body);
 
     // Every error the routes produce.
     let mut seen = std::collections::BTreeSet::new();

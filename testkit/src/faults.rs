@@ -450,6 +450,10 @@ impl Transport for FaultyTransport {
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
         Box::pin(self.request(RequestKind::Pull, None, || self.inner.pull(token, params)))
     }
+
+    fn wire_stats(&self) -> Option<Arc<WireStats>> {
+        self.wire.clone()
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +511,8 @@ mod tests {
                     changes: Vec::new(),
                     cursor: String::new(),
                     has_more: false,
+                    remaining: None,
+                    remaining_capped: false,
                 })
             })
         }
@@ -541,6 +547,7 @@ mod tests {
             since: None,
             limit: 10,
             collections: Vec::new(),
+            ..PullParams::default()
         }
     }
 

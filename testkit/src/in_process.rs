@@ -140,16 +140,8 @@ impl Transport for DirectTransport {
         token: &'a str,
         p: &'a PullParams,
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
-        // The query the HTTP transport sends, encoded the same way.
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(since) = &p.since {
-            q.append_pair("since", since);
-        }
-        q.append_pair("limit", &p.limit.to_string());
-        if !p.collections.is_empty() {
-            q.append_pair("collections", &p.collections.join(","));
-        }
-        let uri = format!("/v1/pull?{}", q.finish());
+        // The query the HTTP transport sends.
+        let uri = format!("/v1/pull?{}", p.query());
         Box::pin(async move {
             self.exchange(request("GET", &uri, Some(token), None)?)
                 .await

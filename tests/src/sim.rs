@@ -49,6 +49,11 @@ pub struct SimStats {
     pub crashes: u64,
     pub server_restarts: u64,
     pub conflicts: u64,
+    /// Records whose last write its device holds exactly, which that device's pulls
+    /// leave out, and records whose last write the server merged into something else,
+    /// which must come back to it: both kinds must occur for the check to mean much.
+    pub own_exact: u64,
+    pub own_merged: u64,
 }
 
 impl SimResult {
@@ -71,6 +76,8 @@ impl SimResult {
         self.stats.crashes += o.stats.crashes;
         self.stats.server_restarts += o.stats.server_restarts;
         self.stats.conflicts += o.stats.conflicts;
+        self.stats.own_exact += o.stats.own_exact;
+        self.stats.own_merged += o.stats.own_merged;
     }
 }
 
@@ -512,6 +519,19 @@ fn write_step(
 
 type ServerRows = HashMap<(String, String), (Option<Value>, String)>;
 
+/// Records whose last write its device holds exactly, and those it does not.
+fn own_writes(db: &Path) -> (u64, u64) {
+    let count = |sql: &str| {
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .map_or(0, |n| n.max(0) as u64)
+    };
+    (
+        count("SELECT count(*) FROM records WHERE writer IS NOT NULL AND echo = 1"),
+        count("SELECT count(*) FROM records WHERE writer IS NOT NULL AND echo = 0"),
+    )
+}
+
 fn server_rows(db: &Path) -> (ServerRows, u64) {
     let mut rows = HashMap::new();
     let Ok(conn) =
@@ -587,6 +607,7 @@ fn check_outcome(
 ) {
     let (rows, dups) = server_rows(server_db);
     result.duplicate_effects += dups;
+    (result.stats.own_exact, result.stats.own_merged) = own_writes(server_db);
 
     // 1. Nothing acknowledged is lost: the server's state of the record comes from an
     //    edit at least as new, or the write's version was kept in a conflict log.

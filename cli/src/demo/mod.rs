@@ -259,6 +259,7 @@ fn sync_config() -> SyncConfig {
             max_bytes: 256 * 1024,
         },
         pull_limit: 100,
+        pull_page_bytes: 64 * 1024,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
         network_debounce: Duration::from_millis(20),

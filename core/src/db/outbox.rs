@@ -157,6 +157,24 @@ pub(crate) fn next_batch(
     Ok(out)
 }
 
+/// Per collection, the entries a sync now would still send (pending and due, or in
+/// flight): how many, and their bytes.
+pub(crate) fn due(conn: &Connection, now_ms: i64) -> Result<Vec<(String, u64, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT collection, count(*), coalesce(sum(bytes), 0) FROM outbox
+             WHERE state = 'syncing' OR (state = 'pending' AND next_attempt_at <= ?1)
+             GROUP BY collection",
+    )?;
+    let rows = stmt.query_map([now_ms], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.max(0) as u64,
+            r.get::<_, i64>(2)?.max(0) as u64,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// Earliest time a pending entry may be sent (for the status and the scheduler).
 pub(crate) fn next_attempt_at(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn

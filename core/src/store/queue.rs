@@ -118,6 +118,11 @@ impl Store {
         self.write(ChangeOrigin::Local, |w| outbox_table::release_all(w.tx()))
     }
 
+    /// Per collection, the entries a sync now would still send: count and bytes.
+    pub(crate) fn outbox_due(&self, now_ms: i64) -> Result<Vec<(String, u64, u64)>> {
+        self.read(|conn| outbox_table::due(conn, now_ms))
+    }
+
     /// Earliest time a pending entry may be sent (for the status and the scheduler).
     pub(crate) fn next_attempt_at(&self) -> Result<Option<i64>> {
         self.read(outbox_table::next_attempt_at)

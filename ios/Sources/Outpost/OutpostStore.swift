@@ -144,8 +144,20 @@ public final class OutpostStore: @unchecked Sendable {
         }
     }
 
-    /// The current sync status, then every change; it finishes when the store closes or
-    /// signs out.
+    /// Returns once a first sync has completed on this device (at once if one has), for
+    /// a "Setting up…" screen; `progress` in `statusUpdates()` says how far it has got.
+    /// It starts no sync: `syncNow`, auto sync or the BGTask does.
+    public func awaitFirstSync() async -> SyncStatus? {
+        for await status in statusUpdates() where status.hasSynced {
+            return status
+        }
+        return nil
+    }
+
+    /// The current sync status, then every change (finishing when the store closes or
+    /// signs out). While a sync runs, `progress` says
+    /// how far it has got (changes and bytes done of the total known so far, up and
+    /// down, per collection); `hasSynced` is false until a first sync has completed.
     public func statusUpdates() -> AsyncStream<SyncStatus> {
         AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             let listener = ClosureStatusListener { continuation.yield($0) }

@@ -83,6 +83,11 @@ pub struct PullQuery {
     pub collections: Option<Vec<String>>,
     /// Bytes of change JSON a page may hold, past its first change.
     pub max_bytes: usize,
+    /// Seqs (inclusive ranges) of the puller's own applied ops: such a change is left
+    /// out when its device holds exactly what is stored (see `logic::echo_exact`).
+    pub own: Vec<(i64, i64)>,
+    /// Count what remains past the page (`remaining`), for a client that reads it.
+    pub count_remaining: bool,
 }
 
 /// A change as a pull page carries it: the `Change` of the protocol, with its data
@@ -102,6 +107,15 @@ pub struct PageChange {
     pub updated_at: String,
 }
 
+/// How many changes the puller may read past a page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub changes: u64,
+    /// The count stopped after looking at `pull::REMAINING_CAP` rows: at least
+    /// `changes` remain.
+    pub capped: bool,
+}
+
 /// A pull page.
 #[derive(Debug, Clone)]
 pub enum PullPage {
@@ -110,6 +124,8 @@ pub enum PullPage {
         /// Where the next pull continues from.
         cursor: Cursor,
         has_more: bool,
+        /// Changes readable past this page.
+        remaining: Remaining,
     },
     /// The cursor is older than purged tombstones.
     Expired,

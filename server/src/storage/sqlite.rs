@@ -22,8 +22,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
-    StorageError, db_err, scope_sql,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Remaining,
+    Storage, StorageError, db_err, scope_sql,
 };
 use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow, Verdict};
 use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
@@ -175,6 +175,12 @@ UPDATE ops SET answer = json_object(
     // claims; NULL for static tokens and tokens without one. Covered by the row's hash.
     r#"
 ALTER TABLE audit ADD COLUMN device TEXT;
+"#,
+    // 6: who wrote each record last, and whether that device holds exactly what is
+    // stored (logic::echo_exact), so a pull may leave out the device's own changes.
+    r#"
+ALTER TABLE records ADD COLUMN writer TEXT;
+ALTER TABLE records ADD COLUMN echo INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -347,8 +353,8 @@ fn assign_scopes(tx: &Connection, rules: &AccessRules) -> Result<(), StorageErro
     Ok(())
 }
 
-const RECORD_COLS: &str =
-    "collection, record_id, data, deleted, version, seq, hlc, owner, team, created_at, updated_at";
+const RECORD_COLS: &str = "collection, record_id, data, deleted, version, seq, hlc, owner, team, \
+     created_at, updated_at, writer, echo";
 
 fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, Option<String>)> {
     let data: Option<String> = r.get(2)?;
@@ -365,6 +371,8 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, Option<
             team: r.get(8)?,
             created_at_ms: r.get(9)?,
             updated_at_ms: r.get(10)?,
+            writer: r.get(11)?,
+            echo: r.get(12)?,
         },
         data,
     ))
@@ -484,11 +492,12 @@ impl PushSteps for SqlitePush<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO records (collection, scope, record_id, data, deleted, version, \
-                 seq, hlc, owner, team, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 seq, hlc, owner, team, created_at, updated_at, writer, echo) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                  ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
                  deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-                 hlc = excluded.hlc, updated_at = excluded.updated_at",
+                 hlc = excluded.hlc, updated_at = excluded.updated_at, \
+                 writer = excluded.writer, echo = excluded.echo",
             )
             .map_err(db_err)?;
         for row in rows {
@@ -504,7 +513,9 @@ impl PushSteps for SqlitePush<'_> {
                 row.owner,
                 row.team,
                 row.created_at_ms,
-                row.updated_at_ms
+                row.updated_at_ms,
+                row.writer,
+                row.echo
             ])
             .map_err(db_err)?;
         }
@@ -617,6 +628,30 @@ fn access_filter(rules: &AccessRules, user: &User, args: &mut Vec<SqlValue>) -> 
     format!("({})", parts.join(" OR "))
 }
 
+/// ` AND collection IN (...)` for a pull of some collections; nothing for all.
+fn collections_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
+    let Some(cols) = &q.collections else {
+        return String::new();
+    };
+    args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
+    format!(" AND collection IN ({})", vec!["?"; cols.len()].join(", "))
+}
+
+/// The rows of a pull's collections that go in its pages: those its user may read,
+/// less its own changes that its device holds exactly ([`PullQuery::own`]).
+fn readable_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
+    let mut sql = access_filter(&q.access, &q.user, args);
+    if !q.own.is_empty() {
+        let ranges = vec!["seq BETWEEN ? AND ?"; q.own.len()].join(" OR ");
+        sql.push_str(&format!(" AND NOT (echo = 1 AND ({ranges}))"));
+        for (lo, hi) in &q.own {
+            args.push(SqlValue::Integer(*lo));
+            args.push(SqlValue::Integer(*hi));
+        }
+    }
+    sql
+}
+
 fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, StorageError> {
     // One read transaction: the purge mark and the page come from the same snapshot.
     let tx = conn.transaction().map_err(db_err)?;
@@ -638,6 +673,35 @@ impl PullSteps for SqlitePull<'_> {
         })
     }
 
+    async fn count_after(
+        &mut self,
+        q: &PullQuery,
+        after: i64,
+        cap: i64,
+    ) -> Result<Remaining, StorageError> {
+        // Parameters bind in the order they appear in the text: the outer test first.
+        let mut args = Vec::new();
+        let readable = readable_filter(q, &mut args);
+        args.push(SqlValue::Integer(after));
+        let collections = collections_filter(q, &mut args);
+        args.push(SqlValue::Integer(cap));
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(CASE WHEN {readable} THEN 1 ELSE 0 END), 0) \
+             FROM (SELECT collection, scope, seq, echo FROM records \
+                   WHERE seq > ?{collections} ORDER BY seq LIMIT ?)"
+        );
+        let (looked, readable): (i64, i64) = self
+            .tx
+            .prepare_cached(&sql)
+            .map_err(db_err)?
+            .query_row(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        Ok(Remaining {
+            changes: u64::try_from(readable).unwrap_or(0),
+            capped: looked >= cap,
+        })
+    }
+
     async fn records_after(
         &mut self,
         q: &PullQuery,
@@ -646,14 +710,9 @@ impl PullSteps for SqlitePull<'_> {
     ) -> Result<Vec<PageChange>, StorageError> {
         let mut args = vec![SqlValue::Integer(since)];
         let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
-        if let Some(cols) = &q.collections {
-            sql.push_str(" AND collection IN (");
-            sql.push_str(&vec!["?"; cols.len()].join(", "));
-            sql.push(')');
-            args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
-        }
+        sql.push_str(&collections_filter(q, &mut args));
         sql.push_str(" AND ");
-        sql.push_str(&access_filter(&q.access, &q.user, &mut args));
+        sql.push_str(&readable_filter(q, &mut args));
         sql.push_str(" ORDER BY seq LIMIT ?");
         args.push(SqlValue::Integer(cut.rows_to_read()));
         let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;

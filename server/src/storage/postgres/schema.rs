@@ -145,6 +145,12 @@ UPDATE ops SET answer = json_build_object(
     r#"
 ALTER TABLE audit ADD COLUMN device TEXT;
 "#,
+    // 6: who wrote each record last, and whether that device holds exactly what is
+    // stored (logic::echo_exact), so a pull may leave out the device's own changes.
+    // Constant defaults: no table rewrite.
+    r#"
+ALTER TABLE records ADD COLUMN writer TEXT, ADD COLUMN echo BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// What a role needs to run `outpost-server` on a schema it does not own, run by the

@@ -25,6 +25,7 @@ import kotlinx.coroutines.flow.asSharedFlow
 import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.flow.flowOn
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
@@ -122,8 +123,20 @@ class Outpost private constructor(
         ) = withContext(io) { org.outpost.ffi.deleteDatabase(path) }
     }
 
-    /** The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago". */
+    /**
+     * The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago".
+     * While a sync runs, `progress` says how far it has got (changes and bytes done of
+     * the total known so far, up and down, per collection), updated after each page and
+     * batch; `hasSynced` is false until a first sync has completed.
+     */
     val syncStatus: StateFlow<SyncStatus> = status.asStateFlow()
+
+    /**
+     * Returns once a first sync has completed on this device (at once if one has): for a
+     * "Setting up…" screen. It does not start a sync; [syncNow], auto sync or the
+     * WorkManager job does.
+     */
+    suspend fun awaitFirstSync(): SyncStatus = syncStatus.first { it.hasSynced }
 
     /**
      * Manual conflicts as the sync engine finds them, while collected. [openConflicts]

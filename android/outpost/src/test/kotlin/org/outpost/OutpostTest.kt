@@ -16,11 +16,13 @@ import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
+import java.util.Collections
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
@@ -34,6 +36,7 @@ import org.outpost.ffi.Resolution
 import org.outpost.ffi.SyncActivity
 import org.outpost.ffi.SyncOutcome
 import org.outpost.ffi.SyncState
+import org.outpost.ffi.SyncStatus
 import org.outpost.ffi.WriteOp
 
 class OutpostTest : ServerTest() {
@@ -274,6 +277,33 @@ class OutpostTest : ServerTest() {
             a.syncNow(30.seconds)
             val idle = withTimeout(10_000) { a.syncStatus.filter { it.pending == 0uL && it.lastSyncedAtMs != null }.first() }
             assertEquals(SyncActivity.IDLE, idle.activity)
+        }
+
+    @Test
+    fun firstSyncProgressIsMonotonicAndAwaitFirstSyncReturns() =
+        runBlocking<Unit> {
+            val b = device("b", BEN)
+            b.batch((0 until 600).map { WriteOp.Put("patients", "p$it", """{"name":"P$it","village":"Kole","age":$it}""") })
+            assertEquals(SyncOutcome.COMPLETED, b.syncNow(30.seconds).outcome)
+            val a = device("a")
+            assertFalse(a.syncStatus.value.hasSynced)
+            val first = async(Dispatchers.Default) { a.awaitFirstSync() }
+            val seen = Collections.synchronizedList(mutableListOf<SyncStatus>())
+            val watcher = launch(Dispatchers.Default) { a.syncStatus.collect { seen += it } }
+            val report = a.syncNow(60.seconds)
+            assertEquals(SyncOutcome.COMPLETED, report.outcome)
+            assertTrue(withTimeout(10_000) { first.await() }.hasSynced)
+            eventually(what = "the last status") { seen.lastOrNull()?.hasSynced == true }
+            watcher.cancelAndJoin()
+            val done = synchronized(seen) { seen.map { it.progress.download.changesDone } }
+            assertTrue(done.zipWithNext().all { (x, y) -> x <= y }, "monotonic: $done")
+            val last = seen.last().progress.download
+            assertEquals(600uL, last.changesDone)
+            assertEquals(last.changesTotal, last.changesDone)
+            assertEquals(600uL, report.progress.download.changesDone)
+            assertTrue(report.bytesReceived > 0uL && report.bytesSent > 0uL)
+            val patients = report.progress.collections.single { it.collection == "patients" }
+            assertEquals(600uL, patients.download.changesTotal)
         }
 
     @Test
