@@ -1,0 +1,572 @@
+//! Attachments: the file routes of DESIGN.md ("Attachments") and the purge of uploads
+//! that never finished.
+//!
+//! - `GET /v1/attachments/<sha256>/status`: how far the user's upload has come, or
+//!   that the file is stored, for a user who uploaded it or may read a record that
+//!   refers to it; `404` for anyone else, whether or not it exists.
+//! - `POST /v1/attachments/<sha256>?size=&offset=`: bytes from `offset` on. They are
+//!   written as they arrive, a part at a time, and each part counts as received once
+//!   durable: a connection cut mid-body keeps what got through, so a phone on a link
+//!   that drops every few kilobytes still moves forward. The last byte triggers the
+//!   SHA-256 check; a mismatch drops the upload (`400`).
+//! - `GET /v1/attachments/<sha256>`: the bytes, `Range` honoured.
+//!
+//! What a user may know is decided by the database ([`crate::storage::files`]); the
+//! bytes are in a [`BlobStore`].
+
+pub mod blobs;
+pub mod range;
+pub mod s3;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use outpost_core::protocol::{AttachmentStatus, ErrorBody, ErrorCode, OffsetMismatch, is_sha256};
+
+pub use blobs::{BlobError, BlobStore, DirStore, Finished};
+
+use crate::config::AttachmentSettings;
+use crate::error::ApiError;
+use crate::http::{AppState, Policy, authenticated, peer};
+use crate::logic::{self, User};
+use crate::storage::files::{Begin, FileAccess, Upload};
+use crate::storage::{Storage, StorageError};
+
+/// The blob store a config names.
+pub fn open_store(settings: &AttachmentSettings) -> Result<Arc<dyn BlobStore>, BlobError> {
+    Ok(match &settings.s3 {
+        Some(s3) => Arc::new(s3::S3Store::new(s3)?),
+        None => Arc::new(DirStore::new(&settings.dir)),
+    })
+}
+
+fn internal(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ApiError + '_ {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        ApiError::internal()
+    }
+}
+
+fn storage_failed(e: StorageError) -> ApiError {
+    internal("attachment storage failed")(&e)
+}
+
+fn blob_failed(e: BlobError) -> ApiError {
+    internal("attachment blob store failed")(&e)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such attachment")
+}
+
+/// The hash in `/v1/attachments/<sha256>[/status]`; `None` for another shape.
+fn sha_of(path: &str, status: bool) -> Result<String, ApiError> {
+    let rest = path
+        .strip_prefix("/v1/attachments/")
+        .ok_or_else(not_found)?;
+    let sha = if status {
+        rest.strip_suffix("/status").ok_or_else(not_found)?
+    } else {
+        rest
+    };
+    if is_sha256(sha) {
+        Ok(sha.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            "an attachment is named by its SHA-256: 64 lowercase hex digits",
+        ))
+    }
+}
+
+/// The status answer for what the user may know, or `None` when they may know nothing.
+fn status_of(sha256: &str, a: &FileAccess) -> Option<AttachmentStatus> {
+    let stored = |size| AttachmentStatus {
+        sha256: sha256.to_owned(),
+        size,
+        received: size,
+        complete: true,
+    };
+    // A reader of a record that refers to a stored file needs no upload of their own.
+    if let (Some(size), Some(_)) = (a.stored, a.referenced) {
+        return Some(stored(size));
+    }
+    if let Some(u) = &a.upload {
+        return Some(AttachmentStatus {
+            sha256: sha256.to_owned(),
+            size: u.size,
+            received: u.received,
+            complete: u.complete,
+        });
+    }
+    a.referenced.map(|size| AttachmentStatus {
+        sha256: sha256.to_owned(),
+        size,
+        received: 0,
+        complete: false,
+    })
+}
+
+async fn caller(
+    state: &AppState,
+    req: &Parts,
+    route: &str,
+) -> Result<(User, Arc<Policy>), ApiError> {
+    let policy = state.policy();
+    let addr = peer(&req.extensions);
+    let c = authenticated(state, &policy, &req.headers, &addr, route).await?;
+    Ok((c.user, policy))
+}
+
+async fn access(
+    state: &AppState,
+    user: &User,
+    policy: &Policy,
+    sha: &str,
+) -> Result<FileAccess, ApiError> {
+    state
+        .storage()
+        .file_access(user.clone(), policy.access.clone(), sha.to_owned())
+        .await
+        .map_err(storage_failed)
+}
+
+fn answer(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/attachments/<sha256>/status`.
+pub async fn status(State(state): State<AppState>, req: Request) -> Response {
+    let (req, _) = req.into_parts();
+    answer(
+        async {
+            let (user, policy) = caller(&state, &req, "attachment_status").await?;
+            let sha = sha_of(req.uri.path(), true)?;
+            let a = access(&state, &user, &policy, &sha).await?;
+            let s = status_of(&sha, &a).ok_or_else(not_found)?;
+            Ok(axum::Json(s).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/attachments/<sha256>` (the bytes) and `…/status`.
+pub async fn get(State(state): State<AppState>, req: Request) -> Response {
+    if req.uri().path().ends_with("/status") {
+        return status(State(state), req).await;
+    }
+    answer(download(state, req).await)
+}
+
+async fn download(state: AppState, req: Request) -> Result<Response, ApiError> {
+    let (req, _) = req.into_parts();
+    let (user, policy) = caller(&state, &req, "attachment_download").await?;
+    let sha = sha_of(req.uri.path(), false)?;
+    let a = access(&state, &user, &policy, &sha).await?;
+    let size = a.readable().ok_or_else(not_found)?;
+    let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match range::parse(range, size) {
+        range::Wanted::Whole => (StatusCode::OK, 0, size),
+        range::Wanted::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        range::Wanted::Unsatisfiable => {
+            let mut r = (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                axum::Json(outpost_core::protocol::ErrorResponse {
+                    error: ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        format!("the range is outside the file's {size} bytes"),
+                    ),
+                }),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let body = state
+        .files()
+        .read(&sha, start, end)
+        .await
+        .map_err(blob_failed)?;
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(r)
+}
+
+/// `size` and `offset` of an upload request.
+fn upload_params(query: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let (mut size, mut offset) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match k.as_ref() {
+            "size" => &mut size,
+            "offset" => &mut offset,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(ApiError::bad_request(format!("{k} given twice")));
+        }
+        let n = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| v.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| ApiError::bad_request(format!("{k} must be a non-negative integer")))?;
+        *slot = Some(n);
+    }
+    match (size, offset) {
+        (Some(s), Some(o)) if o <= s => Ok((s, o)),
+        (Some(_), Some(_)) => Err(ApiError::bad_request("offset is past size")),
+        _ => Err(ApiError::bad_request("size and offset are required")),
+    }
+}
+
+fn mismatch(received: u64) -> Response {
+    (
+        StatusCode::CONFLICT,
+        axum::Json(OffsetMismatch {
+            error: ErrorBody::new(
+                ErrorCode::OffsetMismatch,
+                format!("the server holds {received} bytes of this upload; send from there"),
+            ),
+            received,
+        }),
+    )
+        .into_response()
+}
+
+fn upload_status(sha: &str, u: &Upload) -> Response {
+    axum::Json(AttachmentStatus {
+        sha256: sha.to_owned(),
+        size: u.size,
+        received: u.received,
+        complete: u.complete,
+    })
+    .into_response()
+}
+
+/// `POST /v1/attachments/<sha256>?size=&offset=`.
+pub async fn upload(State(state): State<AppState>, req: Request) -> Response {
+    answer(upload_inner(state, req).await)
+}
+
+async fn upload_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+    let (req, body) = req.into_parts();
+    let (user, policy) = caller(&state, &req, "attachment_upload").await?;
+    let sha = sha_of(req.uri.path(), false)?;
+    let (size, offset) = upload_params(req.uri.query())?;
+    if size > policy.max_attachment_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "a file may have at most {} bytes (max_attachment_mib)",
+                policy.max_attachment_bytes
+            ),
+        ));
+    }
+    let a = access(&state, &user, &policy, &sha).await?;
+    if let Some(s) = status_of(&sha, &a).filter(|s| s.complete) {
+        return Ok(axum::Json(s).into_response());
+    }
+    let begun = state
+        .storage()
+        .begin_upload(
+            user.name.clone(),
+            sha.clone(),
+            size,
+            policy.attachment_quota_bytes,
+            uuid::Uuid::new_v4().simple().to_string(),
+            logic::now_ms(),
+        )
+        .await
+        .map_err(storage_failed)?;
+    let mut up = match begun {
+        Begin::Open(u) => u,
+        Begin::OverQuota { used, quota } => {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "over the storage quota: {used} of {quota} bytes used, this file needs {size}"
+                ),
+            ));
+        }
+        Begin::SizeDiffers { size: was } => {
+            return Err(ApiError::bad_request(format!(
+                "this upload was started with size {was}"
+            )));
+        }
+    };
+    if up.complete {
+        return Ok(upload_status(&sha, &up));
+    }
+    if offset > up.received {
+        return Ok(mismatch(up.received));
+    }
+    let outcome = receive(&state, &user.name, &sha, &mut up, offset, body).await?;
+    if let Received::TooMany = outcome {
+        return Err(ApiError::bad_request(format!(
+            "more bytes than size ({size}) from offset {offset}"
+        )));
+    }
+    if up.received == up.size && !up.complete {
+        return finish(&state, &user.name, &sha, up).await;
+    }
+    if let Received::Cut = outcome {
+        return Err(ApiError::bad_request("the request body was cut short"));
+    }
+    Ok(upload_status(&sha, &up))
+}
+
+/// How reading an upload's body ended.
+enum Received {
+    /// The body ended.
+    Done,
+    /// The connection broke or timed out mid-body; what arrived is kept.
+    Cut,
+    /// It held bytes past the file's size (those are not kept).
+    TooMany,
+    /// Another request moved the upload meanwhile; this one stopped.
+    Overtaken,
+}
+
+/// Writes the body from `offset` on, a part at a time, advancing the upload after
+/// each durable part. Bytes the upload already holds are skipped.
+async fn receive(
+    state: &AppState,
+    user: &str,
+    sha: &str,
+    up: &mut Upload,
+    offset: u64,
+    mut body: Body,
+) -> Result<Received, ApiError> {
+    let part = state.files().part_bytes();
+    let mut pos = offset;
+    let mut buf: Vec<u8> = Vec::with_capacity(part);
+    let mut ended = Received::Done;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Err(_)) => {
+                ended = Received::Cut;
+                break;
+            }
+            Some(Ok(f)) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let mut data: &[u8] = &data;
+        // Skip what the upload already holds (a repeated chunk).
+        let held = up.received.saturating_sub(pos + buf.len() as u64);
+        let skip = usize::try_from(held).unwrap_or(usize::MAX).min(data.len());
+        if skip > 0 && buf.is_empty() {
+            pos += skip as u64;
+            data = &data[skip..];
+        }
+        let room = up.size - pos - buf.len() as u64;
+        if data.len() as u64 > room {
+            let fits = usize::try_from(room).unwrap_or(0);
+            buf.extend_from_slice(&data[..fits]);
+            ended = Received::TooMany;
+            break;
+        }
+        buf.extend_from_slice(data);
+        if buf.len() >= part && !flush(state, user, sha, up, &mut pos, &mut buf).await? {
+            return Ok(Received::Overtaken);
+        }
+    }
+    if !buf.is_empty() && !flush(state, user, sha, up, &mut pos, &mut buf).await? {
+        return Ok(Received::Overtaken);
+    }
+    Ok(ended)
+}
+
+/// Makes `buf` durable at `pos` and advances the upload over it; false when another
+/// request moved the upload away from `pos` first.
+async fn flush(
+    state: &AppState,
+    user: &str,
+    sha: &str,
+    up: &mut Upload,
+    pos: &mut u64,
+    buf: &mut Vec<u8>,
+) -> Result<bool, ApiError> {
+    let bytes = Bytes::from(std::mem::take(buf));
+    let to = *pos + bytes.len() as u64;
+    if to <= up.received {
+        *pos = to;
+        return Ok(true);
+    }
+    state
+        .files()
+        .write_part(&up.upload_id, *pos, bytes)
+        .await
+        .map_err(blob_failed)?;
+    let now = state
+        .storage()
+        .advance_upload(
+            user.to_owned(),
+            sha.to_owned(),
+            up.upload_id.clone(),
+            *pos,
+            to,
+            logic::now_ms(),
+        )
+        .await
+        .map_err(storage_failed)?;
+    match now {
+        Some(u) if u.upload_id == up.upload_id => {
+            let moved = u.received == to;
+            *up = u;
+            *pos = to;
+            Ok(moved)
+        }
+        _ => Err(ApiError::bad_request(
+            "the upload was dropped meanwhile; start again",
+        )),
+    }
+}
+
+/// Every byte is in: check the hash, store the file or drop the upload.
+async fn finish(
+    state: &AppState,
+    user: &str,
+    sha: &str,
+    mut up: Upload,
+) -> Result<Response, ApiError> {
+    match state
+        .files()
+        .finish(&up.upload_id, up.size, sha)
+        .await
+        .map_err(blob_failed)?
+    {
+        Finished::Stored => {
+            state
+                .storage()
+                .complete_upload(
+                    user.to_owned(),
+                    sha.to_owned(),
+                    up.upload_id.clone(),
+                    up.size,
+                    logic::now_ms(),
+                )
+                .await
+                .map_err(storage_failed)?;
+            up.complete = true;
+            up.received = up.size;
+            Ok(upload_status(sha, &up))
+        }
+        Finished::Mismatch => {
+            state
+                .storage()
+                .drop_upload(user.to_owned(), sha.to_owned(), up.upload_id)
+                .await
+                .map_err(storage_failed)?;
+            Err(ApiError::bad_request(
+                "the bytes do not match the SHA-256; the upload was discarded, send it again",
+            ))
+        }
+    }
+}
+
+/// Drops uploads unfinished since `before_ms`, with their parts; returns how many.
+pub async fn purge_stale(
+    storage: &dyn Storage,
+    files: &dyn BlobStore,
+    before_ms: i64,
+) -> Result<u64, StorageError> {
+    let mut n = 0;
+    loop {
+        let stale = storage.stale_uploads(before_ms, 500).await?;
+        let last = stale.len() < 500;
+        for s in stale {
+            if let Err(e) = files.discard(&s.upload_id).await {
+                tracing::warn!(error = %e, "could not remove a stale upload's bytes");
+                continue;
+            }
+            storage.drop_upload(s.user, s.sha256, s.upload_id).await?;
+            n += 1;
+        }
+        if last {
+            return Ok(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_parameters_are_read_strictly() {
+        assert_eq!(upload_params(Some("size=10&offset=4")).ok(), Some((10, 4)));
+        assert_eq!(
+            upload_params(Some("offset=0&size=0&x=1")).ok(),
+            Some((0, 0))
+        );
+        for bad in [
+            "size=10",
+            "size=10&offset=11",
+            "size=-1&offset=0",
+            "size=1&size=1&offset=0",
+            "size=a&offset=0",
+            "",
+        ] {
+            assert!(upload_params(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_shows_only_what_the_user_may_know() {
+        let sha = "a".repeat(64);
+        assert_eq!(status_of(&sha, &FileAccess::default()), None);
+        let stored_only = FileAccess {
+            stored: Some(5),
+            ..FileAccess::default()
+        };
+        assert_eq!(status_of(&sha, &stored_only), None);
+        let reader = FileAccess {
+            stored: Some(5),
+            referenced: Some(5),
+            ..FileAccess::default()
+        };
+        assert!(status_of(&sha, &reader).is_some_and(|s| s.complete && s.received == 5));
+        let waiting = FileAccess {
+            referenced: Some(7),
+            ..FileAccess::default()
+        };
+        assert!(status_of(&sha, &waiting).is_some_and(|s| !s.complete && s.size == 7));
+        let mine = FileAccess {
+            upload: Some(Upload {
+                upload_id: "u".into(),
+                size: 9,
+                received: 3,
+                complete: false,
+            }),
+            ..FileAccess::default()
+        };
+        assert!(status_of(&sha, &mine).is_some_and(|s| s.received == 3 && !s.complete));
+        assert_eq!(
+            sha_of("/v1/attachments/xyz", false).err().map(|e| e.code),
+            Some(ErrorCode::InvalidRequest)
+        );
+    }
+}
