@@ -292,6 +292,13 @@ impl S3Store {
             .map_err(blob_err)
     }
 
+    /// Creates the bucket when it does not exist yet (for a fresh deployment or test).
+    pub async fn ensure_bucket(&self) -> Result<(), BlobError> {
+        self.send(reqwest::Method::PUT, "", &[], &[], None, &[409])
+            .await
+            .map(|_| ())
+    }
+
     fn parts_of(upload: &str) -> String {
         format!("uploads/{upload}/")
     }
