@@ -50,6 +50,10 @@ pub enum Error {
     /// SQLite or file-system failure.
     #[error("database error: {0}")]
     Database(String),
+    /// An attachment file could not be read or written (a missing source file, a
+    /// full disk, a file whose bytes no longer match its hash).
+    #[error("file error: {0}")]
+    File(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,6 +22,7 @@
 //! # Ok::<(), outpost_core::Error>(())
 //! ```
 
+mod attachments;
 pub mod clock;
 mod config;
 pub mod conflict;
@@ -37,11 +38,13 @@ mod store;
 pub mod sync;
 pub mod transport;
 
+pub use attachments::{AttachmentCounts, AttachmentState, Collected};
 pub use config::{CollectionConfig, ConflictStrategy, Durability, StoreConfig};
 pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
 pub use feed::{ChangeEvent, ChangeListener, ChangeOrigin, ObserverStats, RecordRef, Subscription};
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
+pub use protocol::AttachmentRef;
 pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};
 pub use store::{QueryListener, RecordListener, Store, WriteTx};
@@ -49,7 +52,7 @@ pub use sync::{
     ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
     SyncOutcome, SyncReport, SyncStatus, TokenProvider,
 };
-pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
+pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError, Uploaded};
 
 /// The device database's latest schema, for benchmarks whose raw-SQLite baselines must
 /// do the same B-tree work as the store. Not an API: apps never open the database.

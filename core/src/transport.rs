@@ -11,7 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{ErrorResponse, HealthResponse, PullResponse, PushRequest, PushResponse};
+use crate::protocol::{
+    AttachmentStatus, ErrorResponse, HealthResponse, OffsetMismatch, PullResponse, PushRequest,
+    PushResponse,
+};
 
 /// A boxed future, so the trait can be used as `dyn Transport`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -67,6 +70,19 @@ pub struct PullParams {
     pub collections: Vec<String>,
 }
 
+/// The answer to an upload request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploaded {
+    /// Where the upload stands now.
+    Status(AttachmentStatus),
+    /// `409 offset_mismatch`: the server holds `received` bytes; send from there.
+    OffsetMismatch { received: u64 },
+}
+
+fn no_files() -> TransportError {
+    TransportError::Protocol("this transport carries no attachments".into())
+}
+
 /// A server speaking protocol v1.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// `GET /health`: is the server reachable right now?
@@ -83,6 +99,44 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         token: &'a str,
         params: &'a PullParams,
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>>;
+
+    /// `GET /v1/attachments/<sha256>/status`; `None` when the server answers 404 (no
+    /// upload of it, and no record this user may read refers to it).
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        let _ = (token, sha256);
+        Box::pin(async { Err(no_files()) })
+    }
+
+    /// `POST /v1/attachments/<sha256>?size=&offset=` with `bytes`, the file's bytes from
+    /// `offset` on.
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        let _ = (token, sha256, size, offset, bytes);
+        Box::pin(async { Err(no_files()) })
+    }
+
+    /// Bytes `from..to` of a file (`GET /v1/attachments/<sha256>` with a `Range`);
+    /// `None` when the server answers 404.
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        let _ = (token, sha256, from, to);
+        Box::pin(async { Err(no_files()) })
+    }
 }
 
 /// Counters of what went over the wire, for status and benchmarks.
@@ -333,6 +387,159 @@ impl Transport for HttpTransport {
             let req = self.client.get(url).bearer_auth(token);
             self.send(req, 0, self.timeouts.request).await
         })
+    }
+
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        Box::pin(self.status_of(token, sha256))
+    }
+
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        Box::pin(self.upload_of(token, sha256, size, offset, bytes))
+    }
+
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        Box::pin(self.download_of(token, sha256, from, to))
+    }
+}
+
+impl HttpTransport {
+    fn attachment_url(&self, sha256: &str, status: bool) -> Result<reqwest::Url, TransportError> {
+        if !crate::protocol::is_sha256(sha256) {
+            return Err(TransportError::Protocol(format!(
+                "not a SHA-256: {sha256:?}"
+            )));
+        }
+        let tail = if status { "/status" } else { "" };
+        self.url(&format!("v1/attachments/{sha256}{tail}"))
+    }
+
+    async fn raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent: usize,
+    ) -> Result<(u16, Option<String>, Option<String>, Vec<u8>), TransportError> {
+        let response = request
+            .timeout(self.timeouts.request)
+            .send()
+            .await
+            .map_err(map_reqwest)?;
+        let status = response.status().as_u16();
+        let header = |h: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let range = header(reqwest::header::CONTENT_RANGE);
+        let body = response.bytes().await.map_err(map_reqwest)?;
+        self.count(sent, body.len());
+        Ok((status, retry_after, range, body.to_vec()))
+    }
+}
+
+impl HttpTransport {
+    async fn status_of(
+        &self,
+        token: &str,
+        sha256: &str,
+    ) -> Result<Option<AttachmentStatus>, TransportError> {
+        let req = self
+            .client
+            .get(self.attachment_url(sha256, true)?)
+            .bearer_auth(token);
+        let (status, retry, _, body) = self.raw(req, 0).await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        decode_answer(status, retry.as_deref(), &body).map(Some)
+    }
+
+    async fn upload_of(
+        &self,
+        token: &str,
+        sha256: &str,
+        size: u64,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Uploaded, TransportError> {
+        let mut url = self.attachment_url(sha256, false)?;
+        url.query_pairs_mut()
+            .append_pair("size", &size.to_string())
+            .append_pair("offset", &offset.to_string());
+        let req = self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes.to_vec());
+        let (status, retry, _, body) = self.raw(req, bytes.len()).await?;
+        if status == 409
+            && let Ok(m) = serde_json::from_slice::<OffsetMismatch>(&body)
+        {
+            return Ok(Uploaded::OffsetMismatch {
+                received: m.received,
+            });
+        }
+        decode_answer(status, retry.as_deref(), &body).map(Uploaded::Status)
+    }
+
+    async fn download_of(
+        &self,
+        token: &str,
+        sha256: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        if to <= from {
+            return Ok(Some(Vec::new()));
+        }
+        let req = self
+            .client
+            .get(self.attachment_url(sha256, false)?)
+            .bearer_auth(token)
+            .header(reqwest::header::RANGE, format!("bytes={from}-{}", to - 1));
+        let (status, retry, range, body) = self.raw(req, 0).await?;
+        match status {
+            404 => Ok(None),
+            // The whole file: the range is cut out of it.
+            200 => Ok(body
+                .get(usize::try_from(from).unwrap_or(usize::MAX)..)
+                .map(|b| {
+                    b[..b
+                        .len()
+                        .min(usize::try_from(to - from).unwrap_or(usize::MAX))]
+                        .to_vec()
+                })),
+            206 if range
+                .as_deref()
+                .is_some_and(|r| r.starts_with(&format!("bytes {from}-"))) =>
+            {
+                Ok(Some(body))
+            }
+            206 => Err(TransportError::Protocol(format!(
+                "asked for bytes from {from}, got {range:?}"
+            ))),
+            _ => decode_answer::<serde_json::Value>(status, retry.as_deref(), &body).map(|_| None),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Tx, meta, outbox};
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// The latest schema, for a new database.
 pub(crate) const CREATE: &str = "
@@ -81,6 +81,25 @@ CREATE TABLE conflicts (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX conflicts_open ON conflicts (resolved, id);
+
+-- Files kept beside the database (see db/attachments.rs): one row per file, with its
+-- upload and download progress.
+CREATE TABLE attachments (
+    sha256          TEXT PRIMARY KEY,
+    size            INTEGER NOT NULL,
+    content_type    TEXT NOT NULL,
+    local           INTEGER NOT NULL DEFAULT 0,
+    upload          TEXT,
+    uploaded        INTEGER NOT NULL DEFAULT 0,
+    wanted          INTEGER NOT NULL DEFAULT 0,
+    downloaded      INTEGER NOT NULL DEFAULT 0,
+    chunk           INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    used_at         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Schema version 1, as first shipped: kept verbatim so migrations can be tested.
@@ -165,6 +184,27 @@ const MIGRATIONS: &[Step] = &[
     // 2 -> 3: applied entries are deleted as their answers arrive; drop those that
     // earlier versions kept as `synced`.
     Step::Rows(outbox::drop_synced),
+    // 3 -> 4: attachments, their upload queue and downloads.
+    Step::Sql(
+        "
+CREATE TABLE attachments (
+    sha256          TEXT PRIMARY KEY,
+    size            INTEGER NOT NULL,
+    content_type    TEXT NOT NULL,
+    local           INTEGER NOT NULL DEFAULT 0,
+    upload          TEXT,
+    uploaded        INTEGER NOT NULL DEFAULT 0,
+    wanted          INTEGER NOT NULL DEFAULT 0,
+    downloaded      INTEGER NOT NULL DEFAULT 0,
+    chunk           INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    used_at         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+    ",
+    ),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == VERSION - 1);

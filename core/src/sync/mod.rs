@@ -15,6 +15,7 @@
 mod auth;
 mod auto;
 mod config;
+mod files;
 mod network;
 mod pull;
 mod push;

@@ -44,6 +44,12 @@ pub struct SyncReport {
     /// Full re-pulls after `cursor_expired`.
     pub repulls: u64,
     pub requests: u64,
+    /// Files whose upload completed, and downloads that completed.
+    pub files_uploaded: u64,
+    pub files_downloaded: u64,
+    /// Attachment bytes sent and received.
+    pub file_bytes_sent: u64,
+    pub file_bytes_received: u64,
     pub duration: Duration,
     pub errors: Vec<String>,
 }
@@ -63,6 +69,10 @@ impl SyncReport {
             pulled: 0,
             repulls: 0,
             requests: 0,
+            files_uploaded: 0,
+            files_downloaded: 0,
+            file_bytes_sent: 0,
+            file_bytes_received: 0,
             duration: Duration::ZERO,
             errors: Vec::new(),
         }

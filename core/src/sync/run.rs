@@ -73,7 +73,9 @@ impl Inner {
 
     async fn work(&self, report: &Tally) -> Result<(), Stop> {
         self.push_all(report).await?;
-        self.pull_all(report).await
+        self.pull_all(report).await?;
+        // Files after records, so a photo never holds a record back.
+        self.sync_files(report).await
     }
 
     /// Everything was pushed and pulled: the engine is healthy again.

@@ -4,6 +4,7 @@
 //! pushed to listeners on every change; a listener that lags sees only the latest.
 
 use super::Inner;
+use crate::attachments::AttachmentCounts;
 use crate::db::lock;
 use crate::feed::Coalesce;
 
@@ -30,6 +31,9 @@ pub struct SyncStatus {
     pub failed: u64,
     /// Manual conflicts waiting for the app.
     pub conflicts: u64,
+    /// Attachments still to upload and to download, with their bytes, and uploads the
+    /// server refused for good.
+    pub attachments: AttachmentCounts,
     pub last_synced_at_ms: Option<i64>,
     pub last_error: Option<String>,
     pub next_retry_at_ms: Option<i64>,
@@ -54,6 +58,11 @@ impl Inner {
             "the conflict log",
             &mut unreadable,
         );
+        let attachments = or_report(
+            self.store.attachment_counts(),
+            "the attachment queue",
+            &mut unreadable,
+        );
         let now = self.now_ms();
         let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
         let st = lock(&self.state);
@@ -73,6 +82,7 @@ impl Inner {
             pending: counts.pending + counts.syncing,
             failed: counts.failed,
             conflicts,
+            attachments,
             last_synced_at_ms: st.last_synced_at_ms,
             last_error: unreadable.or_else(|| st.last_error.clone()),
             next_retry_at_ms,
