@@ -467,10 +467,7 @@ impl HttpTransport {
             .get(self.attachment_url(sha256, true)?)
             .bearer_auth(token);
         let (status, retry, _, body) = self.raw(req, 0).await?;
-        if status == 404 {
-            return Ok(None);
-        }
-        decode_answer(status, retry.as_deref(), &body).map(Some)
+        decode_status_answer(status, retry.as_deref(), &body)
     }
 
     async fn upload_of(
@@ -492,14 +489,7 @@ impl HttpTransport {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes.to_vec());
         let (status, retry, _, body) = self.raw(req, bytes.len()).await?;
-        if status == 409
-            && let Ok(m) = serde_json::from_slice::<OffsetMismatch>(&body)
-        {
-            return Ok(Uploaded::OffsetMismatch {
-                received: m.received,
-            });
-        }
-        decode_answer(status, retry.as_deref(), &body).map(Uploaded::Status)
+        decode_upload_answer(status, retry.as_deref(), &body)
     }
 
     async fn download_of(
@@ -518,28 +508,61 @@ impl HttpTransport {
             .bearer_auth(token)
             .header(reqwest::header::RANGE, format!("bytes={from}-{}", to - 1));
         let (status, retry, range, body) = self.raw(req, 0).await?;
-        match status {
-            404 => Ok(None),
-            // The whole file: the range is cut out of it.
-            200 => Ok(body
-                .get(usize::try_from(from).unwrap_or(usize::MAX)..)
-                .map(|b| {
-                    b[..b
-                        .len()
-                        .min(usize::try_from(to - from).unwrap_or(usize::MAX))]
-                        .to_vec()
-                })),
-            206 if range
-                .as_deref()
-                .is_some_and(|r| r.starts_with(&format!("bytes {from}-"))) =>
-            {
-                Ok(Some(body))
-            }
-            206 => Err(TransportError::Protocol(format!(
-                "asked for bytes from {from}, got {range:?}"
-            ))),
-            _ => decode_answer::<serde_json::Value>(status, retry.as_deref(), &body).map(|_| None),
+        decode_download_answer(status, retry.as_deref(), range.as_deref(), body, from, to)
+    }
+}
+
+/// The answer to `GET …/status`: `None` for 404.
+pub fn decode_status_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Option<AttachmentStatus>, TransportError> {
+    if status == 404 {
+        return Ok(None);
+    }
+    decode_answer(status, retry_after, body).map(Some)
+}
+
+/// The answer to an upload request, `409 offset_mismatch` included.
+pub fn decode_upload_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Uploaded, TransportError> {
+    if status == 409
+        && let Ok(m) = serde_json::from_slice::<OffsetMismatch>(body)
+    {
+        return Ok(Uploaded::OffsetMismatch {
+            received: m.received,
+        });
+    }
+    decode_answer(status, retry_after, body).map(Uploaded::Status)
+}
+
+/// The answer to a ranged download of bytes `from..to`: `None` for 404. A whole-file
+/// answer (a server that ignored the range) is cut to the range.
+pub fn decode_download_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    content_range: Option<&str>,
+    body: Vec<u8>,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let len = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    match status {
+        404 => Ok(None),
+        200 => Ok(body
+            .get(usize::try_from(from).unwrap_or(usize::MAX)..)
+            .map(|b| b[..b.len().min(len)].to_vec())),
+        206 if content_range.is_some_and(|r| r.starts_with(&format!("bytes {from}-"))) => {
+            Ok(Some(body))
         }
+        206 => Err(TransportError::Protocol(format!(
+            "asked for bytes from {from}, got {content_range:?}"
+        ))),
+        _ => decode_answer::<serde_json::Value>(status, retry_after, &body).map(|_| None),
     }
 }
 

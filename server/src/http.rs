@@ -67,6 +67,7 @@ struct StateInner {
     auth_throttle: AuthThrottle,
     /// The bytes of attachments.
     files: Arc<dyn BlobStore>,
+    upload_turns: Arc<crate::attachments::Turns>,
 }
 
 /// The part of the config a reload (SIGHUP) changes without a restart: who may sign
@@ -156,6 +157,7 @@ impl AppState {
                 metrics: Arc::new(Metrics::default()),
                 auth_throttle: AuthThrottle::default(),
                 files,
+                upload_turns: Arc::default(),
             }),
         }
     }
@@ -163,6 +165,11 @@ impl AppState {
     /// Where attachment bytes live.
     pub fn files(&self) -> &Arc<dyn BlobStore> {
         &self.inner.files
+    }
+
+    /// The uploads being received in this process.
+    pub fn upload_turns(&self) -> &Arc<crate::attachments::Turns> {
+        &self.inner.upload_turns
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {

@@ -1,6 +1,6 @@
 //! The sync's file phase: after records are pushed and pulled, files move (see
-//! `crate::attachments`), and the unreferenced ones are collected. Its own failures
-//! never change how the records' sync ended; each file keeps its own backoff.
+//! `crate::attachments`), once the unreferenced ones are collected. A file that fails
+//! backs off on its own; only a refused token or a broken database stops the sync.
 
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ impl Session for Files<'_> {
 }
 
 impl Inner {
-    /// Uploads due files, downloads wanted ones, then collects unreferenced files.
+    /// Collects unreferenced files, uploads due ones, downloads wanted ones.
     pub(super) async fn sync_files(&self, report: &Tally) -> Result<(), Stop> {
         let files = Files {
             inner: self,
@@ -57,14 +57,15 @@ impl Inner {
             FilesStop::Auth(m) => Stop::Auth(m),
             FilesStop::Fatal(m) => Stop::Fatal(m),
         };
-        attachments::upload_due(&files).await.map_err(stop)?;
-        attachments::download_due(&files).await.map_err(stop)?;
+        // First, so no bandwidth goes on files nothing refers to any more.
         if let Err(e) = self.store.collect_attachments() {
             tracing::warn!(error = %e, "attachment collection failed");
             tally(report)
                 .errors
                 .push(format!("attachment collection: {e}"));
         }
+        attachments::upload_due(&files).await.map_err(stop)?;
+        attachments::download_due(&files).await.map_err(stop)?;
         self.publish_status();
         Ok(())
     }

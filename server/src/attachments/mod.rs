@@ -18,6 +18,7 @@ pub mod blobs;
 pub mod range;
 pub mod s3;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -36,6 +37,61 @@ use crate::http::{AppState, Policy, authenticated, peer};
 use crate::logic::{self, User};
 use crate::storage::files::{Begin, FileAccess, Upload};
 use crate::storage::{Storage, StorageError};
+
+/// One turn per (user, file) at a time in this process: an upload request holds it
+/// while it receives, so a status or a new upload that arrives while the previous
+/// request is still writing what came before its connection dropped waits for those
+/// bytes to count, instead of having the device send them again.
+#[derive(Debug, Default)]
+pub struct Turns {
+    held: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A held turn; the next request of the same upload goes when it is dropped.
+#[derive(Debug)]
+pub struct Turn {
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turns: Arc<Turns>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut held = self.turns.held.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this turn hold it: nobody waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            held.remove(&self.key);
+        }
+    }
+}
+
+/// How long a request waits for the one before it on the same upload: longer than
+/// writing a part, shorter than a client's timeout.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Turns {
+    /// Waits (a while at most) for the turn of `user`'s upload of `sha256`; after the
+    /// wait it goes ahead anyway (the database keeps concurrent writers consistent).
+    pub async fn take(self: &Arc<Self>, user: &str, sha256: &str) -> Turn {
+        let key = format!("{}\0{sha256}", user.len());
+        let key = format!("{key}{user}");
+        let lock = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(held.entry(key.clone()).or_default())
+        };
+        let guard = tokio::time::timeout(TURN_WAIT, Arc::clone(&lock).lock_owned())
+            .await
+            .ok();
+        Turn {
+            key,
+            lock,
+            guard,
+            turns: Arc::clone(self),
+        }
+    }
+}
 
 /// The blob store a config names.
 pub fn open_store(settings: &AttachmentSettings) -> Result<Arc<dyn BlobStore>, BlobError> {
@@ -146,6 +202,7 @@ pub async fn status(State(state): State<AppState>, req: Request) -> Response {
         async {
             let (user, policy) = caller(&state, &req, "attachment_status").await?;
             let sha = sha_of(req.uri.path(), true)?;
+            let _turn = state.upload_turns().take(&user.name, &sha).await;
             let a = access(&state, &user, &policy, &sha).await?;
             let s = status_of(&sha, &a).ok_or_else(not_found)?;
             Ok(axum::Json(s).into_response())
@@ -282,6 +339,7 @@ async fn upload_inner(state: AppState, req: Request) -> Result<Response, ApiErro
             ),
         ));
     }
+    let turn = state.upload_turns().take(&user.name, &sha).await;
     let a = access(&state, &user, &policy, &sha).await?;
     if let Some(s) = status_of(&sha, &a).filter(|s| s.complete) {
         return Ok(axum::Json(s).into_response());
@@ -320,19 +378,26 @@ async fn upload_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     if offset > up.received {
         return Ok(mismatch(up.received));
     }
-    let outcome = receive(&state, &user.name, &sha, &mut up, offset, body).await?;
-    if let Received::TooMany = outcome {
-        return Err(ApiError::bad_request(format!(
-            "more bytes than size ({size}) from offset {offset}"
-        )));
-    }
-    if up.received == up.size && !up.complete {
-        return finish(&state, &user.name, &sha, up).await;
-    }
-    if let Received::Cut = outcome {
-        return Err(ApiError::bad_request("the request body was cut short"));
-    }
-    Ok(upload_status(&sha, &up))
+    // On a task of its own: when the connection drops mid-body the server drops this
+    // handler, but what arrived must still be written and counted.
+    let name = user.name.clone();
+    let task = tokio::spawn(async move {
+        let _turn = turn;
+        let outcome = receive(&state, &name, &sha, &mut up, offset, body).await?;
+        if let Received::TooMany = outcome {
+            return Err(ApiError::bad_request(format!(
+                "more bytes than size ({size}) from offset {offset}"
+            )));
+        }
+        if up.received == up.size && !up.complete {
+            return finish(&state, &name, &sha, up).await;
+        }
+        if let Received::Cut = outcome {
+            return Err(ApiError::bad_request("the request body was cut short"));
+        }
+        Ok(upload_status(&sha, &up))
+    });
+    task.await.map_err(|e| internal("upload task failed")(&e))?
 }
 
 /// How reading an upload's body ended.
