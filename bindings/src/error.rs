@@ -48,6 +48,10 @@ pub enum OutpostError {
     /// SQLite or file-system failure.
     #[error("database error: {detail}")]
     Database { detail: String },
+    /// An attachment file could not be read or written (a missing source file, a full
+    /// disk).
+    #[error("file error: {detail}")]
+    File { detail: String },
     /// Sync could not run at all (not a sync outcome: those are in `SyncReport`).
     #[error("sync error: {detail}")]
     Sync { detail: String },
@@ -76,6 +80,7 @@ impl From<outpost_core::Error> for OutpostError {
             E::Closed => OutpostError::Closed,
             E::Interrupted => OutpostError::Interrupted,
             E::Database(detail) => OutpostError::Database { detail },
+            E::File(detail) => OutpostError::File { detail },
             // The core's enum is non-exhaustive: a new case still reaches the app intact.
             other => OutpostError::Internal {
                 detail: other.to_string(),
