@@ -52,6 +52,7 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
             strategy: ConflictStrategy::LastWriteWins,
             indexes: Vec::new(),
             search: Vec::new(),
+            eager_attachments: false,
         }],
         durability: Durability::Normal,
         encryption_key: None,
@@ -59,6 +60,8 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
         backoff_initial_ms: None,
         backoff_max_ms: None,
         network_debounce_ms: None,
+        attachment_cache_bytes: None,
+        attachment_grace_ms: None,
     };
     let db = Outpost::open(config, Box::new(NoToken))?;
     let mut puts = Vec::with_capacity(n as usize);
