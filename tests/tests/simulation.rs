@@ -68,7 +68,8 @@ fn seeded_schedules_keep_every_promise() {
     println!(
         "schedules: {count}, lost: {}, duplicate effects: {}, diverged: {}, stalled: {} \
          (crdt mismatches: {}, hlc regressions: {}) in {:.1} s\n\
-         exercised: {} writes, {} injected faults, {} device crashes, {} server restarts, {} conflicts",
+         exercised: {} writes, {} injected faults, {} device crashes, {} server restarts, {} conflicts, \
+         {} files",
         total.lost,
         total.duplicate_effects,
         total.diverged,
@@ -81,6 +82,8 @@ fn seeded_schedules_keep_every_promise() {
         total.stats.crashes,
         total.stats.server_restarts,
         total.stats.conflicts,
+        total.stats.files,
     );
+    assert!(total.stats.files > 0, "the schedules attached files");
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }
