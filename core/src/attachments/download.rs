@@ -123,6 +123,7 @@ async fn download_one<S: Session>(s: &S, folder: &Folder, row: FileRow) -> Phase
         let request = move |token: String| -> BoxFuture<'_, _> {
             Box::pin(async move { t.download_attachment(&token, sha, at, to).await })
         };
+        let started = std::time::Instant::now();
         let got = s.authorized(&request).await;
         match got {
             Ok(Some(bytes)) if bytes.len() as u64 == to - at => {
@@ -134,7 +135,7 @@ async fn download_one<S: Session>(s: &S, folder: &Folder, row: FileRow) -> Phase
                     ..Moved::default()
                 });
                 at = to;
-                chunk.went_through();
+                chunk.went_through(started.elapsed());
                 stalls = 0;
                 let c2 = chunk.size();
                 write(&|c| rows::progressed(c, sha, None, Some(at), c2))?;

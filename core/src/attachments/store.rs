@@ -41,6 +41,11 @@ impl Folder {
         }
     }
 
+    /// Whether the folder was ever made.
+    pub(crate) fn exists(&self) -> bool {
+        self.root.is_dir()
+    }
+
     pub(crate) fn path_of(&self, sha256: &str) -> PathBuf {
         self.root.join(sha256)
     }

@@ -164,6 +164,7 @@ impl<'a, S: Session> Upload<'a, S> {
                 Ok(b) => b,
                 Err(e) => return self.refused_for_good(&e.to_string()),
             };
+            let started = std::time::Instant::now();
             match self.send(at, &bytes).await {
                 Ok(Uploaded::Status(st)) => {
                     self.s.moved(Moved {
@@ -173,7 +174,7 @@ impl<'a, S: Session> Upload<'a, S> {
                     if st.complete {
                         return self.done();
                     }
-                    self.chunk.went_through();
+                    self.chunk.went_through(started.elapsed());
                     self.stalls = 0;
                     self.known = st.received;
                     offset = Some(st.received);

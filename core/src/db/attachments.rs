@@ -184,6 +184,13 @@ pub(crate) fn due_downloads(conn: &Connection, now: i64, limit: u32) -> Result<V
     )
 }
 
+/// True when no file is known at all.
+pub(crate) fn none(conn: &Connection) -> Result<bool> {
+    Ok(!conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM attachments)")?
+        .query_row([], |r| r.get::<_, bool>(0))?)
+}
+
 pub(crate) fn all(conn: &Connection) -> Result<Vec<FileRow>> {
     select(conn, "ORDER BY sha256", [])
 }
