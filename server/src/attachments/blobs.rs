@@ -42,14 +42,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// connection may cost the client to send again at most.
     fn part_bytes(&self) -> usize;
 
-    /// Stores `bytes` as the part of upload `upload` that starts at `offset`, durably,
-    /// replacing what the upload held from there on.
+    /// Stores `bytes` as the part of upload `upload` that starts at `offset`,
+    /// replacing what the upload held from there on; durable once `sync_parts` returns.
     fn write_part<'a>(
         &'a self,
         upload: &'a str,
         offset: u64,
         bytes: Bytes,
     ) -> BoxFuture<'a, Result<(), BlobError>>;
+
+    /// Makes every part written so far durable.
+    fn sync_parts<'a>(&'a self, upload: &'a str) -> BoxFuture<'a, Result<(), BlobError>>;
 
     /// Reads the upload's first `size` bytes, checks them against `sha256`, and on a
     /// match makes them the file `sha256` (a file already stored under it is kept).
@@ -139,7 +142,7 @@ async fn hash_prefix(path: &Path, size: u64) -> Result<Option<String>, BlobError
 
 impl BlobStore for DirStore {
     fn part_bytes(&self) -> usize {
-        64 * 1024
+        1024 * 1024
     }
 
     fn write_part<'a>(
@@ -169,11 +172,22 @@ impl BlobStore for DirStore {
             };
             f.seek(SeekFrom::Start(offset)).await.map_err(blob_err)?;
             f.write_all(&bytes).await.map_err(blob_err)?;
-            f.sync_data().await.map_err(blob_err)?;
             if created {
+                f.sync_data().await.map_err(blob_err)?;
                 sync_dir(&dir).await?;
             }
             Ok(())
+        })
+    }
+
+    fn sync_parts<'a>(&'a self, upload: &'a str) -> BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async move {
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(self.upload_path(plain(upload)?))
+                .await
+                .map_err(blob_err)?;
+            f.sync_data().await.map_err(blob_err)
         })
     }
 

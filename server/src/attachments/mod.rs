@@ -75,8 +75,8 @@ impl Turns {
     /// Waits (a while at most) for the turn of `user`'s upload of `sha256`; after the
     /// wait it goes ahead anyway (the database keeps concurrent writers consistent).
     pub async fn take(self: &Arc<Self>, user: &str, sha256: &str) -> Turn {
-        let key = format!("{}\0{sha256}", user.len());
-        let key = format!("{key}{user}");
+        // Length-prefixed, so no two (user, file) pairs share a key.
+        let key = format!("{}:{user}:{sha256}", user.len());
         let lock = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(held.entry(key.clone()).or_default())
@@ -211,11 +211,8 @@ pub async fn status(State(state): State<AppState>, req: Request) -> Response {
     )
 }
 
-/// `GET /v1/attachments/<sha256>` (the bytes) and `…/status`.
+/// `GET /v1/attachments/<sha256>`: the bytes.
 pub async fn get(State(state): State<AppState>, req: Request) -> Response {
-    if req.uri().path().ends_with("/status") {
-        return status(State(state), req).await;
-    }
     answer(download(state, req).await)
 }
 
@@ -412,8 +409,13 @@ enum Received {
     Overtaken,
 }
 
-/// Writes the body from `offset` on, a part at a time, advancing the upload after
-/// each durable part. Bytes the upload already holds are skipped.
+/// Bytes written before they are made durable and counted: what a server killed
+/// mid-request may have the device send again, at most.
+const COMMIT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Writes the body from `offset` on, a part at a time, and counts what was written
+/// (made durable first) every few megabytes and when the body ends or breaks. Bytes
+/// the upload already holds are skipped.
 async fn receive(
     state: &AppState,
     user: &str,
@@ -423,8 +425,15 @@ async fn receive(
     mut body: Body,
 ) -> Result<Received, ApiError> {
     let part = state.files().part_bytes();
-    let mut pos = offset;
-    let mut buf: Vec<u8> = Vec::with_capacity(part);
+    let mut r = Receiving {
+        state,
+        user,
+        sha,
+        up,
+        pos: offset,
+        from: offset,
+        buf: Vec::with_capacity(part),
+    };
     let mut ended = Received::Done;
     loop {
         let frame = match body.frame().await {
@@ -439,74 +448,102 @@ async fn receive(
             continue;
         };
         let mut data: &[u8] = &data;
-        // Skip what the upload already holds (a repeated chunk).
-        let held = up.received.saturating_sub(pos + buf.len() as u64);
-        let skip = usize::try_from(held).unwrap_or(usize::MAX).min(data.len());
-        if skip > 0 && buf.is_empty() {
-            pos += skip as u64;
+        if r.buf.is_empty() && r.pos == r.from {
+            // Skip what the upload already holds (a repeated chunk).
+            let held = r.up.received.saturating_sub(r.pos);
+            let skip = usize::try_from(held).unwrap_or(usize::MAX).min(data.len());
+            r.pos += skip as u64;
+            r.from = r.pos;
             data = &data[skip..];
         }
-        let room = up.size - pos - buf.len() as u64;
+        let room = r.up.size.saturating_sub(r.pos + r.buf.len() as u64);
         if data.len() as u64 > room {
             let fits = usize::try_from(room).unwrap_or(0);
-            buf.extend_from_slice(&data[..fits]);
+            r.buf.extend_from_slice(&data[..fits]);
             ended = Received::TooMany;
             break;
         }
-        buf.extend_from_slice(data);
-        if buf.len() >= part && !flush(state, user, sha, up, &mut pos, &mut buf).await? {
-            return Ok(Received::Overtaken);
+        r.buf.extend_from_slice(data);
+        if r.buf.len() >= part {
+            r.write().await?;
+            if r.pos - r.from >= COMMIT_BYTES && !r.commit().await? {
+                return Ok(Received::Overtaken);
+            }
         }
     }
-    if !buf.is_empty() && !flush(state, user, sha, up, &mut pos, &mut buf).await? {
+    if !r.commit().await? {
         return Ok(Received::Overtaken);
     }
     Ok(ended)
 }
 
-/// Makes `buf` durable at `pos` and advances the upload over it; false when another
-/// request moved the upload away from `pos` first.
-async fn flush(
-    state: &AppState,
-    user: &str,
-    sha: &str,
-    up: &mut Upload,
-    pos: &mut u64,
-    buf: &mut Vec<u8>,
-) -> Result<bool, ApiError> {
-    let bytes = Bytes::from(std::mem::take(buf));
-    let to = *pos + bytes.len() as u64;
-    if to <= up.received {
-        *pos = to;
-        return Ok(true);
-    }
-    state
-        .files()
-        .write_part(&up.upload_id, *pos, bytes)
-        .await
-        .map_err(blob_failed)?;
-    let now = state
-        .storage()
-        .advance_upload(
-            user.to_owned(),
-            sha.to_owned(),
-            up.upload_id.clone(),
-            *pos,
-            to,
-            logic::now_ms(),
-        )
-        .await
-        .map_err(storage_failed)?;
-    match now {
-        Some(u) if u.upload_id == up.upload_id => {
-            let moved = u.received == to;
-            *up = u;
-            *pos = to;
-            Ok(moved)
+/// An upload request's body on its way into the store.
+struct Receiving<'a> {
+    state: &'a AppState,
+    user: &'a str,
+    sha: &'a str,
+    up: &'a mut Upload,
+    /// Where the buffered bytes start: everything before is written.
+    pos: u64,
+    /// Where the written bytes not yet counted start.
+    from: u64,
+    buf: Vec<u8>,
+}
+
+impl Receiving<'_> {
+    /// Writes the buffered bytes at `pos` (not yet durable).
+    async fn write(&mut self) -> Result<(), ApiError> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        _ => Err(ApiError::bad_request(
-            "the upload was dropped meanwhile; start again",
-        )),
+        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        let len = bytes.len() as u64;
+        self.state
+            .files()
+            .write_part(&self.up.upload_id, self.pos, bytes)
+            .await
+            .map_err(blob_failed)?;
+        self.pos += len;
+        Ok(())
+    }
+
+    /// Makes what was written durable and advances the upload over it; false when
+    /// another request moved the upload away first.
+    async fn commit(&mut self) -> Result<bool, ApiError> {
+        self.write().await?;
+        if self.pos <= self.from || self.pos <= self.up.received {
+            self.from = self.pos;
+            return Ok(true);
+        }
+        let files = self.state.files();
+        files
+            .sync_parts(&self.up.upload_id)
+            .await
+            .map_err(blob_failed)?;
+        let now = self
+            .state
+            .storage()
+            .advance_upload(
+                self.user.to_owned(),
+                self.sha.to_owned(),
+                self.up.upload_id.clone(),
+                self.from,
+                self.pos,
+                logic::now_ms(),
+            )
+            .await
+            .map_err(storage_failed)?;
+        match now {
+            Some(u) if u.upload_id == self.up.upload_id => {
+                let moved = u.received == self.pos;
+                *self.up = u;
+                self.from = self.pos;
+                Ok(moved)
+            }
+            _ => Err(ApiError::bad_request(
+                "the upload was dropped meanwhile; start again",
+            )),
+        }
     }
 }
 
