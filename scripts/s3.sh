@@ -18,16 +18,18 @@ URL="http://127.0.0.1:${PORT}"
 
 log() { echo "s3.sh: $*" >&2; }
 
-up() { curl -s -o /dev/null "$URL/" 2>/dev/null; }
+# Bash's own TCP connect: a fresh machine may have no curl.
+up() { (exec 3<>"/dev/tcp/127.0.0.1/${PORT}") 2>/dev/null; }
 
 if ! up; then
     if [ ! -x "$DIR/venv/bin/moto_server" ]; then
         log "installing moto[server] into $DIR/venv"
-        if ! python3 -m venv "$DIR/venv" >&2 2>/dev/null; then
+        mkdir -p "$DIR"
+        if ! command -v python3 >/dev/null || ! python3 -m venv --clear "$DIR/venv" >&2 2>/dev/null; then
             export DEBIAN_FRONTEND=noninteractive
             apt-get update -qq >&2
-            apt-get install -y -qq python3-venv curl >&2
-            python3 -m venv "$DIR/venv" >&2
+            apt-get install -y -qq python3 python3-venv >&2
+            python3 -m venv --clear "$DIR/venv" >&2
         fi
         "$DIR/venv/bin/pip" install -q 'moto[server]' >&2
     fi
