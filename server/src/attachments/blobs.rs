@@ -3,8 +3,9 @@
 //! ([`super::s3::S3Store`]).
 //!
 //! An upload arrives in parts, each made durable before the database says the
-//! upload has received it; `finish` reads the parts back in order, checks the SHA-256
-//! and only then makes them the file, under its hash. So a file under a hash always
+//! upload has received it; `finish` checks the SHA-256 of the parts in order (as the
+//! caller hashed them on the way in, or by reading them back) and only then makes
+//! them the file, under its hash. So a file under a hash always
 //! holds exactly the bytes of that hash, however an upload was cut, repeated or
 //! corrupted on the way.
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use axum::body::{Body, Bytes};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::storage::BoxFuture;
 
@@ -42,26 +43,29 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// connection may cost the client to send again at most.
     fn part_bytes(&self) -> usize;
 
-    /// Stores `bytes` as the part of upload `upload` that starts at `offset`,
-    /// replacing what the upload held from there on; durable once `sync_parts` returns.
+    /// Stores `pieces`, one after the other, as the part of upload `upload` that
+    /// starts at `offset`, replacing what the upload held from there on; durable once
+    /// `sync_parts` returns. The pieces are the body as it arrived, uncopied.
     fn write_part<'a>(
         &'a self,
         upload: &'a str,
         offset: u64,
-        bytes: Bytes,
+        pieces: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<(), BlobError>>;
 
     /// Makes every part written so far durable.
     fn sync_parts<'a>(&'a self, upload: &'a str) -> BoxFuture<'a, Result<(), BlobError>>;
 
-    /// Reads the upload's first `size` bytes, checks them against `sha256`, and on a
-    /// match makes them the file `sha256` (a file already stored under it is kept).
-    /// The parts are removed either way.
+    /// Checks the upload's first `size` bytes against `sha256` and on a match makes
+    /// them the file `sha256` (a file already stored under it is kept). `hashed` is
+    /// their SHA-256 when the caller computed it as it wrote them; without it they
+    /// are read back and hashed. The parts are removed either way.
     fn finish<'a>(
         &'a self,
         upload: &'a str,
         size: u64,
         sha256: &'a str,
+        hashed: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Finished, BlobError>>;
 
     /// Removes an upload's parts.
@@ -149,44 +153,60 @@ impl BlobStore for DirStore {
         &'a self,
         upload: &'a str,
         offset: u64,
-        bytes: Bytes,
+        pieces: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<(), BlobError>> {
         Box::pin(async move {
             let path = self.upload_path(plain(upload)?);
             let dir = self.root.join("uploads");
-            let mut created = false;
-            let mut f = match tokio::fs::OpenOptions::new().write(true).open(&path).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tokio::fs::create_dir_all(&dir).await.map_err(blob_err)?;
-                    created = true;
-                    tokio::fs::OpenOptions::new()
+            // One blocking call for the whole part, written from the pieces in place.
+            let write = move || -> std::io::Result<()> {
+                use std::os::unix::fs::FileExt;
+                let open = |create| {
+                    std::fs::OpenOptions::new()
                         .write(true)
-                        .create(true)
+                        .create(create)
                         .truncate(false)
                         .open(&path)
-                        .await
-                        .map_err(blob_err)?
+                };
+                let (f, created) = match open(false) {
+                    Ok(f) => (f, false),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        std::fs::create_dir_all(&dir)?;
+                        (open(true)?, true)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut at = offset;
+                for piece in &pieces {
+                    f.write_all_at(piece, at)?;
+                    at += piece.len() as u64;
                 }
-                Err(e) => return Err(blob_err(e)),
+                if created {
+                    // The new file's name must survive a crash before any of it counts.
+                    f.sync_data()?;
+                    std::fs::File::open(&dir)?.sync_all()?;
+                }
+                Ok(())
             };
-            f.seek(SeekFrom::Start(offset)).await.map_err(blob_err)?;
-            f.write_all(&bytes).await.map_err(blob_err)?;
-            if created {
-                f.sync_data().await.map_err(blob_err)?;
-                sync_dir(&dir).await?;
-            }
-            Ok(())
+            tokio::task::spawn_blocking(write)
+                .await
+                .map_err(blob_err)?
+                .map_err(blob_err)
         })
     }
 
     fn sync_parts<'a>(&'a self, upload: &'a str) -> BoxFuture<'a, Result<(), BlobError>> {
         Box::pin(async move {
-            let f = tokio::fs::OpenOptions::new()
+            let f = match tokio::fs::OpenOptions::new()
                 .write(true)
                 .open(self.upload_path(plain(upload)?))
                 .await
-                .map_err(blob_err)?;
+            {
+                Ok(f) => f,
+                // Purged meanwhile: nothing to keep, and the database says it is gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(blob_err(e)),
+            };
             f.sync_data().await.map_err(blob_err)
         })
     }
@@ -196,6 +216,7 @@ impl BlobStore for DirStore {
         upload: &'a str,
         size: u64,
         sha256: &'a str,
+        hashed: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Finished, BlobError>> {
         Box::pin(async move {
             let part = self.upload_path(plain(upload)?);
@@ -206,7 +227,11 @@ impl BlobStore for DirStore {
                 let _ = tokio::fs::remove_file(&part).await;
                 return Ok(Finished::Stored);
             }
-            if hash_prefix(&part, size).await?.as_deref() != Some(sha256) {
+            let hash = match hashed {
+                Some(h) => Some(h.to_owned()),
+                None => hash_prefix(&part, size).await?,
+            };
+            if hash.as_deref() != Some(sha256) {
                 let _ = tokio::fs::remove_file(&part).await;
                 return Ok(Finished::Mismatch);
             }
@@ -270,17 +295,27 @@ mod tests {
         let store = DirStore::new(dir.path());
         let data = b"hello attachments".to_vec();
         store
-            .write_part("u1", 0, Bytes::from_static(b"hello "))
+            .write_part("u1", 0, vec![Bytes::from_static(b"hello ")])
             .await
             .unwrap();
         // A repeated part with a tail past what counts is cut at `size`.
         store
-            .write_part("u1", 6, Bytes::from_static(b"attachments and more"))
+            .write_part(
+                "u1",
+                6,
+                vec![
+                    Bytes::from_static(b"attachments"),
+                    Bytes::from_static(b" and more"),
+                ],
+            )
             .await
             .unwrap();
         let h = sha(&data);
         assert_eq!(
-            store.finish("u1", data.len() as u64, &h).await.unwrap(),
+            store
+                .finish("u1", data.len() as u64, &h, None)
+                .await
+                .unwrap(),
             Finished::Stored
         );
         let body = store.read(&h, 6, 17).await.unwrap();
@@ -291,15 +326,15 @@ mod tests {
         assert_eq!(&got[..], b"attachments");
 
         store
-            .write_part("u2", 0, Bytes::from_static(b"hellO attachments"))
+            .write_part("u2", 0, vec![Bytes::from_static(b"hellO attachments")])
             .await
             .unwrap();
         let other = sha(b"hellO attachmentz");
         assert_eq!(
-            store.finish("u2", 17, &other).await.unwrap(),
+            store.finish("u2", 17, &other, None).await.unwrap(),
             Finished::Mismatch
         );
         assert!(!dir.path().join("uploads/u2").exists());
-        assert!(store.write_part("../x", 0, Bytes::new()).await.is_err());
+        assert!(store.write_part("../x", 0, Vec::new()).await.is_err());
     }
 }

@@ -7,8 +7,10 @@
 //! - `POST /v1/attachments/<sha256>?size=&offset=`: bytes from `offset` on. They are
 //!   written as they arrive, a part at a time, and each part counts as received once
 //!   durable: a connection cut mid-body keeps what got through, so a phone on a link
-//!   that drops every few kilobytes still moves forward. The last byte triggers the
-//!   SHA-256 check; a mismatch drops the upload (`400`).
+//!   that drops every few kilobytes still moves forward. A part is written while the
+//!   next arrives, and hashed meanwhile. The last byte triggers the SHA-256 check,
+//!   from that running hash when this process saw every byte, else by reading the
+//!   stored bytes back; a mismatch drops the upload (`400`).
 //! - `GET /v1/attachments/<sha256>`: the bytes, `Range` honoured.
 //!
 //! What a user may know is decided by the database ([`crate::storage::files`]); the
@@ -28,6 +30,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use outpost_core::protocol::{AttachmentStatus, ErrorBody, ErrorCode, OffsetMismatch, is_sha256};
+use sha2::{Digest, Sha256};
 
 pub use blobs::{BlobError, BlobStore, DirStore, Finished};
 
@@ -45,7 +48,32 @@ use crate::storage::{Storage, StorageError};
 #[derive(Debug, Default)]
 pub struct Turns {
     held: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    hashes: std::sync::Mutex<HashMap<String, Running>>,
 }
+
+/// The SHA-256 of an upload's bytes as this process wrote them, so the last request
+/// checks the hash without reading the file back. It stands for the bytes `0..at`;
+/// a request that starts elsewhere (after a restart, or after another process wrote)
+/// leaves the check to reading the stored bytes.
+enum Running {
+    At(u64, Box<Sha256>),
+    /// A request wrote without its turn: another may have written the same bytes
+    /// meanwhile, so no running hash of this upload is trusted here.
+    Tainted,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Running::At(at, _) => write!(f, "At({at})"),
+            Running::Tainted => f.write_str("Tainted"),
+        }
+    }
+}
+
+/// Running hashes kept at most: each is a few hundred bytes; past this the process
+/// forgets them and the uploads fall back to reading their bytes back.
+const RUNNING_HASHES: usize = 4096;
 
 /// A held turn; the next request of the same upload goes when it is dropped.
 #[derive(Debug)]
@@ -72,6 +100,47 @@ impl Drop for Turn {
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Turns {
+    fn hashes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The running hash of `upload` over its bytes `0..at`, if this process has it
+    /// (or a new one, at 0).
+    /// A request without its turn gets none and taints the upload.
+    fn take_hash(&self, upload: &str, at: u64, turn_held: bool) -> Option<Sha256> {
+        let mut hashes = self.hashes();
+        if !turn_held {
+            hashes.insert(upload.to_owned(), Running::Tainted);
+            return None;
+        }
+        match hashes.remove(upload) {
+            Some(Running::At(o, h)) if o == at => Some(*h),
+            Some(Running::Tainted) => {
+                hashes.insert(upload.to_owned(), Running::Tainted);
+                None
+            }
+            // From the first byte, a hash needs nothing before.
+            _ => (at == 0).then(Sha256::new),
+        }
+    }
+
+    /// Keeps `upload`'s running hash over its bytes `0..at` for its next request.
+    fn keep_hash(&self, upload: &str, at: u64, hash: Sha256) {
+        let mut hashes = self.hashes();
+        if let Some(Running::Tainted) = hashes.get(upload) {
+            return;
+        }
+        if hashes.len() >= RUNNING_HASHES {
+            hashes.retain(|_, r| matches!(r, Running::Tainted));
+        }
+        hashes.insert(upload.to_owned(), Running::At(at, Box::new(hash)));
+    }
+
+    /// The upload is done or dropped: nothing of it stays.
+    fn forget_hash(&self, upload: &str) {
+        self.hashes().remove(upload);
+    }
+
     /// Waits (a while at most) for the turn of `user`'s upload of `sha256`; after the
     /// wait it goes ahead anyway (the database keeps concurrent writers consistent).
     pub async fn take(self: &Arc<Self>, user: &str, sha256: &str) -> Turn {
@@ -379,15 +448,17 @@ async fn upload_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     // handler, but what arrived must still be written and counted.
     let name = user.name.clone();
     let task = tokio::spawn(async move {
+        let turn_held = turn.guard.is_some();
         let _turn = turn;
-        let outcome = receive(&state, &name, &sha, &mut up, offset, body).await?;
+        let (outcome, hashed) =
+            receive(&state, &name, &sha, &mut up, offset, body, turn_held).await?;
         if let Received::TooMany = outcome {
             return Err(ApiError::bad_request(format!(
                 "more bytes than size ({size}) from offset {offset}"
             )));
         }
         if up.received == up.size && !up.complete {
-            return finish(&state, &name, &sha, up).await;
+            return finish(&state, &name, &sha, up, hashed).await;
         }
         if let Received::Cut = outcome {
             return Err(ApiError::bad_request("the request body was cut short"));
@@ -415,7 +486,8 @@ const COMMIT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Writes the body from `offset` on, a part at a time, and counts what was written
 /// (made durable first) every few megabytes and when the body ends or breaks. Bytes
-/// the upload already holds are skipped.
+/// the upload already holds are skipped. Also gives the SHA-256 of the upload's
+/// whole `size` bytes when they are all in and this process hashed every one.
 async fn receive(
     state: &AppState,
     user: &str,
@@ -423,7 +495,8 @@ async fn receive(
     up: &mut Upload,
     offset: u64,
     mut body: Body,
-) -> Result<Received, ApiError> {
+    turn_held: bool,
+) -> Result<(Received, Option<String>), ApiError> {
     let part = state.files().part_bytes();
     let mut r = Receiving {
         state,
@@ -432,49 +505,70 @@ async fn receive(
         up,
         pos: offset,
         from: offset,
-        buf: Vec::with_capacity(part),
+        part,
+        buf: Vec::new(),
+        buffered: 0,
+        writing: None,
+        hash: None,
+        turn_held,
+        hash_taken: false,
     };
-    let mut ended = Received::Done;
-    loop {
-        let frame = match body.frame().await {
-            None => break,
-            Some(Err(_)) => {
-                ended = Received::Cut;
+    let committed = match r.take_body(&mut body).await {
+        Ok(Received::Overtaken) => Ok(None),
+        Ok(ended) => r.commit().await.map(|moved| moved.then_some(ended)),
+        Err(e) => Err(e),
+    };
+    // No write of this request may land after it ends (and its turn passes on).
+    let written = r.written().await;
+    let hashed = match (&committed, written) {
+        (Ok(Some(_)), Ok(())) => r.hash_done(),
+        _ => None,
+    };
+    Ok((committed?.unwrap_or(Received::Overtaken), hashed))
+}
+
+impl Receiving<'_> {
+    /// Reads the body into the store, committing every few megabytes.
+    async fn take_body(&mut self, body: &mut Body) -> Result<Received, ApiError> {
+        let r = self;
+        let mut ended = Received::Done;
+        loop {
+            let frame = match body.frame().await {
+                None => break,
+                Some(Err(_)) => {
+                    ended = Received::Cut;
+                    break;
+                }
+                Some(Ok(f)) => f,
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            if r.buf.is_empty() && r.pos == r.from {
+                // Skip what the upload already holds (a repeated chunk).
+                let held = r.up.received.saturating_sub(r.pos);
+                let skip = usize::try_from(held).unwrap_or(usize::MAX).min(data.len());
+                r.pos += skip as u64;
+                r.from = r.pos;
+                data = data.slice(skip..);
+            }
+            let room = r.up.size.saturating_sub(r.pos + r.buffered as u64);
+            if data.len() as u64 > room {
+                let fits = usize::try_from(room).unwrap_or(0);
+                r.gather(data.slice(..fits));
+                ended = Received::TooMany;
                 break;
             }
-            Some(Ok(f)) => f,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let mut data: &[u8] = &data;
-        if r.buf.is_empty() && r.pos == r.from {
-            // Skip what the upload already holds (a repeated chunk).
-            let held = r.up.received.saturating_sub(r.pos);
-            let skip = usize::try_from(held).unwrap_or(usize::MAX).min(data.len());
-            r.pos += skip as u64;
-            r.from = r.pos;
-            data = &data[skip..];
-        }
-        let room = r.up.size.saturating_sub(r.pos + r.buf.len() as u64);
-        if data.len() as u64 > room {
-            let fits = usize::try_from(room).unwrap_or(0);
-            r.buf.extend_from_slice(&data[..fits]);
-            ended = Received::TooMany;
-            break;
-        }
-        r.buf.extend_from_slice(data);
-        if r.buf.len() >= part {
-            r.write().await?;
-            if r.pos - r.from >= COMMIT_BYTES && !r.commit().await? {
-                return Ok(Received::Overtaken);
+            r.gather(data);
+            if r.buffered >= r.part {
+                r.write().await?;
+                if r.pos - r.from >= COMMIT_BYTES && !r.commit().await? {
+                    return Ok(Received::Overtaken);
+                }
             }
         }
+        Ok(ended)
     }
-    if !r.commit().await? {
-        return Ok(Received::Overtaken);
-    }
-    Ok(ended)
 }
 
 /// An upload request's body on its way into the store.
@@ -483,34 +577,106 @@ struct Receiving<'a> {
     user: &'a str,
     sha: &'a str,
     up: &'a mut Upload,
-    /// Where the buffered bytes start: everything before is written.
+    /// Where the buffered bytes start: everything before is written, or being
+    /// written by `writing`.
     pos: u64,
     /// Where the written bytes not yet counted start.
     from: u64,
-    buf: Vec<u8>,
+    /// Bytes gathered before they are written as one part.
+    part: usize,
+    /// The gathered pieces of the body, as they arrived, and their length.
+    buf: Vec<Bytes>,
+    buffered: usize,
+    /// The write of the last part, under way while the next part arrives; it hands
+    /// back the running hash.
+    writing: Option<tokio::task::JoinHandle<Result<Option<Sha256>, BlobError>>>,
+    /// The running SHA-256 of the bytes `0..pos` when nothing is being written, if
+    /// this process has it.
+    hash: Option<Sha256>,
+    turn_held: bool,
+    /// Whether `hash` was looked for (at the first write).
+    hash_taken: bool,
 }
 
 impl Receiving<'_> {
-    /// Writes the buffered bytes at `pos` (not yet durable).
+    fn gather(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.buffered += piece.len();
+            self.buf.push(piece);
+        }
+    }
+
+    /// Starts writing the buffered bytes at `pos` (not yet durable), and hashing
+    /// them, once the part before is written: the next part arrives meanwhile.
     async fn write(&mut self) -> Result<(), ApiError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let bytes = Bytes::from(std::mem::take(&mut self.buf));
-        let len = bytes.len() as u64;
-        self.state
-            .files()
-            .write_part(&self.up.upload_id, self.pos, bytes)
-            .await
-            .map_err(blob_failed)?;
-        self.pos += len;
+        self.written().await?;
+        if !self.hash_taken {
+            self.hash_taken = true;
+            self.hash =
+                self.state
+                    .upload_turns()
+                    .take_hash(&self.up.upload_id, self.pos, self.turn_held);
+        }
+        let pieces = std::mem::take(&mut self.buf);
+        let (files, upload, at) = (
+            Arc::clone(self.state.files()),
+            self.up.upload_id.clone(),
+            self.pos,
+        );
+        self.pos += std::mem::take(&mut self.buffered) as u64;
+        let hash = self.hash.take();
+        self.writing = Some(tokio::spawn(async move {
+            let hashing = hash.map(|mut h| {
+                let pieces = pieces.clone();
+                tokio::task::spawn_blocking(move || {
+                    for p in &pieces {
+                        h.update(p);
+                    }
+                    h
+                })
+            });
+            let written = files.write_part(&upload, at, pieces).await;
+            let hash = match hashing {
+                Some(h) => h.await.ok(),
+                None => None,
+            };
+            written.map(|()| hash)
+        }));
         Ok(())
+    }
+
+    /// Waits for the part being written; the running hash is back after it.
+    async fn written(&mut self) -> Result<(), ApiError> {
+        if let Some(w) = self.writing.take() {
+            self.hash = w
+                .await
+                .map_err(|e| internal("writing a part failed")(&e))?
+                .map_err(blob_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the request's use of the running hash: its digest when it covers the
+    /// whole file, else it is kept for the request that continues at `pos`.
+    fn hash_done(&mut self) -> Option<String> {
+        let hash = self.hash.take()?;
+        if self.pos == self.up.size {
+            return Some(hex::encode(hash.finalize()));
+        }
+        self.state
+            .upload_turns()
+            .keep_hash(&self.up.upload_id, self.pos, hash);
+        None
     }
 
     /// Makes what was written durable and advances the upload over it; false when
     /// another request moved the upload away first.
     async fn commit(&mut self) -> Result<bool, ApiError> {
         self.write().await?;
+        self.written().await?;
         if self.pos <= self.from || self.pos <= self.up.received {
             self.from = self.pos;
             return Ok(true);
@@ -553,10 +719,12 @@ async fn finish(
     user: &str,
     sha: &str,
     mut up: Upload,
+    hashed: Option<String>,
 ) -> Result<Response, ApiError> {
+    state.upload_turns().forget_hash(&up.upload_id);
     match state
         .files()
-        .finish(&up.upload_id, up.size, sha)
+        .finish(&up.upload_id, up.size, sha, hashed.as_deref())
         .await
         .map_err(blob_failed)?
     {
@@ -616,6 +784,36 @@ pub async fn purge_stale(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_hash_serves_only_the_request_that_continues_it() {
+        let turns = Turns::default();
+        let digest = |h: Sha256| hex::encode(h.finalize());
+        // From the first byte there is always one; elsewhere only where it stopped.
+        let mut h = turns.take_hash("u", 0, true).unwrap();
+        assert!(turns.take_hash("u", 5, true).is_none());
+        h.update(b"hello");
+        turns.keep_hash("u", 5, h);
+        assert!(turns.take_hash("u", 4, true).is_none(), "another offset");
+        assert!(
+            turns.take_hash("u", 5, true).is_none(),
+            "dropped by the miss"
+        );
+        let mut h = turns.take_hash("u", 0, true).unwrap();
+        h.update(b"hello");
+        turns.keep_hash("u", 5, h);
+        let mut h = turns.take_hash("u", 5, true).unwrap();
+        h.update(b" world");
+        assert_eq!(digest(h), hex::encode(Sha256::digest(b"hello world")));
+        // A request without its turn may race another: no hash is trusted after it.
+        turns.keep_hash("v", 3, Sha256::new());
+        assert!(turns.take_hash("v", 3, false).is_none());
+        turns.keep_hash("v", 3, Sha256::new());
+        assert!(turns.take_hash("v", 3, true).is_none());
+        assert!(turns.take_hash("v", 0, true).is_none());
+        turns.forget_hash("v");
+        assert!(turns.take_hash("v", 0, true).is_some());
+    }
 
     #[test]
     fn upload_parameters_are_read_strictly() {
