@@ -53,7 +53,10 @@ pub struct AttachmentCounts {
 
 /// The size of the next request of a transfer: doubled after each one that went
 /// through, halved after each that failed, so a request fits what the link carries
-/// between two drops (and within a request timeout on a slow link).
+/// between two drops (and within a request timeout on a slow link). On a fast link
+/// that has not dropped it grows at once to what the link carried in
+/// [`Chunker::QUICK`]: every request costs the server a durable write and a round
+/// trip, so a large file should not creep up to full size through small requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Chunker {
     size: u64,
@@ -65,8 +68,9 @@ impl Chunker {
     pub(crate) const MIN: u64 = 16 * 1024;
     pub(crate) const START: u64 = 256 * 1024;
     pub(crate) const MAX: u64 = 8 * 1024 * 1024;
-    /// A request quicker than this grows the next fourfold instead of twofold, until
-    /// the first failure (on a link that drops, a fourfold request mostly fails again).
+    /// A request quicker than this grows the next at least fourfold instead of
+    /// twofold, to what the link would carry in this time, until the first failure (on
+    /// a link that drops, a larger request mostly fails again).
     const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
 
     /// Resumes at a stored size (0: never tried; below the start: cut before).
@@ -88,12 +92,14 @@ impl Chunker {
     /// A request of this size went through in `took`: quickly on a fast link that
     /// has not dropped, so the size grows faster there.
     pub(crate) fn went_through(&mut self, took: std::time::Duration) {
-        let factor = if took < Chunker::QUICK && !self.cut {
-            4
+        let next = if took < Chunker::QUICK && !self.cut {
+            let carried =
+                self.size as f64 * Chunker::QUICK.as_secs_f64() / took.as_secs_f64().max(1e-6);
+            (self.size * 4).max(carried as u64)
         } else {
-            2
+            self.size * 2
         };
-        self.size = (self.size * factor).min(Chunker::MAX);
+        self.size = next.min(Chunker::MAX);
     }
 
     pub(crate) fn failed(&mut self) {
@@ -128,8 +134,15 @@ mod tests {
         assert_eq!(c.size(), Chunker::START);
         c.went_through(slow);
         assert_eq!(c.size(), 2 * Chunker::START);
-        c.went_through(Duration::from_millis(10));
+        // 512 KiB in 250 ms: the link carries 1 MiB in the quick time, so fourfold.
+        c.went_through(Duration::from_millis(250));
         assert_eq!(c.size(), 8 * Chunker::START);
+        // 2 MiB in 100 ms: 10 MiB in the quick time, more than the largest request.
+        c.went_through(Duration::from_millis(100));
+        assert_eq!(c.size(), Chunker::MAX);
+        let mut quick = Chunker::resume(0);
+        quick.went_through(Duration::from_millis(25));
+        assert_eq!(quick.size(), 20 * Chunker::START, "to what 500 ms carry");
         for _ in 0..20 {
             c.failed();
         }
@@ -151,7 +164,7 @@ mod tests {
             "a size below the start was cut before"
         );
         let mut fresh = Chunker::resume(Chunker::START);
-        fresh.went_through(Duration::from_millis(10));
+        fresh.went_through(Duration::from_millis(400));
         assert_eq!(fresh.size(), 4 * Chunker::START);
     }
 }
