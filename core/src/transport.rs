@@ -11,6 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A file's bytes on their way to the server: shared, never copied.
+pub use bytes::Bytes;
+
 use crate::protocol::{
     AttachmentStatus, ErrorResponse, HealthResponse, OffsetMismatch, PullResponse, PushRequest,
     PushResponse,
@@ -119,7 +122,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: &'a [u8],
+        bytes: Bytes,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         let _ = (token, sha256, size, offset, bytes);
         Box::pin(async { Err(no_files()) })
@@ -403,7 +406,7 @@ impl Transport for HttpTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: &'a [u8],
+        bytes: Bytes,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         Box::pin(self.upload_of(token, sha256, size, offset, bytes))
     }
@@ -476,8 +479,9 @@ impl HttpTransport {
         sha256: &str,
         size: u64,
         offset: u64,
-        bytes: &[u8],
+        bytes: Bytes,
     ) -> Result<Uploaded, TransportError> {
+        let sent = bytes.len();
         let mut url = self.attachment_url(sha256, false)?;
         url.query_pairs_mut()
             .append_pair("size", &size.to_string())
@@ -487,8 +491,8 @@ impl HttpTransport {
             .post(url)
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes.to_vec());
-        let (status, retry, _, body) = self.raw(req, bytes.len()).await?;
+            .body(bytes);
+        let (status, retry, _, body) = self.raw(req, sent).await?;
         decode_upload_answer(status, retry.as_deref(), &body)
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use outpost_core::protocol::{
     AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
 };
-use outpost_core::transport::{BoxFuture, PullParams, WireStats};
+use outpost_core::transport::{BoxFuture, Bytes, PullParams, WireStats};
 use outpost_core::{HttpTimeouts, HttpTransport, Transport, TransportError, Uploaded};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -476,11 +476,11 @@ impl Transport for FaultyTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: &'a [u8],
+        bytes: Bytes,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         Box::pin(self.request(RequestKind::File, None, move || {
             self.inner
-                .upload_attachment(token, sha256, size, offset, bytes)
+                .upload_attachment(token, sha256, size, offset, bytes.clone())
         }))
     }
 

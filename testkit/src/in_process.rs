@@ -18,7 +18,7 @@ use outpost_core::protocol::{
     AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
 };
 use outpost_core::transport::{
-    BoxFuture, PullParams, decode_answer, decode_download_answer, decode_status_answer,
+    BoxFuture, Bytes, PullParams, decode_answer, decode_download_answer, decode_status_answer,
     decode_upload_answer,
 };
 use outpost_core::{Transport, TransportError, Uploaded};
@@ -196,7 +196,7 @@ impl Transport for DirectTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: &'a [u8],
+        bytes: Bytes,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         Box::pin(async move {
             let uri = format!("/v1/attachments/{sha256}?size={size}&offset={offset}");

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::feed::ChangeOrigin;
 use crate::protocol::AttachmentStatus;
 use crate::store::Store;
-use crate::transport::{BoxFuture, Transport, TransportError, Uploaded};
+use crate::transport::{BoxFuture, Bytes, Transport, TransportError, Uploaded};
 
 /// What the file phase needs from the engine running it.
 pub(crate) trait Session: Sync {
@@ -126,10 +126,11 @@ impl<'a, S: Session> Upload<'a, S> {
         self.s.authorized(&request).await
     }
 
-    async fn send(&self, offset: u64, bytes: &[u8]) -> Result<Uploaded, TransportError> {
+    async fn send(&self, offset: u64, bytes: &Bytes) -> Result<Uploaded, TransportError> {
         let (sha, size) = (self.row.sha256.as_str(), self.row.size);
         let t = self.s.transport();
         let request = move |token: String| -> BoxFuture<'_, _> {
+            let bytes = bytes.clone();
             Box::pin(async move { t.upload_attachment(&token, sha, size, offset, bytes).await })
         };
         self.s.authorized(&request).await
@@ -161,7 +162,7 @@ impl<'a, S: Session> Upload<'a, S> {
                 },
             };
             let bytes = match self.folder.read_chunk(&sha, at, self.chunk.size()) {
-                Ok(b) => b,
+                Ok(b) => Bytes::from(b),
                 Err(e) => return self.refused_for_good(&e.to_string()),
             };
             let started = std::time::Instant::now();
