@@ -1,12 +1,12 @@
-//! `outpost-bench`: the nine figures of Outpost's performance, each measured side by
+//! `outpost-bench`: the ten figures of Outpost's performance, each measured side by
 //! side with its baseline in the same run.
 //!
 //! Absolute times drift on shared machines, so every figure is reported as a ratio to a
 //! baseline that runs in the same process, alternating with it: raw rusqlite for local
 //! writes, pull apply and local queries, a minimal HTTP endpoint for push, a
 //! one-request-per-op loop for wire cost, plain Rust calls for the FFI, the same sync
-//! without an observer. Everything measured goes through the
-//! public API and the real `outpost-server` binary on loopback.
+//! without an observer, one raw HTTP upload for an attachment's. Everything measured
+//! goes through the public API and the real `outpost-server` binary on loopback.
 //!
 //! ```sh
 //! cargo run --release -p outpost-bench -- --size full   # the documented figures
@@ -17,6 +17,7 @@
 //! and next to the JSON. There are no thresholds: a target not met is reported, not failed.
 
 mod ffi;
+mod files;
 mod local;
 mod net;
 mod query;
@@ -50,6 +51,9 @@ struct Size {
     query_records: usize,
     query_iters: usize,
     query_sync_rounds: usize,
+    /// Figure 10: bytes of the file, and rounds of each side.
+    file_bytes: usize,
+    file_rounds: usize,
 }
 
 const TINY: Size = Size {
@@ -68,6 +72,8 @@ const TINY: Size = Size {
     query_records: 2000,
     query_iters: 20,
     query_sync_rounds: 1,
+    file_bytes: 2 * 1024 * 1024,
+    file_rounds: 1,
 };
 
 const FULL: Size = Size {
@@ -86,6 +92,8 @@ const FULL: Size = Size {
     query_records: 100_000,
     query_iters: 400,
     query_sync_rounds: 3,
+    file_bytes: 24 * 1024 * 1024,
+    file_rounds: 3,
 };
 
 #[derive(Debug)]
@@ -474,6 +482,44 @@ impl Run {
         Ok(())
     }
 
+    /// Figure 10: an attachment's upload through the engine and the real server, as a
+    /// ratio to a raw HTTP upload of the same bytes; the two sides alternate.
+    fn fig10(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
+        let (n, rounds) = (self.args.size.file_bytes, self.args.size.file_rounds);
+        let (mut real, mut base) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            self.log(&format!("10: upload {n} bytes, round {}", round + 1));
+            let dir = self.dir.path();
+            if round % 2 == 0 {
+                base.push(files::upload_baseline(rt, dir, round, n)?);
+                real.push(files::upload_real(rt, dir, url, round, n)?);
+            } else {
+                real.push(files::upload_real(rt, dir, url, round, n)?);
+                base.push(files::upload_baseline(rt, dir, round, n)?);
+            }
+        }
+        let mb = (n * rounds) as f64 / (1024.0 * 1024.0);
+        let (real_s, base_s): (f64, f64) = (real.iter().sum(), base.iter().sum());
+        let (a, b) = (mb / real_s.max(1e-9), mb / base_s.max(1e-9));
+        let q = ratio(a, b);
+        self.rows.push(row(
+            &format!(
+                "10 attachment upload, {} MiB (throughput)",
+                n / (1024 * 1024)
+            ),
+            format!("{a:.0} MiB/s ({real_s:.2} s)"),
+            format!("{b:.0} MiB/s ({base_s:.2} s), one raw POST"),
+            q,
+            "≥ 0.8×",
+            q.map(|q| q >= 0.8),
+        ));
+        self.details.insert(
+            "10_attachment_upload".into(),
+            json!({"bytes": n, "real_s": real, "baseline_s": base}),
+        );
+        Ok(())
+    }
+
     fn fig7(&mut self) -> Result<()> {
         let n = self.args.size.callbacks;
         self.log(&format!("7: {n} commit → callback"));
@@ -736,7 +782,7 @@ fn run(args: Args) -> Result<()> {
     if run.wants(7) {
         run.fig7()?;
     }
-    if [3, 4, 5, 6, 9].iter().any(|f| run.wants(*f)) {
+    if [3, 4, 5, 6, 9, 10].iter().any(|f| run.wants(*f)) {
         let bin = server::server_binary(run.args.server_bin.as_deref())?;
         let rt = net::runtime()?;
         if run.wants(3) || run.wants(6) {
@@ -778,6 +824,10 @@ fn run(args: Args) -> Result<()> {
                 )?;
                 run.fig5(&seeded.base_url())?;
             }
+        }
+        if run.wants(10) {
+            let files_server = server::start(&bin)?;
+            run.fig10(&rt, &files_server.base_url())?;
         }
         if run.wants(9) {
             let district = server::start(&bin)?;

@@ -67,6 +67,10 @@ pub enum OutpostError {
     /// `delete_database` on a database that is open in this process.
     #[error("the database {path} is open; close it first")]
     StillOpen { path: String },
+    /// An attachment file could not be read or written (a missing source file, a full
+    /// disk).
+    #[error("file error: {detail}")]
+    File { detail: String },
     /// Sync could not run at all (not a sync outcome: those are in `SyncReport`).
     #[error("sync error: {detail}")]
     Sync { detail: String },
@@ -106,6 +110,7 @@ impl From<outpost_core::Error> for OutpostError {
                 conflicts,
             },
             E::StillOpen(path) => OutpostError::StillOpen { path },
+            E::File(detail) => OutpostError::File { detail },
             // The core's enum is non-exhaustive: a new case still reaches the app intact.
             other => OutpostError::Internal {
                 detail: other.to_string(),

@@ -73,6 +73,9 @@ pub struct CollectionSpec {
     /// Top-level text fields that a `search` filter looks in.
     #[uniffi(default = [])]
     pub search: Vec<String>,
+    /// Download the files its records refer to with every sync, not only when asked.
+    #[uniffi(default = false)]
+    pub eager_attachments: bool,
 }
 
 impl From<&CollectionSpec> for core::CollectionConfig {
@@ -80,6 +83,7 @@ impl From<&CollectionSpec> for core::CollectionConfig {
         core::CollectionConfig {
             indexes: c.indexes.clone(),
             search: c.search.clone(),
+            eager_attachments: c.eager_attachments,
             ..core::CollectionConfig::new(c.name.clone(), c.strategy.into())
         }
     }
@@ -115,6 +119,14 @@ pub struct OutpostConfig {
     /// another. None opens only a database that holds no user's data.
     #[uniffi(default = None)]
     pub user_id: Option<String>,
+    /// Bytes of downloaded attachments kept before the least recently used are
+    /// removed (they download again when asked for); None: no limit.
+    #[uniffi(default = None)]
+    pub attachment_cache_bytes: Option<u64>,
+    /// How long a file no record refers to is kept after it was attached or read;
+    /// None: a day.
+    #[uniffi(default = None)]
+    pub attachment_grace_ms: Option<u64>,
 }
 
 impl OutpostConfig {
@@ -128,6 +140,11 @@ impl OutpostConfig {
             durability: self.durability.into(),
             encryption_key: self.encryption_key.clone(),
             user_id: self.user_id.clone(),
+            attachment_cache_bytes: self.attachment_cache_bytes,
+            attachment_grace: self.attachment_grace_ms.map_or(
+                core::StoreConfig::default().attachment_grace,
+                Duration::from_millis,
+            ),
             ..core::StoreConfig::default()
         }
     }
@@ -598,11 +615,24 @@ pub struct SyncStatus {
     pub progress: SyncProgress,
     pub last_error: Option<String>,
     pub next_retry_at_ms: Option<i64>,
+    /// Files waiting to upload, and their bytes not yet sent.
+    pub attachment_uploads: u64,
+    pub attachment_upload_bytes: u64,
+    /// Files asked for and not here yet, and their bytes not yet received.
+    pub attachment_downloads: u64,
+    pub attachment_download_bytes: u64,
+    /// Uploads the server refused for good (too large, over quota).
+    pub attachment_failed_uploads: u64,
 }
 
 impl From<&core::SyncStatus> for SyncStatus {
     fn from(s: &core::SyncStatus) -> Self {
         SyncStatus {
+            attachment_uploads: s.attachments.uploads,
+            attachment_upload_bytes: s.attachments.upload_bytes,
+            attachment_downloads: s.attachments.downloads,
+            attachment_download_bytes: s.attachments.download_bytes,
+            attachment_failed_uploads: s.attachments.failed_uploads,
             activity: s.activity.into(),
             pending: s.pending,
             failed: s.failed,
@@ -663,6 +693,11 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// How far the sync got.
     pub progress: SyncProgress,
+    /// Files uploaded and downloaded whole, and attachment bytes each way.
+    pub files_uploaded: u64,
+    pub files_downloaded: u64,
+    pub file_bytes_sent: u64,
+    pub file_bytes_received: u64,
     pub duration_ms: u64,
     pub errors: Vec<String>,
     pub should_retry: bool,
@@ -683,6 +718,10 @@ impl From<core::SyncReport> for SyncReport {
             bytes_sent: r.bytes_sent,
             bytes_received: r.bytes_received,
             progress: (&r.progress).into(),
+            files_uploaded: r.files_uploaded,
+            files_downloaded: r.files_downloaded,
+            file_bytes_sent: r.file_bytes_sent,
+            file_bytes_received: r.file_bytes_received,
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
             errors: r.errors,
         }
@@ -816,6 +855,59 @@ impl From<SignOutPolicy> for core::SignOut {
                 deadline: Duration::from_millis(deadline_ms),
             },
             SignOutPolicy::KeepUnsynced => core::SignOut::KeepUnsynced,
+        }
+    }
+}
+
+/// A file in the store, to refer to from a record: put `json` (the
+/// `{"$attachment": …}` reference) in a field.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentRef {
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    /// The reference as a record field holds it.
+    pub json: String,
+}
+
+impl From<core::AttachmentRef> for AttachmentRef {
+    fn from(r: core::AttachmentRef) -> Self {
+        AttachmentRef {
+            json: r.to_json().to_string(),
+            sha256: r.sha256,
+            size: r.size,
+            content_type: r.content_type,
+            name: r.name,
+        }
+    }
+}
+
+/// A file as the app sees it: here (a path to open), or still on its way.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Attachment {
+    Ready {
+        path: String,
+        size: u64,
+    },
+    /// Downloading with the next syncs: `received` of `size` bytes (`size` is 0 until
+    /// the server has told it).
+    Pending {
+        size: u64,
+        received: u64,
+    },
+}
+
+impl From<core::AttachmentState> for Attachment {
+    fn from(a: core::AttachmentState) -> Self {
+        match a {
+            core::AttachmentState::Ready { path, size } => Attachment::Ready {
+                path: path.to_string_lossy().into_owned(),
+                size,
+            },
+            core::AttachmentState::Pending { size, received } => {
+                Attachment::Pending { size, received }
+            }
         }
     }
 }

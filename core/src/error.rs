@@ -70,6 +70,10 @@ pub enum Error {
     /// The database is open in this process; close it first.
     #[error("the database {0} is open; close it first")]
     StillOpen(String),
+    /// An attachment file could not be read or written (a missing source file, a
+    /// full disk, a file whose bytes no longer match its hash).
+    #[error("file error: {0}")]
+    File(String),
 }
 
 fn wrong_user(holder: Option<&str>) -> String {

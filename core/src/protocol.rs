@@ -4,6 +4,13 @@
 //! sync engine and the reference server both use it, so the two cannot drift apart,
 //! and the validation rules for names, ids and sizes live here once.
 
+mod attachment;
+
+pub use attachment::{
+    ATTACHMENT_KEY, AttachmentRef, AttachmentStatus, DEFAULT_MAX_ATTACHMENT_MIB,
+    MAX_ATTACHMENT_NAME_CHARS, MAX_CONTENT_TYPE_CHARS, OffsetMismatch, is_sha256, may_hold_refs,
+    refs_in, valid_content_type, valid_name,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -291,10 +298,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     Internal,
+    /// `409`: an attachment upload started at another offset than the server holds.
+    OffsetMismatch,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -304,6 +313,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::OffsetMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -317,6 +327,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::OffsetMismatch => "offset_mismatch",
         }
     }
 
@@ -331,6 +342,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::OffsetMismatch => 409,
         }
     }
 

@@ -13,8 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A file's bytes on their way to the server: shared, never copied.
+pub use bytes::Bytes;
+
 use crate::protocol::{
-    ErrorResponse, HealthResponse, MAX_BODY_BYTES, PullResponse, PushRequest, PushResponse,
+    AttachmentStatus, ErrorResponse, HealthResponse, MAX_BODY_BYTES, OffsetMismatch, PullResponse,
+    PushRequest, PushResponse,
 };
 
 /// A boxed future, so the trait can be used as `dyn Transport`.
@@ -127,6 +131,19 @@ impl PullParams {
     }
 }
 
+/// The answer to an upload request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploaded {
+    /// Where the upload stands now.
+    Status(AttachmentStatus),
+    /// `409 offset_mismatch`: the server holds `received` bytes; send from there.
+    OffsetMismatch { received: u64 },
+}
+
+fn no_files() -> TransportError {
+    TransportError::Protocol("this transport carries no attachments".into())
+}
+
 /// A server speaking protocol v1.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// `GET /health`: is the server reachable right now?
@@ -146,6 +163,44 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// What this transport counts of its traffic, if it counts: the sync report's bytes.
     fn wire_stats(&self) -> Option<Arc<WireStats>> {
         None
+    }
+
+    /// `GET /v1/attachments/<sha256>/status`; `None` when the server answers 404 (no
+    /// upload of it, and no record this user may read refers to it).
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        let _ = (token, sha256);
+        Box::pin(async { Err(no_files()) })
+    }
+
+    /// `POST /v1/attachments/<sha256>?size=&offset=` with `bytes`, the file's bytes from
+    /// `offset` on.
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        let _ = (token, sha256, size, offset, bytes);
+        Box::pin(async { Err(no_files()) })
+    }
+
+    /// Bytes `from..to` of a file (`GET /v1/attachments/<sha256>` with a `Range`);
+    /// `None` when the server answers 404.
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        let _ = (token, sha256, from, to);
+        Box::pin(async { Err(no_files()) })
     }
 }
 
@@ -502,6 +557,194 @@ impl Transport for HttpTransport {
 
     fn wire_stats(&self) -> Option<Arc<WireStats>> {
         Some(self.stats())
+    }
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        Box::pin(self.status_of(token, sha256))
+    }
+
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        Box::pin(self.upload_of(token, sha256, size, offset, bytes))
+    }
+
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        Box::pin(self.download_of(token, sha256, from, to))
+    }
+}
+
+impl HttpTransport {
+    fn attachment_url(&self, sha256: &str, status: bool) -> Result<reqwest::Url, TransportError> {
+        if !crate::protocol::is_sha256(sha256) {
+            return Err(TransportError::Protocol(format!(
+                "not a SHA-256: {sha256:?}"
+            )));
+        }
+        let tail = if status { "/status" } else { "" };
+        self.url(&format!("v1/attachments/{sha256}{tail}"))
+    }
+
+    /// A file request: `sent` body bytes up, about `expected` down; its timeout grows
+    /// with both, as a page's does.
+    async fn raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent: usize,
+        expected: usize,
+    ) -> Result<(u16, Option<String>, Option<String>, Vec<u8>), TransportError> {
+        let request = request
+            .timeout(self.timeouts.for_bytes(sent + expected))
+            .build()
+            .map_err(map_reqwest)?;
+        let sent = sent + request_head_bytes(&request);
+        let response = self.client.execute(request).await.map_err(map_reqwest)?;
+        let status = response.status().as_u16();
+        let head = response_head_bytes(&response);
+        let header = |h: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let range = header(reqwest::header::CONTENT_RANGE);
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.count(sent, head);
+                return Err(TransportError::Cut(e.to_string()));
+            }
+        };
+        self.count(sent, head + body.len());
+        Ok((status, retry_after, range, body.to_vec()))
+    }
+}
+
+impl HttpTransport {
+    async fn status_of(
+        &self,
+        token: &str,
+        sha256: &str,
+    ) -> Result<Option<AttachmentStatus>, TransportError> {
+        let req = self
+            .client
+            .get(self.attachment_url(sha256, true)?)
+            .bearer_auth(token);
+        let (status, retry, _, body) = self.raw(req, 0, 0).await?;
+        decode_status_answer(status, retry.as_deref(), &body)
+    }
+
+    async fn upload_of(
+        &self,
+        token: &str,
+        sha256: &str,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<Uploaded, TransportError> {
+        let sent = bytes.len();
+        let mut url = self.attachment_url(sha256, false)?;
+        url.query_pairs_mut()
+            .append_pair("size", &size.to_string())
+            .append_pair("offset", &offset.to_string());
+        let req = self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        let (status, retry, _, body) = self.raw(req, sent, 0).await?;
+        decode_upload_answer(status, retry.as_deref(), &body)
+    }
+
+    async fn download_of(
+        &self,
+        token: &str,
+        sha256: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        if to <= from {
+            return Ok(Some(Vec::new()));
+        }
+        let req = self
+            .client
+            .get(self.attachment_url(sha256, false)?)
+            .bearer_auth(token)
+            .header(reqwest::header::RANGE, format!("bytes={from}-{}", to - 1));
+        let span = usize::try_from(to - from).unwrap_or(usize::MAX);
+        let (status, retry, range, body) = self.raw(req, 0, span).await?;
+        decode_download_answer(status, retry.as_deref(), range.as_deref(), body, from, to)
+    }
+}
+
+/// The answer to `GET …/status`: `None` for 404.
+pub fn decode_status_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Option<AttachmentStatus>, TransportError> {
+    if status == 404 {
+        return Ok(None);
+    }
+    decode_answer(status, retry_after, body).map(Some)
+}
+
+/// The answer to an upload request, `409 offset_mismatch` included.
+pub fn decode_upload_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Uploaded, TransportError> {
+    if status == 409
+        && let Ok(m) = serde_json::from_slice::<OffsetMismatch>(body)
+    {
+        return Ok(Uploaded::OffsetMismatch {
+            received: m.received,
+        });
+    }
+    decode_answer(status, retry_after, body).map(Uploaded::Status)
+}
+
+/// The answer to a ranged download of bytes `from..to`: `None` for 404. A whole-file
+/// answer (a server that ignored the range) is cut to the range.
+pub fn decode_download_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    content_range: Option<&str>,
+    body: Vec<u8>,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let len = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    match status {
+        404 => Ok(None),
+        200 => Ok(body
+            .get(usize::try_from(from).unwrap_or(usize::MAX)..)
+            .map(|b| b[..b.len().min(len)].to_vec())),
+        206 if content_range.is_some_and(|r| r.starts_with(&format!("bytes {from}-"))) => {
+            Ok(Some(body))
+        }
+        206 => Err(TransportError::Protocol(format!(
+            "asked for bytes from {from}, got {content_range:?}"
+        ))),
+        _ => decode_answer::<serde_json::Value>(status, retry_after, &body).map(|_| None),
     }
 }
 

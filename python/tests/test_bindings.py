@@ -208,6 +208,32 @@ def test_batch_and_crdt_operations(devices):
     assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
 
 
+def test_attachments_reach_another_device_byte_for_byte(devices, tmp_path):
+    a, b = devices("a", AMINA), devices("b", BEN)
+    photo = bytes((i * 7) % 251 for i in range(200_000))
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(photo)
+    ref = a.attach_file(str(src), "image/jpeg", "photo.jpg")
+    assert ref.size == 200_000 and json.loads(ref.json)["$attachment"] == ref.sha256
+    a.put("answers", "a1", json.dumps({"photo": json.loads(ref.json)}))
+    here = a.attachment(ref.sha256)
+    assert isinstance(here, ffi.Attachment.READY) and open(here.path, "rb").read() == photo
+    assert a.status().attachment_uploads == 1
+    report = sync(a)
+    assert report.files_uploaded == 1 and a.status().attachment_uploads == 0, report
+    sync(b)
+    assert isinstance(b.attachment(ref.sha256), ffi.Attachment.PENDING)
+    assert b.status().attachment_downloads == 1
+    report = sync(b)
+    assert report.files_downloaded == 1, report
+    got = b.attachment(ref.sha256)
+    assert isinstance(got, ffi.Attachment.READY) and open(got.path, "rb").read() == photo
+    with pytest.raises(ffi.OutpostError.InvalidData):
+        a.attach_bytes(b"x", "not a type", None)
+    with pytest.raises(ffi.OutpostError.File):
+        a.attach_file(str(tmp_path / "missing"), "image/jpeg", None)
+
+
 def test_concurrent_writes_from_threads(devices):
     a = devices("a", AMINA)
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -25,6 +25,9 @@ use outpost_core::protocol::{
 use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+
+use crate::attachments::BlobStore;
 
 use crate::admission::PushSlots;
 use crate::audit::{AuditEntry, AuditFields, AuditLog, event};
@@ -63,6 +66,9 @@ struct StateInner {
     audit: AuditLog,
     metrics: Arc<Metrics>,
     auth_throttle: AuthThrottle,
+    /// The bytes of attachments.
+    files: Arc<dyn BlobStore>,
+    upload_turns: Arc<crate::attachments::Turns>,
 }
 
 /// The part of the config a reload (SIGHUP) changes without a restart: who may sign
@@ -81,6 +87,10 @@ pub struct Policy {
     pub audit_pulls: bool,
     /// JWTs from an identity provider, when `[jwt]` is configured.
     pub jwt: Option<Verifier>,
+    /// Largest attachment, in bytes.
+    pub max_attachment_bytes: u64,
+    /// Bytes of attachments one user may have; `None` is unlimited.
+    pub attachment_quota_bytes: Option<u64>,
 }
 
 impl Policy {
@@ -112,12 +122,29 @@ impl Policy {
             max_concurrent_pushes_per_user: config.max_concurrent_pushes_per_user,
             audit_pulls: config.audit_pulls,
             jwt,
+            max_attachment_bytes: config.attachments.max_bytes,
+            attachment_quota_bytes: config.attachments.quota_bytes,
         }
     }
 }
 
 impl AppState {
+    /// The state of a config; its blob store is opened here (no request is made).
     pub fn new(config: &Config, storage: Arc<dyn Storage>) -> AppState {
+        let files = crate::attachments::open_store(&config.attachments).unwrap_or_else(|e| {
+            // Only an unusable endpoint URL fails here, which the config check refused.
+            tracing::error!(error = %e, "attachment store unusable; using the directory");
+            Arc::new(crate::attachments::DirStore::new(&config.attachments.dir))
+        });
+        AppState::with_files(config, storage, files)
+    }
+
+    /// [`AppState::new`] with a blob store of the caller's.
+    pub fn with_files(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        files: Arc<dyn BlobStore>,
+    ) -> AppState {
         AppState {
             inner: Arc::new(StateInner {
                 policy: RwLock::new(Arc::new(Policy::from_config(config))),
@@ -130,8 +157,20 @@ impl AppState {
                 audit: AuditLog::new(),
                 metrics: Arc::new(Metrics::default()),
                 auth_throttle: AuthThrottle::default(),
+                files,
+                upload_turns: Arc::default(),
             }),
         }
+    }
+
+    /// Where attachment bytes live.
+    pub fn files(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.files
+    }
+
+    /// The uploads being received in this process.
+    pub fn upload_turns(&self) -> &Arc<crate::attachments::Turns> {
+        &self.inner.upload_turns
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -196,7 +235,7 @@ impl AppState {
 
 /// The client's IP address (after trusted proxies, see [`crate::throttle`]); empty
 /// when the app is called without a connection.
-fn peer(req: &axum::http::Extensions) -> String {
+pub(crate) fn peer(req: &axum::http::Extensions) -> String {
     req.get::<ClientAddr>()
         .map(|c| c.0.to_string())
         .unwrap_or_default()
@@ -215,7 +254,7 @@ fn request_row(event: &str, peer: &str, kind: &str) -> AuditFields {
 
 /// [`authenticate`], with every failed authentication recorded in the audit (the
 /// reason, never the token).
-async fn authenticated(
+pub(crate) async fn authenticated(
     state: &AppState,
     policy: &Policy,
     headers: &HeaderMap,
@@ -252,6 +291,14 @@ pub fn build_app(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::serve_metrics))
         .route("/v1/push", post(push))
         .route("/v1/pull", get(pull))
+        .route(
+            "/v1/attachments/{sha256}",
+            get(crate::attachments::get).post(crate::attachments::upload),
+        )
+        .route(
+            "/v1/attachments/{sha256}/status",
+            get(crate::attachments::status),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -271,7 +318,8 @@ pub fn build_app(state: AppState) -> Router {
                 .no_gzip()
                 .no_br()
                 .no_deflate()
-                .quality(tower_http::CompressionLevel::Precise(ZSTD_LEVEL)),
+                .quality(tower_http::CompressionLevel::Precise(ZSTD_LEVEL))
+                .compress_when(json_only()),
         )
         // The fastest gzip keeps most of gzip's saving on JSON at a fraction of the
         // CPU of its default level; a pull page or push answer is compressed on every
@@ -281,7 +329,8 @@ pub fn build_app(state: AppState) -> Router {
                 .no_zstd()
                 .no_br()
                 .no_deflate()
-                .quality(tower_http::CompressionLevel::Fastest),
+                .quality(tower_http::CompressionLevel::Fastest)
+                .compress_when(json_only()),
         )
         .layer(middleware::from_fn(log_request))
         .layer(middleware::from_fn_with_state(
@@ -292,6 +341,12 @@ pub fn build_app(state: AppState) -> Router {
             outer,
             crate::metrics::account,
         ))
+}
+
+/// File bytes go as they are: photos do not compress, and a ranged answer must be the
+/// very bytes its Content-Range names.
+fn json_only() -> impl tower_http::compression::Predicate {
+    DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"))
 }
 
 async fn health() -> Response {
@@ -365,9 +420,9 @@ async fn log_request(req: Request, next: Next) -> Response {
 
 /// Who a request comes from: the token's user, and the device session a JWT names.
 #[derive(Debug)]
-struct Caller {
-    user: User,
-    device: Option<String>,
+pub(crate) struct Caller {
+    pub user: User,
+    pub device: Option<String>,
 }
 
 /// Finds the user of a bearer token: a JWT when `[jwt]` is configured and the token is

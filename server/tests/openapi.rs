@@ -370,4 +370,72 @@ async fn real_answers_match_the_document(backend: Backend) {
     assert_eq!(seen, want);
 }
 
-outpost_testkit::backend_tests!("openapi": real_answers_match_the_document);
+async fn attachment_answers_match_the_document(backend: Backend) {
+    let spec = spec();
+    let s = TestServer::start_with(&backend, "max_attachment_mib = 0.001");
+    let file = b"a signature".to_vec();
+    let sha: String = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&file))
+    };
+    let post = |token: &'static str, sha: String, size: usize, offset: usize, body: Vec<u8>| {
+        let req = s
+            .client()
+            .post(s.url(&format!(
+                "/v1/attachments/{sha}?size={size}&offset={offset}"
+            )))
+            .bearer_auth(token)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let get = |path: String| {
+        let req = s.client().get(s.url(&path)).bearer_auth(AMINA);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let up = "/v1/attachments/{sha256}";
+    let status = "/v1/attachments/{sha256}/status";
+    let mut seen = std::collections::BTreeSet::new();
+    let mut record = |method: &str, path: &str, st: u16, body: &Value| {
+        check(&spec, method, path, st, body);
+        seen.insert(st);
+    };
+    let (st, b) = get(format!("/v1/attachments/{sha}/status")).await;
+    record("get", status, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 0, file[..4].to_vec()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 9, file[9..].to_vec()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 4, file[4..].to_vec()).await;
+    assert_eq!(b["complete"], true);
+    record("post", up, st, &b);
+    let (st, b) = get(format!("/v1/attachments/{sha}/status")).await;
+    record("get", status, st, &b);
+    let (st, b) = post(AMINA, "a".repeat(64), 5000, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, "nope".into(), 1, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let (st, b) = post("wrong", sha.clone(), 1, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let r = s
+        .client()
+        .get(s.url(&format!("/v1/attachments/{sha}")))
+        .header("range", "bytes=100-")
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    let (st, b) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    record("get", up, st, &b);
+    let want: std::collections::BTreeSet<u16> = [200, 400, 401, 404, 409, 413, 416].into();
+    assert_eq!(seen, want);
+}
+
+outpost_testkit::backend_tests!("openapi": real_answers_match_the_document, attachment_answers_match_the_document);

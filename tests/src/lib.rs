@@ -5,6 +5,7 @@
 //! Everything here drives the public APIs only, so the tests exercise exactly what an
 //! app and a deployment do.
 
+pub mod proxy;
 pub mod sim;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! writer connection refuses any other DELETE of those rows, so the rule cannot be
 //! skipped by a plain statement.
 
+pub(crate) mod attachments;
 pub(crate) mod conflicts;
 pub(crate) mod cursors;
 pub(crate) mod files;

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     collections: Collections,
     feed: Feed,
     wall: Arc<dyn WallClock>,
+    /// `attachment_grace` and `attachment_cache_bytes` of the config.
+    files: (std::time::Duration, Option<u64>),
 }
 
 /// An open device database. Cheap to clone; all clones share one writer.
@@ -82,6 +84,7 @@ impl Store {
             collections,
             feed: Feed::default(),
             wall,
+            files: (config.attachment_grace, config.attachment_cache_bytes),
         };
         Ok(Store {
             shared: Arc::new(shared),
@@ -126,6 +129,16 @@ impl Store {
     /// The conflict strategy declared for `collection`.
     pub fn strategy(&self, collection: &str) -> Result<ConflictStrategy> {
         self.shared.collections.strategy(collection)
+    }
+
+    /// How long unreferenced files are kept, and the cache limit of downloads.
+    pub(crate) fn attachment_settings(&self) -> (std::time::Duration, Option<u64>) {
+        self.shared.files
+    }
+
+    /// Collections whose files download with every sync.
+    pub(crate) fn eager_collections(&self) -> Vec<String> {
+        self.shared.collections.eager()
     }
 
     /// Collections declared in the config, in name order.

@@ -17,6 +17,7 @@
 mod auth;
 mod auto;
 mod config;
+mod files;
 mod network;
 mod own;
 mod pace;

@@ -53,6 +53,12 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// How far the sync got, up and down.
     pub progress: SyncProgress,
+    /// Files whose upload completed, and downloads that completed.
+    pub files_uploaded: u64,
+    pub files_downloaded: u64,
+    /// Attachment bytes sent and received.
+    pub file_bytes_sent: u64,
+    pub file_bytes_received: u64,
     pub duration: Duration,
     pub errors: Vec<String>,
 }
@@ -75,6 +81,10 @@ impl SyncReport {
             bytes_sent: 0,
             bytes_received: 0,
             progress: SyncProgress::default(),
+            files_uploaded: 0,
+            files_downloaded: 0,
+            file_bytes_sent: 0,
+            file_bytes_received: 0,
             duration: Duration::ZERO,
             errors: Vec::new(),
         }

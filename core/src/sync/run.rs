@@ -29,10 +29,12 @@ enum Work {
     Ops,
     /// Pull every collection to the end.
     Changes,
+    /// Upload queued attachments, then download wanted ones.
+    Files,
 }
 
 impl Work {
-    const ALL: [Work; 2] = [Work::Ops, Work::Changes];
+    const ALL: [Work; 3] = [Work::Ops, Work::Changes, Work::Files];
 }
 
 /// What one sync keeps while it runs, shared by its kinds of work.
@@ -136,6 +138,8 @@ impl Inner {
             match kind {
                 Work::Ops => self.push_all(pass).await?,
                 Work::Changes => self.pull_all(pass).await?,
+                // Files after records, so a photo never holds a record back.
+                Work::Files => self.sync_files(&pass.report).await?,
             }
         }
         Ok(())

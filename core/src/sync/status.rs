@@ -6,6 +6,7 @@
 
 use super::Inner;
 use super::progress::SyncProgress;
+use crate::attachments::AttachmentCounts;
 use crate::db::lock;
 use crate::feed::Coalesce;
 
@@ -35,6 +36,9 @@ pub struct SyncStatus {
     pub failed: u64,
     /// Manual conflicts waiting for the app.
     pub conflicts: u64,
+    /// Attachments still to upload and to download, with their bytes, and uploads the
+    /// server refused for good.
+    pub attachments: AttachmentCounts,
     pub last_synced_at_ms: Option<i64>,
     /// A sync has completed on this device at least once: false through the first
     /// sync, which the UI may show apart ("Setting up: 1,200 of 3,000 records").
@@ -64,6 +68,11 @@ impl Inner {
             "the conflict log",
             &mut unreadable,
         );
+        let attachments = or_report(
+            self.store.attachment_counts(),
+            "the attachment queue",
+            &mut unreadable,
+        );
         let now = self.now_ms();
         let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
         let progress = lock(&self.progress).snapshot();
@@ -86,6 +95,7 @@ impl Inner {
             pending: counts.pending + counts.syncing,
             failed: counts.failed,
             conflicts,
+            attachments,
             last_synced_at_ms: st.last_synced_at_ms,
             has_synced: st.last_synced_at_ms.is_some(),
             progress,

@@ -10,6 +10,8 @@
 //! most one push of each other user, each held to its budget (`budget.rs`): one team
 //! sending many pushes at once cannot keep another team's push waiting longer.
 
+mod files;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,7 +30,8 @@ use super::{
 use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow, Verdict};
 use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
-use crate::push::{self, AnswerRow, PushSteps, RecordRow};
+use crate::push::{self, AnswerRow, PushSteps, RecordFiles, RecordRow};
+use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
@@ -182,7 +185,13 @@ ALTER TABLE audit ADD COLUMN device TEXT;
 ALTER TABLE records ADD COLUMN writer TEXT;
 ALTER TABLE records ADD COLUMN echo INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 7: attachments: uploads per user, files stored once, and the index of the
+    // records that refer to each file (filled from existing records at the start).
+    files::MIGRATION,
 ];
+
+/// The migration that adds the attachment index, which existing records fill.
+const FILES_MIGRATION: i64 = 7;
 
 /// Records, answers and audit in one SQLite file.
 #[derive(Debug, Clone)]
@@ -326,6 +335,9 @@ fn migrate(conn: &mut Connection, rules: &AccessRules) -> Result<(), StorageErro
             .map_err(db_err)?;
     }
     assign_scopes(&tx, rules)?;
+    if current < FILES_MIGRATION {
+        files::backfill(&tx)?;
+    }
     tx.commit().map_err(db_err)
 }
 
@@ -479,6 +491,10 @@ impl PushSteps for SqlitePush<'_> {
         // The one writer holds the lock for the whole push: the records are written
         // with their seqs in `assign_seqs`, each once.
         Ok(())
+    }
+
+    async fn index_files(&mut self, records: &[RecordFiles<'_>]) -> Result<(), StorageError> {
+        files::index(self.tx, records)
     }
 
     async fn assign_seqs(
@@ -988,5 +1004,72 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         let name = name.to_owned();
         self.with_writer(move |conn| shared_secret_blocking(conn, &name, &candidate))
+    }
+
+    fn file_access(
+        &self,
+        user: User,
+        access: AccessRules,
+        sha256: String,
+    ) -> BoxFuture<'_, Result<FileAccess, StorageError>> {
+        self.with_reader(move |conn| files::access(conn, &user, &access, &sha256))
+    }
+
+    fn begin_upload(
+        &self,
+        user: String,
+        sha256: String,
+        size: u64,
+        quota: Option<u64>,
+        upload_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Begin, StorageError>> {
+        self.with_writer(move |conn| {
+            files::begin(conn, &user, &sha256, size, quota, &upload_id, now_ms)
+        })
+    }
+
+    fn advance_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        from: u64,
+        to: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Upload>, StorageError>> {
+        self.with_writer(move |conn| {
+            files::advance(conn, &user, &sha256, &upload_id, from, to, now_ms)
+        })
+    }
+
+    fn complete_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        size: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_writer(move |conn| {
+            files::complete(conn, &user, &sha256, &upload_id, size, now_ms)
+        })
+    }
+
+    fn drop_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_writer(move |conn| files::drop_upload(conn, &user, &sha256, &upload_id))
+    }
+
+    fn stale_uploads(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StaleUpload>, StorageError>> {
+        self.with_reader(move |conn| files::stale(conn, before_ms, limit))
     }
 }

@@ -29,6 +29,7 @@
 //! `push.rs` (with the reasoning for ordered commits); reads and the purge are here.
 
 mod audit;
+mod files;
 mod push;
 mod schema;
 pub mod tls;
@@ -53,8 +54,10 @@ use super::{
 };
 use crate::audit::{AuditEntry, Verdict};
 use crate::config::PostgresUrl;
-use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord};
+use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
+use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
+use push::lock_key;
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
 /// short. Several processes share the database's `max_connections` (default 100).
@@ -277,6 +280,11 @@ const READABLE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4:
              ELSE false END \
      AND NOT (r.echo AND EXISTS (SELECT 1 FROM unnest($9::bigint[], $10::bigint[]) AS o(lo, hi) \
                                   WHERE r.seq BETWEEN o.lo AND o.hi))";
+
+/// Whether the row `r` (its `collection` and `scope`) is readable by a user, with the
+/// rules as in [`READABLE_AFTER`] at `$2` to `$6` (names, rules, default, own scope,
+/// team scope).
+const READABLE_RULE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($2::text[], $3::text[])                                    AS n(name, rule) WHERE n.name = r.collection LIMIT 1), $4::text)      WHEN 'private' THEN r.scope = $5      WHEN 'team' THEN r.scope = $6      WHEN 'shared' THEN r.scope = '*'      ELSE false END";
 
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
 /// the sequence and the page agree with each other.
@@ -614,5 +622,77 @@ impl Storage for PostgresStorage {
         candidate: Vec<u8>,
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         Box::pin(self.shared_secret_impl(name, candidate))
+    }
+
+    fn file_access(
+        &self,
+        user: User,
+        access: AccessRules,
+        sha256: String,
+    ) -> BoxFuture<'_, Result<FileAccess, StorageError>> {
+        Box::pin(async move { files::access(&self.client().await?, &user, &access, &sha256).await })
+    }
+
+    fn begin_upload(
+        &self,
+        user: String,
+        sha256: String,
+        size: u64,
+        quota: Option<u64>,
+        upload_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Begin, StorageError>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            files::begin(&mut c, &user, &sha256, size, quota, &upload_id, now_ms).await
+        })
+    }
+
+    fn advance_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        from: u64,
+        to: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Upload>, StorageError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            files::advance(&c, &user, &sha256, &upload_id, from, to, now_ms).await
+        })
+    }
+
+    fn complete_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        size: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            files::complete(&mut c, &user, &sha256, &upload_id, size, now_ms).await
+        })
+    }
+
+    fn drop_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            files::drop_upload(&self.client().await?, &user, &sha256, &upload_id).await
+        })
+    }
+
+    fn stale_uploads(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StaleUpload>, StorageError>> {
+        Box::pin(async move { files::stale(&self.client().await?, before_ms, limit).await })
     }
 }

@@ -17,7 +17,7 @@ use tokio_postgres::{IsolationLevel, Statement};
 use super::{audit, pg_err, pool_err, read_record};
 use crate::audit::AuditEntry;
 use crate::logic::{self, PushItem, RecordKey, StoredRecord};
-use crate::push::{self, AnswerRow, PushSteps, RecordRow};
+use crate::push::{self, AnswerRow, PushSteps, RecordFiles, RecordRow};
 use crate::storage::{PushContext, StorageError, db_err};
 
 /// How many times a push is run again after PostgreSQL aborted it for a deadlock or a
@@ -95,7 +95,7 @@ pub fn pg_untext(s: &str) -> Cow<'_, str> {
 
 /// The advisory lock key of a name: 64 bits of SHA-256, with a tag per kind of name
 /// and length prefixes so that no two different names can be spelled the same.
-fn lock_key(kind: &str, parts: &[&str]) -> i64 {
+pub(super) fn lock_key(kind: &str, parts: &[&str]) -> i64 {
     let mut h = Sha256::new();
     h.update(b"outpost-lock-v1\0");
     for part in std::iter::once(&kind).chain(parts) {
@@ -303,6 +303,10 @@ impl PushSteps for PgPush<'_> {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn index_files(&mut self, records: &[RecordFiles<'_>]) -> Result<(), Abort> {
+        Ok(super::files::index(self.tx, records).await?)
     }
 
     async fn assign_seqs(&mut self, count: i64, rows: &[RecordRow<'_>]) -> Result<i64, Abort> {

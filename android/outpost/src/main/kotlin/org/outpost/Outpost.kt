@@ -7,6 +7,7 @@
 // is compiled and tested on a plain JVM.
 package org.outpost
 
+import java.io.File
 import java.util.concurrent.atomic.AtomicBoolean
 import kotlin.time.Duration
 import kotlinx.coroutines.CancellationException
@@ -29,6 +30,8 @@ import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.flow.flowOn
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
+import org.outpost.ffi.Attachment
+import org.outpost.ffi.AttachmentRef
 import org.outpost.ffi.ChangeEvent
 import org.outpost.ffi.ChangeListener
 import org.outpost.ffi.Conflict
@@ -281,6 +284,31 @@ class Outpost private constructor(
                 throw e
             }
         }
+
+    /**
+     * Copies [file] into the store's own folder (durable when this returns) and queues
+     * its upload, which resumes across drops and never holds a record back. Put the
+     * returned reference's `json` in a record field.
+     */
+    suspend fun attach(file: File, contentType: String, name: String? = file.name): AttachmentRef =
+        withContext(io) { native.attachFile(file.path, contentType, name) }
+
+    /** [attach] for bytes the app holds, such as a signature drawn on screen. */
+    suspend fun attach(bytes: ByteArray, contentType: String, name: String? = null): AttachmentRef =
+        withContext(io) { native.attachBytes(bytes, contentType, name) }
+
+    /**
+     * The file a reference names, or null while it is on its way (asking queues the
+     * download; [attachmentState] gives its progress).
+     */
+    suspend fun attachment(sha256: String): File? =
+        when (val a = attachmentState(sha256)) {
+            is Attachment.Ready -> File(a.path)
+            is Attachment.Pending -> null
+        }
+
+    /** Ready with a path, or pending with the bytes received so far. */
+    suspend fun attachmentState(sha256: String): Attachment = withContext(io) { native.attachment(sha256) }
 
     /** Stops a running sync; safe at any time. */
     fun cancelSync() = native.cancelSync()

@@ -22,6 +22,7 @@ import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
+import java.io.File
 import java.util.Collections
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
@@ -325,5 +326,34 @@ class OutpostTest : ServerTest() {
             assertTrue(r.dataJson.contains("pncounter") && r.dataJson.contains("orset"))
             assertEquals(SyncOutcome.COMPLETED, a.syncNow(30.seconds).outcome)
         }
-}
 
+    @Test
+    fun attachmentsReachAnotherDeviceAsFiles() =
+        runBlocking<Unit> {
+            val a = device("a")
+            val b = device("b", BEN)
+            val photo = ByteArray(200_000) { (it * 7 % 251).toByte() }
+            val src = File(server.dir, "photo.jpg").apply { writeBytes(photo) }
+            val ref = a.attach(src, "image/jpeg")
+            assertEquals(200_000uL, ref.size)
+            assertEquals("photo.jpg", ref.name)
+            val sig = a.attach("signature".toByteArray(), "image/png")
+            a.put("answers", "a1", """{"photo":${ref.json},"signature":${sig.json}}""")
+            // Here at once on the device that attached it.
+            assertTrue(a.attachment(ref.sha256)!!.readBytes().contentEquals(photo))
+            assertEquals(2uL, a.native.status().attachmentUploads)
+            val sent = a.syncNow(30.seconds)
+            assertEquals(2uL, sent.filesUploaded)
+            assertEquals(0uL, a.native.status().attachmentUploads)
+
+            b.syncNow(30.seconds)
+            assertNull(b.attachment(ref.sha256), "pending until it has downloaded")
+            assertEquals(1uL, b.native.status().attachmentDownloads)
+            b.syncNow(30.seconds)
+            val file = b.attachment(ref.sha256)
+            assertNotNull(file)
+            assertTrue(file!!.readBytes().contentEquals(photo))
+            assertThrows<OutpostException.InvalidData> { a.attach(ByteArray(1), "not a type") }
+            assertThrows<OutpostException.File> { a.attach(File(server.dir, "missing"), "image/jpeg") }
+        }
+}
