@@ -79,6 +79,13 @@ impl Tracker {
         p.bytes_total = p.bytes_done + bytes;
     }
 
+    /// More uploads due for `collection` (queued while the push runs).
+    pub fn more_due(&mut self, collection: &str, changes: u64, bytes: u64) {
+        let p = self.up.entry(collection.to_owned()).or_default();
+        p.changes_total += changes;
+        p.bytes_total += bytes;
+    }
+
     /// The server answered an op of `collection` of `bytes`.
     pub fn answered(&mut self, collection: &str, bytes: u64) {
         let p = self.up.entry(collection.to_owned()).or_default();
@@ -123,6 +130,17 @@ mod tests {
         let p = t.snapshot().download;
         assert_eq!((p.changes_done, p.changes_total), (3000, 3000));
         assert!(p.is_complete(), "{p:?}");
+    }
+
+    #[test]
+    fn edits_queued_during_a_push_add_to_its_total() {
+        let mut t = Tracker::default();
+        t.due("answers", 2, 200);
+        t.answered("answers", 100);
+        t.more_due("answers", 1, 50);
+        let p = t.snapshot().upload;
+        assert_eq!((p.changes_done, p.changes_total), (1, 3));
+        assert_eq!((p.bytes_done, p.bytes_total), (100, 250));
     }
 
     #[test]

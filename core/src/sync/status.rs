@@ -74,7 +74,14 @@ impl Inner {
             &mut unreadable,
         );
         let now = self.now_ms();
-        let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
+        // No retry is scheduled while a sync runs; and finding the earliest one reads
+        // every queued edit, which a long push must not do per batch.
+        let running = lock(&self.state).running;
+        let next_retry_at_ms = if running {
+            None
+        } else {
+            self.retry_delay().map(|d| now + d.as_millis() as i64)
+        };
         let progress = lock(&self.progress).snapshot();
         let st = lock(&self.state);
         let activity = if !self.online() {
