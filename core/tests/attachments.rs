@@ -130,3 +130,28 @@ fn the_grace_period_protects_a_file_between_attach_and_its_record() {
     assert_eq!(store.collect_attachments().unwrap().removed, 0);
     assert!(folder(&dir).join(&f.sha256).exists());
 }
+
+#[test]
+fn collection_removes_downloads_no_one_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(3600);
+    let store = Store::open(dir.path().join("device.db"), config(grace)).unwrap();
+    let wanted = "ab".repeat(32);
+    let _ = store.attachment(&wanted).unwrap();
+    let partial = folder(&dir).join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for sha in [wanted.clone(), "cd".repeat(32)] {
+        std::fs::write(partial.join(&sha), b"half a photo").unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(partial.join(&sha));
+        f.unwrap().set_modified(long_ago).unwrap();
+    }
+    store.collect_attachments().unwrap();
+    assert!(
+        partial.join(&wanted).exists(),
+        "a download still wanted stays"
+    );
+    assert!(!partial.join("cd".repeat(32)).exists());
+}

@@ -118,13 +118,27 @@ impl Store {
         // Files a kill left without a row (between the unlink and the commit above,
         // or between a copy and its row). Those a user who signed out left unsent are
         // hers, not orphans.
-        let known: HashSet<String> = self.read(|c| {
-            let live = rows::all(c)?.into_iter().map(|r| r.sha256);
-            Ok(live.chain(crate::db::seals::sealed_files(c)?).collect())
+        let (known, downloading): (HashSet<String>, HashSet<String>) = self.read(|c| {
+            let live = rows::all(c)?;
+            let downloading = live
+                .iter()
+                .filter(|r| r.wanted && !r.local)
+                .map(|r| r.sha256.clone())
+                .collect();
+            let sealed = crate::db::seals::sealed_files(c)?;
+            let known = live.into_iter().map(|r| r.sha256).chain(sealed).collect();
+            Ok((known, downloading))
         })?;
         for (name, age) in folder.listing() {
             if !known.contains(&name) && age >= grace.max(ORPHAN_AGE) {
                 folder.remove(&name)?;
+            }
+        }
+        // Downloads no one waits for any more (a sign-out or a collection while one
+        // was under way): bytes of someone's file with no row to name them.
+        for (name, age) in folder.partials() {
+            if !downloading.contains(&name) && age >= ORPHAN_AGE {
+                folder.remove_partial(&name);
             }
         }
         folder.clean_tmp(TMP_AGE);

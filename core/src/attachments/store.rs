@@ -190,26 +190,14 @@ impl Folder {
         remove_dir(&self.root)
     }
 
-    /// Names in the folder that look like files, with their age; and leftovers of
-    /// copies a kill interrupted.
+    /// Names in the folder that look like files, with their age.
     pub(crate) fn listing(&self) -> Vec<(String, std::time::Duration)> {
-        let Ok(dir) = fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                crate::protocol::is_sha256(&name).then_some(())?;
-                let age = e
-                    .metadata()
-                    .ok()?
-                    .modified()
-                    .ok()?
-                    .elapsed()
-                    .unwrap_or_default();
-                Some((name, age))
-            })
-            .collect()
+        list(&self.root)
+    }
+
+    /// Downloads under way (or left behind), by name, with the age of their last byte.
+    pub(crate) fn partials(&self) -> Vec<(String, std::time::Duration)> {
+        list(&self.root.join("partial"))
     }
 
     /// Removes temporary copies older than `age` (a kill interrupted them).
@@ -229,6 +217,26 @@ impl Folder {
             }
         }
     }
+}
+
+fn list(root: &Path) -> Vec<(String, std::time::Duration)> {
+    let Ok(dir) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            crate::protocol::is_sha256(&name).then_some(())?;
+            let age = e
+                .metadata()
+                .ok()?
+                .modified()
+                .ok()?
+                .elapsed()
+                .unwrap_or_default();
+            Some((name, age))
+        })
+        .collect()
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {
