@@ -341,19 +341,25 @@ impl HttpTransport {
             .timeout(timeout)
             .build()
             .map_err(map_reqwest)?;
+        let answer = self.exchange(request, body).await?;
+        let encoding = answer.header(reqwest::header::CONTENT_ENCODING);
+        let body = decode_body(encoding.as_deref(), &answer.body)?;
+        let retry_after = answer.header(reqwest::header::RETRY_AFTER);
+        decode_answer(answer.status, retry_after.as_deref(), &body)
+    }
+
+    /// Sends `request` (`body` bytes of body) and reads the whole answer, counting
+    /// both ways, heads included.
+    async fn exchange(
+        &self,
+        request: reqwest::Request,
+        body: usize,
+    ) -> Result<Answer, TransportError> {
         let sent = body + request_head_bytes(&request);
         let response = self.client.execute(request).await.map_err(map_reqwest)?;
         let status = response.status().as_u16();
         let head = response_head_bytes(&response);
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header(reqwest::header::RETRY_AFTER);
-        let encoding = header(reqwest::header::CONTENT_ENCODING);
+        let headers = response.headers().clone();
         // The answer has begun: a failure from here on cut it off part way.
         let body = match response.bytes().await {
             Ok(b) => b,
@@ -363,8 +369,11 @@ impl HttpTransport {
             }
         };
         self.count(sent, head + body.len());
-        let body = decode_body(encoding.as_deref(), &body)?;
-        decode_answer(status, retry_after.as_deref(), &body)
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -380,6 +389,22 @@ fn request_head_bytes(r: &reqwest::Request) -> usize {
 }
 
 /// The bytes of an answer's status line and headers.
+/// An answer read whole.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: reqwest::header::HeaderName) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
 fn response_head_bytes(r: &reqwest::Response) -> usize {
     "HTTP/1.1 200 OK\r\n".len() + headers_bytes(r.headers()) + 2
 }
@@ -611,28 +636,13 @@ impl HttpTransport {
             .timeout(self.timeouts.for_bytes(sent + expected))
             .build()
             .map_err(map_reqwest)?;
-        let sent = sent + request_head_bytes(&request);
-        let response = self.client.execute(request).await.map_err(map_reqwest)?;
-        let status = response.status().as_u16();
-        let head = response_head_bytes(&response);
-        let header = |h: reqwest::header::HeaderName| {
-            response
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header(reqwest::header::RETRY_AFTER);
-        let range = header(reqwest::header::CONTENT_RANGE);
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                self.count(sent, head);
-                return Err(TransportError::Cut(e.to_string()));
-            }
-        };
-        self.count(sent, head + body.len());
-        Ok((status, retry_after, range, body.to_vec()))
+        let answer = self.exchange(request, sent).await?;
+        Ok((
+            answer.status,
+            answer.header(reqwest::header::RETRY_AFTER),
+            answer.header(reqwest::header::CONTENT_RANGE),
+            answer.body.to_vec(),
+        ))
     }
 }
 
