@@ -239,15 +239,16 @@ impl Store {
         origin: ChangeOrigin,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let (out, event) = {
-            let mut writer = self.shared.db.writer()?;
+        let db = &self.shared.db;
+        let (out, event) = db.closed_if_interrupted((|| {
+            let mut writer = db.writer()?;
             let tx = writer.begin(self.now_ms())?;
             let mut w = WriteTx::new(tx, &self.shared.collections, self.replica_id(), origin);
             let out = f(&mut w)?;
             let (tx, event) = w.finish();
             tx.commit()?;
-            (out, event)
-        };
+            Ok((out, event))
+        })())?;
         if !event.is_empty() {
             self.shared.feed.publish(event);
         }
