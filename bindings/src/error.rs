@@ -54,8 +54,9 @@ pub enum OutpostError {
     #[error("the database holds the data of another user ({holder:?}); sign them out first")]
     WrongUser { holder: Option<String> },
     /// `sign_out` was to sync first, and these edits are still not on the server
-    /// (attached files not yet uploaded count as edits). Nothing was removed; the store stays open. Ask the user: try again later, sign
-    /// out keeping them (`KeepUnsynced`), or handle the rejected and conflicted ones.
+    /// (attached files not yet uploaded count as edits). Nothing was removed; the store
+    /// stays open. Ask the user: try again later, sign out keeping them
+    /// (`KeepUnsynced`), or handle the rejected and conflicted ones.
     #[error(
         "{pending} waiting, {failed} rejected and {conflicts} conflicted edits are not on the server"
     )]

@@ -388,7 +388,6 @@ fn request_head_bytes(r: &reqwest::Request) -> usize {
     line + host + agent + headers_bytes(r.headers()) + 2
 }
 
-/// The bytes of an answer's status line and headers.
 /// An answer read whole.
 struct Answer {
     status: u16,
@@ -405,6 +404,7 @@ impl Answer {
     }
 }
 
+/// The bytes of an answer's status line and headers.
 fn response_head_bytes(r: &reqwest::Response) -> usize {
     "HTTP/1.1 200 OK\r\n".len() + headers_bytes(r.headers()) + 2
 }

@@ -36,7 +36,7 @@ use crate::clock::{SystemClock, WallClock};
 use crate::config::{Collections, ConflictStrategy, StoreConfig};
 use crate::db::{self, Db, meta};
 use crate::error::{Error, Result};
-use crate::feed::{ChangeListener, ChangeOrigin, Feed, Subscription};
+use crate::feed::{ChangeEvent, ChangeListener, ChangeOrigin, Feed, Subscription};
 use crate::protocol::validate_record_id;
 use crate::query::{Filter, Page, Query, sql};
 use crate::record::Record;
@@ -239,20 +239,27 @@ impl Store {
         origin: ChangeOrigin,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let db = &self.shared.db;
-        let (out, event) = db.closed_if_interrupted((|| {
-            let mut writer = db.writer()?;
-            let tx = writer.begin(self.now_ms())?;
-            let mut w = WriteTx::new(tx, &self.shared.collections, self.replica_id(), origin);
-            let out = f(&mut w)?;
-            let (tx, event) = w.finish();
-            tx.commit()?;
-            Ok((out, event))
-        })())?;
+        let committed = self.commit_write(origin, f);
+        let (out, event) = self.shared.db.closed_if_interrupted(committed)?;
         if !event.is_empty() {
             self.shared.feed.publish(event);
         }
         Ok(out)
+    }
+
+    /// The transaction of [`Store::write`], under the writer lock.
+    fn commit_write<T>(
+        &self,
+        origin: ChangeOrigin,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<(T, ChangeEvent)> {
+        let mut writer = self.shared.db.writer()?;
+        let tx = writer.begin(self.now_ms())?;
+        let mut w = WriteTx::new(tx, &self.shared.collections, self.replica_id(), origin);
+        let out = f(&mut w)?;
+        let (tx, event) = w.finish();
+        tx.commit()?;
+        Ok((out, event))
     }
 
     // ---- reads ----

@@ -89,24 +89,18 @@ impl Inner {
         }
     }
 
-    /// Uploads still due, per collection, as the progress's totals; returns the last
-    /// entry id counted.
-    fn count_due(&self) -> Result<i64, Stop> {
-        let (due, last) = self.store.outbox_due_since(self.now_ms(), 0)?;
-        let mut progress = lock(&self.progress);
-        for (collection, changes, bytes) in due {
-            progress.due(&collection, changes, bytes);
-        }
-        Ok(last)
-    }
-
-    /// Adds to the totals the uploads queued after entry `after` (edits made while the
-    /// push runs); returns the last entry id counted.
-    fn count_new_due(&self, after: i64) -> Result<i64, Stop> {
+    /// Uploads due, per collection, into the progress's totals; returns the last entry
+    /// id counted. From 0 the whole queue is counted and sets the totals; from the last
+    /// id counted, the edits queued since (while the push runs) add to them.
+    fn count_due(&self, after: i64) -> Result<i64, Stop> {
         let (due, last) = self.store.outbox_due_since(self.now_ms(), after)?;
         let mut progress = lock(&self.progress);
         for (collection, changes, bytes) in due {
-            progress.more_due(&collection, changes, bytes);
+            if after == 0 {
+                progress.due(&collection, changes, bytes);
+            } else {
+                progress.more_due(&collection, changes, bytes);
+            }
         }
         Ok(last)
     }
@@ -117,7 +111,7 @@ impl Inner {
         // A sync cancelled while a batch was being taken can leave it marked in flight
         // after its release ran; nothing is in flight between syncs.
         self.store.release_in_flight()?;
-        let mut counted = self.count_due()?;
+        let mut counted = self.count_due(0)?;
         self.publish_status();
         let mut shown = Instant::now();
         let mut current = self.take_batch(Vec::new(), sizer.now()).await?;
@@ -133,7 +127,7 @@ impl Inner {
                 let (outcomes, conflicts) = self.read_answer(&b, &resp, report);
                 self.store.outbox_apply_results(&outcomes)?;
                 self.settle_conflicts(conflicts, report)?;
-                counted = self.count_due()?;
+                counted = self.count_due(0)?;
                 self.publish_status();
                 current = self.take_batch(Vec::new(), sizer.now()).await?;
                 if current.is_none() {
@@ -168,7 +162,7 @@ impl Inner {
             // goes out a few times a second rather than per batch.
             if shown.elapsed() >= SHOW_EVERY {
                 shown = Instant::now();
-                counted = self.count_new_due(counted)?;
+                counted = self.count_due(counted)?;
                 self.publish_status();
             }
             match sent {
