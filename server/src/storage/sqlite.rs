@@ -188,6 +188,12 @@ ALTER TABLE records ADD COLUMN echo INTEGER NOT NULL DEFAULT 0;
     // 7: attachments: uploads per user, files stored once, and the index of the
     // records that refer to each file (filled from existing records at the start).
     files::MIGRATION,
+    // 8: the index a pull pages by also holds what decides whether its user may read
+    // a row, so counting the changes left after a page (pull.rs) reads no row.
+    r#"
+CREATE INDEX records_collection_seq_readable ON records (collection, seq, scope, echo);
+DROP INDEX records_collection_seq;
+"#,
 ];
 
 /// The migration that adds the attachment index, which existing records fill.

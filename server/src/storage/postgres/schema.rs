@@ -154,6 +154,12 @@ ALTER TABLE records ADD COLUMN writer TEXT, ADD COLUMN echo BOOLEAN NOT NULL DEF
     // 7: attachments: uploads per user, files stored once, and the index of the
     // records that refer to each file (filled from existing records at the start).
     super::files::MIGRATION,
+    // 8: the index a pull pages by also holds what decides whether its user may read
+    // a row, so counting the changes left after a page (pull.rs) can be index-only.
+    r#"
+CREATE INDEX records_collection_seq_readable ON records (collection, seq) INCLUDE (scope, echo);
+DROP INDEX records_collection_seq;
+"#,
 ];
 
 /// The migration that adds the attachment index, which existing records fill.
