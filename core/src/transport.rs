@@ -94,6 +94,9 @@ pub struct PullParams {
     pub columns: bool,
     /// Seqs of this client's own applied ops (`own`), as inclusive ranges.
     pub own: Vec<(i64, i64)>,
+    /// Ask the server not to count the changes left after the page (`remaining=0`):
+    /// the client still knows from an earlier page's count.
+    pub skip_remaining: bool,
 }
 
 impl PullParams {
@@ -126,6 +129,9 @@ impl PullParams {
                 })
                 .collect();
             q.append_pair("own", &ranges.join(","));
+        }
+        if self.skip_remaining {
+            q.append_pair("remaining", "0");
         }
         q.finish()
     }
@@ -802,9 +808,11 @@ mod tests {
         p.max_bytes = Some(0);
         p.columns = true;
         p.own = vec![(3, 3), (5, 9)];
+        p.skip_remaining = true;
         assert_eq!(
             p.query(),
-            "since=c2.ab&limit=10&collections=a%2Cb&max_bytes=1&format=columns&own=3%2C5-9"
+            "since=c2.ab&limit=10&collections=a%2Cb&max_bytes=1&format=columns&own=3%2C5-9\
+             &remaining=0"
         );
     }
 

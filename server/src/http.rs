@@ -643,6 +643,8 @@ struct PullParams {
     /// knows them and reads `remaining`; a v1 client gets exactly the v1 page, whose
     /// schema admits no other member, and costs no count.
     knows_additions: bool,
+    /// `remaining=0`: the client knows what remains from an earlier page's count.
+    skip_remaining: bool,
 }
 
 /// Most ranges an `own` list may hold.
@@ -696,6 +698,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
     let mut max_bytes = None;
     let mut format = None;
     let mut own = None;
+    let mut skip_remaining = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot_taken = || ApiError::bad_request(format!("{k} given twice"));
         match k.as_ref() {
@@ -718,6 +721,17 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
                     return Err(slot_taken());
                 }
                 own = Some(parse_own(&v)?);
+            }
+            "remaining" => {
+                if skip_remaining.is_some() {
+                    return Err(slot_taken());
+                }
+                if v != "0" {
+                    return Err(ApiError::bad_request(
+                        "remaining may only be 0 (leave the count out)",
+                    ));
+                }
+                skip_remaining = Some(true);
             }
             "since" => {
                 if since.is_some() {
@@ -756,6 +770,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
         columns: format.as_deref() == Some(pages::COLUMNS),
         own: own.unwrap_or_default(),
         knows_additions,
+        skip_remaining: skip_remaining.unwrap_or(false),
     })
 }
 
@@ -809,7 +824,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             m.min(policy.max_pull_page_bytes)
         }),
         own: params.own,
-        count_remaining: params.knows_additions,
+        count_remaining: params.knows_additions && !params.skip_remaining,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");

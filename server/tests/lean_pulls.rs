@@ -140,6 +140,9 @@ async fn new_parameters_are_checked(backend: Backend) {
         "?own=1,,2",
         "?own=",
         "?format=columns&format=columns",
+        "?remaining=1",
+        "?remaining=",
+        "?remaining=0&remaining=0",
     ] {
         let (st, body) = s.pull_raw(AMINA, q).await;
         assert_eq!(
@@ -199,6 +202,15 @@ async fn remaining_counts_what_follows_and_stops_at_the_cap(backend: Backend) {
         );
     }
     assert_eq!(seen, [15, 5, 0]);
+    // A client that knows what remains from an earlier page asks for no count.
+    let (_, body) = s
+        .pull_raw(AMINA, "?limit=10&max_bytes=100000&remaining=0")
+        .await;
+    assert_eq!(body["has_more"], json!(true), "{body}");
+    assert!(
+        body.get("remaining").is_none() && body.get("remaining_capped").is_none(),
+        "{body}"
+    );
     // Own changes left out are no part of it either.
     let (_, body) = s.pull_raw(AMINA, "?limit=1&own=1-20").await;
     assert_eq!(body["remaining"], json!(4), "{body}");

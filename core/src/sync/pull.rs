@@ -11,6 +11,7 @@
 
 use super::Inner;
 use super::own::SeqRanges;
+use super::progress::Left;
 use super::report::{Stop, tally};
 use super::run::Pass;
 use crate::db::lock;
@@ -40,8 +41,9 @@ impl Inner {
                 None => lock(&self.own).get(collection).cloned().unwrap_or_default(),
             };
             let since = self.store.cursor(collection)?;
-            let (mut page, mut bytes) = match self.fetch_page(collection, since, &own, pass).await?
-            {
+            let mut left = Left::default();
+            let first = self.fetch_page(collection, since, &own, left.ask(), pass);
+            let (mut page, mut bytes) = match first.await? {
                 Fetched::Page(p, b) => (p, b),
                 Fetched::Expired => {
                     self.restart_pull(collection, &mut restarted, pass)?;
@@ -55,11 +57,7 @@ impl Inner {
                 let changes = std::mem::take(&mut page.changes);
                 let cursor = page.cursor.clone();
                 let count = changes.len() as u64;
-                let remaining = if page.has_more {
-                    page.remaining
-                } else {
-                    Some(0)
-                };
+                let remaining = Some(left.after(count, page.has_more, page.remaining));
                 let apply = tokio::task::spawn_blocking(move || {
                     store.apply_pull_page(&name, &changes, &cursor, finish)
                 });
@@ -72,7 +70,8 @@ impl Inner {
                     }
                     return Ok(());
                 }
-                let next = self.fetch_page(collection, Some(page.cursor.clone()), &own, pass);
+                let since = Some(page.cursor.clone());
+                let next = self.fetch_page(collection, since, &own, left.ask(), pass);
                 let (applied, fetched) = tokio::join!(apply, next);
                 applied??;
                 self.page_applied(collection, count, bytes, remaining, pass);
@@ -118,12 +117,13 @@ impl Inner {
     }
 
     /// One page, asked for again (smaller, after a pause) while the link cuts it off
-    /// and `pace` allows.
+    /// and `pace` allows; with a count of what remains after it when `count`.
     async fn fetch_page(
         &self,
         collection: &str,
         since: Option<String>,
         own: &SeqRanges,
+        count: bool,
         pass: &Pass,
     ) -> Result<Fetched, Stop> {
         loop {
@@ -135,6 +135,7 @@ impl Inner {
                 max_bytes: Some(lock(&self.sizes).pull_bytes.get()),
                 columns: true,
                 own: own.ranges().to_vec(),
+                skip_remaining: !count,
             };
             let before = self.wire_bytes().1;
             let answer = self
