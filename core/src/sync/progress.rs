@@ -4,8 +4,8 @@
 //! A first sync on a 2G link runs for minutes; "Syncing…" alone looks like a hang. The
 //! totals come from what the device knows when it knows it: its own queue for uploads,
 //! and for downloads the server's count of what remains after a page (`remaining`,
-//! asked for again only once used up: [`Left`]), so a total may grow while a sync runs (new changes, or a count the server capped),
-//! but what is done only ever grows. Download bytes are bytes as received (what the
+//! asked for again only once used up: [`Left`]), so a total may grow while a sync
+//! runs (new changes, or a count the server capped), but what is done only ever grows. Download bytes are bytes as received (what the
 //! radio carried; the total an estimate at the rate so far); upload bytes are the ops'
 //! JSON, as queued.
 
@@ -58,13 +58,14 @@ pub struct SyncProgress {
 /// server that never counts leaves the estimate at 0, and each page asks again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Left {
-    known: Option<u64>,
+    /// Changes the last count says are still to come; 0 before the first.
+    known: u64,
 }
 
 impl Left {
     /// Whether the next page should carry a count.
     pub fn ask(&self) -> bool {
-        self.known.is_none_or(|n| n == 0)
+        self.known == 0
     }
 
     /// A page of `changes` arrived with the server's count (`None` when not asked for,
@@ -73,9 +74,9 @@ impl Left {
         let left = match (has_more, counted) {
             (false, _) => 0,
             (true, Some(n)) => n,
-            (true, None) => self.known.unwrap_or(0).saturating_sub(changes),
+            (true, None) => self.known.saturating_sub(changes),
         };
-        self.known = Some(left);
+        self.known = left;
         left
     }
 }
