@@ -53,6 +53,7 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
             strategy: ConflictStrategy::LastWriteWins,
             indexes: Vec::new(),
             search: Vec::new(),
+            eager_attachments: false,
         }],
         durability: Durability::Normal,
         encryption_key: None,
@@ -61,6 +62,8 @@ pub fn rust(dir: &Path, n: u64) -> Result<CallTimes> {
         backoff_max_ms: None,
         network_debounce_ms: None,
         user_id: None,
+        attachment_cache_bytes: None,
+        attachment_grace_ms: None,
     };
     let db = Outpost::open(config, Box::new(NoToken))?;
     let mut puts = Vec::with_capacity(n as usize);

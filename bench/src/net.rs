@@ -7,6 +7,7 @@
 //! long it takes and its bytes, through the public `Transport` trait. No engine code is
 //! bypassed.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -352,6 +353,11 @@ pub struct PullRun {
     /// page k+1, so this overlaps apply time and cannot be subtracted from the whole.
     pub network_overlapped_s: f64,
     pub requests: u64,
+    /// Bytes the first sync moved both ways, bodies and heads, as the engine counts them.
+    pub wire_bytes: u64,
+    /// The synced records' own JSON, one per line, gzipped at the default level: what
+    /// the data alone would cost on the wire.
+    pub records_gzip_bytes: u64,
 }
 
 /// Figure 4, real side: a fresh device pulls the `n` seeded changes of `collection`;
@@ -363,7 +369,8 @@ pub fn pull_real(
     collection: &str,
     tag: &str,
 ) -> Result<PullRun> {
-    let store = device(&dir.join(format!("f4-{tag}.db")), collection)?;
+    let path = dir.join(format!("f4-{tag}.db"));
+    let store = device(&path, collection)?;
     let timed = timed_link(url)?;
     let engine = engine(rt, &store, timed.clone());
     let t0 = Instant::now();
@@ -379,7 +386,25 @@ pub fn pull_real(
         whole_sync_s: whole.as_secs_f64(),
         network_overlapped_s: network.as_secs_f64(),
         requests: log.pull.calls,
+        wire_bytes: report.bytes_sent + report.bytes_received,
+        records_gzip_bytes: records_gzip_bytes(&path, collection)?,
     })
+}
+
+/// The gzip (default level) of the JSON of every record of `collection` in the store at
+/// `path`, one record a line.
+fn records_gzip_bytes(path: &Path, collection: &str) -> Result<u64> {
+    let conn = Connection::open(path)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut rows =
+        conn.prepare("SELECT data FROM records WHERE collection = ?1 AND NOT deleted")?;
+    let mut rows = rows.query(params![collection])?;
+    while let Some(row) = rows.next()? {
+        let data: String = row.get(0)?;
+        gz.write_all(data.as_bytes())?;
+        gz.write_all(b"\n")?;
+    }
+    Ok(gz.finish()?.len() as u64)
 }
 
 /// Fetches every page of `collection` the way the engine does (untimed), for the
@@ -397,6 +422,7 @@ pub fn fetch_pages(
             since: since.clone(),
             limit: SyncConfig::default().pull_limit,
             collections: vec![collection.to_owned()],
+            ..PullParams::default()
         };
         let page = rt.block_on(transport.pull(TOKEN, &params))?;
         since = Some(page.cursor.clone());

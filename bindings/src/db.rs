@@ -18,8 +18,9 @@ use crate::listeners::{
 };
 use crate::runtime::runtime;
 use crate::types::{
-    Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record, Resolution, SignOutPolicy,
-    SyncReport, SyncStatus, WriteOp, parse_filter, parse_filters, parse_object, parse_value,
+    Attachment, AttachmentRef, Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record,
+    Resolution, SignOutPolicy, SyncReport, SyncStatus, WriteOp, parse_filter, parse_filters,
+    parse_object, parse_value,
 };
 
 /// An open Outpost database and its sync engine.
@@ -162,6 +163,52 @@ impl Outpost {
 
     pub fn delete(&self, collection: String, id: String) -> Result<(), OutpostError> {
         self.call(|| Ok(self.store.delete(&collection, &id)?))
+    }
+
+    /// Copies the file at `path` into the store's folder (durably, when this returns)
+    /// and queues it for upload; put the returned reference's `json` in a record.
+    pub fn attach_file(
+        &self,
+        path: String,
+        content_type: String,
+        name: Option<String>,
+    ) -> Result<AttachmentRef, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .attach_file(&path, &content_type, name.as_deref())?
+                .into())
+        })
+    }
+
+    /// [`Outpost::attach_file`] for bytes the app holds (a signature drawn on screen).
+    pub fn attach_bytes(
+        &self,
+        bytes: Vec<u8>,
+        content_type: String,
+        name: Option<String>,
+    ) -> Result<AttachmentRef, OutpostError> {
+        self.call(|| {
+            Ok(self
+                .store
+                .attach_bytes(&bytes, &content_type, name.as_deref())?
+                .into())
+        })
+    }
+
+    /// The file a reference names: its path, or pending while it downloads (asking
+    /// queues the download).
+    pub fn attachment(&self, sha256: String) -> Result<Attachment, OutpostError> {
+        self.call(|| Ok(self.store.attachment(&sha256)?.into()))
+    }
+
+    /// Removes files no record refers to and evicts downloads past the cache limit
+    /// (each sync does this too); returns how many files went.
+    pub fn collect_attachments(&self) -> Result<u64, OutpostError> {
+        self.call(|| {
+            let c = self.store.collect_attachments()?;
+            Ok(c.removed + c.evicted)
+        })
     }
 
     /// The live record, or None.

@@ -53,9 +53,10 @@ pub enum OutpostError {
     /// (open with `user_id = holder`, then `sign_out`), or `delete_database`.
     #[error("the database holds the data of another user ({holder:?}); sign them out first")]
     WrongUser { holder: Option<String> },
-    /// `sign_out` was to sync first, and these edits are still not on the server.
-    /// Nothing was removed; the store stays open. Ask the user: try again later, sign
-    /// out keeping them (`KeepUnsynced`), or handle the rejected and conflicted ones.
+    /// `sign_out` was to sync first, and these edits are still not on the server
+    /// (attached files not yet uploaded count as edits). Nothing was removed; the store
+    /// stays open. Ask the user: try again later, sign out keeping them
+    /// (`KeepUnsynced`), or handle the rejected and conflicted ones.
     #[error(
         "{pending} waiting, {failed} rejected and {conflicts} conflicted edits are not on the server"
     )]
@@ -67,6 +68,10 @@ pub enum OutpostError {
     /// `delete_database` on a database that is open in this process.
     #[error("the database {path} is open; close it first")]
     StillOpen { path: String },
+    /// An attachment file could not be read or written (a missing source file, a full
+    /// disk).
+    #[error("file error: {detail}")]
+    File { detail: String },
     /// Sync could not run at all (not a sync outcome: those are in `SyncReport`).
     #[error("sync error: {detail}")]
     Sync { detail: String },
@@ -106,6 +111,7 @@ impl From<outpost_core::Error> for OutpostError {
                 conflicts,
             },
             E::StillOpen(path) => OutpostError::StillOpen { path },
+            E::File(detail) => OutpostError::File { detail },
             // The core's enum is non-exhaustive: a new case still reaches the app intact.
             other => OutpostError::Internal {
                 detail: other.to_string(),

@@ -27,18 +27,21 @@ fn config(dir: &tempfile::TempDir) -> OutpostConfig {
                 strategy: ConflictStrategy::LastWriteWins,
                 indexes: vec![],
                 search: vec![],
+                eager_attachments: false,
             },
             CollectionSpec {
                 name: "reviews".into(),
                 strategy: ConflictStrategy::Manual,
                 indexes: vec![],
                 search: vec![],
+                eager_attachments: false,
             },
             CollectionSpec {
                 name: "patients".into(),
                 strategy: ConflictStrategy::FieldMerge,
                 indexes: vec![vec![s("village"), s("name")], vec![s("age")]],
                 search: vec![s("name")],
+                eager_attachments: false,
             },
         ],
         durability: Durability::Normal,
@@ -48,6 +51,8 @@ fn config(dir: &tempfile::TempDir) -> OutpostConfig {
         backoff_max_ms: Some(100),
         network_debounce_ms: Some(10),
         user_id: None,
+        attachment_cache_bytes: None,
+        attachment_grace_ms: None,
     }
 }
 
@@ -915,6 +920,69 @@ fn a_conflict_listener_hears_conflicts_while_set_and_none_once_cleared() {
 }
 
 #[test]
+fn attachments_cross_as_paths_and_references_and_reach_another_device() {
+    let server = server();
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        device(&server, &da, outpost_testkit::AMINA),
+        device(&server, &db_, outpost_testkit::BEN),
+    );
+    let photo: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let src = da.path().join("photo.jpg");
+    std::fs::write(&src, &photo).unwrap();
+    let r = a
+        .attach_file(
+            src.display().to_string(),
+            s("image/jpeg"),
+            Some(s("photo.jpg")),
+        )
+        .unwrap();
+    assert_eq!(r.size, 300_000);
+    let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+    assert_eq!(v["$attachment"], r.sha256.as_str());
+    a.put(
+        s("answers"),
+        Some(s("a1")),
+        format!(r#"{{"photo":{}}}"#, r.json),
+    )
+    .unwrap();
+    assert_eq!(a.status().unwrap().attachment_uploads, 1);
+    let rt = crate::runtime::runtime().unwrap();
+    let report = rt.block_on(a.sync_now(Some(30_000))).unwrap();
+    assert_eq!(
+        (report.outcome, report.files_uploaded),
+        (SyncOutcome::Completed, 1),
+        "{report:?}"
+    );
+    assert_eq!(a.status().unwrap().attachment_uploads, 0);
+
+    rt.block_on(b.sync_now(Some(30_000))).unwrap();
+    assert!(matches!(
+        b.attachment(r.sha256.clone()).unwrap(),
+        Attachment::Pending { .. }
+    ));
+    assert_eq!(b.status().unwrap().attachment_downloads, 1);
+    let report = rt.block_on(b.sync_now(Some(30_000))).unwrap();
+    assert_eq!(report.files_downloaded, 1, "{report:?}");
+    match b.attachment(r.sha256.clone()).unwrap() {
+        Attachment::Ready { path, size } => {
+            assert_eq!(size, 300_000);
+            assert!(std::fs::read(path).unwrap() == photo);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bad input is a typed error.
+    let e = a.attach_bytes(vec![1], s("no-slash"), None).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+    let e = a
+        .attach_file(s("/nonexistent/x"), s("a/b"), None)
+        .unwrap_err();
+    assert!(matches!(e, OutpostError::File { .. }), "{e:?}");
+    let e = a.attachment(s("xyz")).unwrap_err();
+    assert!(matches!(e, OutpostError::InvalidData { .. }), "{e:?}");
+}
+
+#[test]
 fn a_sync_report_crosses_with_every_count() {
     let r = outpost_core::SyncReport {
         outcome: outpost_core::SyncOutcome::BackingOff,
@@ -925,6 +993,29 @@ fn a_sync_report_crosses_with_every_count() {
         pulled: 5,
         repulls: 6,
         requests: 7,
+        bytes_sent: 10,
+        bytes_received: 11,
+        progress: outpost_core::SyncProgress {
+            download: outpost_core::Progress {
+                changes_done: 12,
+                changes_total: 13,
+                bytes_done: 14,
+                bytes_total: 15,
+            },
+            upload: outpost_core::Progress::default(),
+            collections: vec![outpost_core::CollectionProgress {
+                collection: s("answers"),
+                download: outpost_core::Progress::default(),
+                upload: outpost_core::Progress {
+                    changes_done: 16,
+                    ..outpost_core::Progress::default()
+                },
+            }],
+        },
+        files_uploaded: 17,
+        files_downloaded: 18,
+        file_bytes_sent: 19,
+        file_bytes_received: 20,
         duration: Duration::from_millis(8),
         errors: vec![s("nine")],
     };
@@ -940,6 +1031,29 @@ fn a_sync_report_crosses_with_every_count() {
             pulled: 5,
             repulls: 6,
             requests: 7,
+            bytes_sent: 10,
+            bytes_received: 11,
+            progress: SyncProgress {
+                download: Progress {
+                    changes_done: 12,
+                    changes_total: 13,
+                    bytes_done: 14,
+                    bytes_total: 15,
+                },
+                upload: Progress::default(),
+                collections: vec![CollectionProgress {
+                    collection: s("answers"),
+                    download: Progress::default(),
+                    upload: Progress {
+                        changes_done: 16,
+                        ..Progress::default()
+                    },
+                }],
+            },
+            files_uploaded: 17,
+            files_downloaded: 18,
+            file_bytes_sent: 19,
+            file_bytes_received: 20,
             duration_ms: 8,
             errors: vec![s("nine")],
             should_retry: true,
@@ -1030,6 +1144,7 @@ fn panics_become_internal_errors_and_core_errors_map_one_to_one() {
             E::StillOpen(s("/d.db")),
             OutpostError::StillOpen { path: s("/d.db") },
         ),
+        (E::File(s("full")), OutpostError::File { detail: s("full") }),
     ];
     for (core, ffi) in cases {
         assert_eq!(OutpostError::from(core.clone()), ffi, "{core:?}");

@@ -73,6 +73,9 @@ pub struct CollectionSpec {
     /// Top-level text fields that a `search` filter looks in.
     #[uniffi(default = [])]
     pub search: Vec<String>,
+    /// Download the files its records refer to with every sync, not only when asked.
+    #[uniffi(default = false)]
+    pub eager_attachments: bool,
 }
 
 impl From<&CollectionSpec> for core::CollectionConfig {
@@ -80,6 +83,7 @@ impl From<&CollectionSpec> for core::CollectionConfig {
         core::CollectionConfig {
             indexes: c.indexes.clone(),
             search: c.search.clone(),
+            eager_attachments: c.eager_attachments,
             ..core::CollectionConfig::new(c.name.clone(), c.strategy.into())
         }
     }
@@ -115,6 +119,14 @@ pub struct OutpostConfig {
     /// another. None opens only a database that holds no user's data.
     #[uniffi(default = None)]
     pub user_id: Option<String>,
+    /// Bytes of downloaded attachments kept before the least recently used are
+    /// removed (they download again when asked for); None: no limit.
+    #[uniffi(default = None)]
+    pub attachment_cache_bytes: Option<u64>,
+    /// How long a file no record refers to is kept after it was attached or read;
+    /// None: a day.
+    #[uniffi(default = None)]
+    pub attachment_grace_ms: Option<u64>,
 }
 
 impl OutpostConfig {
@@ -128,6 +140,11 @@ impl OutpostConfig {
             durability: self.durability.into(),
             encryption_key: self.encryption_key.clone(),
             user_id: self.user_id.clone(),
+            attachment_cache_bytes: self.attachment_cache_bytes,
+            attachment_grace: self.attachment_grace_ms.map_or(
+                core::StoreConfig::default().attachment_grace,
+                Duration::from_millis,
+            ),
             ..core::StoreConfig::default()
         }
     }
@@ -529,6 +546,61 @@ impl From<core::SyncActivity> for SyncActivity {
     }
 }
 
+/// Done of the total known so far: changes, and bytes (received bytes down, the ops'
+/// JSON up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, uniffi::Record)]
+pub struct Progress {
+    pub changes_done: u64,
+    pub changes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl From<core::Progress> for Progress {
+    fn from(p: core::Progress) -> Self {
+        Progress {
+            changes_done: p.changes_done,
+            changes_total: p.changes_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+        }
+    }
+}
+
+/// One collection's progress, down and up.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CollectionProgress {
+    pub collection: String,
+    pub download: Progress,
+    pub upload: Progress,
+}
+
+/// How far a sync has got: in all, and per collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct SyncProgress {
+    pub download: Progress,
+    pub upload: Progress,
+    pub collections: Vec<CollectionProgress>,
+}
+
+impl From<&core::SyncProgress> for SyncProgress {
+    fn from(p: &core::SyncProgress) -> Self {
+        SyncProgress {
+            download: p.download.into(),
+            upload: p.upload.into(),
+            collections: p
+                .collections
+                .iter()
+                .map(|c| CollectionProgress {
+                    collection: c.collection.clone(),
+                    download: c.download.into(),
+                    upload: c.upload.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A snapshot of the sync state, for "Syncing…" or "Last synced 2 min ago".
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SyncStatus {
@@ -537,18 +609,37 @@ pub struct SyncStatus {
     pub failed: u64,
     pub conflicts: u64,
     pub last_synced_at_ms: Option<i64>,
+    /// A sync has completed at least once: false through the first sync.
+    pub has_synced: bool,
+    /// How far the running (or last) sync has got.
+    pub progress: SyncProgress,
     pub last_error: Option<String>,
     pub next_retry_at_ms: Option<i64>,
+    /// Files waiting to upload, and their bytes not yet sent.
+    pub attachment_uploads: u64,
+    pub attachment_upload_bytes: u64,
+    /// Files asked for and not here yet, and their bytes not yet received.
+    pub attachment_downloads: u64,
+    pub attachment_download_bytes: u64,
+    /// Uploads the server refused for good (too large, over quota).
+    pub attachment_failed_uploads: u64,
 }
 
 impl From<&core::SyncStatus> for SyncStatus {
     fn from(s: &core::SyncStatus) -> Self {
         SyncStatus {
+            attachment_uploads: s.attachments.uploads,
+            attachment_upload_bytes: s.attachments.upload_bytes,
+            attachment_downloads: s.attachments.downloads,
+            attachment_download_bytes: s.attachments.download_bytes,
+            attachment_failed_uploads: s.attachments.failed_uploads,
             activity: s.activity.into(),
             pending: s.pending,
             failed: s.failed,
             conflicts: s.conflicts,
             last_synced_at_ms: s.last_synced_at_ms,
+            has_synced: s.has_synced,
+            progress: (&s.progress).into(),
             last_error: s.last_error.clone(),
             next_retry_at_ms: s.next_retry_at_ms,
         }
@@ -597,6 +688,16 @@ pub struct SyncReport {
     /// Full re-pulls after the server expired a cursor.
     pub repulls: u64,
     pub requests: u64,
+    /// Bytes sent and received on the wire during the sync.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// How far the sync got.
+    pub progress: SyncProgress,
+    /// Files uploaded and downloaded whole, and attachment bytes each way.
+    pub files_uploaded: u64,
+    pub files_downloaded: u64,
+    pub file_bytes_sent: u64,
+    pub file_bytes_received: u64,
     pub duration_ms: u64,
     pub errors: Vec<String>,
     pub should_retry: bool,
@@ -614,6 +715,13 @@ impl From<core::SyncReport> for SyncReport {
             pulled: r.pulled,
             repulls: r.repulls,
             requests: r.requests,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            progress: (&r.progress).into(),
+            files_uploaded: r.files_uploaded,
+            files_downloaded: r.files_downloaded,
+            file_bytes_sent: r.file_bytes_sent,
+            file_bytes_received: r.file_bytes_received,
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
             errors: r.errors,
         }
@@ -747,6 +855,59 @@ impl From<SignOutPolicy> for core::SignOut {
                 deadline: Duration::from_millis(deadline_ms),
             },
             SignOutPolicy::KeepUnsynced => core::SignOut::KeepUnsynced,
+        }
+    }
+}
+
+/// A file in the store, to refer to from a record: put `json` (the
+/// `{"$attachment": …}` reference) in a field.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentRef {
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    /// The reference as a record field holds it.
+    pub json: String,
+}
+
+impl From<core::AttachmentRef> for AttachmentRef {
+    fn from(r: core::AttachmentRef) -> Self {
+        AttachmentRef {
+            json: r.to_json().to_string(),
+            sha256: r.sha256,
+            size: r.size,
+            content_type: r.content_type,
+            name: r.name,
+        }
+    }
+}
+
+/// A file as the app sees it: here (a path to open), or still on its way.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Attachment {
+    Ready {
+        path: String,
+        size: u64,
+    },
+    /// Downloading with the next syncs: `received` of `size` bytes (`size` is 0 until
+    /// the server has told it).
+    Pending {
+        size: u64,
+        received: u64,
+    },
+}
+
+impl From<core::AttachmentState> for Attachment {
+    fn from(a: core::AttachmentState) -> Self {
+        match a {
+            core::AttachmentState::Ready { path, size } => Attachment::Ready {
+                path: path.to_string_lossy().into_owned(),
+                size,
+            },
+            core::AttachmentState::Pending { size, received } => {
+                Attachment::Pending { size, received }
+            }
         }
     }
 }

@@ -45,7 +45,8 @@ fn field_demo_reports_no_lost_answers_and_every_conflict() {
     assert_eq!(stdout.lines().last(), Some("lost answers: 0"), "{out}");
     for want in [
         "seed 7",
-        "90 answers saved",
+        "96 answers saved",
+        "attached 1 photos and 1 signatures",
         "offline, nothing sent (requests made: 0)",
         "patients/p-001 (field_merge) on ",
         "merged field by field, counters added",
@@ -54,7 +55,8 @@ fn field_demo_reports_no_lost_answers_and_every_conflict() {
         "the app's scripted choice: the earlier date",
         "drafts/referral-p-001 (last_write_wins) on ",
         "is later by HLC and wins",
-        "[ ok ] every saved answer is on the server exactly once: 90 of 90",
+        "[ ok ] every saved answer is on the server exactly once: 96 of 96",
+        "[ ok ] every attached file byte for byte on the server and on a fresh device: 6 files (3 JPEG photos, 3 signatures)",
         "[ ok ] every device equals the server",
         "[ ok ] visit counters equal the sum of increments: 9 visits",
         // Three at least; a merge repeats when the server moves on meanwhile.

@@ -77,6 +77,9 @@ pub struct CollectionConfig {
     /// Top-level fields searched by `Filter::Search` (full text, diacritics folded).
     /// Text fields, and arrays of text, are indexed; other values are not.
     pub search: Vec<String>,
+    /// Download the files this collection's records refer to with every sync, rather
+    /// than when the app asks for one.
+    pub eager_attachments: bool,
 }
 
 impl CollectionConfig {
@@ -86,7 +89,14 @@ impl CollectionConfig {
             strategy,
             indexes: Vec::new(),
             search: Vec::new(),
+            eager_attachments: false,
         }
+    }
+
+    /// Downloads the files its records refer to with every sync.
+    pub fn with_eager_attachments(mut self) -> CollectionConfig {
+        self.eager_attachments = true;
+        self
     }
 
     /// Adds an index over `fields`, in order.
@@ -119,6 +129,13 @@ pub struct StoreConfig {
     /// with `Error::WrongUser` instead of showing one user's records to another. `None`
     /// opens only a database that holds no user's data.
     pub user_id: Option<String>,
+    /// Bytes of downloaded attachments kept; past it the least recently used ones that
+    /// the server holds are removed (and downloaded again when asked for). `None`: no
+    /// limit. Files waiting to be uploaded are never removed.
+    pub attachment_cache_bytes: Option<u64>,
+    /// How long a file no record refers to is kept before it is collected: the time an
+    /// app may take between `attach` and saving the record that refers to the file.
+    pub attachment_grace: Duration,
 }
 
 impl Default for StoreConfig {
@@ -130,6 +147,8 @@ impl Default for StoreConfig {
             busy_timeout: Duration::from_secs(5),
             read_connections: 2,
             user_id: None,
+            attachment_cache_bytes: None,
+            attachment_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -199,6 +218,7 @@ pub(crate) struct Declared {
     pub strategy: ConflictStrategy,
     pub indexes: Vec<Vec<String>>,
     pub search: Vec<String>,
+    pub eager_attachments: bool,
 }
 
 impl Declared {
@@ -228,6 +248,7 @@ impl Declared {
             strategy: c.strategy,
             indexes,
             search,
+            eager_attachments: c.eager_attachments,
         })
     }
 }
@@ -257,6 +278,15 @@ impl Collections {
 
     pub(crate) fn check(&self, collection: &str) -> Result<()> {
         self.strategy(collection).map(|_| ())
+    }
+
+    /// Collections whose files are downloaded with every sync.
+    pub(crate) fn eager(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, d)| d.eager_attachments)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The names, in order.

@@ -55,8 +55,9 @@ pub enum Error {
     /// user out (open for them, `sign_out`) or delete the database.
     #[error("{}", wrong_user(.holder.as_deref()))]
     WrongUser { holder: Option<String> },
-    /// Sign-out was to sync first, and these edits are still not on the server. Nothing
-    /// was removed: the app asks the user (sync later, keep them sealed, or discard).
+    /// Sign-out was to sync first, and these edits are still not on the server (attached
+    /// files not yet uploaded count as edits). Nothing was removed: the app asks the
+    /// user (sync later, keep them sealed, or discard).
     #[error(
         "{} edits are not on the server ({pending} waiting, {failed} rejected, \
          {conflicts} in conflict); nothing was removed",
@@ -70,6 +71,10 @@ pub enum Error {
     /// The database is open in this process; close it first.
     #[error("the database {0} is open; close it first")]
     StillOpen(String),
+    /// An attachment file could not be read or written (a missing source file, a
+    /// full disk, a file whose bytes no longer match its hash).
+    #[error("file error: {0}")]
+    File(String),
 }
 
 fn wrong_user(holder: Option<&str>) -> String {

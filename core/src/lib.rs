@@ -22,6 +22,7 @@
 //! # Ok::<(), outpost_core::Error>(())
 //! ```
 
+mod attachments;
 pub mod clock;
 mod config;
 pub mod conflict;
@@ -30,6 +31,7 @@ mod db;
 mod error;
 mod feed;
 mod outbox;
+pub mod pages;
 pub mod protocol;
 mod query;
 mod record;
@@ -37,6 +39,7 @@ mod store;
 pub mod sync;
 pub mod transport;
 
+pub use attachments::{AttachmentCounts, AttachmentState, Collected};
 pub use config::{CollectionConfig, ConflictStrategy, Durability, MAX_USER_ID_LEN, StoreConfig};
 pub use conflict::{Conflict, Resolution};
 pub use error::{Error, Result};
@@ -45,16 +48,18 @@ pub use feed::{
     SubscriptionEnd,
 };
 pub use outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
+pub use protocol::AttachmentRef;
 pub use query::{Filter, Order, Page, Query};
 pub use record::{Record, SyncState};
 pub use store::{
     QueryListener, RecordListener, SignOut, Store, Unsynced, WriteTx, delete_database,
 };
 pub use sync::{
-    ConflictListener, StaticToken, StatusListener, SyncActivity, SyncConfig, SyncEngine,
-    SyncOutcome, SyncReport, SyncStatus, TOKEN_TIMEOUT, TokenError, TokenFuture, TokenProvider,
+    CollectionProgress, ConflictListener, Progress, StaticToken, StatusListener, SyncActivity,
+    SyncConfig, SyncEngine, SyncOutcome, SyncProgress, SyncReport, SyncStatus, TOKEN_TIMEOUT,
+    TokenError, TokenFuture, TokenProvider,
 };
-pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError};
+pub use transport::{HttpTimeouts, HttpTransport, Transport, TransportError, Uploaded};
 
 /// The device database's latest schema, for benchmarks whose raw-SQLite baselines must
 /// do the same B-tree work as the store. Not an API: apps never open the database.

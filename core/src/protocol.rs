@@ -4,6 +4,13 @@
 //! sync engine and the reference server both use it, so the two cannot drift apart,
 //! and the validation rules for names, ids and sizes live here once.
 
+mod attachment;
+
+pub use attachment::{
+    ATTACHMENT_KEY, AttachmentRef, AttachmentStatus, DEFAULT_MAX_ATTACHMENT_MIB,
+    MAX_ATTACHMENT_NAME_CHARS, MAX_CONTENT_TYPE_CHARS, OffsetMismatch, is_sha256, may_hold_refs,
+    refs_in, valid_content_type, valid_name,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -166,12 +173,88 @@ pub struct Change {
     pub updated_at: String,
 }
 
-/// `GET /v1/pull` answer.
+/// `GET /v1/pull` answer, in either of its forms: v1's list of changes, or the dense
+/// columns of [`crate::pages`] a client gets when it asks for them (and the server
+/// knows them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WirePage")]
 pub struct PullResponse {
     pub changes: Vec<Change>,
     pub cursor: String,
     pub has_more: bool,
+    /// Changes readable past this page, when the server says (older servers do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    /// `remaining` is a floor: the server stopped counting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remaining_capped: bool,
+}
+
+/// A pull answer as it arrives: the members of both forms, each optional, read in one
+/// pass with no buffering, then checked and turned into a [`PullResponse`].
+#[derive(Debug, Deserialize)]
+struct WirePage {
+    #[serde(default)]
+    changes: Option<Vec<Change>>,
+    cursor: String,
+    has_more: bool,
+    #[serde(default)]
+    remaining: Option<u64>,
+    #[serde(default)]
+    remaining_capped: bool,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    collections: Vec<String>,
+    #[serde(default)]
+    collection: Option<Vec<u32>>,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    versions: Vec<i64>,
+    #[serde(default)]
+    hlc: Option<crate::pages::SplitStamps>,
+    #[serde(default)]
+    hlcs: Option<Vec<String>>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    shapes: Vec<Vec<u32>>,
+    #[serde(default)]
+    shape: Vec<Option<u32>>,
+    #[serde(default)]
+    values: Vec<Vec<Value>>,
+}
+
+impl TryFrom<WirePage> for PullResponse {
+    type Error = crate::pages::PageError;
+
+    fn try_from(w: WirePage) -> Result<PullResponse, Self::Error> {
+        let changes = match (w.format, w.changes) {
+            (None, Some(changes)) => changes,
+            (None, None) => return Err(crate::pages::PageError("no changes".into())),
+            (Some(format), _) => crate::pages::decode(crate::pages::Columns {
+                format,
+                collections: w.collections,
+                collection: w.collection,
+                ids: w.ids,
+                versions: w.versions,
+                hlc: w.hlc,
+                hlcs: w.hlcs,
+                keys: w.keys,
+                shapes: w.shapes,
+                shape: w.shape,
+                values: w.values,
+            })?,
+        };
+        Ok(PullResponse {
+            changes,
+            cursor: w.cursor,
+            has_more: w.has_more,
+            remaining: w.remaining,
+            remaining_capped: w.remaining_capped,
+        })
+    }
 }
 
 /// `GET /health` answer.
@@ -215,10 +298,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     Internal,
+    /// `409`: an attachment upload started at another offset than the server holds.
+    OffsetMismatch,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -228,6 +313,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::OffsetMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -241,6 +327,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::OffsetMismatch => "offset_mismatch",
         }
     }
 
@@ -255,6 +342,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::OffsetMismatch => 409,
         }
     }
 

@@ -208,6 +208,32 @@ def test_batch_and_crdt_operations(devices):
     assert sync(a).outcome == ffi.SyncOutcome.COMPLETED
 
 
+def test_attachments_reach_another_device_byte_for_byte(devices, tmp_path):
+    a, b = devices("a", AMINA), devices("b", BEN)
+    photo = bytes((i * 7) % 251 for i in range(200_000))
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(photo)
+    ref = a.attach_file(str(src), "image/jpeg", "photo.jpg")
+    assert ref.size == 200_000 and json.loads(ref.json)["$attachment"] == ref.sha256
+    a.put("answers", "a1", json.dumps({"photo": json.loads(ref.json)}))
+    here = a.attachment(ref.sha256)
+    assert isinstance(here, ffi.Attachment.READY) and open(here.path, "rb").read() == photo
+    assert a.status().attachment_uploads == 1
+    report = sync(a)
+    assert report.files_uploaded == 1 and a.status().attachment_uploads == 0, report
+    sync(b)
+    assert isinstance(b.attachment(ref.sha256), ffi.Attachment.PENDING)
+    assert b.status().attachment_downloads == 1
+    report = sync(b)
+    assert report.files_downloaded == 1, report
+    got = b.attachment(ref.sha256)
+    assert isinstance(got, ffi.Attachment.READY) and open(got.path, "rb").read() == photo
+    with pytest.raises(ffi.OutpostError.InvalidData):
+        a.attach_bytes(b"x", "not a type", None)
+    with pytest.raises(ffi.OutpostError.File):
+        a.attach_file(str(tmp_path / "missing"), "image/jpeg", None)
+
+
 def test_concurrent_writes_from_threads(devices):
     a = devices("a", AMINA)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -258,3 +284,40 @@ def test_deadline_stops_a_sync(devices):
     release.set()
     assert report.outcome == ffi.SyncOutcome.DEADLINE_EXCEEDED and report.should_retry
     assert a.status().pending == 1
+
+
+class Statuses(ffi.StatusListener):
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+
+    def on_status(self, status):
+        with self.lock:
+            self.seen.append(status)
+
+
+def test_first_sync_progress_is_monotonic_and_reaches_the_total(devices):
+    b = devices("b", BEN)
+    b.batch([ffi.WriteOp.PUT(collection="patients", id=f"p{i}",
+                             data_json=json.dumps({"name": f"P{i}", "village": "Kole", "age": i}))
+             for i in range(600)])
+    assert sync(b).outcome == ffi.SyncOutcome.COMPLETED
+    a = devices("a", AMINA)
+    assert not a.status().has_synced
+    statuses = Statuses()
+    handle = a.subscribe_status(statuses)
+    report = sync(a, deadline_ms=60_000)
+    assert report.outcome == ffi.SyncOutcome.COMPLETED
+    assert report.bytes_received > 0 and report.bytes_sent > 0
+    wait_until(lambda: statuses.seen and statuses.seen[-1].has_synced, what="the last status")
+    handle.close()
+    with statuses.lock:
+        seen = list(statuses.seen)
+    done = [s.progress.download.changes_done for s in seen]
+    assert done == sorted(done), done
+    last = seen[-1].progress.download
+    assert (last.changes_done, last.changes_total) == (600, 600)
+    assert report.progress.download.changes_done == 600
+    patients = [c for c in report.progress.collections if c.collection == "patients"]
+    assert patients[0].download.changes_total == 600
+    assert not any(s.has_synced for s in seen if 0 < s.progress.download.changes_done < 600)

@@ -114,31 +114,46 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The hash of a row: its content (one canonical JSON array) after the previous hash.
 pub fn row_hash(prev: &str, fields: &AuditFields, prior_sha256: Option<&str>) -> String {
-    // A fixed order and serde_json's one escaping make the text canonical.
-    let content = serde_json::json!([
-        fields.at,
-        fields.event,
-        fields.user,
-        fields.client_id,
-        fields.client_addr,
-        fields.op_id,
-        fields.collection,
-        fields.scope,
-        fields.record_id,
-        fields.kind,
+    // A fixed order and serde_json's one escaping make the text canonical. The array is
+    // written straight into the hasher: one is sealed per op, inside the push's lock.
+    let content = (
+        &fields.at,
+        &fields.event,
+        &fields.user,
+        &fields.client_id,
+        &fields.client_addr,
+        &fields.op_id,
+        &fields.collection,
+        &fields.scope,
+        &fields.record_id,
+        &fields.kind,
         fields.old_version,
         fields.new_version,
-        fields.code,
-        fields.detail,
-        fields.device,
+        &fields.code,
+        &fields.detail,
+        &fields.device,
         prior_sha256,
-    ]);
-    let mut h = Sha256::new();
-    h.update(b"outpost-audit-v1\n");
-    h.update(prev.as_bytes());
-    h.update(b"\n");
-    h.update(content.to_string().as_bytes());
-    hex::encode(h.finalize())
+    );
+    let mut h = HashWriter(Sha256::new());
+    h.0.update(b"outpost-audit-v1\n");
+    h.0.update(prev.as_bytes());
+    h.0.update(b"\n");
+    serde_json::to_writer(&mut h, &content).expect("a tuple of strings and numbers serializes");
+    hex::encode(h.0.finalize())
+}
+
+/// Feeds what serde_json writes to the hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Chains `entries` after the row whose hash is `head`; the last row's hash is the
@@ -573,6 +588,41 @@ mod tests {
             .filter_map(|r| Some((r.hash.clone(), r.prior.clone()?)))
             .collect();
         (stored(&sealed, 1), head, priors)
+    }
+
+    /// Chains written by earlier servers must still verify: the hashed text of a row is
+    /// fixed, escapes and nulls included.
+    #[test]
+    fn a_rows_hash_is_what_earlier_servers_wrote() {
+        let fields = AuditFields {
+            at: "2026-12-06T09:00:00.000Z".into(),
+            event: "write".into(),
+            user: "amina".into(),
+            client_id: "c-1".into(),
+            client_addr: "10.0.0.7".into(),
+            op_id: "op-\"1\"\n\u{e9}".into(),
+            collection: "patients".into(),
+            scope: "t:north".into(),
+            record_id: "p-1".into(),
+            kind: "update".into(),
+            old_version: Some(3),
+            new_version: None,
+            code: String::new(),
+            detail: "{\"n\":2}".into(),
+            device: Some("tablet-7".into()),
+        };
+        assert_eq!(
+            row_hash(GENESIS, &fields, Some("ab")),
+            "926d8b88fa63a3996c2b3f7ddd77f9ec73a5ddbea8d7ce5d2385a70e2fcc676f"
+        );
+        let bare = AuditFields {
+            device: None,
+            ..fields
+        };
+        assert_eq!(
+            row_hash(GENESIS, &bare, None),
+            "688b7669bb032182905d695b40eed7a6a1d9a59c3e69d8c941d5f6f79208e3f4"
+        );
     }
 
     #[test]

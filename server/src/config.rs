@@ -101,7 +101,43 @@ pub struct Config {
     pub metrics_token_sha256: Option<[u8; 32]>,
     /// Tokens from an identity provider, beside `users`.
     pub jwt: Option<JwtConfig>,
+    /// Where files are kept and how large they and a user's share may be.
+    pub attachments: AttachmentSettings,
 }
+
+/// Attachment storage and limits (`attachments_dir`, `max_attachment_mib`,
+/// `attachment_quota_mib`, `incomplete_upload_hours`, `[attachments_s3]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentSettings {
+    /// The directory store's folder (relative paths from the config's directory).
+    pub dir: PathBuf,
+    /// Largest file, in bytes.
+    pub max_bytes: u64,
+    /// Bytes of files one user may have uploaded or be uploading; `None` is unlimited.
+    pub quota_bytes: Option<u64>,
+    /// Uploads left unfinished this long are dropped with their bytes.
+    pub incomplete_after: Duration,
+    /// Object storage instead of the directory, for several server processes.
+    pub s3: Option<S3Settings>,
+}
+
+/// An S3-compatible bucket (path-style requests, SigV4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Put before every object key, e.g. `outpost/`.
+    pub prefix: String,
+}
+
+/// The default of `attachment_quota_mib`.
+pub const DEFAULT_ATTACHMENT_QUOTA_MIB: f64 = 1024.0;
+/// The default of `incomplete_upload_hours`.
+pub const DEFAULT_INCOMPLETE_UPLOAD_HOURS: f64 = 24.0;
 
 /// How long stored op answers are kept by default, in days: longer than any device
 /// waits to resend an op whose answer it lost (see the README).
@@ -219,6 +255,11 @@ impl Config {
             "metrics_token",
             "metrics_token_sha256",
             "jwt",
+            "attachments_dir",
+            "max_attachment_mib",
+            "attachment_quota_mib",
+            "incomplete_upload_hours",
+            "attachments_s3",
         ];
         check_keys(&table, &known, "")?;
 
@@ -282,6 +323,7 @@ impl Config {
         let cursor_secret = parse_cursor_secret(&table, base_dir)?;
 
         let jwt = parse_jwt(table.get("jwt"), base_dir)?;
+        let attachments = parse_attachments(&table, base_dir)?;
         let users = parse_users(table.get("users"), jwt.is_some())?;
         let collections = parse_collections(table.get("collections"))?;
         let limits = parse_limits(&table)?;
@@ -348,6 +390,7 @@ impl Config {
             trusted_proxies,
             metrics_token_sha256,
             jwt,
+            attachments,
         })
     }
 
@@ -596,6 +639,126 @@ fn parse_limits(table: &Table) -> Result<ConnLimits, ConfigError> {
         idle: opt_secs(table, "idle_timeout_secs", d.idle)?,
         write: opt_secs(table, "write_timeout_secs", d.write)?,
         max_connections,
+    })
+}
+
+/// The attachment keys; see [`AttachmentSettings`].
+fn parse_attachments(table: &Table, base_dir: &Path) -> Result<AttachmentSettings, ConfigError> {
+    let dir = match table.get("attachments_dir") {
+        None => base_dir.join("attachments"),
+        Some(_) => {
+            let d = req_str(table, "attachments_dir", "attachments_dir")?;
+            if d.is_empty() {
+                return Err(err("attachments_dir", "empty"));
+            }
+            base_dir.join(d)
+        }
+    };
+    let mib = |key: &str, default: f64| -> Result<f64, ConfigError> {
+        let n = opt_number(table, key)?.unwrap_or(default);
+        if n > 1024.0 * 1024.0 {
+            return Err(err(key, "at most 1048576 (1 TiB)"));
+        }
+        Ok(n)
+    };
+    let bytes = |m: f64| (m * 1024.0 * 1024.0) as u64;
+    let max = mib(
+        "max_attachment_mib",
+        outpost_core::protocol::DEFAULT_MAX_ATTACHMENT_MIB as f64,
+    )?;
+    if max <= 0.0 {
+        return Err(err("max_attachment_mib", "must be more than 0"));
+    }
+    let quota = mib("attachment_quota_mib", DEFAULT_ATTACHMENT_QUOTA_MIB)?;
+    let hours =
+        opt_number(table, "incomplete_upload_hours")?.unwrap_or(DEFAULT_INCOMPLETE_UPLOAD_HOURS);
+    let incomplete_after = Duration::try_from_secs_f64(hours * 3600.0)
+        .map_err(|_| err("incomplete_upload_hours", "out of range"))?;
+    let s3 = match table.get("attachments_s3") {
+        None => None,
+        Some(Value::Table(t)) => Some(parse_s3(t, base_dir)?),
+        Some(_) => return Err(err("attachments_s3", "must be a table")),
+    };
+    Ok(AttachmentSettings {
+        dir,
+        max_bytes: bytes(max),
+        quota_bytes: (quota > 0.0).then(|| bytes(quota)),
+        incomplete_after,
+        s3,
+    })
+}
+
+/// `[attachments_s3]`: the secret key inline or from a file beside the config.
+fn parse_s3(t: &Table, base_dir: &Path) -> Result<S3Settings, ConfigError> {
+    let p = "attachments_s3.";
+    check_keys(
+        t,
+        &[
+            "endpoint",
+            "bucket",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "secret_access_key_file",
+            "prefix",
+        ],
+        p,
+    )?;
+    let s = |k: &str| req_str(t, k, &format!("{p}{k}")).map(str::to_owned);
+    let endpoint = s("endpoint")?;
+    let url = url::Url::parse(&endpoint).map_err(|e| err("attachments_s3.endpoint", e))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(err(
+            "attachments_s3.endpoint",
+            "must be an http(s) URL with a host",
+        ));
+    }
+    let bucket = s("bucket")?;
+    if bucket.is_empty()
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(err(
+            "attachments_s3.bucket",
+            "lowercase letters, digits, '-' and '.'",
+        ));
+    }
+    let secret = match (t.get("secret_access_key"), t.get("secret_access_key_file")) {
+        (Some(_), None) => s("secret_access_key")?,
+        (None, Some(_)) => {
+            let path = base_dir.join(s("secret_access_key_file")?);
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    err(
+                        "attachments_s3.secret_access_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned()
+        }
+        _ => {
+            return Err(err(
+                "attachments_s3.secret_access_key",
+                "give either secret_access_key or secret_access_key_file",
+            ));
+        }
+    };
+    let prefix = match t.get("prefix") {
+        None => String::new(),
+        Some(_) => s("prefix")?,
+    };
+    Ok(S3Settings {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        bucket,
+        region: match t.get("region") {
+            None => "us-east-1".to_owned(),
+            Some(_) => s("region")?,
+        },
+        access_key_id: s("access_key_id")?,
+        secret_access_key: Secret(secret.into_bytes()),
+        prefix,
     })
 }
 

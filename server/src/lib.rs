@@ -41,6 +41,7 @@
 //! ```
 
 mod admission;
+pub mod attachments;
 pub mod audit;
 pub mod budget;
 pub mod config;
@@ -204,6 +205,8 @@ impl Server {
         let tombstones = self.config.tombstone_retention;
         let answers = self.config.ops_retention;
         let interval = self.config.purge_interval;
+        let files = Arc::clone(self.state.files());
+        let incomplete = self.config.attachments.incomplete_after;
         let purger = AbortOnDrop(tokio::spawn(async move {
             let ago = |d: std::time::Duration| {
                 logic::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
@@ -223,6 +226,13 @@ impl Server {
                     ),
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "purge failed"),
+                }
+                match attachments::purge_stale(storage.as_ref(), files.as_ref(), ago(incomplete))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(uploads = n, "purged unfinished uploads"),
+                    Err(e) => tracing::error!(error = %e, "purge of unfinished uploads failed"),
                 }
                 tokio::time::sleep(interval).await;
             }

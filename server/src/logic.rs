@@ -235,6 +235,12 @@ pub struct StoredRecord {
     pub team: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The `client_id` of the push that wrote the record last; `None` for records
+    /// written before the server kept it.
+    pub writer: Option<String>,
+    /// That client's device holds exactly this state since its `applied` answer
+    /// ([`echo_exact`]), so its pulls may leave the change out.
+    pub echo: bool,
 }
 
 impl StoredRecord {
@@ -488,6 +494,45 @@ fn crdt_over_cap(
         })
 }
 
+/// Whether the device that pushed `op` holds, once it has the `applied` answer, exactly
+/// the record the server stored (`stored`, `None` for a tombstone) over `existing`: then
+/// its pulls may leave that change out (the pull's `own` list), since it would only
+/// bring the device what it has.
+///
+/// A device computes its copy the way the server does (the same CRDT merge of the same
+/// op) from its copy of the version the op names. So the two agree when:
+/// - the op names the version it was applied to: a CRDT-only write made on an older
+///   version, or a forced one, merges into a state the device has not seen;
+/// - the device's copy of that version is the server's. It is when it came from a pull
+///   or a conflict answer, or from the device's own write that was itself exact; after
+///   a write of its own that was not, the device is behind until it pulls, which the
+///   server cannot know, so its later writes of the record are not exact either, until
+///   another client writes it. Records from before writers were kept count as pulled;
+/// - a put was stored as sent: a device stores a settled conflict's result as it is,
+///   with no merge, so any merge on the server (carried CRDT fields, canonical form)
+///   could differ from it.
+///
+/// A delete leaves a tombstone on both sides, whatever it was made on.
+pub fn echo_exact(
+    op: &ValidOp,
+    existing: Option<&StoredRecord>,
+    client_id: &str,
+    stored: Option<&JsonObject>,
+) -> bool {
+    if op.kind == OpKind::Delete {
+        return true;
+    }
+    let on_applied_version = match (op.base_version, existing) {
+        (None, None) => true,
+        (Some(b), Some(ex)) => ex.version == b,
+        _ => false,
+    };
+    let copy_is_servers =
+        existing.is_none_or(|ex| ex.echo || ex.writer.as_deref() != Some(client_id));
+    let as_sent = op.kind != OpKind::Put || stored == op.data.as_ref();
+    on_applied_version && copy_is_servers && as_sent
+}
+
 /// Where a puller stands: it has seen every change it may read up to `seq`, in a
 /// snapshot where tombstones up to `purge_mark` had already been purged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,6 +597,8 @@ mod tests {
             team: "north".into(),
             created_at_ms: 1,
             updated_at_ms: 2,
+            writer: None,
+            echo: false,
         }
     }
 
@@ -562,6 +609,47 @@ mod tests {
         assert!(!at(3, 0).expired_by(3));
         assert!(!at(1, 3).expired_by(3), "issued after the purge");
         assert!(at(1, 3).expired_by(4));
+    }
+
+    #[test]
+    fn a_write_is_exact_when_made_on_the_version_it_was_applied_to() {
+        let ex = rec(
+            3,
+            false,
+            json!({"name": "x", "n": {"$crdt": "gcounter", "p": {"a": 1}}}),
+        );
+        let mine = |echo| StoredRecord {
+            writer: Some("dev-1".into()),
+            echo,
+            ..ex.clone()
+        };
+        let data = |v: Value| v.as_object().cloned().unwrap();
+        let put = op(OpKind::Put, Some(3), Some(json!({"name": "y"})));
+        let sent = data(json!({"name": "y"}));
+        // On the version it names, from a copy the device got by pull: exact.
+        assert!(echo_exact(&put, Some(&ex), "dev-1", Some(&sent)));
+        // A put stored other than sent (a CRDT field carried over) is not.
+        let merged = data(json!({"name": "y", "n": {"$crdt": "gcounter", "p": {"a": 1}}}));
+        assert!(!echo_exact(&put, Some(&ex), "dev-1", Some(&merged)));
+        // A CRDT-only patch made on an older version merges into state the device lacks.
+        let old = op(
+            OpKind::Patch,
+            Some(2),
+            Some(json!({"n": {"$crdt": "gcounter", "p": {"b": 1}}})),
+        );
+        assert!(!echo_exact(&old, Some(&ex), "dev-1", None));
+        let patch = op(OpKind::Patch, Some(3), Some(json!({"name": "z"})));
+        assert!(echo_exact(&patch, Some(&ex), "dev-1", None));
+        // After this device's own inexact write it is behind: not exact, for it alone.
+        assert!(!echo_exact(&patch, Some(&mine(false)), "dev-1", None));
+        assert!(echo_exact(&patch, Some(&mine(false)), "dev-2", None));
+        assert!(echo_exact(&patch, Some(&mine(true)), "dev-1", None));
+        // New records, on nothing; a delete always.
+        let new = op(OpKind::Put, None, Some(json!({"name": "y"})));
+        assert!(echo_exact(&new, None, "dev-1", Some(&sent)));
+        assert!(!echo_exact(&new, Some(&ex), "dev-1", Some(&sent)));
+        let del = op(OpKind::Delete, Some(1), None);
+        assert!(echo_exact(&del, Some(&mine(false)), "dev-1", None));
     }
 
     #[test]

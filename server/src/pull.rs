@@ -10,11 +10,21 @@
 //! of 100 MiB, held in memory to be sent and too big for a phone on a slow link to
 //! receive before its timeout. The first change is always taken, so every page makes
 //! progress, and a cut page says `has_more` with its cursor right after its last change.
+//!
+//! A page that has more also says how many changes remain after it ([`Remaining`]), so
+//! a device can show a first sync's progress. Counting every readable row past the
+//! cursor would cost a scan of the rest of the collection on every page (on a million
+//! rows, about 200 ms per page in SQLite); the count instead looks at no more than
+//! [`REMAINING_CAP`] rows past the page, in the index order the page itself is read
+//! in. That index also holds each row's scope and echo flag, so the count reads no
+//! row: with a lookup per row it cost about 10 ms a page on a fast link, more than
+//! reading the page. Below the cap the count is exact; at the cap it is a
+//! floor, and says so.
 
 use serde_json::value::RawValue;
 
 use crate::logic::Cursor;
-use crate::storage::{PageChange, PullPage, PullQuery, StorageError, db_err};
+use crate::storage::{PageChange, PullPage, PullQuery, Remaining, StorageError, db_err};
 
 /// The marks of the change sequence in the snapshot a page is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +35,22 @@ pub(crate) struct Marks {
     pub last_seq: i64,
 }
 
+/// Most rows past a page that are looked at to count what remains.
+pub(crate) const REMAINING_CAP: i64 = 10_000;
+
 /// The reads of one pull page, all from one snapshot of the backend.
 pub(crate) trait PullSteps {
     async fn marks(&mut self) -> Result<Marks, StorageError>;
+
+    /// Of the first `cap` rows with seq above `after` in the query's collections (in
+    /// seq order), how many the query's user may read and the query does not leave out
+    /// (its `own` changes); and whether there were `cap` such rows to look at.
+    async fn count_after(
+        &mut self,
+        q: &PullQuery,
+        after: i64,
+        cap: i64,
+    ) -> Result<Remaining, StorageError>;
 
     /// Offers the records with seq above `since` that the query's user may read, in
     /// increasing seq and with their [`change_bytes`], to `cut`; returns those it
@@ -161,6 +184,11 @@ pub(crate) async fn read_page<S: PullSteps>(
     } else {
         marks.last_seq.max(since)
     };
+    let remaining = if has_more && q.count_remaining {
+        steps.count_after(q, seq, REMAINING_CAP).await?
+    } else {
+        Remaining::default()
+    };
     Ok(PullPage::Page {
         changes,
         cursor: Cursor {
@@ -168,6 +196,7 @@ pub(crate) async fn read_page<S: PullSteps>(
             purge_mark: marks.purged_through_seq,
         },
         has_more,
+        remaining,
     })
 }
 

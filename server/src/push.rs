@@ -16,7 +16,9 @@
 
 use std::collections::HashMap;
 
-use outpost_core::protocol::{Change, ErrorBody, OpResult, json_size, rfc3339_millis};
+use outpost_core::protocol::{
+    AttachmentRef, Change, ErrorBody, OpResult, json_size, may_hold_refs, refs_in, rfc3339_millis,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditFields, event};
@@ -40,6 +42,17 @@ pub(crate) struct RecordRow<'a> {
     pub team: &'a str,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The `client_id` of this push.
+    pub writer: &'a str,
+    /// See [`logic::echo_exact`].
+    pub echo: bool,
+}
+
+/// A changed record and the files its new data refers to.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordFiles<'a> {
+    pub key: &'a RecordKey,
+    pub files: Vec<AttachmentRef>,
 }
 
 /// The stored answer to an op, which a repeat of its `(user, op_id)` gets again.
@@ -75,6 +88,11 @@ pub(crate) trait PushSteps {
     /// Writes the changed records' content (inserting new ones; owner, team and
     /// creation time of existing ones stay), before their seqs are known.
     async fn stage_records(&mut self, rows: &[RecordRow<'_>]) -> Result<(), Self::Error>;
+
+    /// Replaces the attachment references indexed for each of these records by the
+    /// ones its new data holds (none for a tombstone), so access to a file follows the
+    /// records that name it.
+    async fn index_files(&mut self, records: &[RecordFiles<'_>]) -> Result<(), Self::Error>;
 
     /// Allocates `count` consecutive seqs for the push's applied ops and gives each
     /// staged record the seq of its `nth`; returns the first. From here to commit the
@@ -159,6 +177,9 @@ struct Run<'c> {
     /// (collection, record id, version) → the op_id whose answer carries that state.
     carried: HashMap<(String, String, i64), String>,
     audit: Vec<AuditEntry>,
+    /// Records that referred to files when loaded: their index entries go if they
+    /// change.
+    had_files: std::collections::HashSet<RecordKey>,
 }
 
 /// What an answer adds to the body besides a record's data.
@@ -181,6 +202,7 @@ impl<'c> Run<'c> {
             applied: 0,
             carried: HashMap::new(),
             audit: Vec::new(),
+            had_files: std::collections::HashSet::new(),
         }
     }
 
@@ -341,6 +363,8 @@ impl<'c> Run<'c> {
                 fields.new_version = Some(state.version);
                 self.audit.push(AuditEntry { fields, prior });
                 let version = state.version;
+                let echo =
+                    logic::echo_exact(op, existing, &self.ctx.client_id, state.data.as_ref());
                 let record = StoredRecord {
                     collection: op.collection.clone(),
                     record_id: op.record_id.clone(),
@@ -354,6 +378,8 @@ impl<'c> Run<'c> {
                     team: state.team,
                     created_at_ms: state.created_at_ms,
                     updated_at_ms: self.now_ms,
+                    writer: Some(self.ctx.client_id.clone()),
+                    echo,
                 };
                 if self.last_nth.insert(key.clone(), nth).is_none() {
                     self.changed.push(key.clone());
@@ -370,12 +396,38 @@ impl<'c> Run<'c> {
         Ok(())
     }
 
+    /// The changed records whose file references may have changed: those that hold
+    /// some now or held some before.
+    fn files_of<'r>(&self, rows: &[RecordRow<'r>]) -> Vec<RecordFiles<'r>> {
+        rows.iter()
+            .filter_map(|row| {
+                let now = match row.data.filter(|t| may_hold_refs(t)) {
+                    Some(_) => self
+                        .records
+                        .get(row.key)
+                        .and_then(Option::as_ref)
+                        .and_then(|r| r.data.as_ref())
+                        .map(refs_in)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                (!now.is_empty() || self.had_files.contains(row.key)).then_some(RecordFiles {
+                    key: row.key,
+                    files: now,
+                })
+            })
+            .collect()
+    }
+
     /// Reads a record into the push's view, once.
     async fn load<S: PushSteps>(&mut self, steps: &mut S, key: &RecordKey) -> Result<(), S::Error> {
         if !self.records.contains_key(key) {
             let rec = steps.load_record(key).await?;
             if let Some(d) = rec.as_ref().and_then(|r| r.data.as_ref()) {
                 self.budget.charge_work(json_size(d));
+                if !refs_in(d).is_empty() {
+                    self.had_files.insert(key.clone());
+                }
             }
             self.records.insert(key.clone(), rec);
         }
@@ -486,11 +538,17 @@ impl<'c> Run<'c> {
                     team: &rec.team,
                     created_at_ms: rec.created_at_ms,
                     updated_at_ms: rec.updated_at_ms,
+                    writer: &self.ctx.client_id,
+                    echo: rec.echo,
                 })
             })
             .collect();
         if !rows.is_empty() {
             steps.stage_records(&rows).await?;
+        }
+        let files = self.files_of(&rows);
+        if !files.is_empty() {
+            steps.index_files(&files).await?;
         }
         if self.applied > 0 {
             let first = steps.assign_seqs(self.applied, &rows).await?;

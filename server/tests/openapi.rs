@@ -254,6 +254,34 @@ async fn real_answers_match_the_document(backend: Backend) {
     let (st, body) = s.pull_raw(AMINA, "").await;
     assert!(!body["changes"].as_array().unwrap().is_empty());
     check(&spec, "get", "/v1/pull", st, &body);
+    // The dense form, with a tombstone among its changes; and the additions to v1.
+    let (st, body) = s.pull_raw(AMINA, "?format=columns").await;
+    assert_eq!(body["format"], "columns", "{st} {body}");
+    assert!(
+        body["shape"].as_array().unwrap().contains(&Value::Null),
+        "{body}"
+    );
+    check(&spec, "get", "/v1/pull", st, &body);
+    let (st, body) = s.pull_raw(AMINA, "?format=columns&max_bytes=1").await;
+    assert_eq!(
+        (&body["has_more"], body["ids"].as_array().unwrap().len()),
+        (&json!(true), 1)
+    );
+    check(&spec, "get", "/v1/pull", st, &body);
+    let (st, body) = s.pull_raw(AMINA, "?max_bytes=1&own=70,80-90").await;
+    assert_eq!(body["has_more"], json!(true), "{body}");
+    assert!(body["remaining"].as_u64().unwrap() >= 1, "{body}");
+    check(&spec, "get", "/v1/pull", st, &body);
+    // p-1's tombstone (seq 2) is this client's own: listed, it is left out.
+    let (st, body) = s.pull_raw(AMINA, "?own=1-3").await;
+    let ids: Vec<_> = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["record_id"])
+        .collect();
+    assert_eq!(ids, [&json!("p-2")], "{body}");
+    check(&spec, "get", "/v1/pull", st, &body);
 
     // Every error the routes produce.
     let mut seen = std::collections::BTreeSet::new();
@@ -342,4 +370,72 @@ async fn real_answers_match_the_document(backend: Backend) {
     assert_eq!(seen, want);
 }
 
-outpost_testkit::backend_tests!("openapi": real_answers_match_the_document);
+async fn attachment_answers_match_the_document(backend: Backend) {
+    let spec = spec();
+    let s = TestServer::start_with(&backend, "max_attachment_mib = 0.001");
+    let file = b"a signature".to_vec();
+    let sha: String = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&file))
+    };
+    let post = |token: &'static str, sha: String, size: usize, offset: usize, body: Vec<u8>| {
+        let req = s
+            .client()
+            .post(s.url(&format!(
+                "/v1/attachments/{sha}?size={size}&offset={offset}"
+            )))
+            .bearer_auth(token)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let get = |path: String| {
+        let req = s.client().get(s.url(&path)).bearer_auth(AMINA);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let up = "/v1/attachments/{sha256}";
+    let status = "/v1/attachments/{sha256}/status";
+    let mut seen = std::collections::BTreeSet::new();
+    let mut record = |method: &str, path: &str, st: u16, body: &Value| {
+        check(&spec, method, path, st, body);
+        seen.insert(st);
+    };
+    let (st, b) = get(format!("/v1/attachments/{sha}/status")).await;
+    record("get", status, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 0, file[..4].to_vec()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 9, file[9..].to_vec()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, sha.clone(), file.len(), 4, file[4..].to_vec()).await;
+    assert_eq!(b["complete"], true);
+    record("post", up, st, &b);
+    let (st, b) = get(format!("/v1/attachments/{sha}/status")).await;
+    record("get", status, st, &b);
+    let (st, b) = post(AMINA, "a".repeat(64), 5000, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let (st, b) = post(AMINA, "nope".into(), 1, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let (st, b) = post("wrong", sha.clone(), 1, 0, Vec::new()).await;
+    record("post", up, st, &b);
+    let r = s
+        .client()
+        .get(s.url(&format!("/v1/attachments/{sha}")))
+        .header("range", "bytes=100-")
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    let (st, b) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    record("get", up, st, &b);
+    let want: std::collections::BTreeSet<u16> = [200, 400, 401, 404, 409, 413, 416].into();
+    assert_eq!(seen, want);
+}
+
+outpost_testkit::backend_tests!("openapi": real_answers_match_the_document, attachment_answers_match_the_document);

@@ -14,18 +14,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use outpost_core::protocol::{HealthResponse, PullResponse, PushRequest, PushResponse};
-use outpost_core::transport::{BoxFuture, PullParams, WireStats};
-use outpost_core::{HttpTimeouts, HttpTransport, Transport, TransportError};
+use outpost_core::protocol::{
+    AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
+};
+use outpost_core::transport::{BoxFuture, Bytes, PullParams, WireStats};
+use outpost_core::{HttpTimeouts, HttpTransport, Transport, TransportError, Uploaded};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The three requests of protocol v1.
+/// The requests of protocol v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
     Health,
     Push,
     Pull,
+    /// An attachment's status, upload or download.
+    File,
 }
 
 /// Code run by [`Fault::DropResponseThen`], told which request it interrupted.
@@ -110,6 +114,7 @@ pub struct LinkStats {
     pub health: Traffic,
     pub push: Traffic,
     pub pull: Traffic,
+    pub files: Traffic,
     /// Lost on the way to the server: it never saw them.
     pub lost_requests: u64,
     /// Handled by the server, then the answer was lost.
@@ -124,15 +129,18 @@ pub struct LinkStats {
 impl LinkStats {
     /// Requests of any kind.
     pub fn requests(&self) -> u64 {
-        self.health.calls + self.push.calls + self.pull.calls
+        self.health.calls + self.push.calls + self.pull.calls + self.files.calls
     }
 
     pub fn bytes_sent(&self) -> u64 {
-        self.health.bytes_sent + self.push.bytes_sent + self.pull.bytes_sent
+        self.health.bytes_sent + self.push.bytes_sent + self.pull.bytes_sent + self.files.bytes_sent
     }
 
     pub fn bytes_received(&self) -> u64 {
-        self.health.bytes_received + self.push.bytes_received + self.pull.bytes_received
+        self.health.bytes_received
+            + self.push.bytes_received
+            + self.pull.bytes_received
+            + self.files.bytes_received
     }
 
     fn of(&mut self, kind: RequestKind) -> &mut Traffic {
@@ -140,6 +148,7 @@ impl LinkStats {
             RequestKind::Health => &mut self.health,
             RequestKind::Push => &mut self.push,
             RequestKind::Pull => &mut self.pull,
+            RequestKind::File => &mut self.files,
         }
     }
 }
@@ -450,6 +459,46 @@ impl Transport for FaultyTransport {
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
         Box::pin(self.request(RequestKind::Pull, None, || self.inner.pull(token, params)))
     }
+
+    fn wire_stats(&self) -> Option<Arc<WireStats>> {
+        self.wire.clone()
+    }
+
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        Box::pin(self.request(RequestKind::File, None, || {
+            self.inner.attachment_status(token, sha256)
+        }))
+    }
+
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        Box::pin(self.request(RequestKind::File, None, move || {
+            self.inner
+                .upload_attachment(token, sha256, size, offset, bytes.clone())
+        }))
+    }
+
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        Box::pin(self.request(RequestKind::File, None, move || {
+            self.inner.download_attachment(token, sha256, from, to)
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +556,8 @@ mod tests {
                     changes: Vec::new(),
                     cursor: String::new(),
                     has_more: false,
+                    remaining: None,
+                    remaining_capped: false,
                 })
             })
         }
@@ -541,6 +592,7 @@ mod tests {
             since: None,
             limit: 10,
             collections: Vec::new(),
+            ..PullParams::default()
         }
     }
 

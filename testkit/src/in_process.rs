@@ -14,9 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
 use axum::http::{Request, header};
-use outpost_core::protocol::{HealthResponse, PullResponse, PushRequest, PushResponse};
-use outpost_core::transport::{BoxFuture, PullParams, decode_answer};
-use outpost_core::{Transport, TransportError};
+use outpost_core::protocol::{
+    AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
+};
+use outpost_core::transport::{
+    BoxFuture, Bytes, PullParams, decode_answer, decode_download_answer, decode_status_answer,
+    decode_upload_answer,
+};
+use outpost_core::{Transport, TransportError, Uploaded};
 use tower::ServiceExt;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,6 +62,16 @@ impl App {
         &self,
         req: Request<Body>,
     ) -> Result<(u16, Option<String>, Vec<u8>), TransportError> {
+        self.call_ranged(req)
+            .await
+            .map(|(status, retry, _, body)| (status, retry, body))
+    }
+
+    /// [`App::call`], with the answer's `Content-Range`.
+    async fn call_ranged(
+        &self,
+        req: Request<Body>,
+    ) -> Result<(u16, Option<String>, Option<String>, Vec<u8>), TransportError> {
         let router = lock(&self.0)
             .clone()
             .ok_or_else(|| TransportError::Network("the server is down".into()))?;
@@ -65,15 +80,19 @@ impl App {
             .await
             .map_err(|e| TransportError::Network(e.to_string()))?;
         let status = resp.status().as_u16();
-        let retry = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let (retry, range) = {
+            let header = |h| {
+                resp.headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (header(header::RETRY_AFTER), header(header::CONTENT_RANGE))
+        };
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .map_err(|e| TransportError::Network(e.to_string()))?;
-        Ok((status, retry, body.to_vec()))
+        Ok((status, retry, range, body.to_vec()))
     }
 }
 
@@ -140,19 +159,61 @@ impl Transport for DirectTransport {
         token: &'a str,
         p: &'a PullParams,
     ) -> BoxFuture<'a, Result<PullResponse, TransportError>> {
-        // The query the HTTP transport sends, encoded the same way.
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(since) = &p.since {
-            q.append_pair("since", since);
-        }
-        q.append_pair("limit", &p.limit.to_string());
-        if !p.collections.is_empty() {
-            q.append_pair("collections", &p.collections.join(","));
-        }
-        let uri = format!("/v1/pull?{}", q.finish());
+        // The query the HTTP transport sends.
+        let uri = format!("/v1/pull?{}", p.query());
         Box::pin(async move {
             self.exchange(request("GET", &uri, Some(token), None)?)
                 .await
+        })
+    }
+
+    fn attachment_status<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AttachmentStatus>, TransportError>> {
+        Box::pin(async move {
+            let uri = format!("/v1/attachments/{sha256}/status");
+            let (status, retry, body) = self
+                .app
+                .call(request("GET", &uri, Some(token), None)?)
+                .await?;
+            decode_status_answer(status, retry.as_deref(), &body)
+        })
+    }
+
+    fn upload_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        size: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
+        Box::pin(async move {
+            let uri = format!("/v1/attachments/{sha256}?size={size}&offset={offset}");
+            let req = request("POST", &uri, Some(token), Some(bytes.to_vec()))?;
+            let (status, retry, body) = self.app.call(req).await?;
+            decode_upload_answer(status, retry.as_deref(), &body)
+        })
+    }
+
+    fn download_attachment<'a>(
+        &'a self,
+        token: &'a str,
+        sha256: &'a str,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, TransportError>> {
+        Box::pin(async move {
+            let uri = format!("/v1/attachments/{sha256}");
+            let mut req = request("GET", &uri, Some(token), None)?;
+            let range = format!("bytes={from}-{}", to.saturating_sub(1));
+            if let Ok(v) = range.parse() {
+                req.headers_mut().insert(header::RANGE, v);
+            }
+            let (status, retry, cr, body) = self.app.call_ranged(req).await?;
+            decode_download_answer(status, retry.as_deref(), cr.as_deref(), body, from, to)
         })
     }
 }

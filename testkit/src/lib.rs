@@ -12,12 +12,17 @@
 //!   [`assert_error_shape`]).
 //! - [`FaultyTransport`]: wraps any [`outpost_core::Transport`] with scripted and
 //!   seeded random faults, outages, and per-request counts and timings.
+//! - [`SlowLink`]: a loopback TCP proxy with a field link's bandwidth, round trip,
+//!   and connections cut or stalled after some bytes, counting what crossed; and
+//!   realistic records ([`patient`]) to measure bytes on the wire with.
 
 mod binary;
 mod db;
 mod faults;
 mod in_process;
+mod link;
 mod protocol;
+mod records;
 mod server;
 
 pub use binary::{SERVER_BIN_ENV, built_server_binary, cargo_build, profile_dir, server_binary};
@@ -25,7 +30,9 @@ pub use db::{
     Backend, PG_ENV, TestDb, cleanup_failed, pg_count, pg_exec, pg_try_exec, with_dbname,
 };
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
+pub use link::{LinkCounts, LinkShape, SlowLink};
 pub use protocol::{answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put};
+pub use records::{patient, patient_id};
 pub use server::{
     AMINA, BEN, CHIOMA, Folder, LONG_PUSH_BUDGET, Mode, ServerBuilder, TestServer, USERS, User,
     base_config,

@@ -600,6 +600,7 @@ mod tests {
             since: None,
             limit: 10,
             collections: vec!["notes".into()],
+            ..PullParams::default()
         };
         for mode in [Mode::Loopback, Mode::Direct] {
             let mut s = TestServer::builder(&Backend::Sqlite).mode(mode).start();

@@ -5,6 +5,7 @@
 //! Everything here drives the public APIs only, so the tests exercise exactly what an
 //! app and a deployment do.
 
+pub mod proxy;
 pub mod sim;
 
 use std::sync::Arc;
@@ -76,6 +77,17 @@ impl Device {
         Device::open_as(dir, name, None, server, tokens, config).expect("open device store")
     }
 
+    /// A device that reaches `server` at `url` (a proxy in front of it, say).
+    pub fn open_via(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        tokens: Arc<dyn outpost_core::TokenProvider>,
+        config: SyncConfig,
+    ) -> Device {
+        Device::open_at(dir, name, None, url, tokens, config).expect("open device store")
+    }
+
     /// A device whose store is opened for `user` (see `StoreConfig::user_id`); the
     /// store's error, such as `WrongUser`, is returned.
     pub fn open_as(
@@ -86,13 +98,24 @@ impl Device {
         tokens: Arc<dyn outpost_core::TokenProvider>,
         config: SyncConfig,
     ) -> outpost_core::Result<Device> {
+        Device::open_at(dir, name, user, &server.base_url(), tokens, config)
+    }
+
+    fn open_at(
+        dir: &std::path::Path,
+        name: &str,
+        user: Option<&str>,
+        url: &str,
+        tokens: Arc<dyn outpost_core::TokenProvider>,
+        config: SyncConfig,
+    ) -> outpost_core::Result<Device> {
         let path = dir.join(format!("{name}.db"));
         let store_config = StoreConfig {
             user_id: user.map(str::to_owned),
             ..store_config()
         };
         let store = Store::open(&path, store_config)?;
-        let link = Arc::new(FaultyTransport::http(&server.base_url()).expect("transport"));
+        let link = Arc::new(FaultyTransport::http(url).expect("transport"));
         let engine = SyncEngine::new(
             store.clone(),
             link.clone(),

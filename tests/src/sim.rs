@@ -49,6 +49,13 @@ pub struct SimStats {
     pub crashes: u64,
     pub server_restarts: u64,
     pub conflicts: u64,
+    /// Records whose last write its device holds exactly, which that device's pulls
+    /// leave out, and records whose last write the server merged into something else,
+    /// which must come back to it: both kinds must occur for the check to mean much.
+    pub own_exact: u64,
+    pub own_merged: u64,
+    /// Files attached and referenced from a record.
+    pub files: u64,
 }
 
 impl SimResult {
@@ -71,13 +78,16 @@ impl SimResult {
         self.stats.crashes += o.stats.crashes;
         self.stats.server_restarts += o.stats.server_restarts;
         self.stats.conflicts += o.stats.conflicts;
+        self.stats.own_exact += o.stats.own_exact;
+        self.stats.own_merged += o.stats.own_merged;
+        self.stats.files += o.stats.files;
     }
 }
 
 const NOTE_IDS: [&str; 4] = ["n1", "n2", "n3", "n4"];
 const TALLY_IDS: [&str; 2] = ["t1", "t2"];
 
-fn strategies() -> [(&'static str, ConflictStrategy); 6] {
+fn strategies() -> [(&'static str, ConflictStrategy); 7] {
     [
         ("notes", ConflictStrategy::LastWriteWins),
         ("patients", ConflictStrategy::FieldMerge),
@@ -85,6 +95,7 @@ fn strategies() -> [(&'static str, ConflictStrategy); 6] {
         ("central", ConflictStrategy::ServerWins),
         ("field", ConflictStrategy::ClientWins),
         ("tallies", ConflictStrategy::LastWriteWins),
+        ("photos", ConflictStrategy::LastWriteWins),
     ]
 }
 
@@ -258,6 +269,9 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         })
         .collect();
     let mut acks: Vec<Ack> = Vec::new();
+    // Files come from their own stream too, so schedules keep the steps they had.
+    let mut files_rng = StdRng::seed_from_u64(seed ^ 0xf11e_5eed);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut increments: BTreeMap<&'static str, i64> = BTreeMap::new();
     let mut set_adds: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     let mut result = SimResult::default();
@@ -295,6 +309,9 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         }
         let d = match roll {
             0..=44 => {
+                if files_rng.random_bool(0.25) {
+                    attach_step(&mut files_rng, &d, &mut files);
+                }
                 let before = acks.len();
                 write_step(&mut rng, &d, i, &mut acks, &mut increments, &mut set_adds);
                 if let Some(ack) = acks.get_mut(before) {
@@ -388,10 +405,12 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
             }
             let r = d.engine.sync_now(None).await;
             let counts = d.store.outbox_counts().unwrap_or_default();
+            let uploads = d.store.attachment_counts().map_or(1, |c| c.uploads);
             if r.outcome != SyncOutcome::Completed
                 || r.pushed > 0
                 || r.pulled > 0
                 || counts.pending > 0
+                || uploads > 0
             {
                 busy = true;
             }
@@ -411,6 +430,8 @@ pub async fn run_schedule(seed: u64, dir: &Path) -> SimResult {
         .iter()
         .map(|d| d.store.conflict_log().unwrap_or_default().len() as u64)
         .sum();
+    result.stats.files = files.len() as u64;
+    check_files(dir, &files, &mut result);
     #[allow(clippy::expect_used)]
     let server_db = server.db().sqlite_path().expect("a SQLite server");
     check_outcome(
@@ -441,6 +462,50 @@ fn reopen_if_crashed(
         }
         None => d,
     }
+}
+
+/// Attaches a file of a few kilobytes and refers to it from a record of its own; once
+/// both calls returned it is acknowledged.
+fn attach_step(rng: &mut StdRng, d: &SimDevice, files: &mut BTreeMap<String, Vec<u8>>) {
+    let bytes: Vec<u8> = (0..rng.random_range(1..40_000))
+        .map(|_| rng.random())
+        .collect();
+    let Ok(r) = d.store.attach_bytes(&bytes, "image/jpeg", None) else {
+        return;
+    };
+    let id = format!("ph-{}", &r.sha256[..12]);
+    if d.store
+        .put("photos", Some(&id), json!({"photo": r.to_json()}))
+        .is_ok()
+    {
+        files.insert(r.sha256, bytes);
+    }
+}
+
+/// Every acknowledged file is in the server's store byte for byte, once: the store
+/// holds exactly the acknowledged files and no upload is left half done.
+fn check_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, result: &mut SimResult) {
+    let store = dir.join("attachments");
+    for (sha, want) in files {
+        let got = std::fs::read(store.join("files").join(&sha[..2]).join(sha));
+        if !got.is_ok_and(|g| g == *want) {
+            result.lost += 1;
+        }
+    }
+    let stored: Vec<String> = std::fs::read_dir(store.join("files"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter_map(|f| f.file_name().into_string().ok())
+        .collect();
+    let distinct: BTreeSet<&String> = stored.iter().collect();
+    result.duplicate_effects += (stored.len() - distinct.len()) as u64;
+    result.duplicate_effects += distinct.iter().filter(|s| !files.contains_key(**s)).count() as u64;
+    let leftovers = std::fs::read_dir(store.join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    result.stalled += leftovers as u64;
 }
 
 fn write_step(
@@ -511,6 +576,19 @@ fn write_step(
 }
 
 type ServerRows = HashMap<(String, String), (Option<Value>, String)>;
+
+/// Records whose last write its device holds exactly, and those it does not.
+fn own_writes(db: &Path) -> (u64, u64) {
+    let count = |sql: &str| {
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .map_or(0, |n| n.max(0) as u64)
+    };
+    (
+        count("SELECT count(*) FROM records WHERE writer IS NOT NULL AND echo = 1"),
+        count("SELECT count(*) FROM records WHERE writer IS NOT NULL AND echo = 0"),
+    )
+}
 
 fn server_rows(db: &Path) -> (ServerRows, u64) {
     let mut rows = HashMap::new();
@@ -587,6 +665,7 @@ fn check_outcome(
 ) {
     let (rows, dups) = server_rows(server_db);
     result.duplicate_effects += dups;
+    (result.stats.own_exact, result.stats.own_merged) = own_writes(server_db);
 
     // 1. Nothing acknowledged is lost: the server's state of the record comes from an
     //    edit at least as new, or the write's version was kept in a conflict log.

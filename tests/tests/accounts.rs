@@ -485,3 +485,91 @@ fn a_user_id_is_checked_before_anything_is_opened() {
     ));
     assert!(!path.exists());
 }
+
+/// A patient's photo is hers: synced, it leaves the tablet with her; unsent and kept,
+/// it stays on disk for her alone, out of the next user's reach and collection, and
+/// goes up once she is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patients_photo_leaves_the_tablet_with_her_or_waits_sealed_for_her() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tablet.db.attachments");
+    let a = tablet(dir.path(), "amina", AMINA, &server);
+    a.link.set_offline(true);
+    let photo = a
+        .store
+        .attach_bytes(&[1u8; 50_000], "image/jpeg", None)
+        .unwrap();
+    a.store
+        .put("answers", Some("q1"), json!({"photo": photo.to_json()}))
+        .unwrap();
+    assert!(folder.join(&photo.sha256).exists());
+    // An unsent photo is an unsynced edit: syncing first refuses, and keeps it.
+    let refused = a.engine.sign_out(sync_first(2)).await;
+    assert_eq!(
+        refused,
+        Err(Error::UnsyncedEdits {
+            pending: 2,
+            failed: 0,
+            conflicts: 0
+        })
+    );
+    a.link.set_offline(false);
+    a.engine.sign_out(sync_first(30)).await.unwrap();
+    assert!(
+        !folder.join(&photo.sha256).exists(),
+        "her photo left with her"
+    );
+    drop(a);
+
+    let a = tablet(dir.path(), "amina", AMINA, &server);
+    a.link.set_offline(true);
+    let unsent = a
+        .store
+        .attach_bytes(&[2u8; 40_000], "image/jpeg", None)
+        .unwrap();
+    a.store
+        .put("answers", Some("q2"), json!({"photo": unsent.to_json()}))
+        .unwrap();
+    a.engine.sign_out(SignOut::KeepUnsynced).await.unwrap();
+    drop(a);
+    let kept = folder.join(&unsent.sha256);
+    assert_eq!(std::fs::read(&kept).unwrap(), vec![2u8; 40_000]);
+
+    // Ben sees no file of hers, and his collection leaves it even when it looks old.
+    let b = tablet(dir.path(), "ben", BEN, &server);
+    assert_eq!(b.store.attachment_counts().unwrap().uploads, 0);
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&kept)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    b.store.collect_attachments().unwrap();
+    assert!(kept.exists(), "a sealed photo is not an orphan");
+    b.engine.sign_out(sync_first(30)).await.unwrap();
+    assert!(kept.exists(), "Ben's sign-out leaves her sealed photo");
+    drop(b);
+
+    let a = tablet(dir.path(), "amina", AMINA, &server);
+    assert_eq!(a.store.attachment_counts().unwrap().uploads, 1);
+    assert_eq!(a.sync_until_quiet().await.outcome, SyncOutcome::Completed);
+    assert_eq!(a.store.attachment_counts().unwrap().uploads, 0);
+    let r = server
+        .client()
+        .get(server.url(&format!("/v1/attachments/{}", unsent.sha256)))
+        .bearer_auth(AMINA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![2u8; 40_000]);
+
+    // Deleting the database takes its folder with it.
+    a.engine.shutdown();
+    a.store.close();
+    drop(a);
+    outpost_core::delete_database(dir.path().join("tablet.db")).unwrap();
+    assert!(!folder.exists());
+}

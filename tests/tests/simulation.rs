@@ -68,7 +68,8 @@ fn seeded_schedules_keep_every_promise() {
     println!(
         "schedules: {count}, lost: {}, duplicate effects: {}, diverged: {}, stalled: {} \
          (crdt mismatches: {}, hlc regressions: {}) in {:.1} s\n\
-         exercised: {} writes, {} injected faults, {} device crashes, {} server restarts, {} conflicts",
+         exercised: {} writes, {} injected faults, {} device crashes, {} server restarts, {} conflicts, \
+         {} records last written as their device holds them (left out of its pulls), {} merged by the server, {} files",
         total.lost,
         total.duplicate_effects,
         total.diverged,
@@ -81,6 +82,14 @@ fn seeded_schedules_keep_every_promise() {
         total.stats.crashes,
         total.stats.server_restarts,
         total.stats.conflicts,
+        total.stats.own_exact,
+        total.stats.own_merged,
+        total.stats.files,
     );
+    assert!(
+        count < 50 || (total.stats.own_exact > 0 && total.stats.own_merged > 0),
+        "the schedules never had a device's own change both left out and merged"
+    );
+    assert!(total.stats.files > 0, "the schedules attached files");
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }

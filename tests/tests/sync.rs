@@ -1021,3 +1021,40 @@ async fn a_pulled_page_with_a_change_not_asked_for_stops_the_sync() {
     assert_eq!(store.get("patients", "intruder").unwrap(), None);
     fixed.shutdown();
 }
+
+/// A device does not pull back what it pushed, unless the server stored something else:
+/// a counter another device moved meanwhile comes back merged, and both converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_not_pulled_back_but_merges_are() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = synced_pair(&server, dir.path()).await;
+    for i in 0..50 {
+        a.store
+            .put("answers", Some(&format!("q{i}")), json!({"i": i}))
+            .unwrap();
+    }
+    a.store.put("patients", Some("p"), json!({"v": 0})).unwrap();
+    a.store.increment("patients", "p", "visits", 1).unwrap();
+    let r = a.sync_until_quiet().await;
+    // The new record and its count went as one op.
+    assert_eq!((r.applied, r.pulled), (51, 0), "nothing comes back: {r:?}");
+    b.sync_until_quiet().await;
+    // Both count a visit on the same version; b's gets there first.
+    b.store.increment("patients", "p", "visits", 1).unwrap();
+    b.sync_until_quiet().await;
+    a.store.increment("patients", "p", "visits", 1).unwrap();
+    let r = a.engine.sync_now(None).await;
+    assert_eq!((r.applied, r.pulled), (1, 1), "the merge comes back: {r:?}");
+    b.sync_until_quiet().await;
+    let visits = |d: &Device| {
+        let v = d.store.get("patients", "p").unwrap().unwrap().data["visits"].clone();
+        outpost_core::crdt::Crdt::from_json(&v).unwrap().value()
+    };
+    assert_eq!((visits(&a), visits(&b)), (json!(3), json!(3)));
+    assert_eq!(
+        snapshot(&a.store, "patients"),
+        snapshot(&b.store, "patients")
+    );
+    assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
+}

@@ -3,12 +3,15 @@
 //! 1. Online start: a coordinator's tablet registers the patient list, a care plan
 //!    and a draft referral; every nurse's phone pulls them.
 //! 2. Offline: each nurse fills surveys, saving answers one at a time as a form does
-//!    (and correcting a few), and counts each visit on the patient (a CRDT counter).
+//!    (and correcting a few), and counts each visit on the patient (a CRDT counter);
+//!    every fifth survey has a wound photo (a JPEG) and a consent signature attached.
 //!    Two nurses edit the same patient (field_merge) and the same care-plan field
 //!    (manual); one nurse deletes a draft another has edited (last_write_wins).
 //! 3. Reconnect over a flaky link until every device is quiet; the manual conflict is
 //!    settled by a scripted choice, as a nurse would in the app.
-//! 4. Verify against the server's own database and a fresh device, and report.
+//! 4. Verify against the server's own database and a fresh device (every attached file
+//!    byte for byte in the server's store and downloaded by the fresh device), and
+//!    report.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use super::photos;
 use super::scenario::Scenario;
 use super::verify::{ServerDb, counter_value};
 use super::{
@@ -86,6 +90,10 @@ fn answer(q: usize, rng: &mut StdRng) -> (&'static str, Value) {
 struct Typed {
     /// Answer id → the data last saved.
     answers: BTreeMap<String, Value>,
+    /// Files attached: SHA-256 → bytes.
+    files: BTreeMap<String, Vec<u8>>,
+    photos: u64,
+    signatures: u64,
     corrections: u64,
     /// Patient id → visits counted.
     visits: BTreeMap<String, i64>,
@@ -139,6 +147,31 @@ fn fill_surveys(
             }
             previous = Some(rec.id);
             bar.inc(1);
+        }
+        // Every fifth survey, from the first, has a wound photo and a signed consent.
+        if s % 5 == 0 {
+            let file_seed = seed ^ ((index as u64) << 32) ^ u64::from(s);
+            let photo = photos::wound_photo(file_seed)?;
+            let sig = photos::signature(file_seed);
+            let name = format!("wound-{survey}.jpg");
+            for (question, bytes, kind, name) in [
+                ("wound_photo", photo, "image/jpeg", Some(name.as_str())),
+                ("consent_signature", sig, "image/svg+xml", None),
+            ] {
+                let r = nurse.store.attach_bytes(&bytes, kind, name)?;
+                let rec = nurse.store.put(
+                    "answers",
+                    None,
+                    json!({"survey": survey, "patient": patient, "nurse": nurse.name,
+                           "question": question, "answer": r.to_json()}),
+                )?;
+                typed
+                    .answers
+                    .insert(rec.id.clone(), Value::Object(rec.data));
+                typed.files.insert(r.sha256, bytes);
+            }
+            typed.photos += 1;
+            typed.signatures += 1;
         }
         nurse.store.increment("patients", &patient, "visits", 1)?;
         *typed.visits.entry(patient).or_default() += 1;
@@ -327,11 +360,14 @@ impl Field {
         progress.done(&bars.iter().collect::<Vec<_>>());
         for (d, t) in nurses.iter().zip(&typed) {
             println!(
-                "   {:<10} saved {} answers one at a time ({} corrected), counted {} visits",
+                "   {:<10} saved {} answers one at a time ({} corrected), counted {} visits, \
+                 attached {} photos and {} signatures",
                 d.name,
                 t.answers.len(),
                 t.corrections,
-                t.visits.values().sum::<i64>()
+                t.visits.values().sum::<i64>(),
+                t.photos,
+                t.signatures
             );
         }
         println!(
@@ -531,6 +567,7 @@ impl Field {
                 .devices_match(&verifier, &vsettle, &server, COLLECTIONS)?,
         );
         self.check_visits(&server, &mut checks)?;
+        self.check_files(&verifier, &mut checks).await?;
         let conflict_lines = self.check_conflicts(&server, &mut checks)?;
         checks.add(
             "nothing left behind: outboxes empty, no failed entries, no open conflicts, all synced",
@@ -626,6 +663,55 @@ impl Field {
             problems.into_iter().chain(once).collect(),
         );
         lost
+    }
+
+    /// Every attached file, byte for byte, in the server's store and on a fresh
+    /// device that downloads it.
+    async fn check_files(&self, verifier: &Device, checks: &mut Checks) -> DemoResult<()> {
+        let files: BTreeMap<&String, &Vec<u8>> =
+            self.typed.iter().flat_map(|t| t.files.iter()).collect();
+        let store = self.s.harness.dir.join("attachments").join("files");
+        let mut problems = Vec::new();
+        let mut bytes = 0usize;
+        for (sha, want) in &files {
+            bytes += want.len();
+            let path = store.join(&sha[..2]).join(sha.as_str());
+            match std::fs::read(&path) {
+                Ok(got) if got == **want => {}
+                Ok(_) => problems.push(format!("{sha}: the server holds other bytes")),
+                Err(e) => problems.push(format!("{sha}: not in the server's store ({e})")),
+            }
+        }
+        for sha in files.keys() {
+            verifier.store.attachment(sha)?;
+        }
+        let give_up = Instant::now() + Duration::from_secs(120);
+        while verifier.store.attachment_counts()?.downloads > 0 && Instant::now() < give_up {
+            verifier.sync_once().await;
+        }
+        for (sha, want) in &files {
+            match verifier.store.attachment(sha)? {
+                outpost_core::AttachmentState::Ready { path, .. } => {
+                    if std::fs::read(path)? != **want {
+                        problems.push(format!("{sha}: the fresh device holds other bytes"));
+                    }
+                }
+                outpost_core::AttachmentState::Pending { received, size } => problems.push(
+                    format!("{sha}: the fresh device has {received} of {size} bytes"),
+                ),
+            }
+        }
+        let photos: u64 = self.typed.iter().map(|t| t.photos).sum();
+        checks.add(
+            format!(
+                "every attached file byte for byte on the server and on a fresh device: \
+                 {} files ({photos} JPEG photos, {photos} signatures), {:.1} MB",
+                files.len(),
+                bytes as f64 / 1e6
+            ),
+            problems,
+        );
+        Ok(())
     }
 
     /// Visit counters: the sum of every nurse's increments, on the server and on every

@@ -12,6 +12,7 @@
 
 mod assets;
 mod field;
+mod photos;
 mod scenario;
 mod tokens;
 mod verify;
@@ -259,6 +260,7 @@ fn sync_config() -> SyncConfig {
             max_bytes: 256 * 1024,
         },
         pull_limit: 100,
+        pull_page_bytes: 64 * 1024,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
         network_debounce: Duration::from_millis(20),
@@ -353,6 +355,7 @@ pub async fn sync_until_quiet(
             settled[i] = r.outcome == SyncOutcome::Completed
                 && resolved == 0
                 && counts.pending + counts.syncing + counts.failed == 0
+                && d.store.attachment_counts()?.uploads == 0
                 && d.engine.conflicts()?.is_empty();
             let left: u64 = devices.iter().map(|d| d.engine.status().pending).sum();
             progress.set_position(progress.length().unwrap_or(0).saturating_sub(left));

@@ -10,6 +10,7 @@
 //! writer connection refuses any other DELETE of those rows, so the rule cannot be
 //! skipped by a plain statement.
 
+pub(crate) mod attachments;
 pub(crate) mod conflicts;
 pub(crate) mod cursors;
 pub(crate) mod files;
@@ -161,6 +162,15 @@ impl Db {
         }
     }
 
+    /// What a caller sees of a statement that `close` interrupted: the store closed
+    /// under it, not an interrupt it asked for.
+    pub(crate) fn closed_if_interrupted<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(Error::Interrupted) if self.is_closed() => Err(Error::Closed),
+            r => r,
+        }
+    }
+
     /// Stops any running query with [`Error::Interrupted`].
     pub(crate) fn interrupt(&self) {
         for h in lock(&self.interrupts).values() {
@@ -245,7 +255,7 @@ impl Db {
             drop(pool);
             lock(&self.interrupts).remove(&reader.key);
         }
-        out
+        self.closed_if_interrupted(out)
     }
 
     /// The highest stamp this device has issued or seen.
@@ -563,6 +573,34 @@ mod tests {
         }
         // The writer's handle, the pooled reader's, and nothing for the 20 extra ones.
         assert_eq!(db.interrupt_handles(), 2);
+    }
+
+    #[test]
+    fn a_query_that_close_cuts_short_reports_the_store_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::default();
+        let db = Db::open(&dir.path().join("s.db"), &config, &Collections::default()).unwrap();
+        let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) \
+                       SELECT count(*) FROM n";
+        let (started, running) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let reading = s.spawn(|| {
+                db.read(|c| {
+                    started.send(()).unwrap();
+                    Ok(c.query_row(endless, [], |r| r.get::<_, i64>(0))?)
+                })
+            });
+            running.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(db.close());
+            assert_eq!(reading.join().unwrap(), Err(Error::Closed));
+        });
+        // Not closed, an interrupt is what it is.
+        let open = Db::open(&dir.path().join("t.db"), &config, &Collections::default()).unwrap();
+        assert_eq!(
+            open.closed_if_interrupted::<()>(Err(Error::Interrupted)),
+            Err(Error::Interrupted)
+        );
     }
 
     #[test]

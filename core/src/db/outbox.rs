@@ -157,6 +157,37 @@ pub(crate) fn next_batch(
     Ok(out)
 }
 
+/// Per collection: count and bytes of the entries due; and the last entry id counted.
+pub(crate) type Due = (Vec<(String, u64, u64)>, i64);
+
+/// Per collection, the entries a sync now would still send (in flight, or pending and
+/// out of backoff), among those queued after `after_id`, with the highest id counted.
+/// From 0 it reads the whole queue; from the last id counted it reads only the edits
+/// made since, by id range, which is what a long push adds to its totals.
+pub(crate) fn due_since(conn: &Connection, now_ms: i64, after_id: i64) -> Result<Due> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT collection, count(*), coalesce(sum(bytes), 0), max(id) FROM outbox
+             WHERE id > ?2 AND (state = 'syncing' OR (state = 'pending' AND next_attempt_at <= ?1))
+             GROUP BY collection",
+    )?;
+    let mut last = after_id;
+    let rows = stmt.query_map(params![now_ms, after_id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.max(0) as u64,
+            r.get::<_, i64>(2)?.max(0) as u64,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (collection, n, bytes, max_id) = row?;
+        last = last.max(max_id);
+        out.push((collection, n, bytes));
+    }
+    Ok((out, last))
+}
+
 /// Earliest time a pending entry may be sent (for the status and the scheduler).
 pub(crate) fn next_attempt_at(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn

@@ -11,7 +11,52 @@ use super::{Tx, meta, outbox};
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
+
+/// Files kept beside the database (see db/attachments.rs): one row per file, with its
+/// upload and download progress.
+macro_rules! attachment_tables {
+    () => {
+        "
+CREATE TABLE attachments (
+    sha256          TEXT PRIMARY KEY,
+    size            INTEGER NOT NULL,
+    content_type    TEXT NOT NULL,
+    local           INTEGER NOT NULL DEFAULT 0,
+    upload          TEXT,
+    uploaded        INTEGER NOT NULL DEFAULT 0,
+    wanted          INTEGER NOT NULL DEFAULT 0,
+    downloaded      INTEGER NOT NULL DEFAULT 0,
+    chunk           INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    used_at         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Files a user who signed out had not sent: their rows, as `sealed_records` keeps
+-- records (`db::seals`); the bytes stay in the folder until she signs in again.
+CREATE TABLE sealed_attachments (
+    user_id         TEXT NOT NULL,
+    sha256          TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    content_type    TEXT NOT NULL,
+    local           INTEGER NOT NULL,
+    upload          TEXT,
+    uploaded        INTEGER NOT NULL,
+    wanted          INTEGER NOT NULL,
+    downloaded      INTEGER NOT NULL,
+    chunk           INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    used_at         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (user_id, sha256)
+) WITHOUT ROWID;
+"
+    };
+}
 
 /// The tables that keep what users who signed out left unsynced, each row under its
 /// user's id. Columns are those of the live table, in order, after `user_id` (a test
@@ -151,6 +196,7 @@ CREATE TABLE conflicts (
 );
 CREATE INDEX conflicts_open ON conflicts (resolved, id);
 ",
+    attachment_tables!(),
     seal_tables!()
 );
 
@@ -238,6 +284,8 @@ const MIGRATIONS: &[Step] = &[
     Step::Rows(outbox::drop_synced),
     // 3 -> 4: what users who signed out left unsynced, sealed under their user id.
     Step::Sql(seal_tables!()),
+    // 4 -> 5: attachments, their upload queue and downloads.
+    Step::Sql(attachment_tables!()),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == VERSION - 1);

@@ -17,11 +17,12 @@ use super::{Tx, meta};
 use crate::error::{Error, Result};
 
 /// The tables a seal holds rows of, each with its twin `sealed_<table>`.
-const TABLES: [&str; 3] = ["records", "outbox", "conflicts"];
+const TABLES: [&str; 4] = ["records", "outbox", "conflicts", "attachments"];
 
 /// Which rows of each table a seal takes: the records that are not plainly synced (an
 /// edit queued, rejected or in conflict), every queued or rejected edit, and the whole
-/// conflict log, whose losing versions are edits the server did not take.
+/// conflict log, whose losing versions are edits the server did not take; and the
+/// files whose upload is not done (the rest are on the server, or were downloaded).
 fn kept(table: &str) -> &'static str {
     match table {
         "records" => {
@@ -31,9 +32,13 @@ fn kept(table: &str) -> &'static str {
              OR EXISTS (SELECT 1 FROM conflicts c WHERE c.resolved = 0
                         AND c.collection = records.collection AND c.record_id = records.id)"
         }
+        "attachments" => UNSENT_FILE,
         _ => "1",
     }
 }
+
+/// The files a seal keeps: those not (yet) on the server.
+const UNSENT_FILE: &str = "upload IN ('pending', 'failed')";
 
 /// The live table's columns, as a list for INSERT … SELECT: the copies name them,
 /// so the twins need the same columns but not the same order.
@@ -73,10 +78,21 @@ pub(crate) fn live_is_empty(conn: &Connection) -> Result<bool> {
 /// Whether the live tables hold edits or conflicts a seal would keep.
 pub(crate) fn anything_to_keep(conn: &Connection) -> Result<bool> {
     Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM conflicts)",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM conflicts)
+             OR EXISTS (SELECT 1 FROM attachments WHERE {UNSENT_FILE})"
+        ),
         [],
         |r| r.get(0),
     )?)
+}
+
+/// The files any seal holds, whoever left it: their bytes must stay in the folder.
+pub(crate) fn sealed_files(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT DISTINCT sha256 FROM sealed_attachments")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Copies what `user` keeps into the sealed tables, with the replica id their stamps

@@ -19,7 +19,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Store;
-use crate::db::{Tx, conflicts, cursors, files, indexes, meta, outbox, records, seals};
+use crate::attachments::lock_files;
+use crate::attachments::store::Folder;
+use crate::db::{
+    Tx, attachments, conflicts, cursors, files, indexes, meta, outbox, records, seals,
+};
 use crate::error::{Error, Result};
 
 /// What signing out does with the edits the user has not synced.
@@ -37,12 +41,13 @@ pub enum SignOut {
     KeepUnsynced,
 }
 
-/// Edits that are not on the server.
+/// Edits that are not on the server. Attached files count as edits: a photo not yet
+/// uploaded is `pending`, one the server refused for good is `failed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Unsynced {
-    /// Queued or in flight.
+    /// Queued or in flight, files still to upload included.
     pub pending: u64,
-    /// Rejected by the server, kept for the user's decision.
+    /// Rejected by the server, kept for the user's decision, files included.
     pub failed: u64,
     /// Manual conflicts waiting for the app.
     pub conflicts: u64,
@@ -59,9 +64,10 @@ impl Unsynced {
 
     fn of(conn: &rusqlite::Connection) -> Result<Unsynced> {
         let counts = outbox::counts(conn)?;
+        let files = attachments::counts(conn)?;
         Ok(Unsynced {
-            pending: counts.pending + counts.syncing,
-            failed: counts.failed,
+            pending: counts.pending + counts.syncing + files.uploads,
+            failed: counts.failed + files.failed_uploads,
             conflicts: conflicts::open_count(conn)?,
         })
     }
@@ -86,6 +92,10 @@ impl Store {
     pub fn sign_out(&self, policy: SignOut) -> Result<()> {
         let user = self.user_id().map(str::to_owned);
         let replica = self.replica_id().to_owned();
+        // No file may be added or collected between reading what seals keep and
+        // removing the rest.
+        let _files = lock_files();
+        let mut sealed_files = Vec::new();
         self.shared.db.close_after(self.now_ms(), |tx| {
             match policy {
                 SignOut::SyncFirst { .. } => {
@@ -111,9 +121,15 @@ impl Store {
                     }
                 }
             }
+            sealed_files = seals::sealed_files(tx)?;
             remove_user_data(tx)
         })?;
         self.shared.feed.close_all();
+        // The rows are gone; a file left behind is only bytes no one can name, but
+        // they are a patient's photo: remove them now rather than at a later collection.
+        if let Err(e) = self.folder().remove_all_but(&sealed_files) {
+            tracing::error!(error = %e, "could not remove the files of a user who signed out");
+        }
         Ok(())
     }
 }
@@ -125,14 +141,17 @@ fn remove_user_data(tx: &mut Tx<'_>) -> Result<()> {
     records::delete_all(tx)?;
     outbox::delete_all(tx)?;
     conflicts::delete_all(tx)?;
+    attachments::delete_all(tx)?;
     cursors::remove_all(tx)?;
     meta::forget_user(tx)?;
     indexes::compact_search(tx)
 }
 
 /// Removes the database at `path` with the files SQLite keeps beside it (`-wal`,
-/// `-shm`, `-journal`), sealed data included. Missing files are fine. A database open
-/// in this process is refused with `Error::StillOpen`; close it (or sign out) first.
+/// `-shm`, `-journal`) and its folder of attached files, sealed data included. Missing
+/// files are fine. A database open in this process is refused with
+/// `Error::StillOpen`; close it (or sign out) first.
 pub fn delete_database(path: impl AsRef<Path>) -> Result<()> {
-    files::delete(path.as_ref())
+    files::delete(path.as_ref())?;
+    Folder::of(path.as_ref()).remove_everything()
 }

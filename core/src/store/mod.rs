@@ -36,7 +36,7 @@ use crate::clock::{SystemClock, WallClock};
 use crate::config::{Collections, ConflictStrategy, StoreConfig};
 use crate::db::{self, Db, meta};
 use crate::error::{Error, Result};
-use crate::feed::{ChangeListener, ChangeOrigin, Feed, Subscription};
+use crate::feed::{ChangeEvent, ChangeListener, ChangeOrigin, Feed, Subscription};
 use crate::protocol::validate_record_id;
 use crate::query::{Filter, Page, Query, sql};
 use crate::record::Record;
@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     collections: Collections,
     feed: Feed,
     wall: Arc<dyn WallClock>,
+    /// `attachment_grace` and `attachment_cache_bytes` of the config.
+    files: (std::time::Duration, Option<u64>),
 }
 
 /// An open device database. Cheap to clone; all clones share one writer.
@@ -82,6 +84,7 @@ impl Store {
             collections,
             feed: Feed::default(),
             wall,
+            files: (config.attachment_grace, config.attachment_cache_bytes),
         };
         Ok(Store {
             shared: Arc::new(shared),
@@ -126,6 +129,16 @@ impl Store {
     /// The conflict strategy declared for `collection`.
     pub fn strategy(&self, collection: &str) -> Result<ConflictStrategy> {
         self.shared.collections.strategy(collection)
+    }
+
+    /// How long unreferenced files are kept, and the cache limit of downloads.
+    pub(crate) fn attachment_settings(&self) -> (std::time::Duration, Option<u64>) {
+        self.shared.files
+    }
+
+    /// Collections whose files download with every sync.
+    pub(crate) fn eager_collections(&self) -> Vec<String> {
+        self.shared.collections.eager()
     }
 
     /// Collections declared in the config, in name order.
@@ -226,19 +239,27 @@ impl Store {
         origin: ChangeOrigin,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let (out, event) = {
-            let mut writer = self.shared.db.writer()?;
-            let tx = writer.begin(self.now_ms())?;
-            let mut w = WriteTx::new(tx, &self.shared.collections, self.replica_id(), origin);
-            let out = f(&mut w)?;
-            let (tx, event) = w.finish();
-            tx.commit()?;
-            (out, event)
-        };
+        let committed = self.commit_write(origin, f);
+        let (out, event) = self.shared.db.closed_if_interrupted(committed)?;
         if !event.is_empty() {
             self.shared.feed.publish(event);
         }
         Ok(out)
+    }
+
+    /// The transaction of [`Store::write`], under the writer lock.
+    fn commit_write<T>(
+        &self,
+        origin: ChangeOrigin,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<(T, ChangeEvent)> {
+        let mut writer = self.shared.db.writer()?;
+        let tx = writer.begin(self.now_ms())?;
+        let mut w = WriteTx::new(tx, &self.shared.collections, self.replica_id(), origin);
+        let out = f(&mut w)?;
+        let (tx, event) = w.finish();
+        tx.commit()?;
+        Ok((out, event))
     }
 
     // ---- reads ----

@@ -118,6 +118,12 @@ impl Store {
         self.write(ChangeOrigin::Local, |w| outbox_table::release_all(w.tx()))
     }
 
+    /// Per collection, the entries a sync now would still send, count and bytes, among
+    /// those queued after `after_id`; with the highest id counted.
+    pub(crate) fn outbox_due_since(&self, now_ms: i64, after_id: i64) -> Result<outbox_table::Due> {
+        self.read(|conn| outbox_table::due_since(conn, now_ms, after_id))
+    }
+
     /// Earliest time a pending entry may be sent (for the status and the scheduler).
     pub(crate) fn next_attempt_at(&self) -> Result<Option<i64>> {
         self.read(outbox_table::next_attempt_at)

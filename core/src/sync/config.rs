@@ -15,8 +15,12 @@ use crate::sync::SyncStatus;
 pub struct SyncConfig {
     /// Ops per push request, by count and bytes.
     pub batch: BatchLimits,
-    /// Changes per pull page.
+    /// Most changes per pull page.
     pub pull_limit: u32,
+    /// Byte budget of the first pull page, as the server measures a page's JSON (a
+    /// page compresses to about a tenth of it). Pages then grow after each one that
+    /// arrives and shrink after one the link cuts off, within 4 KiB to 4 MiB.
+    pub pull_page_bytes: usize,
     /// First retry delay after a transient failure; doubles per attempt.
     pub backoff_initial: Duration,
     /// Longest retry delay.
@@ -34,6 +38,7 @@ impl Default for SyncConfig {
         SyncConfig {
             batch: BatchLimits::default(),
             pull_limit: 1000,
+            pull_page_bytes: 64 * 1024,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             network_debounce: Duration::from_secs(2),

@@ -8,14 +8,20 @@
 //! which the server answers once.
 //!
 //! The engine is split by concern: this module holds its lifecycle and public API;
-//! `run` one sync from start to outcome; `push` and `pull` the two phases; `auth` the
-//! token and its one retry; `network` the platform's connectivity; `auto` the
-//! background loop; `status` and `report` what the UI and the job see.
+//! `run` one sync from start to outcome; `push` and `pull` the two phases; `pace` the
+//! request sizes and retries on a bad link; `own` the device's own changes its pulls
+//! leave out; `auth` the token and its one retry; `network` the platform's
+//! connectivity; `auto` the background loop; `status`, `progress` and `report` what the
+//! UI and the job see.
 
 mod auth;
 mod auto;
 mod config;
+mod files;
 mod network;
+mod own;
+mod pace;
+mod progress;
 mod pull;
 mod push;
 mod report;
@@ -33,6 +39,7 @@ pub use config::{
     ConflictListener, StaticToken, StatusListener, SyncConfig, TOKEN_TIMEOUT, TokenError,
     TokenFuture, TokenProvider,
 };
+pub use progress::{CollectionProgress, Progress, SyncProgress};
 pub use report::{SyncOutcome, SyncReport};
 pub use status::{SyncActivity, SyncStatus};
 
@@ -41,6 +48,9 @@ use crate::db::{lock, meta};
 use crate::feed::{ChangeEvent, ChangeOrigin, Fanout, Subscription};
 use crate::store::{SignOut, Store};
 use crate::transport::Transport;
+
+/// How much longer than its deadline a `sync_now` call may take, at most.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct EngineState {
@@ -70,10 +80,21 @@ struct Inner {
     cancel: Mutex<Option<Arc<Notify>>>,
     state: Mutex<EngineState>,
     statuses: Fanout<SyncStatus>,
+    /// Held while a status is computed and handed over, so two threads publishing at
+    /// once (the engine after a page, the store's feed after its writes) cannot hand
+    /// over an older snapshot last: progress shown only moves forward.
+    publishing: Mutex<()>,
     conflict_listener: Mutex<Option<Arc<dyn ConflictListener>>>,
     auto_wake: Notify,
     auto_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     feed: Mutex<Option<Subscription>>,
+    /// Request sizes, kept from one sync to the next: the link is the same.
+    sizes: Mutex<pace::Sizes>,
+    own: Mutex<own::OwnSeqs>,
+    /// The running (or last) sync's progress.
+    progress: Mutex<progress::Tracker>,
+    /// The running sync's report as it fills, for a caller whose deadline passes first.
+    live: Mutex<Option<Arc<run::Pass>>>,
 }
 
 /// The sync engine of one store. Cheap to clone.
@@ -111,6 +132,7 @@ impl SyncEngine {
             retry_at_ms: fact(meta::Key::RetryAt),
             ..EngineState::default()
         };
+        let sizes = pace::Sizes::new(&config);
         let inner = Arc::new(Inner {
             store,
             transport,
@@ -125,10 +147,15 @@ impl SyncEngine {
             cancel: Mutex::new(None),
             state: Mutex::new(state),
             statuses: Fanout::default(),
+            publishing: Mutex::new(()),
             conflict_listener: Mutex::new(None),
             auto_wake: Notify::new(),
             auto_task: Mutex::new(None),
             feed: Mutex::new(None),
+            sizes: Mutex::new(sizes),
+            own: Mutex::new(own::OwnSeqs::default()),
+            progress: Mutex::new(progress::Tracker::default()),
+            live: Mutex::new(None),
         });
         // Local writes change the counts the UI shows, and wake auto mode.
         let weak = Arc::downgrade(&inner);
@@ -157,13 +184,18 @@ impl SyncEngine {
         &self.inner.store
     }
 
-    /// Pushes the outbox, then pulls. A call while a sync runs joins it. `deadline`
-    /// bounds this call (a background task gets about 30 s): a sync this call started
-    /// stops as cleanly as with `cancel` when it passes; a sync it joined goes on for
-    /// whoever started it, and this call returns with `DeadlineExceeded`.
+    /// Does everything due (pushes the outbox, then pulls every collection). A call
+    /// while a sync runs joins it. `deadline` bounds this call (a background task gets
+    /// about 30 s): a sync this call started stops as cleanly as with `cancel` when it
+    /// passes; a sync it joined goes on for whoever started it. Either way the call
+    /// returns by the deadline plus [`DEADLINE_GRACE`] whatever the link does, and the
+    /// report says how far the sync got.
     pub async fn sync_now(&self, deadline: Option<Duration>) -> SyncReport {
         let (mut rx, joined) = self.start_or_join(deadline);
-        let waited = match deadline.filter(|_| joined) {
+        // A sync this call started stops itself at the deadline; the grace only guards
+        // against its clean-up (a write behind a busy database) running late.
+        let wait = deadline.map(|d| if joined { d } else { d + DEADLINE_GRACE });
+        let waited = match wait {
             Some(d) => tokio::time::timeout(d, rx.wait_for(Option::is_some))
                 .await
                 .map(|r| r.map(|r| r.clone())),
@@ -177,8 +209,14 @@ impl SyncEngine {
                 r
             }
             Err(_) => {
-                let mut r = SyncReport::ended(SyncOutcome::DeadlineExceeded);
-                r.duration = deadline.unwrap_or_default();
+                // How far the running sync has got, as it stands.
+                let live = lock(&self.inner.live).clone();
+                let mut r = live.map_or_else(
+                    || SyncReport::ended(SyncOutcome::DeadlineExceeded),
+                    |pass| self.inner.report_so_far(&pass),
+                );
+                r.outcome = SyncOutcome::DeadlineExceeded;
+                r.duration = wait.unwrap_or_default();
                 r
             }
         }

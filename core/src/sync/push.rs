@@ -3,12 +3,16 @@
 //! The database work around each request (recording the previous answer, choosing and
 //! marking the next batch) runs while it is on the wire, so the link is never idle
 //! waiting on disk. Two batches never hold entries of the same record: a record's next
-//! entry becomes eligible only once the answer for its previous one is recorded.
+//! entry becomes eligible only once the answer for its previous one is recorded. A
+//! batch whose answer the link loses, once the link has shown it carries answers, goes
+//! out again at once with fewer ops (`pace`); otherwise its entries back off.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::Inner;
 use super::report::{Stop, Tally, error_code, tally};
+use super::run::Pass;
 use crate::conflict::Conflict;
 use crate::db::lock;
 use crate::error::Error;
@@ -21,6 +25,9 @@ type Batch = (Vec<OutboxEntry>, PushRequest);
 
 /// Entries the server answered with a conflict, with the record's server state.
 type Conflicts<'b> = Vec<(&'b OutboxEntry, Option<Change>)>;
+
+/// How often a push on a fast link recounts what is due and publishes the status.
+const SHOW_EVERY: Duration = Duration::from_millis(200);
 
 /// How many ops the next request may carry. A request refused as a whole (400, 413)
 /// is retried one op at a time to find the culprit, so other records still sync; once
@@ -74,14 +81,43 @@ impl Sizer {
 }
 
 impl Inner {
-    pub(super) async fn push_all(&self, report: &Tally) -> Result<(), Stop> {
-        let mut sizer = Sizer::new(self.config.batch);
+    /// The batch limits now: the config's, with as many ops as the link allows.
+    fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_ops: lock(&self.sizes).push_ops.get(),
+            ..self.config.batch
+        }
+    }
+
+    /// Uploads due, per collection, into the progress's totals; returns the last entry
+    /// id counted. From 0 the whole queue is counted and sets the totals; from the last
+    /// id counted, the edits queued since (while the push runs) add to them.
+    fn count_due(&self, after: i64) -> Result<i64, Stop> {
+        let (due, last) = self.store.outbox_due_since(self.now_ms(), after)?;
+        let mut progress = lock(&self.progress);
+        for (collection, changes, bytes) in due {
+            if after == 0 {
+                progress.due(&collection, changes, bytes);
+            } else {
+                progress.more_due(&collection, changes, bytes);
+            }
+        }
+        Ok(last)
+    }
+
+    pub(super) async fn push_all(&self, pass: &Pass) -> Result<(), Stop> {
+        let report = &pass.report;
+        let mut sizer = Sizer::new(self.batch_limits());
         // A sync cancelled while a batch was being taken can leave it marked in flight
         // after its release ran; nothing is in flight between syncs.
         self.store.release_in_flight()?;
+        let mut counted = self.count_due(0)?;
+        self.publish_status();
+        let mut shown = Instant::now();
         let mut current = self.take_batch(Vec::new(), sizer.now()).await?;
         let mut answered: Option<(Vec<OutboxEntry>, PushResponse)> = None;
         loop {
+            sizer.full = self.batch_limits();
             let Some((batch, req)) = current.take() else {
                 // The last answer: recording it can free a record's next entry or queue
                 // a settled conflict's result, which go out in this same sync.
@@ -91,6 +127,8 @@ impl Inner {
                 let (outcomes, conflicts) = self.read_answer(&b, &resp, report);
                 self.store.outbox_apply_results(&outcomes)?;
                 self.settle_conflicts(conflicts, report)?;
+                counted = self.count_due(0)?;
+                self.publish_status();
                 current = self.take_batch(Vec::new(), sizer.now()).await?;
                 if current.is_none() {
                     return Ok(());
@@ -118,8 +156,22 @@ impl Inner {
             // On an early return both batches are still marked in flight; the run
             // returns whatever is left in flight to pending.
             let next = prepared?;
+            // The previous answer is recorded, and moved the progress. Edits made since
+            // the count add to the totals, read by id range: a full count per batch
+            // would scan a 100,000-edit backlog 200 times. On a fast link the status
+            // goes out a few times a second rather than per batch.
+            if shown.elapsed() >= SHOW_EVERY {
+                shown = Instant::now();
+                counted = self.count_due(counted)?;
+                self.publish_status();
+            }
             match sent {
                 Ok(resp) => {
+                    let mut sizes = lock(&self.sizes);
+                    let full = batch.len() >= sizes.push_ops.get();
+                    sizes.push_ops.succeeded(full);
+                    drop(sizes);
+                    lock(&pass.retries).succeeded();
                     answered = Some((batch, resp));
                     current = next;
                 }
@@ -130,8 +182,19 @@ impl Inner {
                 }
                 Err(e) if e.is_transient() => {
                     self.release(next.as_ref().map(|b| b.0.as_slice()))?;
-                    self.back_off(&batch, &e)?;
-                    return Err(Stop::Transient(e.to_string()));
+                    let pause = lock(&pass.retries).after_failure(&e, |n| self.backoff(n));
+                    let Some(pause) = pause.filter(|_| self.online()) else {
+                        self.back_off(&batch, &e)?;
+                        return Err(Stop::Transient(e.to_string()));
+                    };
+                    // The link carries answers but lost this one: the same ops again
+                    // (the server answers a repeat once), fewer of them, after the pause.
+                    tracing::debug!(error = %e, ?pause, "push failed on the link; sending again, smaller");
+                    self.release(Some(&batch))?;
+                    lock(&self.sizes).push_ops.failed();
+                    sizer.full = self.batch_limits();
+                    tokio::time::sleep(pause).await;
+                    current = self.take_batch(Vec::new(), sizer.now()).await?;
                 }
                 Err(e) if batch.len() > 1 => {
                     tracing::warn!(error = %e, "push refused as a whole; isolating ops");
@@ -244,10 +307,24 @@ impl Inner {
         let deferred = PushOutcome::Deferred {
             not_before_ms: stalled.then(|| now + self.config.backoff_initial.as_millis() as i64),
         };
+        let mut progress = lock(&self.progress);
+        let mut own = lock(&self.own);
         for entry in batch {
-            match by_op.get(entry.op_id.as_str()) {
-                Some(OpResult::Applied { version, .. }) => {
+            let result = by_op.get(entry.op_id.as_str());
+            if matches!(
+                result,
+                Some(
+                    OpResult::Applied { .. }
+                        | OpResult::Conflict { .. }
+                        | OpResult::Rejected { .. }
+                )
+            ) {
+                progress.answered(&entry.collection, entry.bytes as u64);
+            }
+            match result {
+                Some(OpResult::Applied { version, seq, .. }) => {
                     outcomes.push((entry.id, PushOutcome::Applied { version: *version }));
+                    own.entry(entry.collection.clone()).or_default().add(*seq);
                     tally(report).applied += 1;
                 }
                 Some(OpResult::Rejected { error, .. }) => {

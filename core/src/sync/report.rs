@@ -7,6 +7,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::progress::SyncProgress;
 use crate::error::Error;
 use crate::protocol::ErrorCode;
 use crate::transport::TransportError;
@@ -46,6 +47,18 @@ pub struct SyncReport {
     /// Full re-pulls after `cursor_expired`.
     pub repulls: u64,
     pub requests: u64,
+    /// Bytes the transport sent and received during the sync (bodies as on the wire,
+    /// compressed; zero for a transport that does not count).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// How far the sync got, up and down.
+    pub progress: SyncProgress,
+    /// Files whose upload completed, and downloads that completed.
+    pub files_uploaded: u64,
+    pub files_downloaded: u64,
+    /// Attachment bytes sent and received.
+    pub file_bytes_sent: u64,
+    pub file_bytes_received: u64,
     pub duration: Duration,
     pub errors: Vec<String>,
 }
@@ -65,6 +78,13 @@ impl SyncReport {
             pulled: 0,
             repulls: 0,
             requests: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            progress: SyncProgress::default(),
+            files_uploaded: 0,
+            files_downloaded: 0,
+            file_bytes_sent: 0,
+            file_bytes_received: 0,
             duration: Duration::ZERO,
             errors: Vec::new(),
         }
@@ -129,8 +149,9 @@ pub(crate) fn error_code(e: &TransportError) -> String {
         TransportError::RateLimited { .. } => ErrorCode::RateLimited.as_str().into(),
         TransportError::Unauthorized(_) => ErrorCode::Unauthorized.as_str().into(),
         TransportError::CursorExpired => ErrorCode::CursorExpired.as_str().into(),
-        TransportError::Network(_) | TransportError::Timeout | TransportError::Protocol(_) => {
-            "network".into()
-        }
+        TransportError::Network(_)
+        | TransportError::Timeout
+        | TransportError::Cut(_)
+        | TransportError::Protocol(_) => "network".into(),
     }
 }

@@ -1,20 +1,70 @@
-//! One sync from start to outcome: the work raced against cancel and the deadline,
-//! then the engine's state and its persisted facts updated from how it ended.
+//! One sync from start to outcome: every kind of work that is due, raced against
+//! cancel and the deadline, then the engine's state and its persisted facts updated
+//! from how it ended.
 //!
 //! The state mutex is what `status()` takes, so it is only ever held for memory
 //! updates: what must be saved (last synced, the retry time) is written after it is
 //! released, and a failure to save is reported, not ignored.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::Inner;
-use super::report::{Stop, SyncOutcome, SyncReport, Tally};
+use super::pace::Retries;
+use super::progress::Tracker;
+use super::report::{Stop, SyncOutcome, SyncReport, Tally, tally};
 use crate::db::{lock, meta};
 
+/// The kinds of work a sync does, in order. The radio is the costliest thing a phone
+/// wakes for, so one wake-up does every kind that is due rather than one each: ops go
+/// first (what a user typed never waits behind a download), then changes. Attachments,
+/// once they exist, are one more kind here: their uploads after ops, as a record never
+/// waits on its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// Upload the outbox.
+    Ops,
+    /// Pull every collection to the end.
+    Changes,
+    /// Upload queued attachments, then download wanted ones.
+    Files,
+}
+
+impl Work {
+    const ALL: [Work; 3] = [Work::Ops, Work::Changes, Work::Files];
+}
+
+/// What one sync keeps while it runs, shared by its kinds of work.
+#[derive(Debug)]
+pub(super) struct Pass {
+    pub report: Tally,
+    /// Whether a request that failed on the link is tried again in this sync.
+    pub retries: Mutex<Retries>,
+    /// The transport's byte counts when the sync began.
+    wire_at_start: (u64, u64),
+}
+
 impl Inner {
+    /// The transport's bytes sent and received so far (zero if it does not count).
+    pub(super) fn wire_bytes(&self) -> (u64, u64) {
+        self.transport.wire_stats().map_or((0, 0), |w| {
+            (w.bytes_sent.load(Relaxed), w.bytes_received.load(Relaxed))
+        })
+    }
+
+    /// The report of a sync as it stands: counts, bytes moved and progress.
+    pub(super) fn report_so_far(&self, pass: &Pass) -> SyncReport {
+        let mut r = tally(&pass.report).clone();
+        let (sent, received) = self.wire_bytes();
+        r.bytes_sent = sent.saturating_sub(pass.wire_at_start.0);
+        r.bytes_received = received.saturating_sub(pass.wire_at_start.1);
+        r.progress = lock(&self.progress).snapshot();
+        r
+    }
+
     pub(super) async fn run(
         self: &Arc<Self>,
         deadline: Option<Duration>,
@@ -26,8 +76,14 @@ impl Inner {
         }
         lock(&self.state).running = true;
         lock(&self.token_error).take();
+        *lock(&self.progress) = Tracker::default();
+        let pass = Arc::new(Pass {
+            report: Mutex::new(SyncReport::new()),
+            retries: Mutex::new(Retries::default()),
+            wire_at_start: self.wire_bytes(),
+        });
+        *lock(&self.live) = Some(Arc::clone(&pass));
         self.publish_status();
-        let report: Tally = Mutex::new(SyncReport::new());
         let deadline_reached = async {
             match deadline {
                 Some(d) => tokio::time::sleep(d).await,
@@ -35,11 +91,12 @@ impl Inner {
             }
         };
         let finished = tokio::select! {
-            r = self.work(&report) => Some(r),
+            r = self.work(&pass) => Some(r),
             _ = cancel.notified() => None,
             _ = deadline_reached => None,
         };
-        let mut r = report.into_inner().unwrap_or_else(|p| p.into_inner());
+        lock(&self.live).take();
+        let mut r = self.report_so_far(&pass);
         if !matches!(finished, Some(Ok(()))) {
             // A stop between a batch being marked and its answer being applied leaves
             // it in flight: back to pending, keeping its op_ids.
@@ -75,10 +132,17 @@ impl Inner {
         r
     }
 
-    async fn work(&self, report: &Tally) -> Result<(), Stop> {
+    async fn work(&self, pass: &Pass) -> Result<(), Stop> {
         self.authorize().await?;
-        self.push_all(report).await?;
-        self.pull_all(report).await
+        for kind in Work::ALL {
+            match kind {
+                Work::Ops => self.push_all(pass).await?,
+                Work::Changes => self.pull_all(pass).await?,
+                // Files after records, so a photo never holds a record back.
+                Work::Files => self.sync_files(&pass.report).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Everything was pushed and pulled: the engine is healthy again.

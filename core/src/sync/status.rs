@@ -1,9 +1,12 @@
 //! Sync status: what the UI shows as "Syncing…", "Offline" or "Last synced 2 min ago".
 //!
 //! A plain value type, recomputed from the store's counts and the engine's state and
-//! pushed to listeners on every change; a listener that lags sees only the latest.
+//! pushed to listeners on every change (while a sync runs, after each page and batch);
+//! a listener that lags sees only the latest.
 
 use super::Inner;
+use super::progress::SyncProgress;
+use crate::attachments::AttachmentCounts;
 use crate::db::lock;
 use crate::feed::Coalesce;
 
@@ -33,7 +36,15 @@ pub struct SyncStatus {
     pub failed: u64,
     /// Manual conflicts waiting for the app.
     pub conflicts: u64,
+    /// Attachments still to upload and to download, with their bytes, and uploads the
+    /// server refused for good.
+    pub attachments: AttachmentCounts,
     pub last_synced_at_ms: Option<i64>,
+    /// A sync has completed on this device at least once: false through the first
+    /// sync, which the UI may show apart ("Setting up: 1,200 of 3,000 records").
+    pub has_synced: bool,
+    /// How far the running sync has got (or the last one got), up and down.
+    pub progress: SyncProgress,
     pub last_error: Option<String>,
     pub next_retry_at_ms: Option<i64>,
 }
@@ -57,8 +68,21 @@ impl Inner {
             "the conflict log",
             &mut unreadable,
         );
+        let attachments = or_report(
+            self.store.attachment_counts(),
+            "the attachment queue",
+            &mut unreadable,
+        );
         let now = self.now_ms();
-        let next_retry_at_ms = self.retry_delay().map(|d| now + d.as_millis() as i64);
+        // No retry is scheduled while a sync runs; and finding the earliest one reads
+        // every queued edit, which a long push must not do per batch.
+        let running = lock(&self.state).running;
+        let next_retry_at_ms = if running {
+            None
+        } else {
+            self.retry_delay().map(|d| now + d.as_millis() as i64)
+        };
+        let progress = lock(&self.progress).snapshot();
         let st = lock(&self.state);
         let activity = if !self.online() {
             SyncActivity::Offline
@@ -78,7 +102,10 @@ impl Inner {
             pending: counts.pending + counts.syncing,
             failed: counts.failed,
             conflicts,
+            attachments,
             last_synced_at_ms: st.last_synced_at_ms,
+            has_synced: st.last_synced_at_ms.is_some(),
+            progress,
             last_error: unreadable.or_else(|| st.last_error.clone()),
             next_retry_at_ms,
         }
@@ -89,6 +116,7 @@ impl Inner {
         if self.store.is_closed() {
             return;
         }
+        let _in_order = lock(&self.publishing);
         self.statuses.publish(self.status());
     }
 }

@@ -20,6 +20,7 @@ public enum OutpostBackgroundSync {
                 return
             }
             let work = Task {
+                // Queued attachments move too, after records, within the same deadline.
                 let report = try? await store.syncNow(deadline: deadline)
                 task.setTaskCompleted(success: report.map { !$0.shouldRetry } ?? false)
             }

@@ -144,8 +144,20 @@ public final class OutpostStore: @unchecked Sendable {
         }
     }
 
-    /// The current sync status, then every change; it finishes when the store closes or
-    /// signs out.
+    /// Returns once a first sync has completed on this device (at once if one has), for
+    /// a "Setting up…" screen; `progress` in `statusUpdates()` says how far it has got.
+    /// It starts no sync: `syncNow`, auto sync or the BGTask does.
+    public func awaitFirstSync() async -> SyncStatus? {
+        for await status in statusUpdates() where status.hasSynced {
+            return status
+        }
+        return nil
+    }
+
+    /// The current sync status, then every change (finishing when the store closes or
+    /// signs out). While a sync runs, `progress` says
+    /// how far it has got (changes and bytes done of the total known so far, up and
+    /// down, per collection); `hasSynced` is false until a first sync has completed.
     public func statusUpdates() -> AsyncStream<SyncStatus> {
         AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             let listener = ClosureStatusListener { continuation.yield($0) }
@@ -209,6 +221,32 @@ public final class OutpostStore: @unchecked Sendable {
     }
 
     /// The platform's view of the network (see `OutpostNetworkMonitor`).
+    /// Copies the file at `url` into the store's own folder (durable when this returns)
+    /// and queues its upload; put the returned reference's `json` in a record field.
+    public func attach(fileAt url: URL, contentType: String, name: String? = nil) async throws -> AttachmentRef {
+        let name = name ?? url.lastPathComponent
+        return try await offMain { try self.native.attachFile(path: url.path, contentType: contentType, name: name) }
+    }
+
+    /// `attach(fileAt:)` for bytes the app holds, such as a signature drawn on screen.
+    public func attach(data: Data, contentType: String, name: String? = nil) async throws -> AttachmentRef {
+        try await offMain { try self.native.attachBytes(bytes: data, contentType: contentType, name: name) }
+    }
+
+    /// The file a reference names, or nil while it is on its way (asking queues the
+    /// download; `attachmentState` gives its progress).
+    public func attachment(_ sha256: String) async throws -> URL? {
+        switch try await attachmentState(sha256) {
+        case let .ready(path, _): return URL(fileURLWithPath: path)
+        case .pending: return nil
+        }
+    }
+
+    /// Ready with a path, or pending with the bytes received so far.
+    public func attachmentState(_ sha256: String) async throws -> Attachment {
+        try await offMain { try self.native.attachment(sha256: sha256) }
+    }
+
     public func setNetworkAvailable(_ available: Bool) {
         try? native.setNetworkAvailable(available: available)
     }

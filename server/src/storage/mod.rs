@@ -10,6 +10,7 @@
 //! `pull.rs`). Records are keyed by (collection, scope, id) ([`crate::logic::scope_of`]);
 //! both backends keep the audit's hash chain ([`crate::audit`]).
 
+pub mod files;
 pub mod postgres;
 pub mod sqlite;
 
@@ -24,6 +25,7 @@ use serde_json::value::RawValue;
 use crate::audit::{AuditEntry, Verdict};
 use crate::budget::PushLimits;
 use crate::logic::{Access, AccessRules, Cursor, PushItem, User};
+use files::{Begin, FileAccess, StaleUpload, Upload};
 
 /// A boxed future, so the trait can be used as `Arc<dyn Storage>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -83,6 +85,11 @@ pub struct PullQuery {
     pub collections: Option<Vec<String>>,
     /// Bytes of change JSON a page may hold, past its first change.
     pub max_bytes: usize,
+    /// Seqs (inclusive ranges) of the puller's own applied ops: such a change is left
+    /// out when its device holds exactly what is stored (see `logic::echo_exact`).
+    pub own: Vec<(i64, i64)>,
+    /// Count what remains past the page (`remaining`), for a client that reads it.
+    pub count_remaining: bool,
 }
 
 /// A change as a pull page carries it: the `Change` of the protocol, with its data
@@ -102,6 +109,15 @@ pub struct PageChange {
     pub updated_at: String,
 }
 
+/// How many changes the puller may read past a page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub changes: u64,
+    /// The count stopped after looking at `pull::REMAINING_CAP` rows: at least
+    /// `changes` remain.
+    pub capped: bool,
+}
+
 /// A pull page.
 #[derive(Debug, Clone)]
 pub enum PullPage {
@@ -110,6 +126,8 @@ pub enum PullPage {
         /// Where the next pull continues from.
         cursor: Cursor,
         has_more: bool,
+        /// Changes readable past this page.
+        remaining: Remaining,
     },
     /// The cursor is older than purged tombstones.
     Expired,
@@ -177,4 +195,64 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// reading rows, head and kept versions from one snapshot, so that servers may go on
     /// appending meanwhile.
     fn verify_audit(&self) -> BoxFuture<'_, Result<Verdict, StorageError>>;
+
+    /// What `user` may know of the file `sha256`: their upload, whether it is stored,
+    /// and whether a record they may read under `access` refers to it.
+    fn file_access(
+        &self,
+        user: User,
+        access: AccessRules,
+        sha256: String,
+    ) -> BoxFuture<'_, Result<FileAccess, StorageError>>;
+
+    /// The user's upload of the file, started with `upload_id` when there is none and
+    /// the quota (bytes over all their uploads) allows it.
+    fn begin_upload(
+        &self,
+        user: String,
+        sha256: String,
+        size: u64,
+        quota: Option<u64>,
+        upload_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Begin, StorageError>>;
+
+    /// Moves the upload's `received` to `to`, when the bytes from `from` to `to` were
+    /// made durable and it stands between them; returns the upload as it is then
+    /// (`None` when it is gone).
+    fn advance_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        from: u64,
+        to: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Upload>, StorageError>>;
+
+    /// Marks the upload complete and the file stored (once, however many users
+    /// upload it).
+    fn complete_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        size: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Forgets an upload (its parts are the caller's to remove).
+    fn drop_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+    ) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Up to `limit` unfinished uploads last advanced before `before_ms`.
+    fn stale_uploads(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StaleUpload>, StorageError>>;
 }

@@ -10,6 +10,8 @@
 //! most one push of each other user, each held to its budget (`budget.rs`): one team
 //! sending many pushes at once cannot keep another team's push waiting longer.
 
+mod files;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,13 +24,14 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
-    StorageError, db_err, scope_sql,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Remaining,
+    Storage, StorageError, db_err, scope_sql,
 };
 use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow, Verdict};
 use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
-use crate::push::{self, AnswerRow, PushSteps, RecordRow};
+use crate::push::{self, AnswerRow, PushSteps, RecordFiles, RecordRow};
+use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
 
 /// Reader connections kept open between pulls.
 const READERS: usize = 4;
@@ -176,7 +179,25 @@ UPDATE ops SET answer = json_object(
     r#"
 ALTER TABLE audit ADD COLUMN device TEXT;
 "#,
+    // 6: who wrote each record last, and whether that device holds exactly what is
+    // stored (logic::echo_exact), so a pull may leave out the device's own changes.
+    r#"
+ALTER TABLE records ADD COLUMN writer TEXT;
+ALTER TABLE records ADD COLUMN echo INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 7: attachments: uploads per user, files stored once, and the index of the
+    // records that refer to each file (filled from existing records at the start).
+    files::MIGRATION,
+    // 8: the index a pull pages by also holds what decides whether its user may read
+    // a row, so counting the changes left after a page (pull.rs) reads no row.
+    r#"
+CREATE INDEX records_collection_seq_readable ON records (collection, seq, scope, echo);
+DROP INDEX records_collection_seq;
+"#,
 ];
+
+/// The migration that adds the attachment index, which existing records fill.
+const FILES_MIGRATION: i64 = 7;
 
 /// Records, answers and audit in one SQLite file.
 #[derive(Debug, Clone)]
@@ -320,6 +341,9 @@ fn migrate(conn: &mut Connection, rules: &AccessRules) -> Result<(), StorageErro
             .map_err(db_err)?;
     }
     assign_scopes(&tx, rules)?;
+    if current < FILES_MIGRATION {
+        files::backfill(&tx)?;
+    }
     tx.commit().map_err(db_err)
 }
 
@@ -347,8 +371,8 @@ fn assign_scopes(tx: &Connection, rules: &AccessRules) -> Result<(), StorageErro
     Ok(())
 }
 
-const RECORD_COLS: &str =
-    "collection, record_id, data, deleted, version, seq, hlc, owner, team, created_at, updated_at";
+const RECORD_COLS: &str = "collection, record_id, data, deleted, version, seq, hlc, owner, team, \
+     created_at, updated_at, writer, echo";
 
 fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, Option<String>)> {
     let data: Option<String> = r.get(2)?;
@@ -365,6 +389,8 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, Option<
             team: r.get(8)?,
             created_at_ms: r.get(9)?,
             updated_at_ms: r.get(10)?,
+            writer: r.get(11)?,
+            echo: r.get(12)?,
         },
         data,
     ))
@@ -473,6 +499,10 @@ impl PushSteps for SqlitePush<'_> {
         Ok(())
     }
 
+    async fn index_files(&mut self, records: &[RecordFiles<'_>]) -> Result<(), StorageError> {
+        files::index(self.tx, records)
+    }
+
     async fn assign_seqs(
         &mut self,
         count: i64,
@@ -484,11 +514,12 @@ impl PushSteps for SqlitePush<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO records (collection, scope, record_id, data, deleted, version, \
-                 seq, hlc, owner, team, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 seq, hlc, owner, team, created_at, updated_at, writer, echo) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                  ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
                  deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-                 hlc = excluded.hlc, updated_at = excluded.updated_at",
+                 hlc = excluded.hlc, updated_at = excluded.updated_at, \
+                 writer = excluded.writer, echo = excluded.echo",
             )
             .map_err(db_err)?;
         for row in rows {
@@ -504,7 +535,9 @@ impl PushSteps for SqlitePush<'_> {
                 row.owner,
                 row.team,
                 row.created_at_ms,
-                row.updated_at_ms
+                row.updated_at_ms,
+                row.writer,
+                row.echo
             ])
             .map_err(db_err)?;
         }
@@ -617,6 +650,30 @@ fn access_filter(rules: &AccessRules, user: &User, args: &mut Vec<SqlValue>) -> 
     format!("({})", parts.join(" OR "))
 }
 
+/// ` AND collection IN (...)` for a pull of some collections; nothing for all.
+fn collections_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
+    let Some(cols) = &q.collections else {
+        return String::new();
+    };
+    args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
+    format!(" AND collection IN ({})", vec!["?"; cols.len()].join(", "))
+}
+
+/// The rows of a pull's collections that go in its pages: those its user may read,
+/// less its own changes that its device holds exactly ([`PullQuery::own`]).
+fn readable_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
+    let mut sql = access_filter(&q.access, &q.user, args);
+    if !q.own.is_empty() {
+        let ranges = vec!["seq BETWEEN ? AND ?"; q.own.len()].join(" OR ");
+        sql.push_str(&format!(" AND NOT (echo = 1 AND ({ranges}))"));
+        for (lo, hi) in &q.own {
+            args.push(SqlValue::Integer(*lo));
+            args.push(SqlValue::Integer(*hi));
+        }
+    }
+    sql
+}
+
 fn pull_blocking(conn: &mut Connection, q: &PullQuery) -> Result<PullPage, StorageError> {
     // One read transaction: the purge mark and the page come from the same snapshot.
     let tx = conn.transaction().map_err(db_err)?;
@@ -638,6 +695,35 @@ impl PullSteps for SqlitePull<'_> {
         })
     }
 
+    async fn count_after(
+        &mut self,
+        q: &PullQuery,
+        after: i64,
+        cap: i64,
+    ) -> Result<Remaining, StorageError> {
+        // Parameters bind in the order they appear in the text: the outer test first.
+        let mut args = Vec::new();
+        let readable = readable_filter(q, &mut args);
+        args.push(SqlValue::Integer(after));
+        let collections = collections_filter(q, &mut args);
+        args.push(SqlValue::Integer(cap));
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(CASE WHEN {readable} THEN 1 ELSE 0 END), 0) \
+             FROM (SELECT collection, scope, seq, echo FROM records \
+                   WHERE seq > ?{collections} ORDER BY seq LIMIT ?)"
+        );
+        let (looked, readable): (i64, i64) = self
+            .tx
+            .prepare_cached(&sql)
+            .map_err(db_err)?
+            .query_row(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        Ok(Remaining {
+            changes: u64::try_from(readable).unwrap_or(0),
+            capped: looked >= cap,
+        })
+    }
+
     async fn records_after(
         &mut self,
         q: &PullQuery,
@@ -646,14 +732,9 @@ impl PullSteps for SqlitePull<'_> {
     ) -> Result<Vec<PageChange>, StorageError> {
         let mut args = vec![SqlValue::Integer(since)];
         let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
-        if let Some(cols) = &q.collections {
-            sql.push_str(" AND collection IN (");
-            sql.push_str(&vec!["?"; cols.len()].join(", "));
-            sql.push(')');
-            args.extend(cols.iter().map(|c| SqlValue::Text(c.clone())));
-        }
+        sql.push_str(&collections_filter(q, &mut args));
         sql.push_str(" AND ");
-        sql.push_str(&access_filter(&q.access, &q.user, &mut args));
+        sql.push_str(&readable_filter(q, &mut args));
         sql.push_str(" ORDER BY seq LIMIT ?");
         args.push(SqlValue::Integer(cut.rows_to_read()));
         let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;
@@ -929,5 +1010,72 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         let name = name.to_owned();
         self.with_writer(move |conn| shared_secret_blocking(conn, &name, &candidate))
+    }
+
+    fn file_access(
+        &self,
+        user: User,
+        access: AccessRules,
+        sha256: String,
+    ) -> BoxFuture<'_, Result<FileAccess, StorageError>> {
+        self.with_reader(move |conn| files::access(conn, &user, &access, &sha256))
+    }
+
+    fn begin_upload(
+        &self,
+        user: String,
+        sha256: String,
+        size: u64,
+        quota: Option<u64>,
+        upload_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Begin, StorageError>> {
+        self.with_writer(move |conn| {
+            files::begin(conn, &user, &sha256, size, quota, &upload_id, now_ms)
+        })
+    }
+
+    fn advance_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        from: u64,
+        to: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Upload>, StorageError>> {
+        self.with_writer(move |conn| {
+            files::advance(conn, &user, &sha256, &upload_id, from, to, now_ms)
+        })
+    }
+
+    fn complete_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        size: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_writer(move |conn| {
+            files::complete(conn, &user, &sha256, &upload_id, size, now_ms)
+        })
+    }
+
+    fn drop_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_writer(move |conn| files::drop_upload(conn, &user, &sha256, &upload_id))
+    }
+
+    fn stale_uploads(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StaleUpload>, StorageError>> {
+        self.with_reader(move |conn| files::stale(conn, before_ms, limit))
     }
 }

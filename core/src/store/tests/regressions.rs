@@ -102,6 +102,9 @@ fn the_migration_that_drops_synced_entries_keeps_the_clock_ahead_of_their_stamps
          DROP TABLE sealed_conflicts;",
     )
     .unwrap();
+    // Nor did it have the tables of later versions.
+    raw.execute_batch("DROP TABLE attachments; DROP TABLE sealed_attachments")
+        .unwrap();
     raw.pragma_update(None, "user_version", 2).unwrap();
     drop(raw);
     let next = next_stamp(&path, &wall);

@@ -21,13 +21,15 @@
 //!   no cycle can form. The purge takes only record rows no push holds (`SKIP
 //!   LOCKED`), then the purge mark and the audit head, and never waits for a record.
 //! - **Text columns** cannot hold a NUL character in PostgreSQL, but a client may send
-//!   one in an `op_id` or `client_id`; those two are stored escaped ([`pg_text`]) so the
+//!   one in an `op_id` or `client_id`; those two (the latter also as a record's
+//!   `writer`) are stored escaped ([`pg_text`], read back by [`pg_untext`]) so the
 //!   request gets the same answer as on SQLite instead of a 500.
 //!
 //! The migrations are in `schema.rs`, the locks, storage steps and retries of a push in
 //! `push.rs` (with the reasoning for ordered commits); reads and the purge are here.
 
 mod audit;
+mod files;
 mod push;
 mod schema;
 pub mod tls;
@@ -43,17 +45,19 @@ use outpost_core::protocol::{JsonObject, OpResult};
 use tokio::sync::OnceCell;
 use tokio_postgres::{IsolationLevel, Row, Statement};
 
-pub use push::pg_text;
+pub use push::{pg_text, pg_untext};
 pub use schema::{APP_ROLE_GRANTS, MIGRATIONS};
 
 use super::{
-    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Storage,
-    StorageError, db_err,
+    BoxFuture, PageChange, PullPage, PullQuery, PurgeReport, PurgeRequest, PushContext, Remaining,
+    Storage, StorageError, db_err,
 };
 use crate::audit::{AuditEntry, Verdict};
 use crate::config::PostgresUrl;
-use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord};
+use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord, User};
 use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
+use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
+use push::lock_key;
 
 /// Connections per server process. Each push holds one for its transaction; pulls are
 /// short. Several processes share the database's `max_connections` (default 100).
@@ -250,21 +254,37 @@ fn read_record(r: &Row) -> Result<StoredRecord, StorageError> {
         team: get_s(8)?,
         created_at_ms: get_i(9)?,
         updated_at_ms: get_i(10)?,
+        // Stored escaped, like the client_id it is.
+        writer: r
+            .try_get::<_, Option<String>>(11)
+            .map_err(|e| pg_err(&e))?
+            .map(|w| pg_untext(&w).into_owned()),
+        echo: r.try_get(12).map_err(|e| pg_err(&e))?,
     })
 }
 
-/// The rows a user may read past a seq, for the two reads of a pull page. Fixed text,
-/// whatever the config: the access rule of each row is looked up in the (named, rule)
-/// arrays, falling back to the default rule.
-const READABLE_AFTER: &str = "FROM records r \
-     WHERE seq > $1 \
-       AND ($2::text[] IS NULL OR collection = ANY($2::text[])) \
-       AND CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
+/// The rows of a pull's collections past a seq, in the reads of a pull page. Fixed
+/// text, whatever the config and the request: `$1` the seq, `$2` the collections (NULL:
+/// all).
+const IN_RANGE: &str = "seq > $1 AND ($2::text[] IS NULL OR collection = ANY($2::text[]))";
+
+/// Of those, the rows that go in the pages: those the user may read (the access rule of
+/// each row looked up in the (named, rule) arrays `$3`, `$4`, falling back to the default
+/// `$5`; `$6` and `$7` the user's own and team scopes), less the puller's own changes
+/// its device holds exactly (the inclusive seq ranges `$9`, `$10`).
+const READABLE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4::text[]) AS n(name, rule) \
                           WHERE n.name = r.collection LIMIT 1), $5::text) \
-             WHEN 'private' THEN scope = $6 \
-             WHEN 'team' THEN scope = $7 \
-             WHEN 'shared' THEN scope = '*' \
-             ELSE false END";
+             WHEN 'private' THEN r.scope = $6 \
+             WHEN 'team' THEN r.scope = $7 \
+             WHEN 'shared' THEN r.scope = '*' \
+             ELSE false END \
+     AND NOT (r.echo AND EXISTS (SELECT 1 FROM unnest($9::bigint[], $10::bigint[]) AS o(lo, hi) \
+                                  WHERE r.seq BETWEEN o.lo AND o.hi))";
+
+/// Whether the row `r` (its `collection` and `scope`) is readable by a user, with the
+/// rules as in [`READABLE_AFTER`] at `$2` to `$6` (names, rules, default, own scope,
+/// team scope).
+const READABLE_RULE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($2::text[], $3::text[])                                    AS n(name, rule) WHERE n.name = r.collection LIMIT 1), $4::text)      WHEN 'private' THEN r.scope = $5      WHEN 'team' THEN r.scope = $6      WHEN 'shared' THEN r.scope = '*'      ELSE false END";
 
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
 /// the sequence and the page agree with each other.
@@ -278,14 +298,24 @@ async fn pull(
     let st_sizes = client
         .prepare_cached(&format!(
             "SELECT seq, octet_length(collection), octet_length(record_id), \
-             octet_length(hlc), octet_length(data) {READABLE_AFTER} ORDER BY seq LIMIT $8"
+             octet_length(hlc), octet_length(data) FROM records r \
+             WHERE {IN_RANGE} AND {READABLE} ORDER BY seq LIMIT $8"
         ))
         .await
         .pg()?;
     let st_page = client
         .prepare_cached(&format!(
             "SELECT collection, record_id, data, deleted, version, seq, hlc, updated_at \
-             {READABLE_AFTER} AND seq <= $8 ORDER BY seq"
+             FROM records r WHERE {IN_RANGE} AND {READABLE} AND seq <= $8 ORDER BY seq"
+        ))
+        .await
+        .pg()?;
+    // At most $8 rows past the page are looked at (see pull.rs).
+    let st_count = client
+        .prepare_cached(&format!(
+            "SELECT count(*), count(*) FILTER (WHERE {READABLE}) FROM \
+             (SELECT collection, scope, seq, echo FROM records WHERE {IN_RANGE} \
+              ORDER BY seq LIMIT $8) r"
         ))
         .await
         .pg()?;
@@ -301,6 +331,7 @@ async fn pull(
         tx: &tx,
         st_sizes,
         st_page,
+        st_count,
         st_meta,
     };
     let page = pull::read_page(&mut steps, q).await?;
@@ -325,7 +356,56 @@ struct PgPull<'a> {
     tx: &'a Transaction<'a>,
     st_sizes: Statement,
     st_page: Statement,
+    st_count: Statement,
     st_meta: Statement,
+}
+
+/// The parameters of a page's reads but `$8`, which each read gives its own meaning.
+struct PullArgs<'q> {
+    collections: &'q Option<Vec<String>>,
+    names: Vec<&'q str>,
+    rules: Vec<&'static str>,
+    default: &'static str,
+    own: String,
+    team: String,
+    lows: Vec<i64>,
+    highs: Vec<i64>,
+}
+
+impl<'q> PullArgs<'q> {
+    fn of(q: &'q PullQuery) -> PullArgs<'q> {
+        PullArgs {
+            collections: &q.collections,
+            names: q.access.named.iter().map(|(n, _)| n.as_str()).collect(),
+            rules: q.access.named.iter().map(|(_, a)| rule(*a)).collect(),
+            default: rule(q.access.default),
+            // A user reads the records of their own scope under each collection's rule.
+            own: logic::scope_of(Access::Private, &q.user),
+            team: logic::scope_of(Access::Team, &q.user),
+            lows: q.own.iter().map(|r| r.0).collect(),
+            highs: q.own.iter().map(|r| r.1).collect(),
+        }
+    }
+
+    /// `$1` to `$10`, with `seq` as `$1` and `eighth` as `$8`.
+    fn params<'a>(
+        &'a self,
+        seq: &'a i64,
+        eighth: &'a i64,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
+        [
+            seq,
+            self.collections,
+            &self.names,
+            &self.rules,
+            &self.default,
+            &self.own,
+            &self.team,
+            eighth,
+            &self.lows,
+            &self.highs,
+        ]
+    }
 }
 
 impl PullSteps for PgPull<'_> {
@@ -337,30 +417,39 @@ impl PullSteps for PgPull<'_> {
         })
     }
 
+    async fn count_after(
+        &mut self,
+        q: &PullQuery,
+        after: i64,
+        cap: i64,
+    ) -> Result<Remaining, StorageError> {
+        let args = PullArgs::of(q);
+        let row = self
+            .tx
+            .query_one(&self.st_count, &args.params(&after, &cap))
+            .await
+            .pg()?;
+        let looked: i64 = row.try_get(0).pg()?;
+        let readable: i64 = row.try_get(1).pg()?;
+        Ok(Remaining {
+            changes: u64::try_from(readable).unwrap_or(0),
+            capped: looked >= cap,
+        })
+    }
+
     async fn records_after(
         &mut self,
         q: &PullQuery,
         since: i64,
         cut: &mut PageCut,
     ) -> Result<Vec<PageChange>, StorageError> {
-        let names: Vec<&str> = q.access.named.iter().map(|(n, _)| n.as_str()).collect();
-        let rules: Vec<&str> = q.access.named.iter().map(|(_, a)| rule(*a)).collect();
-        let default = rule(q.access.default);
-        // A user reads the records of their own scope under each collection's rule.
-        let own = logic::scope_of(Access::Private, &q.user);
-        let team = logic::scope_of(Access::Team, &q.user);
+        let args = PullArgs::of(q);
         let rows_to_read = cut.rows_to_read();
-        let mut params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-            &since,
-            &q.collections,
-            &names,
-            &rules,
-            &default,
-            &own,
-            &team,
-            &rows_to_read,
-        ];
-        let sizes = self.tx.query(&self.st_sizes, &params).await.pg()?;
+        let sizes = self
+            .tx
+            .query(&self.st_sizes, &args.params(&since, &rows_to_read))
+            .await
+            .pg()?;
         let mut through = None;
         for r in &sizes {
             let len = |i: usize| -> Result<Option<usize>, StorageError> {
@@ -381,8 +470,11 @@ impl PullSteps for PgPull<'_> {
         let Some(through) = through else {
             return Ok(Vec::new());
         };
-        params[7] = &through;
-        let rows = self.tx.query(&self.st_page, &params).await.pg()?;
+        let rows = self
+            .tx
+            .query(&self.st_page, &args.params(&since, &through))
+            .await
+            .pg()?;
         // Each row's buffer goes as soon as it is copied out, so the page is held once.
         rows.into_iter()
             .map(|r| {
@@ -530,5 +622,77 @@ impl Storage for PostgresStorage {
         candidate: Vec<u8>,
     ) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         Box::pin(self.shared_secret_impl(name, candidate))
+    }
+
+    fn file_access(
+        &self,
+        user: User,
+        access: AccessRules,
+        sha256: String,
+    ) -> BoxFuture<'_, Result<FileAccess, StorageError>> {
+        Box::pin(async move { files::access(&self.client().await?, &user, &access, &sha256).await })
+    }
+
+    fn begin_upload(
+        &self,
+        user: String,
+        sha256: String,
+        size: u64,
+        quota: Option<u64>,
+        upload_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Begin, StorageError>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            files::begin(&mut c, &user, &sha256, size, quota, &upload_id, now_ms).await
+        })
+    }
+
+    fn advance_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        from: u64,
+        to: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Upload>, StorageError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            files::advance(&c, &user, &sha256, &upload_id, from, to, now_ms).await
+        })
+    }
+
+    fn complete_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+        size: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            files::complete(&mut c, &user, &sha256, &upload_id, size, now_ms).await
+        })
+    }
+
+    fn drop_upload(
+        &self,
+        user: String,
+        sha256: String,
+        upload_id: String,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            files::drop_upload(&self.client().await?, &user, &sha256, &upload_id).await
+        })
+    }
+
+    fn stale_uploads(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StaleUpload>, StorageError>> {
+        Box::pin(async move { files::stale(&self.client().await?, before_ms, limit).await })
     }
 }

@@ -17,7 +17,7 @@ use tokio_postgres::{IsolationLevel, Statement};
 use super::{audit, pg_err, pool_err, read_record};
 use crate::audit::AuditEntry;
 use crate::logic::{self, PushItem, RecordKey, StoredRecord};
-use crate::push::{self, AnswerRow, PushSteps, RecordRow};
+use crate::push::{self, AnswerRow, PushSteps, RecordFiles, RecordRow};
 use crate::storage::{PushContext, StorageError, db_err};
 
 /// How many times a push is run again after PostgreSQL aborted it for a deadlock or a
@@ -71,9 +71,31 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The text [`pg_text`] was given, from what it made: for stored texts read back and
+/// compared, like a record's writer.
+pub fn pg_untext(s: &str) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some(escaped) => out.push(escaped),
+            None => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The advisory lock key of a name: 64 bits of SHA-256, with a tag per kind of name
 /// and length prefixes so that no two different names can be spelled the same.
-fn lock_key(kind: &str, parts: &[&str]) -> i64 {
+pub(super) fn lock_key(kind: &str, parts: &[&str]) -> i64 {
     let mut h = Sha256::new();
     h.update(b"outpost-lock-v1\0");
     for part in std::iter::once(&kind).chain(parts) {
@@ -113,7 +135,7 @@ pub(super) async fn push(
 }
 
 const SELECT_RECORD_FOR_UPDATE: &str = "SELECT collection, record_id, data, deleted, version, seq, hlc, owner, team, \
-     created_at, updated_at FROM records \
+     created_at, updated_at, writer, echo FROM records \
      WHERE collection = $1 AND scope = $2 AND record_id = $3 FOR UPDATE";
 
 /// One attempt at a push, in one READ COMMITTED transaction.
@@ -135,12 +157,13 @@ async fn push_once(
     let st_stage = client
         .prepare_cached(
             "INSERT INTO records (collection, scope, record_id, data, deleted, version, seq, \
-             hlc, owner, team, created_at, updated_at) \
+             hlc, owner, team, created_at, updated_at, writer, echo) \
              VALUES ($1, $2, $3, $4, $5, $6, -nextval('records_staged_seq'), $7, $8, $9, $10, \
-                     $11) \
+                     $11, $12, $13) \
              ON CONFLICT (collection, scope, record_id) DO UPDATE SET data = excluded.data, \
              deleted = excluded.deleted, version = excluded.version, seq = excluded.seq, \
-             hlc = excluded.hlc, updated_at = excluded.updated_at",
+             hlc = excluded.hlc, updated_at = excluded.updated_at, writer = excluded.writer, \
+             echo = excluded.echo",
         )
         .await?;
     let st_seq = client
@@ -256,6 +279,8 @@ impl PushSteps for PgPush<'_> {
         // (unique, and below every cursor) until `assign_seqs`. Uncommitted, so no pull
         // sees it; and the record's advisory lock keeps other pushes off it.
         for row in rows {
+            let writer = pg_text(row.writer);
+            let writer: &str = &writer;
             self.tx
                 .execute(
                     &self.st_stage,
@@ -271,11 +296,17 @@ impl PushSteps for PgPush<'_> {
                         &row.team,
                         &row.created_at_ms,
                         &row.updated_at_ms,
+                        &writer,
+                        &row.echo,
                     ],
                 )
                 .await?;
         }
         Ok(())
+    }
+
+    async fn index_files(&mut self, records: &[RecordFiles<'_>]) -> Result<(), Abort> {
+        Ok(super::files::index(self.tx, records).await?)
     }
 
     async fn assign_seqs(&mut self, count: i64, rows: &[RecordRow<'_>]) -> Result<i64, Abort> {
@@ -356,6 +387,9 @@ mod tests {
             }
         }
         assert!(matches!(pg_text("plain"), Cow::Borrowed(_)));
+        for (input, stored) in inputs.iter().zip(&out) {
+            assert_eq!(pg_untext(stored), *input);
+        }
     }
 
     #[test]

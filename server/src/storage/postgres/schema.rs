@@ -145,7 +145,25 @@ UPDATE ops SET answer = json_build_object(
     r#"
 ALTER TABLE audit ADD COLUMN device TEXT;
 "#,
+    // 6: who wrote each record last, and whether that device holds exactly what is
+    // stored (logic::echo_exact), so a pull may leave out the device's own changes.
+    // Constant defaults: no table rewrite.
+    r#"
+ALTER TABLE records ADD COLUMN writer TEXT, ADD COLUMN echo BOOLEAN NOT NULL DEFAULT false;
+"#,
+    // 7: attachments: uploads per user, files stored once, and the index of the
+    // records that refer to each file (filled from existing records at the start).
+    super::files::MIGRATION,
+    // 8: the index a pull pages by also holds what decides whether its user may read
+    // a row, so counting the changes left after a page (pull.rs) can be index-only.
+    r#"
+CREATE INDEX records_collection_seq_readable ON records (collection, seq) INCLUDE (scope, echo);
+DROP INDEX records_collection_seq;
+"#,
 ];
+
+/// The migration that adds the attachment index, which existing records fill.
+const FILES_MIGRATION: i32 = 7;
 
 /// What a role needs to run `outpost-server` on a schema it does not own, run by the
 /// schema's owner after `outpost-server migrate` (`outpost_app` names the role). It
@@ -156,6 +174,7 @@ pub const APP_ROLE_GRANTS: &str = "\
 GRANT USAGE ON SCHEMA public TO outpost_app;
 GRANT SELECT ON outpost_schema_version TO outpost_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON records, ops, meta, audit_head, audit_prior TO outpost_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON attachment_uploads, attachment_blobs, attachment_refs TO outpost_app;
 GRANT SELECT, INSERT ON audit TO outpost_app;
 GRANT SELECT, INSERT ON secrets TO outpost_app;
 GRANT USAGE ON SEQUENCE audit_id_seq, records_staged_seq TO outpost_app;
@@ -200,7 +219,11 @@ pub(super) async fn migrate(
             "database schema version {current} is newer than this server ({known})"
         )));
     }
-    assign_scopes(client, rules).await
+    assign_scopes(client, rules).await?;
+    if current < FILES_MIGRATION {
+        super::files::backfill(&*client).await?;
+    }
+    Ok(())
 }
 
 /// Gives records written before scoped ids the scope of their collection's access

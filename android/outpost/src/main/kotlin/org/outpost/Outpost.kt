@@ -7,6 +7,7 @@
 // is compiled and tested on a plain JVM.
 package org.outpost
 
+import java.io.File
 import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicBoolean
 import java.util.concurrent.atomic.AtomicInteger
@@ -27,9 +28,12 @@ import kotlinx.coroutines.flow.asSharedFlow
 import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.flow.flowOn
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
+import org.outpost.ffi.Attachment
+import org.outpost.ffi.AttachmentRef
 import org.outpost.ffi.ChangeEvent
 import org.outpost.ffi.ChangeListener
 import org.outpost.ffi.Conflict
@@ -170,8 +174,20 @@ class Outpost private constructor(
         }
     }
 
-    /** The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago". */
+    /**
+     * The sync status, for "Syncing…", "3 changes waiting" or "Last synced 2 min ago".
+     * While a sync runs, `progress` says how far it has got (changes and bytes done of
+     * the total known so far, up and down, per collection), updated after each page and
+     * batch; `hasSynced` is false until a first sync has completed.
+     */
     val syncStatus: StateFlow<SyncStatus> = status.asStateFlow()
+
+    /**
+     * Returns once a first sync has completed on this device (at once if one has): for a
+     * "Setting up…" screen. It does not start a sync; [syncNow], auto sync or the
+     * WorkManager job does.
+     */
+    suspend fun awaitFirstSync(): SyncStatus = syncStatus.first { it.hasSynced }
 
     /**
      * Manual conflicts as the sync engine finds them, while collected. [openConflicts]
@@ -335,6 +351,31 @@ class Outpost private constructor(
                 if (!left) syncCallers.decrementAndGet()
             }
         }
+
+    /**
+     * Copies [file] into the store's own folder (durable when this returns) and queues
+     * its upload, which resumes across drops and never holds a record back. Put the
+     * returned reference's `json` in a record field.
+     */
+    suspend fun attach(file: File, contentType: String, name: String? = file.name): AttachmentRef =
+        withContext(io) { native.attachFile(file.path, contentType, name) }
+
+    /** [attach] for bytes the app holds, such as a signature drawn on screen. */
+    suspend fun attach(bytes: ByteArray, contentType: String, name: String? = null): AttachmentRef =
+        withContext(io) { native.attachBytes(bytes, contentType, name) }
+
+    /**
+     * The file a reference names, or null while it is on its way (asking queues the
+     * download; [attachmentState] gives its progress).
+     */
+    suspend fun attachment(sha256: String): File? =
+        when (val a = attachmentState(sha256)) {
+            is Attachment.Ready -> File(a.path)
+            is Attachment.Pending -> null
+        }
+
+    /** Ready with a path, or pending with the bytes received so far. */
+    suspend fun attachmentState(sha256: String): Attachment = withContext(io) { native.attachment(sha256) }
 
     /** Stops a running sync; safe at any time. */
     fun cancelSync() = native.cancelSync()

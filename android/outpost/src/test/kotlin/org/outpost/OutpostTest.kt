@@ -16,11 +16,14 @@ import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
+import java.io.File
+import java.util.Collections
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
@@ -34,6 +37,7 @@ import org.outpost.ffi.Resolution
 import org.outpost.ffi.SyncActivity
 import org.outpost.ffi.SyncOutcome
 import org.outpost.ffi.SyncState
+import org.outpost.ffi.SyncStatus
 import org.outpost.ffi.WriteOp
 
 class OutpostTest : ServerTest() {
@@ -277,6 +281,33 @@ class OutpostTest : ServerTest() {
         }
 
     @Test
+    fun firstSyncProgressIsMonotonicAndAwaitFirstSyncReturns() =
+        runBlocking<Unit> {
+            val b = device("b", BEN)
+            b.batch((0 until 600).map { WriteOp.Put("patients", "p$it", """{"name":"P$it","village":"Kole","age":$it}""") })
+            assertEquals(SyncOutcome.COMPLETED, b.syncNow(30.seconds).outcome)
+            val a = device("a")
+            assertFalse(a.syncStatus.value.hasSynced)
+            val first = async(Dispatchers.Default) { a.awaitFirstSync() }
+            val seen = Collections.synchronizedList(mutableListOf<SyncStatus>())
+            val watcher = launch(Dispatchers.Default) { a.syncStatus.collect { seen += it } }
+            val report = a.syncNow(60.seconds)
+            assertEquals(SyncOutcome.COMPLETED, report.outcome)
+            assertTrue(withTimeout(10_000) { first.await() }.hasSynced)
+            eventually(what = "the last status") { seen.lastOrNull()?.hasSynced == true }
+            watcher.cancelAndJoin()
+            val done = synchronized(seen) { seen.map { it.progress.download.changesDone } }
+            assertTrue(done.zipWithNext().all { (x, y) -> x <= y }, "monotonic: $done")
+            val last = seen.last().progress.download
+            assertEquals(600uL, last.changesDone)
+            assertEquals(last.changesTotal, last.changesDone)
+            assertEquals(600uL, report.progress.download.changesDone)
+            assertTrue(report.bytesReceived > 0uL && report.bytesSent > 0uL)
+            val patients = report.progress.collections.single { it.collection == "patients" }
+            assertEquals(600uL, patients.download.changesTotal)
+        }
+
+    @Test
     fun batchAndCrdtOperations() =
         runBlocking<Unit> {
             val a = device("a")
@@ -295,5 +326,34 @@ class OutpostTest : ServerTest() {
             assertTrue(r.dataJson.contains("pncounter") && r.dataJson.contains("orset"))
             assertEquals(SyncOutcome.COMPLETED, a.syncNow(30.seconds).outcome)
         }
-}
 
+    @Test
+    fun attachmentsReachAnotherDeviceAsFiles() =
+        runBlocking<Unit> {
+            val a = device("a")
+            val b = device("b", BEN)
+            val photo = ByteArray(200_000) { (it * 7 % 251).toByte() }
+            val src = File(server.dir, "photo.jpg").apply { writeBytes(photo) }
+            val ref = a.attach(src, "image/jpeg")
+            assertEquals(200_000uL, ref.size)
+            assertEquals("photo.jpg", ref.name)
+            val sig = a.attach("signature".toByteArray(), "image/png")
+            a.put("answers", "a1", """{"photo":${ref.json},"signature":${sig.json}}""")
+            // Here at once on the device that attached it.
+            assertTrue(a.attachment(ref.sha256)!!.readBytes().contentEquals(photo))
+            assertEquals(2uL, a.native.status().attachmentUploads)
+            val sent = a.syncNow(30.seconds)
+            assertEquals(2uL, sent.filesUploaded)
+            assertEquals(0uL, a.native.status().attachmentUploads)
+
+            b.syncNow(30.seconds)
+            assertNull(b.attachment(ref.sha256), "pending until it has downloaded")
+            assertEquals(1uL, b.native.status().attachmentDownloads)
+            b.syncNow(30.seconds)
+            val file = b.attachment(ref.sha256)
+            assertNotNull(file)
+            assertTrue(file!!.readBytes().contentEquals(photo))
+            assertThrows<OutpostException.InvalidData> { a.attach(ByteArray(1), "not a type") }
+            assertThrows<OutpostException.File> { a.attach(File(server.dir, "missing"), "image/jpeg") }
+        }
+}

@@ -38,6 +38,7 @@ object OutpostHolder {
 class OutpostSyncWorker(context: Context, params: WorkerParameters) : CoroutineWorker(context, params) {
     override suspend fun doWork(): Result {
         val outpost = OutpostHolder.instance ?: return Result.retry()
+        // The sync moves queued attachments too, after records, within the same deadline.
         // Cancelling this coroutine (stopped work) cancels the sync; nothing is lost.
         val report = outpost.syncNow(deadline = 30.seconds)
         return if (report.shouldRetry) Result.retry() else Result.success()
