@@ -36,7 +36,7 @@ rm -rf android/*/target/surefire-reports
 python3 - android <<'PY' || true
 import glob, sys, xml.etree.ElementTree as ET
 totals = [0, 0, 0, 0]
-for path in sorted(glob.glob(sys.argv[1] + "/*/target/surefire-reports/TEST-*.xml")):
+for path in sorted(glob.glob(sys.argv[1] + "/*/target/surefire-reports/**/TEST-*.xml", recursive=True)):
     s = ET.parse(path).getroot()
     n = [int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")]
     totals = [a + b for a, b in zip(totals, n)]
