@@ -7,7 +7,11 @@ plugins {
 android {
     namespace = "org.outpost.android"
     compileSdk = 35
-    defaultConfig { minSdk = 24 }
+    defaultConfig {
+        minSdk = 24
+        // Shipped in the AAR as proguard.txt.
+        consumerProguardFiles("consumer-rules.pro")
+    }
     sourceSets["main"].java.srcDirs("src/main/kotlin")
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17

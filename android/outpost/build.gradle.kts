@@ -11,7 +11,11 @@ plugins {
 android {
     namespace = "org.outpost"
     compileSdk = 35
-    defaultConfig { minSdk = 24 }
+    defaultConfig {
+        minSdk = 24
+        // Shipped in the AAR as proguard.txt, so apps that run R8 keep what JNA needs.
+        consumerProguardFiles("src/main/resources/META-INF/proguard/outpost.pro")
+    }
     sourceSets["main"].java.srcDirs("src/main/kotlin", "../generated/uniffi")
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
