@@ -1,10 +1,11 @@
 //! The change feed: tells the UI which records changed after each commit.
 //!
 //! The UI reads only local data, so it must hear about every commit, local or pulled.
-//! Each subscriber gets its own delivery thread and one pending slot: the writer only
-//! merges its change into that slot and wakes the thread, so a slow or failing listener
-//! can never block a write, and events coalesce rather than queue without bound or get
-//! dropped. Listeners are never called on the writing thread or under a database lock.
+//! Each subscriber gets one pending slot: the writer only merges its change into that
+//! slot and hands the subscriber to a pool thread ([`pool`]), so a slow or failing
+//! listener can never block a write, and events coalesce rather than queue without bound
+//! or get dropped. A subscriber is delivered to by one thread at a time, in order.
+//! Listeners are never called on the writing thread or under a database lock.
 //!
 //! A subscription ends when it is cancelled or when the store (or engine) closes. Once
 //! that call returns no callback runs or starts: the pending event is dropped, and the
@@ -12,14 +13,18 @@
 //! end is observable ([`Subscription::closed`]), so a Kotlin Flow or Swift stream over
 //! it can complete.
 
+mod pool;
+
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, TryLockError, Weak};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use pool::{Job, Pool};
 
 /// How long ending a subscription waits for a callback under way. A listener that
 /// hangs longer is logged and left running; no later callback starts.
@@ -124,34 +129,54 @@ impl Coalesce for ChangeEvent {
 struct Slot<E> {
     pending: Option<E>,
     closed: bool,
-    /// A callback is running.
-    busy: bool,
+    /// Handed to the pool and not yet picked up, or delivering: either way a pool
+    /// thread will see `pending`, so it is not handed over again.
+    scheduled: bool,
+    /// The thread running a callback now, which must not wait for itself.
+    running_on: Option<ThreadId>,
 }
 
 struct Subscriber<E> {
     slot: Mutex<Slot<E>>,
-    /// Wakes the delivery thread.
-    wake: Condvar,
+    /// The listener; taken out when the subscription ends, so that it (a foreign
+    /// callback, with what it holds) is released even while the subscription object
+    /// lives on. Locked only by the one thread delivering.
+    deliver: Mutex<Option<Deliver<E>>>,
+    pool: Arc<Pool>,
     /// Tells a closing call that the running callback returned.
     idle: Condvar,
-    /// The delivery thread, which must not wait for itself.
-    thread: OnceLock<ThreadId>,
     ended: watch::Sender<bool>,
 }
 
 impl<E> Subscriber<E> {
-    fn new(initial: Option<E>, closed: bool) -> Subscriber<E> {
+    fn new(
+        deliver: Deliver<E>,
+        initial: Option<E>,
+        closed: bool,
+        pool: Arc<Pool>,
+    ) -> Subscriber<E> {
         Subscriber {
             slot: Mutex::new(Slot {
                 pending: initial.filter(|_| !closed),
                 closed,
-                busy: false,
+                scheduled: false,
+                running_on: None,
             }),
-            wake: Condvar::new(),
+            deliver: Mutex::new((!closed).then_some(deliver)),
+            pool,
             idle: Condvar::new(),
-            thread: OnceLock::new(),
             ended: watch::Sender::new(closed),
         }
+    }
+
+    /// Drops the listener unless a callback holds it (that thread drops it after).
+    fn release_listener(&self) {
+        let listener = match self.deliver.try_lock() {
+            Ok(mut d) => d.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        drop(listener);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot<E>> {
@@ -172,10 +197,10 @@ impl<E: Send> Closable for Subscriber<E> {
         let mut slot = self.lock();
         slot.closed = true;
         slot.pending = None;
-        self.wake.notify_all();
-        if self.thread.get() != Some(&thread::current().id()) {
+        let own = slot.running_on == Some(thread::current().id());
+        if !own {
             let deadline = Instant::now() + CLOSE_WAIT;
-            while slot.busy {
+            while slot.running_on.is_some() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     tracing::warn!("a listener is still running {CLOSE_WAIT:?} after its end");
@@ -189,6 +214,9 @@ impl<E: Send> Closable for Subscriber<E> {
             }
         }
         drop(slot);
+        if !own {
+            self.release_listener();
+        }
         // Told last, so a stream completing on it has every value already delivered.
         self.ended.send_replace(true);
     }
@@ -205,9 +233,10 @@ impl<E: Send> Closable for Subscriber<E> {
 /// A listener callback as the fan-out stores it.
 pub(crate) type Deliver<E> = Box<dyn Fn(&E) -> Result<(), String> + Send>;
 
-/// The publisher side: one delivery thread and one pending slot per subscriber.
+/// The publisher side: one pending slot per subscriber, delivered by a shared pool.
 pub(crate) struct Fanout<E> {
     subscribers: Mutex<Subscribers<E>>,
+    pool: Arc<Pool>,
 }
 
 struct Subscribers<E> {
@@ -218,11 +247,18 @@ struct Subscribers<E> {
 
 impl<E> Default for Fanout<E> {
     fn default() -> Self {
+        Fanout::with_pool(pool::shared())
+    }
+}
+
+impl<E> Fanout<E> {
+    fn with_pool(pool: Arc<Pool>) -> Fanout<E> {
         Fanout {
             subscribers: Mutex::new(Subscribers {
                 live: Vec::new(),
                 closed: false,
             }),
+            pool,
         }
     }
 }
@@ -242,7 +278,7 @@ impl Feed {
     }
 }
 
-impl<E: Coalesce> Fanout<E> {
+impl<E: Coalesce + Sync> Fanout<E> {
     pub(crate) fn subscribe(&self, deliver_fn: Deliver<E>) -> Subscription {
         self.subscribe_with(deliver_fn, None)
     }
@@ -253,11 +289,12 @@ impl<E: Coalesce> Fanout<E> {
         deliver_fn: Deliver<E>,
         initial: Option<E>,
     ) -> Subscription {
-        // Registered before its thread starts: a commit made once the first delivery
-        // is under way (an observer's initial result) must reach this subscriber.
+        // Registered before its first delivery: a commit made once that is under way
+        // (an observer's initial result) must reach this subscriber.
         let sub = {
             let mut subs = self.lock();
-            let sub = Arc::new(Subscriber::new(initial, subs.closed));
+            let pool = Arc::clone(&self.pool);
+            let sub = Arc::new(Subscriber::new(deliver_fn, initial, subs.closed, pool));
             if subs.closed {
                 return Subscription { sub, counts: None };
             }
@@ -265,13 +302,7 @@ impl<E: Coalesce> Fanout<E> {
             subs.live.push(Arc::downgrade(&sub));
             sub
         };
-        let worker = Arc::clone(&sub);
-        let spawned = thread::Builder::new()
-            .name("outpost-listener".into())
-            .spawn(move || deliver(&worker, deliver_fn.as_ref()));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start a listener thread");
-        }
+        sub.schedule(sub.lock());
         Subscription { sub, counts: None }
     }
 
@@ -288,8 +319,7 @@ impl<E: Coalesce> Fanout<E> {
                 Some(p) => p.absorb(event.clone()),
                 None => slot.pending = Some(event.clone()),
             }
-            drop(slot);
-            sub.wake.notify_one();
+            sub.schedule(slot);
         }
     }
 
@@ -310,30 +340,66 @@ impl<E: Coalesce> Fanout<E> {
     }
 }
 
-fn deliver<E>(sub: &Subscriber<E>, listener: &(dyn Fn(&E) -> Result<(), String> + Send)) {
-    let _ = sub.thread.set(thread::current().id());
-    loop {
-        let event = {
-            let mut slot = sub.lock();
-            loop {
-                if slot.closed {
-                    return;
-                }
-                if let Some(e) = slot.pending.take() {
-                    slot.busy = true;
-                    break e;
-                }
-                slot = sub.wake.wait(slot).unwrap_or_else(|p| p.into_inner());
-            }
-        };
-        // A panicking listener must not take the delivery thread (and later events) down.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| listener(&event))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "listener failed"),
-            Err(_) => tracing::warn!("listener panicked"),
+impl<E: Coalesce + Sync> Subscriber<E> {
+    /// Hands the subscriber to the pool when it has an event and no thread has it.
+    fn schedule(self: &Arc<Self>, mut slot: std::sync::MutexGuard<'_, Slot<E>>) {
+        if slot.closed || slot.scheduled || slot.pending.is_none() {
+            return;
         }
-        sub.lock().busy = false;
-        sub.idle.notify_all();
+        slot.scheduled = true;
+        drop(slot);
+        self.pool.submit(Arc::clone(self) as Arc<dyn Job>);
+    }
+}
+
+impl<E: Coalesce + Sync> Job for Subscriber<E> {
+    /// Delivers what is pending, and what arrives meanwhile, then gives the thread back.
+    fn run(self: Arc<Self>) {
+        let me = thread::current().id();
+        loop {
+            let event = {
+                let mut slot = self.lock();
+                match slot.pending.take().filter(|_| !slot.closed) {
+                    Some(e) => {
+                        slot.running_on = Some(me);
+                        e
+                    }
+                    None => {
+                        slot.scheduled = false;
+                        return;
+                    }
+                }
+            };
+            {
+                let deliver = self.deliver.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(listener) = deliver.as_ref() {
+                    // A panicking listener must not take the pool thread (or later
+                    // events) down.
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| listener(&event))) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "listener failed"),
+                        Err(_) => tracing::warn!("listener panicked"),
+                    }
+                }
+            }
+            let closed = {
+                let mut slot = self.lock();
+                slot.running_on = None;
+                slot.closed
+            };
+            self.idle.notify_all();
+            if closed {
+                // Ended meanwhile (perhaps by this very callback), when the closing call
+                // may not have been able to release the listener: release it here,
+                // outside every lock.
+                let listener = self
+                    .deliver
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                drop(listener);
+            }
+        }
     }
 }
 
@@ -461,6 +527,91 @@ mod tests {
             e.add("c", id);
         }
         e
+    }
+
+    /// Waits up to 10 s for `done`.
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[test]
+    fn idle_subscriptions_hold_no_thread() {
+        // A screen of observed rows: many subscriptions, each delivered now and then.
+        let pool = Pool::new(Duration::from_millis(200));
+        let feed: Feed = Fanout::with_pool(Arc::clone(&pool));
+        let (tx, rx) = mpsc::channel();
+        let subs: Vec<Subscription> = (0..200)
+            .map(|i| {
+                let tx = Mutex::new(tx.clone());
+                let deliver = move |e: &ChangeEvent| {
+                    let _ = tx.lock().unwrap().send((i, e.commits));
+                    Ok(())
+                };
+                feed.subscribe_with(Box::new(deliver), Some(event(ChangeOrigin::Local, &["a"])))
+            })
+            .collect();
+        for _ in 0..200 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        // Quick callbacks need no thread each (200 under a thread per subscription).
+        assert!(pool.threads() <= 10, "{} threads", pool.threads());
+        assert!(
+            eventually(|| pool.threads() == 0),
+            "{} threads stay",
+            pool.threads()
+        );
+
+        // Still subscribed: the next commit reaches each one, once.
+        feed.publish(event(ChangeOrigin::Remote, &["b"]));
+        let mut got: Vec<usize> = (0..200)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap().0)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(subs);
+    }
+
+    #[test]
+    fn hung_listeners_do_not_hold_up_the_others() {
+        let pool = Pool::new(Duration::from_secs(10));
+        let feed: Feed = Fanout::with_pool(Arc::clone(&pool));
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate_rx));
+        let (entered_tx, entered) = mpsc::channel();
+        // More hung listeners than the pool starts threads for at once.
+        let hung: Vec<Subscription> = (0..4)
+            .map(|_| {
+                let (gate, entered_tx) = (Arc::clone(&gate), Mutex::new(entered_tx.clone()));
+                let deliver = move |_: &ChangeEvent| {
+                    let _ = entered_tx.lock().unwrap().send(());
+                    let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(20));
+                    Ok(())
+                };
+                feed.subscribe(Box::new(deliver))
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let _live = feed.subscribe(Box::new(move |e: &ChangeEvent| {
+            let _ = tx.lock().unwrap().send(e.commits);
+            Ok(())
+        }));
+        feed.publish(event(ChangeOrigin::Local, &["a"]));
+        // Within a few standby periods, not after the hung ones.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert!(entered.recv_timeout(Duration::from_secs(5)).is_ok());
+        for _ in 0..4 {
+            let _ = gate_tx.send(());
+        }
+        drop(hung);
     }
 
     #[test]
