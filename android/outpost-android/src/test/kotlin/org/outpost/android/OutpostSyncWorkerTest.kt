@@ -111,4 +111,14 @@ class OutpostSyncWorkerTest {
             assertNotNull("channel ${info.notification.channelId} on API ${Build.VERSION.SDK_INT}", channel)
             assertEquals(android.content.pm.ServiceInfo.FOREGROUND_SERVICE_TYPE_DATA_SYNC, info.foregroundServiceType)
         }
+
+    @Test
+    fun theManifestDeclaresTheForegroundServiceTheNotificationNeeds() {
+        // API 29+ rejects a dataSync ForegroundInfo for a service not declared as such.
+        val manifest = java.io.File("src/main/AndroidManifest.xml").readText()
+        val service = Regex("""<service\s[^>]*SystemForegroundService[^>]*>""").find(manifest)?.value
+        assertNotNull("SystemForegroundService is not declared", service)
+        assertTrue(service!!, service.contains("android:foregroundServiceType=\"dataSync\""))
+        assertTrue(manifest.contains("android.permission.FOREGROUND_SERVICE_DATA_SYNC"))
+    }
 }
