@@ -103,6 +103,9 @@ sealed class OutpostTypedException(message: String, cause: Throwable?) : Excepti
  * as a plain value in place of the merged one, losing other devices' increments).
  * A counter or set no device has touched reads as 0 or empty; a register never set is
  * missing, so give such a property a default or make it nullable.
+ *
+ * Each write returns the record as stored, decoded. A write is done once it returns or
+ * throws [OutpostTypedException.Decode]: only the stored record failed to decode.
  */
 class TypedCollection<T>(
     val outpost: Outpost,

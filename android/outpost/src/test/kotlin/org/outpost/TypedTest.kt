@@ -40,6 +40,10 @@ data class Survey(
     @SerialName("done_by") val doneBy: OrSet = OrSet(),
 )
 
+/** No defaults: a counter and a set no device has touched still read. */
+@Serializable
+data class Tally(val title: String, val visitCount: Counter, val seenBy: OrSet)
+
 @Serializable
 data class Nested(val title: String, val inner: Survey)
 
@@ -162,6 +166,27 @@ class TypedTest : ServerTest() {
             patients.put("p3", Patient("Chioma", "v043"))
             assertEquals(Patient("Chioma", "v043"), one.await())
             assertEquals(listOf("Amina"), patients.observe(query { where { "village" eq "v042" } }).first().map { it.name })
+        }
+
+    @OptIn(kotlinx.serialization.ExperimentalSerializationApi::class)
+    @Test
+    fun anAppsOwnJsonKeepsTheCollectionRules() =
+        runBlocking<Unit> {
+            val db = device("a")
+            // The app's Json: snake_case keys, and neither ignoreUnknownKeys nor encodeDefaults.
+            val snake = Json { namingStrategy = kotlinx.serialization.json.JsonNamingStrategy.SnakeCase }
+            db.put("answers", "t1", """{"title":"t","added_later":true}""")
+            val tallies = db.collection<Tally>("answers", snake)
+            assertEquals(Tally("t", Counter(0), OrSet()), tallies.get("t1"))
+            tallies.increment("t1", Tally::visitCount, 3)
+            tallies.setAdd("t1", Tally::seenBy, "ben")
+            assertEquals(Tally("t", Counter(3), OrSet(listOf("ben"))), tallies.get("t1"))
+            val stored = fields(db.get("answers", "t1")!!.dataJson)
+            assertEquals(setOf("title", "added_later", "visit_count", "seen_by"), stored.keys)
+            // encodeDefaults is on: a default value is stored, so a query on it finds the record.
+            val patients = db.collection<Patient>("patients", snake)
+            patients.put("p1", Patient("Amina", "v042"))
+            assertEquals(listOf("p1"), patients.entries(query { where { "age" eq 0 } }).map { it.id })
         }
 
     @Test
