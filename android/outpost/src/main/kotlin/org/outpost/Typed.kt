@@ -9,7 +9,13 @@
 package org.outpost
 
 import kotlin.reflect.KProperty1
+import kotlinx.coroutines.CoroutineDispatcher
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.flow.buffer
+import kotlinx.coroutines.flow.flowOn
+import kotlinx.coroutines.withContext
 import kotlinx.coroutines.flow.map
 import kotlinx.serialization.ExperimentalSerializationApi
 import kotlinx.serialization.KSerializer
@@ -57,11 +63,17 @@ val OutpostJson: Json = Json {
  * an older app version must read records a newer one wrote, and a field left at its
  * default must still be stored, or a query on it would not find the record.
  *
+ * Records are decoded on [decodeOn], never on the collecting thread: a list of a few
+ * hundred records is too much work for the main thread.
+ *
  * Throws [IllegalArgumentException] when [T] is not a class or holds a [Counter],
  * [OrSet] or [Register] below the top level (the core merges CRDT fields only there).
  */
-inline fun <reified T> Outpost.collection(name: String, json: Json = OutpostJson): TypedCollection<T> =
-    TypedCollection(this, name, serializer<T>(), json)
+inline fun <reified T> Outpost.collection(
+    name: String,
+    json: Json = OutpostJson,
+    decodeOn: CoroutineDispatcher = Dispatchers.Default,
+): TypedCollection<T> = TypedCollection(this, name, serializer<T>(), json, decodeOn)
 
 /** A record with its metadata: the id and sync state a list row needs. */
 data class Entry<out T>(
@@ -112,6 +124,7 @@ class TypedCollection<T>(
     val name: String,
     val serializer: KSerializer<T>,
     json: Json = OutpostJson,
+    private val decodeOn: CoroutineDispatcher = Dispatchers.Default,
 ) {
     @PublishedApi
     internal val json: Json = Json(json) {
@@ -168,7 +181,7 @@ class TypedCollection<T>(
      * fields a newer app version added, and the CRDT fields, which [put] never writes
      * (see the class). For an existing record this is a patch, for a new one a put.
      */
-    suspend fun put(id: String?, value: T): Entry<T> {
+    suspend fun put(id: String?, value: T): Entry<T> = withContext(decodeOn) {
         val fields = encode(value)
         val record =
             if (id == null) {
@@ -180,18 +193,18 @@ class TypedCollection<T>(
                     outpost.put(name, id, fields)
                 }
             }
-        return entry(record)
+        entry(record)
     }
 
     suspend fun get(id: String): T? = getEntry(id)?.value
 
-    suspend fun getEntry(id: String): Entry<T>? = outpost.get(name, id)?.let(::entry)
+    suspend fun getEntry(id: String): Entry<T>? = withContext(decodeOn) { outpost.get(name, id)?.let(::entry) }
 
     /** Records matching [query], in its order; build one with [org.outpost.query]. */
     suspend fun query(query: Query = Query()): List<T> = entries(query).map { it.value }
 
     /** [query] with ids and sync states. */
-    suspend fun entries(query: Query = Query()): List<Entry<T>> = outpost.query(name, query).map(::entry)
+    suspend fun entries(query: Query = Query()): List<Entry<T>> = withContext(decodeOn) { outpost.query(name, query).map(::entry) }
 
     /**
      * [Outpost.observe] decoded: a record that does not decode fails the Flow with
@@ -200,12 +213,16 @@ class TypedCollection<T>(
     fun observe(query: Query = Query()): Flow<List<T>> = observeEntries(query).map { list -> list.map { it.value } }
 
     fun observeEntries(query: Query = Query()): Flow<List<Entry<T>>> =
-        outpost.observe(name, query).map { records -> records.map(::entry) }
+        outpost.observe(name, query).map { records -> records.map(::entry) }.decoded()
 
     /** One record: now (null when absent), then each time a commit changes it. */
     fun observeOne(id: String): Flow<T?> = observeEntry(id).map { it?.value }
 
-    fun observeEntry(id: String): Flow<Entry<T>?> = outpost.observeOne(name, id).map { it?.let(::entry) }
+    fun observeEntry(id: String): Flow<Entry<T>?> = outpost.observeOne(name, id).map { it?.let(::entry) }.decoded()
+
+    // Conflated again after the hop to decodeOn: a slow collector gets the latest result,
+    // as from Outpost.observe, not a queue of stale ones.
+    private fun <R> Flow<R>.decoded(): Flow<R> = flowOn(decodeOn).buffer(Channel.CONFLATED)
 
     suspend fun delete(id: String) = outpost.delete(name, id)
 
@@ -216,7 +233,7 @@ class TypedCollection<T>(
     /** [increment] by JSON key, e.g. for a field renamed with @SerialName. */
     suspend fun increment(id: String, field: String, by: Long = 1): Entry<T> {
         requireKind(field, CrdtKind.COUNTER)
-        return entry(outpost.increment(name, id, field, by))
+        return withContext(decodeOn) { entry(outpost.increment(name, id, field, by)) }
     }
 
     suspend fun setAdd(id: String, field: KProperty1<T, OrSet?>, element: String): Entry<T> =
@@ -224,7 +241,7 @@ class TypedCollection<T>(
 
     suspend fun setAdd(id: String, field: String, element: String): Entry<T> {
         requireKind(field, CrdtKind.OR_SET)
-        return entry(outpost.setAdd(name, id, field, element))
+        return withContext(decodeOn) { entry(outpost.setAdd(name, id, field, element)) }
     }
 
     suspend fun setRemove(id: String, field: KProperty1<T, OrSet?>, element: String): Entry<T> =
@@ -232,7 +249,7 @@ class TypedCollection<T>(
 
     suspend fun setRemove(id: String, field: String, element: String): Entry<T> {
         requireKind(field, CrdtKind.OR_SET)
-        return entry(outpost.setRemove(name, id, field, element))
+        return withContext(decodeOn) { entry(outpost.setRemove(name, id, field, element)) }
     }
 
     /** Sets the [Register] [field] of record [id]; the latest write wins across devices. */
@@ -245,7 +262,7 @@ class TypedCollection<T>(
     @PublishedApi
     internal suspend fun setRegisterJson(id: String, field: String, valueJson: String): Entry<T> {
         requireKind(field, CrdtKind.REGISTER)
-        return entry(outpost.setRegister(name, id, field, valueJson))
+        return withContext(decodeOn) { entry(outpost.setRegister(name, id, field, valueJson)) }
     }
 
     @PublishedApi

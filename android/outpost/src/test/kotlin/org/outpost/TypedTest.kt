@@ -13,7 +13,11 @@ import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
+import java.util.concurrent.Executors
+import kotlinx.coroutines.asCoroutineDispatcher
+import kotlinx.serialization.KSerializer
 import kotlinx.serialization.SerialName
+import kotlinx.serialization.encoding.Decoder
 import kotlinx.serialization.Serializable
 import kotlinx.serialization.json.Json
 import kotlinx.serialization.json.JsonObject
@@ -187,6 +191,29 @@ class TypedTest : ServerTest() {
             val patients = db.collection<Patient>("patients", snake)
             patients.put("p1", Patient("Amina", "v042"))
             assertEquals(listOf("p1"), patients.entries(query { where { "age" eq 0 } }).map { it.id })
+        }
+
+    @Test
+    fun recordsDecodeOnTheGivenDispatcherNotTheCollectors() =
+        runBlocking<Unit> {
+            val db = device("a")
+            db.put("patients", "p1", """{"name":"Amina","village":"v042"}""")
+            val threads = java.util.Collections.synchronizedSet(mutableSetOf<String>())
+            val recording =
+                object : KSerializer<Patient> by Patient.serializer() {
+                    override fun deserialize(decoder: Decoder): Patient =
+                        Patient.serializer().deserialize(decoder).also { threads += Thread.currentThread().name.substringBefore(" @") }
+                }
+            val pool = Executors.newSingleThreadExecutor { Thread(it, "typed-decode") }.asCoroutineDispatcher()
+            pool.use {
+                val patients = TypedCollection(db, "patients", recording, OutpostJson, pool)
+                patients.get("p1")
+                patients.query()
+                patients.observe().first()
+                patients.observeOne("p1").first()
+                patients.put("p2", Patient("Ben", "v043"))
+            }
+            assertEquals(setOf("typed-decode"), threads.toSet())
         }
 
     @Test
