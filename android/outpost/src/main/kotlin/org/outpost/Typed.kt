@@ -307,10 +307,11 @@ class TypedCollection<T>(
         }
 }
 
-private enum class CrdtKind(val serialName: String, val type: String, val empty: JsonElement?) {
-    COUNTER("org.outpost.Counter", "Counter", JsonPrimitive(0)),
-    OR_SET("org.outpost.OrSet", "OrSet", JsonArray(emptyList())),
-    REGISTER("org.outpost.Register", "Register", null),
+/** A CRDT type of this file: its descriptor name, its `$crdt` tags, and its untouched value. */
+private enum class CrdtKind(val serialName: String, val type: String, val tags: Set<String>, val empty: JsonElement?) {
+    COUNTER("org.outpost.Counter", "Counter", setOf("gcounter", "pncounter"), JsonPrimitive(0)),
+    OR_SET("org.outpost.OrSet", "OrSet", setOf("orset"), JsonArray(emptyList())),
+    REGISTER("org.outpost.Register", "Register", setOf("lww"), null),
     ;
 
     companion object {
@@ -347,16 +348,15 @@ class OrSet(elements: Collection<String> = emptyList()) : Set<String> by element
 @kotlinx.serialization.Serializable(with = RegisterSerializer::class)
 data class Register<out V>(val value: V)
 
-/** The core's JSON form of [type] in [element], or null when [element] is a plain value. */
-private fun crdtObject(element: JsonElement, type: String): JsonObject? {
+/** The core's JSON form of a [kind] in [element], or null when [element] is a plain value. */
+private fun crdtObject(element: JsonElement, kind: CrdtKind): JsonObject? {
     val obj = element as? JsonObject ?: return null
     val tag = obj["\$crdt"] ?: return null
-    val found = (tag as? JsonPrimitive)?.contentOrNull
-    if (found !in CRDT_TYPES[type].orEmpty()) throw SerializationException("expected a $type CRDT, found ${'$'}crdt $tag")
+    if ((tag as? JsonPrimitive)?.contentOrNull !in kind.tags) {
+        throw SerializationException("expected a ${kind.type} CRDT, found ${'$'}crdt $tag")
+    }
     return obj
 }
-
-private val CRDT_TYPES = mapOf("Counter" to setOf("gcounter", "pncounter"), "OrSet" to setOf("orset"), "Register" to setOf("lww"))
 
 private fun Decoder.json(what: String): JsonDecoder =
     this as? JsonDecoder ?: throw SerializationException("$what is read from JSON only")
@@ -372,7 +372,7 @@ object CounterSerializer : KSerializer<Counter> {
 
     override fun deserialize(decoder: Decoder): Counter {
         val element = decoder.json("Counter").decodeJsonElement()
-        val obj = crdtObject(element, "Counter") ?: return Counter(plainLong(element))
+        val obj = crdtObject(element, CrdtKind.COUNTER) ?: return Counter(plainLong(element))
         fun sum(key: String) =
             (obj[key] as? JsonObject ?: JsonObject(emptyMap())).values.fold(java.math.BigInteger.ZERO) { a, v ->
                 a + (v.jsonPrimitive.contentOrNull?.toBigIntegerOrNull() ?: throw SerializationException("bad count $v"))
@@ -398,7 +398,7 @@ object OrSetSerializer : KSerializer<OrSet> {
     override fun deserialize(decoder: Decoder): OrSet {
         val json = decoder.json("OrSet")
         val element = json.decodeJsonElement()
-        val obj = crdtObject(element, "OrSet") ?: return OrSet(json.json.decodeFromJsonElement(list, element))
+        val obj = crdtObject(element, CrdtKind.OR_SET) ?: return OrSet(json.json.decodeFromJsonElement(list, element))
         fun tags(key: String) = (obj[key] as? JsonObject ?: throw SerializationException("OR-set without $key")).mapValues { (_, v) -> v.jsonArray.toSet() }
         val removes = tags("removes")
         return OrSet(tags("adds").filter { (x, added) -> (added - removes[x].orEmpty()).isNotEmpty() }.keys)
@@ -415,7 +415,7 @@ class RegisterSerializer<V>(private val value: KSerializer<V>) : KSerializer<Reg
     override fun deserialize(decoder: Decoder): Register<V> {
         val json = decoder.json("Register")
         val element = json.decodeJsonElement()
-        val inner = crdtObject(element, "Register")?.let { it["v"] ?: JsonNull } ?: element
+        val inner = crdtObject(element, CrdtKind.REGISTER)?.let { it["v"] ?: JsonNull } ?: element
         return Register(json.json.decodeFromJsonElement(value, inner))
     }
 }
