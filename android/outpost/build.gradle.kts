@@ -6,6 +6,7 @@
 plugins {
     id("com.android.library")
     id("org.jetbrains.kotlin.android")
+    id("org.jetbrains.kotlin.plugin.serialization")
 }
 
 android {
@@ -29,4 +30,6 @@ dependencies {
     // The AAR carries JNA's own native dispatch library for each ABI.
     implementation("net.java.dev.jna:jna:5.19.1@aar")
     api("org.jetbrains.kotlinx:kotlinx-coroutines-core:1.11.0")
+    // Typed collections (Typed.kt) take and return the app's @Serializable classes.
+    api("org.jetbrains.kotlinx:kotlinx-serialization-json:1.13.0")
 }
