@@ -14,4 +14,4 @@ dependencyResolutionManagement {
     }
 }
 rootProject.name = "outpost-android"
-include(":outpost", ":outpost-android")
+include(":outpost", ":outpost-android", ":sample")
