@@ -35,7 +35,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub enum ChangeOrigin {
     /// A write made on this device.
     Local,
-    /// A change pulled from the server (or a conflict resolution).
+    /// A change pulled from the server (or a conflict resolution), or the server's
+    /// answer to a sent edit, which changes the record's sync state.
     Remote,
     /// Both: the event coalesces local and remote commits the listener had not yet seen.
     Mixed,

@@ -4,7 +4,7 @@
 //!
 //! See `crate::outbox` for the states an entry moves through.
 
-use super::Store;
+use super::{Store, WriteTx};
 use crate::db::{Tx, outbox as outbox_table, records};
 use crate::error::{Error, Result};
 use crate::feed::ChangeOrigin;
@@ -84,10 +84,8 @@ impl Store {
         limits: BatchLimits,
         now_ms: i64,
     ) -> Result<Vec<OutboxEntry>> {
-        self.write(ChangeOrigin::Local, |w| {
-            for (id, outcome) in results {
-                record_outcome(w.tx_mut(), *id, outcome)?;
-            }
+        self.write(ChangeOrigin::Remote, |w| {
+            record_outcomes(w, results)?;
             let batch = outbox_table::next_batch(w.tx(), limits, now_ms)?;
             let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
             outbox_table::mark_in_flight(w.tx(), &ids)?;
@@ -105,12 +103,7 @@ impl Store {
 
     /// Records what the server (or the network) said about sent entries.
     pub(crate) fn outbox_apply_results(&self, results: &[(i64, PushOutcome)]) -> Result<()> {
-        self.write(ChangeOrigin::Local, |w| {
-            for (id, outcome) in results {
-                record_outcome(w.tx_mut(), *id, outcome)?;
-            }
-            Ok(())
-        })
+        self.write(ChangeOrigin::Remote, |w| record_outcomes(w, results))
     }
 
     /// Returns every in-flight entry to pending, keeping its op_id (used on cancel).
@@ -130,33 +123,55 @@ impl Store {
     }
 }
 
-fn record_outcome(tx: &mut Tx<'_>, id: i64, outcome: &PushOutcome) -> Result<()> {
+/// Records the outcomes, and tells listeners of each record whose sync state (and so
+/// what a list row shows: "sending", "failed") they changed. Such an event is
+/// [`ChangeOrigin::Remote`]: it is the server's answer, not a local edit to send.
+fn record_outcomes(w: &mut WriteTx<'_>, results: &[(i64, PushOutcome)]) -> Result<()> {
+    for (id, outcome) in results {
+        if let Some((collection, record_id)) = record_outcome(w.tx_mut(), *id, outcome)? {
+            w.changed(&collection, &record_id);
+        }
+    }
+    Ok(())
+}
+
+/// Records one outcome; returns the record it changed as a reader sees it, if any.
+fn record_outcome(
+    tx: &mut Tx<'_>,
+    id: i64,
+    outcome: &PushOutcome,
+) -> Result<Option<(String, String)>> {
     match outcome {
         PushOutcome::Applied { version } => settle_applied(tx, id, *version),
         PushOutcome::Retry {
             error,
             next_attempt_at_ms,
-        } => outbox_table::set_retry(tx, id, error, *next_attempt_at_ms),
+        } => outbox_table::set_retry(tx, id, error, *next_attempt_at_ms).map(|()| None),
         PushOutcome::Failed { error } => match outbox_table::set_failed(tx, id, error)? {
             Some((collection, record_id)) => {
-                records::set_state(tx, &collection, &record_id, SyncState::Failed)
+                records::set_state(tx, &collection, &record_id, SyncState::Failed)?;
+                Ok(Some((collection, record_id)))
             }
-            None => Ok(()),
+            None => Ok(None),
         },
-        PushOutcome::Released => outbox_table::release(tx, id),
-        PushOutcome::Deferred { not_before_ms } => outbox_table::defer(tx, id, *not_before_ms),
+        PushOutcome::Released => outbox_table::release(tx, id).map(|()| None),
+        PushOutcome::Deferred { not_before_ms } => {
+            outbox_table::defer(tx, id, *not_before_ms).map(|()| None)
+        }
     }
 }
 
 /// The server holds this edit now: the entry goes, and the record's base becomes what
-/// the server holds (or, with later edits still queued, what the op carried).
-fn settle_applied(tx: &mut Tx<'_>, id: i64, version: i64) -> Result<()> {
+/// the server holds (or, with later edits still queued, what the op carried). Returns
+/// the record when it is now synced: its state, version and perhaps data changed.
+fn settle_applied(tx: &mut Tx<'_>, id: i64, version: i64) -> Result<Option<(String, String)>> {
     let Some(applied) = outbox_table::take_applied(tx, id)? else {
-        return Ok(());
+        return Ok(None);
     };
     let (collection, record_id) = (&applied.collection, &applied.record_id);
     if outbox_table::count_for(tx, collection, record_id, None)? == 0 {
-        return records::settle_synced(tx, collection, record_id, version);
+        records::settle_synced(tx, collection, record_id, version)?;
+        return Ok(Some((applied.collection, applied.record_id)));
     }
     // Later edits of this record were made on top of this one.
     outbox_table::rebase_later(tx, collection, record_id, id, version)?;
@@ -174,5 +189,6 @@ fn settle_applied(tx: &mut Tx<'_>, id: i64, version: i64) -> Result<()> {
         OpKind::Delete => None,
     };
     let base = base.as_ref().map(serde_json::to_string).transpose()?;
-    records::move_base(tx, collection, record_id, version, base.as_deref())
+    records::move_base(tx, collection, record_id, version, base.as_deref())?;
+    Ok(None)
 }

@@ -343,3 +343,63 @@ fn the_tail_lookup_is_not_reprepared_per_write() {
         reprepares - reprepares_before
     );
 }
+
+#[test]
+fn the_servers_answer_reaches_observers_as_a_remote_change() {
+    use crate::feed::{ChangeEvent, ChangeOrigin};
+    use crate::record::Record;
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let (states_tx, states) = mpsc::channel();
+    let _row = store
+        .observe_one(
+            "answers",
+            "a",
+            Arc::new(move |r: Option<&Record>| {
+                let _ = states_tx.send(r.map(|r| r.sync_state));
+            }),
+        )
+        .unwrap();
+    let (origins_tx, origins) = mpsc::channel();
+    let _feed = store
+        .subscribe(Arc::new(move |e: &ChangeEvent| {
+            let _ = origins_tx.send(e.origin);
+        }))
+        .unwrap();
+    let next = || states.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(next(), None);
+
+    store.put("answers", Some("a"), json!({"q": 1})).unwrap();
+    assert_eq!(next(), Some(SyncState::Pending));
+    let sent = store
+        .outbox_next_batch(BatchLimits::default(), i64::MAX)
+        .unwrap();
+    store.outbox_mark_in_flight(&[sent[0].id]).unwrap();
+    store
+        .outbox_apply_results(&[(sent[0].id, PushOutcome::Applied { version: 1 })])
+        .unwrap();
+    // A list row's "sending" mark clears without waiting for another edit.
+    assert_eq!(next(), Some(SyncState::Synced));
+
+    store.patch("answers", "a", json!({"q": 2})).unwrap();
+    assert_eq!(next(), Some(SyncState::Pending));
+    let sent = store
+        .outbox_next_batch(BatchLimits::default(), i64::MAX)
+        .unwrap();
+    let error = ErrorBody {
+        code: "forbidden".into(),
+        message: "no".into(),
+    };
+    store
+        .outbox_apply_results(&[(sent[0].id, PushOutcome::Failed { error })])
+        .unwrap();
+    assert_eq!(next(), Some(SyncState::Failed));
+
+    // The answers are the server's: they do not count as local edits to send.
+    let seen: Vec<ChangeOrigin> =
+        std::iter::from_fn(|| origins.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    assert!(seen.contains(&ChangeOrigin::Remote), "{seen:?}");
+}
