@@ -213,9 +213,8 @@ class TypedCollection<T>(
     fun observe(query: Query = Query()): Flow<List<T>> = observeEntries(query).map { list -> list.map { it.value } }
 
     /**
-     * [observe] with ids and sync states. A state changes with each local edit, but not
-     * when the server acknowledges one: the core re-runs an observed query only for a
-     * commit that changes a record, so SYNCED shows at the next change or subscription.
+     * [observe] with ids and sync states: emitted again when a local edit makes a row
+     * PENDING and when the server's answer makes it SYNCED (or FAILED).
      */
     fun observeEntries(query: Query = Query()): Flow<List<Entry<T>>> =
         outpost.observe(name, query).map { records -> records.map(::entry) }.decoded()
