@@ -826,7 +826,7 @@ mod tests {
             decode_answer::<PushResponse>(200, None, br#"{"results":"secret-value"}"#).unwrap_err();
         let text = e.to_string();
         assert!(
-            text.starts_with("undecodable answer: JSON of the wrong shape"),
+            text.ends_with("undecodable answer: JSON of the wrong shape at line 1 column 25"),
             "{text}"
         );
         assert!(!text.contains("secret-value"), "{text}");
