@@ -507,8 +507,8 @@ fn map_reqwest(e: reqwest::Error) -> TransportError {
     }
 }
 
-/// What went wrong, with its causes but without the URL: reqwest's text names the URL
-/// whole, user info and query included, and this text reaches reports and logs.
+/// What went wrong, with its causes (reqwest's own text has none) but without the URL
+/// it names: a pull's query carries the cursor, and this text reaches reports and logs.
 fn reqwest_text(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
