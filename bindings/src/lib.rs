@@ -12,10 +12,13 @@
 //! - Calls after [`Outpost::close`] (or `sign_out`) fail with [`OutpostError::Closed`];
 //!   once either returns no listener is called again.
 //! - Listener callbacks may throw: the error is logged and the next event still arrives.
+//! - Logs reach the app's logger ([`set_logger`]) from a thread of their own, never with
+//!   record data or a token in them.
 
 mod db;
 mod error;
 mod listeners;
+mod logging;
 mod runtime;
 mod types;
 
@@ -24,6 +27,7 @@ pub use error::OutpostError;
 pub use listeners::{
     ChangeListener, ConflictListener, QueryListener, RecordListener, StatusListener, TokenProvider,
 };
+pub use logging::{LogLevel, OutpostLogger, clear_logger, set_logger};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

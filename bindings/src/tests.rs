@@ -1202,3 +1202,313 @@ fn close_in_background_refuses_calls_at_once_and_closes_behind_a_running_listene
     delete_database(config(&dir).path).unwrap();
     assert_eq!(db.close_in_background().unwrap_err(), OutpostError::Closed);
 }
+
+// The log sink. It is one per process, so these tests take turns; records of other
+// tests running meanwhile arrive too, and none of them may carry the secrets either.
+
+static LOG_TURN: Mutex<()> = Mutex::new(());
+
+fn log_turn() -> std::sync::MutexGuard<'static, ()> {
+    LOG_TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Lines = Arc<Mutex<Vec<(LogLevel, String, String)>>>;
+
+/// Keeps every record; throws on each one when `throws`.
+struct Collect {
+    lines: Lines,
+    throws: bool,
+}
+impl OutpostLogger for Collect {
+    fn log(&self, level: LogLevel, target: String, message: String) -> Result<(), OutpostError> {
+        self.lines.lock().unwrap().push((level, target, message));
+        if self.throws {
+            return Err(OutpostError::Callback {
+                detail: s("logger down"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn collect(level: LogLevel, throws: bool) -> Lines {
+    let lines = Lines::default();
+    let logger = Collect {
+        lines: Arc::clone(&lines),
+        throws,
+    };
+    set_logger(Box::new(logger), level).unwrap();
+    lines
+}
+
+/// Waits until a record logged now has been delivered: the queue is in order.
+fn flush(lines: &Lines) {
+    let mark = format!("mark {}", uuid_ish());
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    // Again now and then: a full queue drops it.
+    for i in 0.. {
+        if i % 20 == 0 {
+            tracing::error!("{mark}");
+        }
+        if lines.lock().unwrap().iter().any(|l| l.2 == mark) {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{mark} never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn uuid_ish() -> u64 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    u64::from(N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A broken server on loopback that quotes every request back: its token and body in
+/// the message of a 500 error, then in a 200 answer of the wrong shape.
+fn echoing_server() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut head, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let echo = serde_json::to_string(&format!("{head}{}", String::from_utf8_lossy(&body)))
+                .unwrap();
+            let (status, answer) = if n % 2 == 0 {
+                (
+                    "500 Internal Server Error",
+                    format!(r#"{{"error":{{"code":"internal","message":{echo}}}}}"#),
+                )
+            } else {
+                ("200 OK", format!(r#"{{"results":{echo}}}"#))
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    url
+}
+
+struct Secret(&'static str);
+#[async_trait::async_trait]
+impl TokenProvider for Secret {
+    async fn token(&self, _refresh: bool) -> Result<Option<String>, OutpostError> {
+        Ok(Some(self.0.to_owned()))
+    }
+}
+
+#[test]
+fn log_records_at_trace_carry_no_record_data_token_or_credentials() {
+    const DATA: &str = "diagnosis-LEAKCHECK-data-5e1";
+    const TOKEN: &str = "tok-LEAKCHECK-bearer-9c2";
+    const PASSWORD: &str = "pw-LEAKCHECK-url-4d7";
+    let _turn = log_turn();
+    let lines = collect(LogLevel::Trace, false);
+    let rt = crate::runtime::runtime().unwrap();
+    let sync = |db: &Outpost| rt.block_on(db.sync_now(Some(10_000))).unwrap();
+    let secret = |n: u32| format!(r#"{{"note":"{DATA}","score":{n},"tags":["{DATA}"]}}"#);
+
+    // Nothing listens, and the URL carries credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let c = OutpostConfig {
+        server_url: format!("http://user:{PASSWORD}@127.0.0.1:9/"),
+        ..config(&dir)
+    };
+    let db = Outpost::open(c, Box::new(Secret(TOKEN))).unwrap();
+    db.put(s("answers"), Some(s("a")), secret(1)).unwrap();
+    assert_eq!(sync(&db).outcome, SyncOutcome::BackingOff);
+    db.close().unwrap();
+
+    // A server that quotes the request, token and record included, back.
+    let dir = tempfile::tempdir().unwrap();
+    let c = OutpostConfig {
+        server_url: echoing_server(),
+        ..config(&dir)
+    };
+    let db = Outpost::open(c, Box::new(Secret(TOKEN))).unwrap();
+    db.put(s("answers"), Some(s("a")), secret(1)).unwrap();
+    db.put(s("answers"), Some(s("b")), secret(2)).unwrap();
+    for _ in 0..2 {
+        assert_ne!(sync(&db).outcome, SyncOutcome::Completed);
+    }
+    db.close().unwrap();
+
+    // The real server refuses the token.
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let c = OutpostConfig {
+        server_url: server.base_url(),
+        ..config(&dir)
+    };
+    let db = Outpost::open(c, Box::new(Secret(TOKEN))).unwrap();
+    db.put(s("answers"), Some(s("a")), secret(1)).unwrap();
+    assert_eq!(sync(&db).outcome, SyncOutcome::AuthFailed);
+    db.close().unwrap();
+
+    // A conflict over the secret, and a patch that moves it.
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        device(&server, &da, outpost_testkit::AMINA),
+        device(&server, &db_, outpost_testkit::BEN),
+    );
+    a.put(s("reviews"), Some(s("r")), secret(1)).unwrap();
+    assert_eq!(sync(&a).outcome, SyncOutcome::Completed);
+    assert_eq!(sync(&b).outcome, SyncOutcome::Completed);
+    a.patch(s("reviews"), s("r"), secret(2)).unwrap();
+    b.patch(s("reviews"), s("r"), secret(3)).unwrap();
+    assert_eq!(sync(&a).outcome, SyncOutcome::Completed);
+    assert_eq!(sync(&b).conflicts, 1);
+
+    flush(&lines);
+    clear_logger();
+    let lines = lines.lock().unwrap();
+    let ours: Vec<_> = lines
+        .iter()
+        .filter(|l| l.1.starts_with("outpost_"))
+        .collect();
+    assert_eq!(ours.len(), lines.len(), "only Outpost's own records pass");
+    for needle in [DATA, TOKEN, PASSWORD, "LEAKCHECK"] {
+        for (level, target, message) in lines.iter() {
+            assert!(
+                !message.contains(needle) && !target.contains(needle),
+                "{level:?} {target}: {message}"
+            );
+        }
+    }
+    // The failures did leave a trace.
+    let said = |what: &str| lines.iter().any(|l| l.2.contains(what));
+    assert!(said("outcome=AuthFailed"), "{lines:#?}");
+    assert!(said("outcome=BackingOff"), "{lines:#?}");
+    assert!(said("connect"), "the link failure is named: {lines:#?}");
+    assert!(said("HTTP 500 internal"), "{lines:#?}");
+    assert!(said("undecodable answer"), "{lines:#?}");
+}
+
+#[test]
+fn log_level_filters_and_a_replaced_or_cleared_logger_hears_no_more() {
+    let _turn = log_turn();
+    let first = collect(LogLevel::Warn, false);
+    tracing::info!("info-1");
+    tracing::warn!("warn-1");
+    flush(&first);
+    let texts =
+        |l: &Lines| -> Vec<String> { l.lock().unwrap().iter().map(|l| l.2.clone()).collect() };
+    assert!(texts(&first).contains(&s("warn-1")));
+    assert!(!texts(&first).contains(&s("info-1")));
+    let levels: Vec<_> = first.lock().unwrap().iter().map(|l| l.0).collect();
+    assert!(levels.iter().all(|&l| l <= LogLevel::Warn), "{levels:?}");
+
+    let second = collect(LogLevel::Debug, false);
+    tracing::debug!(n = 7, "debug-2");
+    flush(&second);
+    assert!(
+        texts(&second).contains(&s("debug-2 n=7")),
+        "{:?}",
+        texts(&second)
+    );
+    assert!(!texts(&first).iter().any(|t| t.starts_with("debug-2")));
+
+    clear_logger();
+    tracing::error!("after-clear");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!texts(&second).contains(&s("after-clear")));
+    // Other crates' records never pass, whatever the level.
+    let third = collect(LogLevel::Trace, false);
+    tracing::error!(target: "hyper_util::client", "not ours");
+    flush(&third);
+    assert!(!texts(&third).contains(&s("not ours")));
+    clear_logger();
+}
+
+#[test]
+fn log_a_throwing_logger_keeps_receiving() {
+    let _turn = log_turn();
+    let lines = collect(LogLevel::Info, true);
+    for i in 0..3 {
+        tracing::warn!("thrown-{i}");
+    }
+    flush(&lines);
+    let texts: Vec<String> = lines.lock().unwrap().iter().map(|l| l.2.clone()).collect();
+    for i in 0..3 {
+        assert!(texts.contains(&format!("thrown-{i}")), "{texts:?}");
+    }
+    clear_logger();
+}
+
+/// Blocks on every record until let go.
+struct StuckLogger {
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    lines: Lines,
+}
+impl OutpostLogger for StuckLogger {
+    fn log(&self, level: LogLevel, target: String, message: String) -> Result<(), OutpostError> {
+        let (open, wake) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = wake.wait(open).unwrap();
+        }
+        self.lines.lock().unwrap().push((level, target, message));
+        Ok(())
+    }
+}
+
+#[test]
+fn log_a_stuck_logger_never_blocks_the_core_and_hears_how_many_were_dropped() {
+    let _turn = log_turn();
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let lines = Lines::default();
+    let stuck = StuckLogger {
+        gate: Arc::clone(&gate),
+        lines: Arc::clone(&lines),
+    };
+    set_logger(Box::new(stuck), LogLevel::Trace).unwrap();
+    // Real work too: writes log nothing at trace that could wait on the logger.
+    let (_d, db) = open();
+    let started = std::time::Instant::now();
+    for i in 0..5_000 {
+        tracing::warn!(i, "flood");
+    }
+    db.put(s("answers"), Some(s("a")), s("{}")).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "logging waited on the logger: {:?}",
+        started.elapsed()
+    );
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    tracing::warn!("after the flood");
+    flush(&lines);
+    clear_logger();
+    let lines = lines.lock().unwrap();
+    let dropped = lines
+        .iter()
+        .find(|l| l.2.contains("log records dropped"))
+        .unwrap_or_else(|| panic!("no drop count in {} records", lines.len()));
+    assert_eq!(
+        (dropped.0, dropped.1.as_str()),
+        (LogLevel::Warn, "outpost_ffi::logging")
+    );
+    let n: u64 = dropped.2.split(' ').next().unwrap().parse().unwrap();
+    let floods = lines.iter().filter(|l| l.2.starts_with("flood")).count() as u64;
+    assert!(
+        n > 0 && floods + n >= 5_000,
+        "{n} dropped, {floods} delivered"
+    );
+}

@@ -72,6 +72,16 @@ impl TransportError {
         }
     }
 
+    /// The error for a log line: the server's own words left out (a server may quote
+    /// a refused request's values back), status and code kept.
+    pub fn for_log(&self) -> String {
+        match self {
+            TransportError::Unauthorized(_) => "unauthorized".into(),
+            TransportError::Http { status, code, .. } => format!("HTTP {status} {code}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The request failed on the link itself (nothing wrong with it or the server).
     pub fn is_link_failure(&self) -> bool {
         matches!(
@@ -371,7 +381,7 @@ impl HttpTransport {
             Ok(b) => b,
             Err(e) => {
                 self.count(sent, head);
-                return Err(TransportError::Cut(e.to_string()));
+                return Err(TransportError::Cut(reqwest_text(e)));
             }
         };
         self.count(sent, head + body.len());
@@ -463,8 +473,7 @@ pub fn decode_answer<T: serde::de::DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, TransportError> {
     if (200..300).contains(&status) {
-        return serde_json::from_slice(body)
-            .map_err(|e| TransportError::Protocol(format!("undecodable answer: {e}")));
+        return serde_json::from_slice(body).map_err(|e| undecodable(&e));
     }
     let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(e) => (e.error.code, e.error.message),
@@ -494,8 +503,39 @@ fn map_reqwest(e: reqwest::Error) -> TransportError {
     if e.is_timeout() {
         TransportError::Timeout
     } else {
-        TransportError::Network(e.to_string())
+        TransportError::Network(reqwest_text(e))
     }
+}
+
+/// What went wrong, with its causes (reqwest's own text has none) but without the URL
+/// it names: a pull's query carries the cursor, and this text reaches reports and logs.
+fn reqwest_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A 2xx answer that is not the protocol's JSON. serde_json's text quotes the value it
+/// could not use, which may be record data; where it broke is enough.
+fn undecodable(e: &serde_json::Error) -> TransportError {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not JSON",
+        Category::Data => "JSON of the wrong shape",
+        Category::Eof => "cut-off JSON",
+    };
+    TransportError::Protocol(format!(
+        "undecodable answer: {what} at line {} column {}",
+        e.line(),
+        e.column()
+    ))
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -778,6 +818,18 @@ mod tests {
         assert!(HttpTransport::new("http://sync.example.org/", t).is_err());
         assert!(HttpTransport::new("ftp://127.0.0.1/", t).is_err());
         assert!(HttpTransport::new("not a url", t).is_err());
+    }
+
+    #[test]
+    fn an_undecodable_answer_does_not_quote_its_values() {
+        let e =
+            decode_answer::<PushResponse>(200, None, br#"{"results":"secret-value"}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.ends_with("undecodable answer: JSON of the wrong shape at line 1 column 25"),
+            "{text}"
+        );
+        assert!(!text.contains("secret-value"), "{text}");
     }
 
     #[test]

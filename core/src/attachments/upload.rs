@@ -163,7 +163,7 @@ impl<'a, S: Session> Upload<'a, S> {
             };
             let bytes = match self.folder.read_chunk(&sha, at, self.chunk.size()) {
                 Ok(b) => Bytes::from(b),
-                Err(e) => return self.refused_for_good(&e.to_string()),
+                Err(e) => return self.refused_for_good(&e.to_string(), &e.to_string()),
             };
             let started = std::time::Instant::now();
             match self.send(at, &bytes).await {
@@ -215,7 +215,7 @@ impl<'a, S: Session> Upload<'a, S> {
                 }
                 Ok(Some(self.back_off(&e.to_string())))
             }
-            e => Ok(Some(self.refused_for_good(&e.to_string()))),
+            e => Ok(Some(self.refused_for_good(&e.to_string(), &e.for_log()))),
         }
     }
 
@@ -226,8 +226,10 @@ impl<'a, S: Session> Upload<'a, S> {
         self.write(|c| rows::retry_at(c, sha, attempts, next, chunk, error))
     }
 
-    fn refused_for_good(&self, error: &str) -> Phase {
-        tracing::warn!(sha256 = %self.row.sha256, error, "upload refused for good");
+    /// `error` is kept for the app's status; `logged`, without the server's words, for
+    /// the log.
+    fn refused_for_good(&self, error: &str, logged: &str) -> Phase {
+        tracing::warn!(sha256 = %self.row.sha256, error = logged, "upload refused for good");
         self.write(|c| rows::upload_failed(c, &self.row.sha256, error))
     }
 
@@ -246,7 +248,10 @@ impl<'a, S: Session> Upload<'a, S> {
                 }
                 Ok(())
             }
-            _ => self.refused_for_good("the local copy no longer matches its hash"),
+            _ => {
+                let why = "the local copy no longer matches its hash";
+                self.refused_for_good(why, why)
+            }
         }
     }
 

@@ -119,8 +119,9 @@ pub(crate) fn plan_settlement(
     // A CRDT type clash cannot be merged automatically: let the app decide.
     let (decision, winner) = match decided {
         Ok(o) => (o.decision, o.winner),
-        Err(e) => {
-            tracing::warn!(error = %e, "conflict needs the app: CRDT fields clash");
+        Err(_) => {
+            // Not the error's text: a malformed CRDT's message quotes its elements.
+            tracing::warn!("conflict needs the app: CRDT fields clash");
             (Decision::Manual, Winner::Remote)
         }
     };

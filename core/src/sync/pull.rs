@@ -166,7 +166,11 @@ impl Inner {
             let Some(pause) = pause.filter(|_| self.online()) else {
                 return Err(e.into());
             };
-            tracing::debug!(error = %e, ?pause, "pull page failed on the link; asking again, smaller");
+            tracing::debug!(
+                error = e.for_log(),
+                ?pause,
+                "pull page failed on the link; asking again, smaller"
+            );
             lock(&self.sizes).pull_bytes.failed();
             tokio::time::sleep(pause).await;
         }

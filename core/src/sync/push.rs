@@ -185,11 +185,16 @@ impl Inner {
                     let pause = lock(&pass.retries).after_failure(&e, |n| self.backoff(n));
                     let Some(pause) = pause.filter(|_| self.online()) else {
                         self.back_off(&batch, &e)?;
+                        super::report::log_stop(&e);
                         return Err(Stop::Transient(e.to_string()));
                     };
                     // The link carries answers but lost this one: the same ops again
                     // (the server answers a repeat once), fewer of them, after the pause.
-                    tracing::debug!(error = %e, ?pause, "push failed on the link; sending again, smaller");
+                    tracing::debug!(
+                        error = e.for_log(),
+                        ?pause,
+                        "push failed on the link; sending again, smaller"
+                    );
                     self.release(Some(&batch))?;
                     lock(&self.sizes).push_ops.failed();
                     sizer.full = self.batch_limits();
@@ -197,7 +202,10 @@ impl Inner {
                     current = self.take_batch(Vec::new(), sizer.now()).await?;
                 }
                 Err(e) if batch.len() > 1 => {
-                    tracing::warn!(error = %e, "push refused as a whole; isolating ops");
+                    tracing::warn!(
+                        error = e.for_log(),
+                        "push refused as a whole; isolating ops"
+                    );
                     self.release(next.as_ref().map(|b| b.0.as_slice()))?;
                     self.release(Some(&batch))?;
                     sizer.refused(batch.len());

@@ -123,6 +123,7 @@ impl From<Error> for Stop {
 
 impl From<TransportError> for Stop {
     fn from(e: TransportError) -> Stop {
+        log_stop(&e);
         match e {
             TransportError::Unauthorized(m) => Stop::Auth(m),
             e if e.is_transient() => Stop::Transient(e.to_string()),
@@ -135,6 +136,11 @@ impl From<tokio::task::JoinError> for Stop {
     fn from(e: tokio::task::JoinError) -> Stop {
         Stop::Fatal(e.to_string())
     }
+}
+
+/// Why a sync stopped, for the log: the report's text may quote the server's answer.
+pub(crate) fn log_stop(e: &TransportError) {
+    tracing::info!(error = e.for_log(), "sync stops on a failed request");
 }
 
 /// The error code an entry keeps when its request failed as a whole.

@@ -129,6 +129,7 @@ impl Inner {
             }
         }
         r.duration = started.elapsed();
+        log_end(&r);
         r
     }
 
@@ -189,5 +190,28 @@ impl Inner {
         r.outcome = outcome;
         r.errors.push(message);
         save
+    }
+}
+
+/// One line per sync, so a failure in the field leaves a trace. Counts and the outcome
+/// only: the report's error texts may quote a server's answer.
+fn log_end(r: &SyncReport) {
+    macro_rules! end {
+        ($level:ident) => {
+            tracing::$level!(
+                outcome = ?r.outcome,
+                pushed = r.pushed,
+                pulled = r.pulled,
+                conflicts = r.conflicts,
+                rejected = r.rejected,
+                ms = r.duration.as_millis() as u64,
+                "sync ended"
+            )
+        };
+    }
+    match r.outcome {
+        SyncOutcome::Completed => end!(debug),
+        SyncOutcome::AuthFailed | SyncOutcome::Failed => end!(warn),
+        _ => end!(info),
     }
 }
