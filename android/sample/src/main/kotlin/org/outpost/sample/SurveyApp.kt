@@ -10,6 +10,7 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.launch
 import org.outpost.Outpost
+import org.outpost.android.LogcatLogger
 import org.outpost.android.OutpostNetworkBridge
 import org.outpost.android.OutpostProvider
 import org.outpost.android.OutpostSyncScheduler
@@ -30,6 +31,8 @@ class SurveyApp : Application(), OutpostProvider {
 
     override fun onCreate() {
         super.onCreate()
+        // Failures in the field leave a trace in Logcat (never record data or tokens).
+        LogcatLogger.install()
         // Every 15 minutes while connected; saves ask for one sooner (SurveyFormActivity).
         OutpostSyncScheduler.schedulePeriodic(this)
         scope.launch { OutpostNetworkBridge(this@SurveyApp, outpost()).start() }
