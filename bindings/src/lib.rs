@@ -17,6 +17,7 @@ mod db;
 mod error;
 mod listeners;
 mod runtime;
+mod transaction;
 mod types;
 
 pub use db::{Outpost, SubscriptionHandle, delete_database};
@@ -24,6 +25,7 @@ pub use error::OutpostError;
 pub use listeners::{
     ChangeListener, ConflictListener, QueryListener, RecordListener, StatusListener, TokenProvider,
 };
+pub use transaction::{Transaction, TransactionBody};
 pub use types::*;
 
 uniffi::setup_scaffolding!();
