@@ -1202,3 +1202,5 @@ fn close_in_background_refuses_calls_at_once_and_closes_behind_a_running_listene
     delete_database(config(&dir).path).unwrap();
     assert_eq!(db.close_in_background().unwrap_err(), OutpostError::Closed);
 }
+
+mod transaction;
