@@ -2,15 +2,15 @@
 // rolls back, and which exception comes out.
 package org.outpost
 
-import kotlinx.coroutines.launch
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
-import kotlinx.coroutines.yield
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertSame
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 import org.outpost.ffi.ChangeEvent
+import org.outpost.ffi.ChangeListener
 import org.outpost.ffi.OutpostException
 import org.outpost.ffi.Record
 
@@ -27,8 +27,15 @@ class TransactionTest : ServerTest() {
             val db = device("a")
             db.put("answers", "stock", """{"n":3}""")
             val events = mutableListOf<ChangeEvent>()
-            val collecting = launch { db.changes().collect { synchronized(events) { events += it } } }
-            yield()
+            // Registered before it returns, so the commit below cannot be missed.
+            val handle =
+                db.native.subscribe(
+                    object : ChangeListener {
+                        override fun onChange(event: ChangeEvent) {
+                            synchronized(events) { events += event }
+                        }
+                    },
+                )
             val left =
                 db.transaction {
                     val n = get("answers", "stock")!!.n()
@@ -40,9 +47,10 @@ class TransactionTest : ServerTest() {
             assertEquals(2, db.get("answers", "stock")!!.n())
             assertEquals(3, db.get("answers", "log")!!.n())
             eventually(what = "the commit's event") { synchronized(events) { events.isNotEmpty() } }
-            val ids = synchronized(events) { events.flatMap { e -> e.records.map { it.id } } }
-            assertEquals(setOf("stock", "log"), ids.toSet())
-            collecting.cancel()
+            delay(200)
+            val ids = synchronized(events) { events.map { e -> e.records.map { it.id }.toSet() } }
+            assertEquals(listOf(setOf("stock", "log")), ids)
+            handle.cancel()
         }
 
     @Test
