@@ -17,6 +17,7 @@ use crate::listeners::{
     Results, Status, StatusListener, TokenProvider, Tokens,
 };
 use crate::runtime::runtime;
+use crate::transaction::{BodyThread, TransactionBody};
 use crate::types::{
     Attachment, AttachmentRef, Conflict, FailedEdit, Filter, OutpostConfig, Page, Query, Record,
     Resolution, SignOutPolicy, SyncReport, SyncStatus, WriteOp, parse_filter, parse_filters,
@@ -29,6 +30,8 @@ pub struct Outpost {
     store: core::Store,
     engine: core::SyncEngine,
     closed: AtomicBool,
+    /// The thread of the running transaction body, whose calls here are refused.
+    body: BodyThread,
 }
 
 /// A live listener registration. It ends when the app closes it or when the store
@@ -87,6 +90,8 @@ impl Outpost {
     fn live(&self) -> Result<(), OutpostError> {
         if self.closed.load(Ordering::SeqCst) {
             Err(OutpostError::Closed)
+        } else if self.body.is_current() {
+            Err(OutpostError::InTransaction)
         } else {
             Ok(())
         }
@@ -131,6 +136,7 @@ impl Outpost {
                 store,
                 engine,
                 closed: AtomicBool::new(false),
+                body: BodyThread::default(),
             }))
         })
     }
@@ -267,6 +273,24 @@ impl Outpost {
             })?;
             Ok(out.into_iter().map(|r| r.map(Record::from)).collect())
         })
+    }
+
+    /// Runs `body` in one write transaction: its reads through the `Transaction` it is
+    /// given see its own writes, and its writes commit together when it returns normally,
+    /// with one change event after the commit. When it throws (or panics), every write
+    /// rolls back and its error is returned (a panic as `Internal`); an error from the
+    /// middle of a write (`Database`, `Closed`, ...) also rolls back, even if the body
+    /// caught it. The body runs on a thread of its own while this call waits.
+    ///
+    /// The transaction holds the store's writer until the body returns: other writes,
+    /// the sync's included, wait for it, so keep it short. Inside the body use only its
+    /// `Transaction`: this object's methods called from the body's thread fail with
+    /// `InTransaction`. A write on another thread that the body waits for (a blocking
+    /// hop to another thread or dispatcher) cannot be told apart from an ordinary queued
+    /// write: it waits for the body, the body for it, and neither ever returns. Reads on
+    /// other threads are not blocked, and see only committed data.
+    pub fn transaction(&self, body: Box<dyn TransactionBody>) -> Result<(), OutpostError> {
+        self.call(|| crate::transaction::run(&self.store, &self.body, body.as_ref()))
     }
 
     /// Adds `by` (negative to subtract) to a counter field.
@@ -496,6 +520,10 @@ impl Outpost {
     /// harmless.
     pub fn close(&self) -> Result<(), OutpostError> {
         guard(|| {
+            // It would wait for the body's own transaction to end.
+            if self.body.is_current() {
+                return Err(OutpostError::InTransaction);
+            }
             if self.closed.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }

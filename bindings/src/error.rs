@@ -75,6 +75,15 @@ pub enum OutpostError {
     /// Sync could not run at all (not a sync outcome: those are in `SyncReport`).
     #[error("sync error: {detail}")]
     Sync { detail: String },
+    /// A `Transaction` was used after its body returned. Nothing was read or changed:
+    /// use the handle only inside the body it was given to.
+    #[error("the transaction has ended; use its handle only inside its body")]
+    TransactionEnded,
+    /// A call on the store from inside one of its own transaction bodies, which would wait
+    /// for that transaction to end, forever. Nothing was read or changed: inside the body,
+    /// use its `Transaction`.
+    #[error("called from inside a transaction of this store; use the transaction instead")]
+    InTransaction,
     /// A callback (listener, token provider) threw. Only ever seen by Rust, which logs it.
     #[error("callback failed: {detail}")]
     Callback { detail: String },

@@ -20,6 +20,7 @@ mod error;
 mod listeners;
 mod logging;
 mod runtime;
+mod transaction;
 mod types;
 
 pub use db::{Outpost, SubscriptionHandle, delete_database};
@@ -28,6 +29,7 @@ pub use listeners::{
     ChangeListener, ConflictListener, QueryListener, RecordListener, StatusListener, TokenProvider,
 };
 pub use logging::{LogLevel, OutpostLogger, clear_logger, set_logger};
+pub use transaction::{Transaction, TransactionBody};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

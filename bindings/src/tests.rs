@@ -1512,3 +1512,5 @@ fn log_a_stuck_logger_never_blocks_the_core_and_hears_how_many_were_dropped() {
         "{n} dropped, {floods} delivered"
     );
 }
+
+mod transaction;

@@ -916,6 +916,7 @@ fn queries_inside_a_write_see_its_writes() {
             tx.put("items", Some("b"), json!({"a": 2}))?;
             let q = Query::new().matching(Filter::gt("a", 1));
             assert_eq!(ids(&tx.query("items", &q)?), ["b"]);
+            assert_eq!(tx.count("items", &[("a".to_owned(), json!(2))])?, 1);
             tx.count_where("items", &Filter::exists("a"))
         })
         .unwrap();

@@ -170,6 +170,18 @@ impl WriteTx<'_> {
         records::select(&self.tx, &sql)
     }
 
+    /// How many live records have every one of these field values, inside this
+    /// transaction ([`crate::Store::count`] for the committed state).
+    pub fn count(&self, collection: &str, filters: &[(String, Value)]) -> Result<u64> {
+        let all = Filter::And(
+            filters
+                .iter()
+                .map(|(f, v)| Filter::Eq(f.clone(), v.clone()))
+                .collect(),
+        );
+        self.count_where(collection, &all)
+    }
+
     /// How many live records match `filter`, inside this transaction.
     pub fn count_where(&self, collection: &str, filter: &Filter) -> Result<u64> {
         let declared = self.collections.get(collection)?;

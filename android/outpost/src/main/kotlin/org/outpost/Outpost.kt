@@ -80,7 +80,7 @@ fun tokenProvider(fetch: suspend (refresh: Boolean) -> String?): TokenProvider =
 class Outpost private constructor(
     /** The generated object, for anything this layer does not wrap. */
     val native: Native,
-    private val io: CoroutineDispatcher,
+    internal val io: CoroutineDispatcher,
     private val path: String,
 ) : AutoCloseable {
     private val closed = AtomicBoolean(false)
