@@ -181,19 +181,51 @@ class TypedCollection<T>(
      * fields a newer app version added, and the CRDT fields, which [put] never writes
      * (see the class). For an existing record this is a patch, for a new one a put.
      */
-    suspend fun put(id: String?, value: T): Entry<T> = withContext(decodeOn) {
-        val fields = encode(value)
-        val record =
-            if (id == null) {
-                outpost.put(name, null, fields)
-            } else {
-                try {
-                    outpost.patch(name, id, fields)
-                } catch (e: OutpostException.NotFound) {
-                    outpost.put(name, id, fields)
-                }
+    suspend fun put(id: String?, value: T): Entry<T> =
+        withContext(decodeOn) {
+            entry(putFields(id, encode(value), { i, f -> outpost.put(name, i, f) }, { i, f -> outpost.patch(name, i, f) }))
+        }
+
+    /** A patch of the declared fields for an existing record, else a put. */
+    private inline fun putFields(
+        id: String?,
+        fields: String,
+        put: (String?, String) -> Record,
+        patch: (String, String) -> Record,
+    ): Record =
+        if (id == null) {
+            put(null, fields)
+        } else {
+            try {
+                patch(id, fields)
+            } catch (e: OutpostException.NotFound) {
+                put(id, fields)
             }
-        entry(record)
+        }
+
+    /**
+     * This collection inside a [transaction] block (get one with [Transaction.of]): the
+     * same mapping and rules, blocking, reading the transaction's own writes.
+     */
+    inner class InTransaction internal constructor(private val tx: Transaction) {
+        fun put(id: String?, value: T): Entry<T> =
+            entry(putFields(id, encode(value), { i, f -> tx.put(name, i, f) }, { i, f -> tx.patch(name, i, f) }))
+
+        fun get(id: String): T? = getEntry(id)?.value
+
+        fun getEntry(id: String): Entry<T>? = tx.get(name, id)?.let(::entry)
+
+        fun query(query: Query = Query()): List<T> = entries(query).map { it.value }
+
+        fun entries(query: Query = Query()): List<Entry<T>> = tx.query(name, query).map(::entry)
+
+        fun delete(id: String) = tx.delete(name, id)
+
+        fun increment(id: String, field: KProperty1<T, Counter?>, by: Long = 1): Entry<T> {
+            val key = keyOf(field)
+            requireKind(key, CrdtKind.COUNTER)
+            return entry(tx.increment(name, id, key, by))
+        }
     }
 
     suspend fun get(id: String): T? = getEntry(id)?.value
@@ -418,3 +450,14 @@ class RegisterSerializer<V>(private val value: KSerializer<V>) : KSerializer<Reg
         return Register(json.json.decodeFromJsonElement(value, inner))
     }
 }
+
+/**
+ * [collection] inside this transaction:
+ * ```
+ * db.transaction {
+ *     val p = of(patients).get("p1") ?: error("no such patient")
+ *     of(patients).put("p1", p.copy(village = "v043"))
+ * }
+ * ```
+ */
+fun <T> Transaction.of(collection: TypedCollection<T>): TypedCollection<T>.InTransaction = collection.InTransaction(this)

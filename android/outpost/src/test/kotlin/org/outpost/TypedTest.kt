@@ -278,4 +278,38 @@ class TypedTest : ServerTest() {
         val plain = Survey("t", Counter(2), OrSet(listOf("b", "a")), Register("x"))
         assertEquals(plain, OutpostJson.decodeFromString(Survey.serializer(), OutpostJson.encodeToString(Survey.serializer(), plain)))
     }
+
+    @Test
+    fun typedReadModifyWriteInATransaction() =
+        runBlocking<Unit> {
+            val db = device("a")
+            val patients = db.collection<Patient>("patients")
+            val surveys = db.collection<Survey>("answers")
+            patients.put("p1", Patient("Amina", "v042"))
+            val seen =
+                db.transaction {
+                    val p = of(patients).get("p1") ?: error("no patient")
+                    of(patients).put("p1", p.copy(village = "v043"))
+                    of(surveys).put("s1", Survey("moved"))
+                    of(surveys).increment("s1", Survey::visits, by = 2)
+                    // Its own writes, before the commit.
+                    of(patients).get("p1")?.village to of(surveys).entries().single().value.visits
+                }
+            assertEquals("v043" to Counter(2), seen)
+            assertEquals(Patient("Amina", "v043"), patients.get("p1"))
+            assertEquals(Counter(2), surveys.get("s1")?.visits)
+
+            // A block that throws leaves nothing behind.
+            val thrown =
+                runCatching {
+                    db.transaction {
+                        of(patients).put("p1", Patient("Amina", "v999"))
+                        of(surveys).delete("s1")
+                        throw IllegalStateException("changed my mind")
+                    }
+                }.exceptionOrNull()
+            assertEquals("changed my mind", thrown?.message)
+            assertEquals("v043", patients.get("p1")?.village)
+            assertEquals("moved", surveys.get("s1")?.title)
+        }
 }

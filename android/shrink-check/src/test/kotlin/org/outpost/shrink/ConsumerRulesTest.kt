@@ -16,7 +16,6 @@ import proguard.ProGuard
 
 class ConsumerRulesTest {
     private val injars = System.getProperty("shrink.injars").split(File.pathSeparator).map(::File)
-    private val libraryJars = System.getProperty("shrink.libraryjars").split(File.pathSeparator).map(::File)
     private val work: File = Files.createTempDirectory("outpost-shrink").toFile()
 
     /** The rules each input ships (META-INF/proguard/ in a jar or classes folder), as R8 reads them. */
@@ -50,7 +49,6 @@ class ConsumerRulesTest {
                 listOf("java.base", "java.logging", "java.desktop").forEach {
                     appendLine("-libraryjars '${File(jmods, "$it.jmod").path}'(!**.jar;!module-info.class)")
                 }
-                libraryJars.forEach { appendLine("-libraryjars '${it.path}'") }
                 // The platform class coroutines' debug agent names; an Android app has it.
                 appendLine("-dontwarn android.annotation.**")
                 appendLine("-keep class org.outpost.shrink.ShrinkAppKt { public static void main(java.lang.String[]); }")
