@@ -51,6 +51,16 @@ pub enum Filter {
 pub(crate) const MAX_DEPTH: usize = Filter::MAX_DEPTH;
 
 impl Filter {
+    /// Every field equal to its value: the filter of `count`'s field list.
+    pub(crate) fn all_equal(fields: &[(String, Value)]) -> Filter {
+        Filter::And(
+            fields
+                .iter()
+                .map(|(f, v)| Filter::Eq(f.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// How deep `and` and `or` may nest. Deeper is [`Error::InvalidData`].
     pub const MAX_DEPTH: usize = 32;
 

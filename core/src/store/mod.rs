@@ -309,13 +309,7 @@ impl Store {
 
     /// How many live records have every one of these field values.
     pub fn count(&self, collection: &str, filters: &[(String, Value)]) -> Result<u64> {
-        let all = Filter::And(
-            filters
-                .iter()
-                .map(|(f, v)| Filter::Eq(f.clone(), v.clone()))
-                .collect(),
-        );
-        self.count_where(collection, &all)
+        self.count_where(collection, &Filter::all_equal(filters))
     }
 
     /// How many live records match `filter`.

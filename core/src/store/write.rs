@@ -173,13 +173,7 @@ impl WriteTx<'_> {
     /// How many live records have every one of these field values, inside this
     /// transaction ([`crate::Store::count`] for the committed state).
     pub fn count(&self, collection: &str, filters: &[(String, Value)]) -> Result<u64> {
-        let all = Filter::And(
-            filters
-                .iter()
-                .map(|(f, v)| Filter::Eq(f.clone(), v.clone()))
-                .collect(),
-        );
-        self.count_where(collection, &all)
+        self.count_where(collection, &Filter::all_equal(filters))
     }
 
     /// How many live records match `filter`, inside this transaction.
