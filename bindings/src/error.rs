@@ -160,7 +160,9 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T, OutpostError>) -> Result<T,
         Ok(r) => r,
         Err(payload) => {
             let detail = panic_message(payload.as_ref());
-            tracing::error!(%detail, "panic caught at the FFI boundary");
+            // The detail goes to the app in the error; a foreign callback's panic text
+            // may quote data, so the log has only the fact.
+            tracing::error!("panic caught at the FFI boundary");
             Err(OutpostError::Internal { detail })
         }
     }

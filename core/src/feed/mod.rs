@@ -8,8 +8,9 @@
 //! Listeners are never called on the writing thread or under a database lock.
 //!
 //! A subscription ends when it is cancelled or when the store (or engine) closes. Once
-//! that call returns no callback runs or starts: the pending event is dropped, and the
-//! call waits for a callback under way (unless it is that callback's own thread). Its
+//! that call returns no callback starts: the pending event is dropped, and the call
+//! waits for a callback under way (unless it is that callback's own thread), for up to
+//! [`CLOSE_WAIT`]; a listener hung longer is logged and left to finish. Its
 //! end is observable ([`Subscription::closed`]), so a Kotlin Flow or Swift stream over
 //! it can complete.
 
@@ -378,7 +379,9 @@ impl<E: Coalesce + Sync> Job for Subscriber<E> {
                     // events) down.
                     match std::panic::catch_unwind(AssertUnwindSafe(|| listener(&event))) {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "listener failed"),
+                        // Its error is the app's own text, which may quote data: the
+                        // app has it; the log does not.
+                        Ok(Err(_)) => tracing::warn!("a listener returned an error"),
                         Err(_) => tracing::warn!("listener panicked"),
                     }
                 }

@@ -1,7 +1,7 @@
 //! Observing a query or a record: a screen's list stays current without re-running
 //! its query after every commit.
 //!
-//! Each observer sits on the change feed with its own delivery thread, so it never
+//! Each observer sits on the change feed, delivered by its pool of threads, so it never
 //! runs on a writing thread or under a lock. A commit re-runs the query only when it
 //! could change the result: it touched a record in the result, or a record the filter
 //! now selects that, when the page is full, sorts before its last record (a query with

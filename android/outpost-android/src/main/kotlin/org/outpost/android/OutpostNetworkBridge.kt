@@ -8,6 +8,7 @@ import android.net.ConnectivityManager
 import android.net.Network
 import android.net.NetworkCapabilities
 import org.outpost.Outpost
+import org.outpost.ffi.OutpostException
 
 /**
  * Follows the system's default network. A network counts as usable when it offers
@@ -23,29 +24,39 @@ class OutpostNetworkBridge(
 
     private val connectivity = context.getSystemService(ConnectivityManager::class.java)
 
-    // Callbacks arrive on ConnectivityManager's thread, one at a time; the lock only
-    // orders them against start().
+    // Callbacks arrive on ConnectivityManager's thread, one at a time; the lock orders
+    // them against start() and close().
     private val lock = Any()
     private var current: Network? = null
+
+    /** Data Saver or a background restriction blocks the current network. */
+    private var blocked = false
+    private var registered = false
+
+    /** The store closed: nothing more to report, ever. */
+    private var stopped = false
 
     internal val callback =
         object : ConnectivityManager.NetworkCallback() {
             override fun onAvailable(network: Network) =
                 synchronized(lock) {
-                    current = network
-                    report(true)
+                    follow(network)
+                    tell(!blocked)
                 }
 
             override fun onCapabilitiesChanged(network: Network, caps: NetworkCapabilities) =
                 synchronized(lock) {
-                    current = network
-                    report(usable(caps))
+                    follow(network)
+                    tell(usable(caps) && !blocked)
                 }
 
             override fun onBlockedStatusChanged(network: Network, blocked: Boolean) =
                 synchronized(lock) {
-                    // Data saver or a background restriction: no traffic until it lifts.
-                    if (network == current) report(!blocked)
+                    // No traffic until it lifts, whatever the capabilities say meanwhile.
+                    if (network == current) {
+                        this@OutpostNetworkBridge.blocked = blocked
+                        tell(!blocked)
+                    }
                 }
 
             override fun onLost(network: Network) =
@@ -54,7 +65,8 @@ class OutpostNetworkBridge(
                     // nothing about the new one; no lookup of activeNetwork, which races.
                     if (network == current) {
                         current = null
-                        report(false)
+                        blocked = false
+                        tell(false)
                     }
                 }
         }
@@ -64,12 +76,44 @@ class OutpostNetworkBridge(
         synchronized(lock) {
             val active = connectivity.activeNetwork
             current = active
-            report(active != null && usable(connectivity.getNetworkCapabilities(active)))
+            blocked = false
+            tell(active != null && usable(connectivity.getNetworkCapabilities(active)))
+            if (registered || stopped) return
+            registered = true
         }
         connectivity.registerDefaultNetworkCallback(callback)
     }
 
-    override fun close() = connectivity.unregisterNetworkCallback(callback)
+    /** Stops following the network; safe to call more than once, or before [start]. */
+    override fun close() {
+        synchronized(lock) {
+            if (!registered) return
+            registered = false
+        }
+        connectivity.unregisterNetworkCallback(callback)
+    }
+
+    private fun follow(network: Network) {
+        if (network != current) blocked = false
+        current = network
+    }
+
+    /**
+     * Reports to the store. One closed or signed out meanwhile has nothing to follow the
+     * network for: the bridge stops, rather than throw on ConnectivityManager's thread
+     * (which would end the app).
+     */
+    private fun tell(usable: Boolean) {
+        try {
+            report(usable)
+        } catch (e: OutpostException.Closed) {
+            stopped = true
+            if (registered) {
+                registered = false
+                runCatching { connectivity.unregisterNetworkCallback(callback) }
+            }
+        }
+    }
 
     private companion object {
         fun usable(caps: NetworkCapabilities?): Boolean =

@@ -20,6 +20,8 @@ interface OutpostProvider {
 /**
  * Opens the store on first [get] and hands the same instance to every later caller,
  * concurrent ones included. A failed open is not remembered: the next call tries again.
+ * Nor is a store that was closed or signed out since: the next call opens it again
+ * (for whoever [open] says is signed in now), so a worker never retries a closed store.
  */
 class SharedOutpost(private val open: suspend () -> Outpost) {
     private val lock = Mutex()
@@ -27,7 +29,9 @@ class SharedOutpost(private val open: suspend () -> Outpost) {
     @Volatile
     private var opened: Outpost? = null
 
-    suspend fun get(): Outpost = opened ?: lock.withLock { opened ?: open().also { opened = it } }
+    suspend fun get(): Outpost = live() ?: lock.withLock { live() ?: open().also { opened = it } }
+
+    private fun live(): Outpost? = opened?.takeUnless { it.native.isClosed() }
 
     /** The store if it was opened, without opening it. */
     fun peek(): Outpost? = opened

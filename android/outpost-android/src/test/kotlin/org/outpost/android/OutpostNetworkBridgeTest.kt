@@ -10,6 +10,7 @@ import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import org.junit.runner.RunWith
+import org.outpost.ffi.OutpostException
 import org.robolectric.RobolectricTestRunner
 import org.robolectric.RuntimeEnvironment
 import org.robolectric.Shadows.shadowOf
@@ -76,5 +77,40 @@ class OutpostNetworkBridgeTest {
         bridge.callback.onBlockedStatusChanged(wifi, true)
         bridge.callback.onBlockedStatusChanged(wifi, false)
         assertEquals(listOf(true, false, true), reports)
+    }
+
+    @Test
+    fun blockedStaysOfflineThroughCapabilityChanges() {
+        bridge.callback.onAvailable(wifi)
+        bridge.callback.onBlockedStatusChanged(wifi, true)
+        // Android keeps sending capabilities while Data Saver blocks the app.
+        bridge.callback.onCapabilitiesChanged(wifi, internet)
+        assertEquals(listOf(true, false, false), reports)
+        bridge.callback.onBlockedStatusChanged(wifi, false)
+        assertEquals(true, reports.last())
+        // A block belongs to its network: the next default starts unblocked.
+        bridge.callback.onBlockedStatusChanged(wifi, true)
+        bridge.callback.onAvailable(cell)
+        assertEquals(true, reports.last())
+    }
+
+    @Test
+    fun aClosedStoreStopsTheBridgeInsteadOfCrashingTheApp() {
+        // Signed out or closed while the bridge still follows the network.
+        val closed = OutpostNetworkBridge(context) { throw OutpostException.Closed() }
+        closed.start()
+        assertTrue(shadowOf(connectivity).networkCallbacks.isEmpty())
+        closed.callback.onAvailable(wifi)
+        closed.callback.onLost(wifi)
+        closed.close()
+    }
+
+    @Test
+    fun closeIsSafeTwiceAndBeforeStart() {
+        bridge.close()
+        bridge.start()
+        bridge.close()
+        bridge.close()
+        assertTrue(shadowOf(connectivity).networkCallbacks.isEmpty())
     }
 }

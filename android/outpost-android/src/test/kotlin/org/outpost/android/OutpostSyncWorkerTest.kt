@@ -60,6 +60,19 @@ class OutpostSyncWorkerTest {
         }
 
     @Test
+    fun aStoreClosedSinceIsOpenedAgainNotRetriedForever() =
+        runBlocking<Unit> {
+            // Closed (or signed out) by the app; the periodic work still runs later.
+            app().outpost().apply {
+                put("answers", "q1", "{}")
+                closeAndWait()
+            }
+            assertEquals(Result.success(), worker().doWork())
+            assertEquals(2, app().opens.get())
+            assertEquals(SyncState.SYNCED, app().outpost().get("answers", "q1")?.syncState)
+        }
+
+    @Test
     fun anUnreachableServerAsksForARetry() =
         runBlocking<Unit> {
             TestApp.config = server.config("phone").copy(serverUrl = "http://127.0.0.1:9/")
