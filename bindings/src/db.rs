@@ -524,15 +524,37 @@ impl Outpost {
             if self.body.is_current() {
                 return Err(OutpostError::InTransaction);
             }
-            if self.closed.swap(true, Ordering::SeqCst) {
-                return Ok(());
+            if !self.closed.swap(true, Ordering::SeqCst) {
+                close_now(&self.engine, &self.store);
             }
-            self.engine.set_conflict_listener(None);
-            self.engine.shutdown();
-            self.store.close();
             Ok(())
         })
     }
+
+    /// `close` for a caller that must not wait (an app's main thread): every later call
+    /// fails with `Closed` once this returns, and the rest (stopping sync, waiting out a
+    /// running write and listener, folding the WAL back) runs on a background thread.
+    /// The returned handle's `closed()` resolves once the database is closed. Fails with
+    /// `Closed` when the store has already closed.
+    pub fn close_in_background(&self) -> Result<Arc<SubscriptionHandle>, OutpostError> {
+        guard(|| {
+            let rt = runtime()?;
+            // A store subscription ends only once the store has closed: the done signal.
+            let done = self.store.subscribe(Arc::new(|_: &core::ChangeEvent| {}))?;
+            if !self.closed.swap(true, Ordering::SeqCst) {
+                let (store, engine) = (self.store.clone(), self.engine.clone());
+                rt.spawn_blocking(move || close_now(&engine, &store));
+            }
+            Ok(SubscriptionHandle::new(done))
+        })
+    }
+}
+
+/// What closing does, on whichever thread closes: sync stops, then the database.
+fn close_now(engine: &core::SyncEngine, store: &core::Store) {
+    engine.set_conflict_listener(None);
+    engine.shutdown();
+    store.close();
 }
 
 #[uniffi::export(async_runtime = "tokio")]
@@ -596,30 +618,5 @@ impl Drop for Outpost {
         // Auto mode's background task keeps the engine alive; an app that forgot close()
         // must not leak a syncing engine.
         self.engine.shutdown();
-    }
-}
-
-#[uniffi::export]
-impl Outpost {
-    /// `close` for a caller that must not wait (an app's main thread): every later call
-    /// fails with `Closed` once this returns, and the rest (stopping sync, waiting out a
-    /// running write and listener, folding the WAL back) runs on a background thread.
-    /// The returned handle's `closed()` resolves once the database is closed. Fails with
-    /// `Closed` when the store has already closed.
-    pub fn close_in_background(&self) -> Result<Arc<SubscriptionHandle>, OutpostError> {
-        guard(|| {
-            let rt = runtime()?;
-            // A store subscription ends only once the store has closed: the done signal.
-            let done = self.store.subscribe(Arc::new(|_: &core::ChangeEvent| {}))?;
-            if !self.closed.swap(true, Ordering::SeqCst) {
-                let (store, engine) = (self.store.clone(), self.engine.clone());
-                rt.spawn_blocking(move || {
-                    engine.set_conflict_listener(None);
-                    engine.shutdown();
-                    store.close();
-                });
-            }
-            Ok(SubscriptionHandle::new(done))
-        })
     }
 }

@@ -163,7 +163,11 @@ impl<'a, S: Session> Upload<'a, S> {
             };
             let bytes = match self.folder.read_chunk(&sha, at, self.chunk.size()) {
                 Ok(b) => Bytes::from(b),
-                Err(e) => return self.refused_for_good(&e.to_string(), &e.to_string()),
+                Err(e) => {
+                    // A local file error: no server text in it.
+                    let why = e.to_string();
+                    return self.refused_for_good(&why, &why);
+                }
             };
             let started = std::time::Instant::now();
             match self.send(at, &bytes).await {

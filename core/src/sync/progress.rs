@@ -5,9 +5,9 @@
 //! totals come from what the device knows when it knows it: its own queue for uploads,
 //! and for downloads the server's count of what remains after a page (`remaining`,
 //! asked for again only once used up: [`Left`]), so a total may grow while a sync
-//! runs (new changes, or a count the server capped), but what is done only ever grows. Download bytes are bytes as received (what the
-//! radio carried; the total an estimate at the rate so far); upload bytes are the ops'
-//! JSON, as queued.
+//! runs (new changes, or a count the server capped), but what is done only ever grows.
+//! Download bytes are bytes as received (what the radio carried; the total an estimate
+//! at the rate so far); upload bytes are the ops' JSON, as queued.
 
 use std::collections::BTreeMap;
 

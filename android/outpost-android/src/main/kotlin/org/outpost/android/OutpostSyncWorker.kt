@@ -26,7 +26,8 @@ import org.outpost.ffi.SyncReport
  * Runs one sync. The store comes from the app's [OutpostProvider] (its Application), so
  * a worker that WorkManager starts in a cold process opens it itself. The sync is bounded
  * by the deadline the scheduler put in the input (9 minutes by default, under
- * WorkManager's 10-minute limit); when the OS stops the work earlier, the coroutine is
+ * WorkManager's 10-minute limit), which also covers the queued attachments the sync moves
+ * after the records; when the OS stops the work earlier, the coroutine is
  * cancelled and so is the sync, and nothing is lost. A report that asks for a retry
  * becomes `Result.retry()`, so WorkManager's backoff takes over.
  */
