@@ -311,7 +311,7 @@ impl HttpTransport {
             base.set_path(&path);
         }
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config())
+            .tls_backend_preconfigured(tls_config()?)
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.stall)
             // Answers are decoded here (`decode_body`), to count what the radio carried.
@@ -547,20 +547,17 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
-fn tls_config() -> rustls::ClientConfig {
+/// TLS with ring and the Mozilla roots, named explicitly: a process that also links
+/// aws-lc (the server's tests) has no single default provider.
+fn tls_config() -> Result<rustls::ClientConfig, TransportError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-        // The bundled provider always supports the default versions; fall back anyway.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    }
+        .map_err(|e| TransportError::Protocol(format!("TLS: {e}")))?;
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Gzips a request body: field links are slow and JSON compresses about 5:1. The
