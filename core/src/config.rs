@@ -54,7 +54,8 @@ impl ConflictStrategy {
 /// When a write that returned is safe.
 ///
 /// `Full` (the default) runs SQLite with `synchronous=FULL`: every commit is fsynced to
-/// the WAL before the call returns, so a returned write survives the phone losing power.
+/// the WAL before the call returns, so a returned write survives the phone losing power
+/// (on iOS and macOS with `fullfsync`, since a plain fsync there stops at the drive's cache).
 /// `Normal` skips that fsync (`synchronous=NORMAL`): a returned write survives the app
 /// being killed, but the last commits before a power loss or OS crash may be lost. It
 /// is several times faster for bursts of single writes; prefer batching instead where a

@@ -453,6 +453,11 @@ fn open_connection(path: &Path, settings: &OpenSettings, read_only: bool) -> Res
         Durability::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // On Apple systems fsync only reaches the drive's cache; F_FULLFSYNC flushes it, which
+    // is what surviving a power loss needs. SQLite ignores it elsewhere.
+    let full = settings.durability == Durability::Full;
+    conn.pragma_update(None, "fullfsync", full)?;
+    conn.pragma_update(None, "checkpoint_fullfsync", full)?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -601,6 +606,37 @@ mod tests {
             open.closed_if_interrupted::<()>(Err(Error::Interrupted)),
             Err(Error::Interrupted)
         );
+    }
+
+    #[test]
+    fn full_durability_asks_for_a_full_fsync_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, expected) in [(Durability::Full, 1), (Durability::Normal, 0)] {
+            let config = StoreConfig {
+                durability,
+                ..StoreConfig::default()
+            };
+            let path = dir.path().join(format!("{durability:?}.db"));
+            let db = Db::open(&path, &config, &Collections::default()).unwrap();
+            let pragmas = |c: &Connection| -> Result<(i64, i64)> {
+                Ok((
+                    c.query_row("PRAGMA fullfsync", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA checkpoint_fullfsync", [], |r| r.get(0))?,
+                ))
+            };
+            assert_eq!(
+                db.read(pragmas).unwrap(),
+                (expected, expected),
+                "reader, {durability:?}"
+            );
+            let mut w = db.writer().unwrap();
+            let tx = w.begin(1).unwrap();
+            assert_eq!(
+                pragmas(&tx).unwrap(),
+                (expected, expected),
+                "writer, {durability:?}"
+            );
+        }
     }
 
     #[test]
