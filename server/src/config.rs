@@ -6,7 +6,7 @@
 //! tokens are hashed at load, so only SHA-256 digests live in memory. A `[jwt]` section
 //! is checked the same way, its key file read at load.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -18,8 +18,8 @@ use toml::{Table, Value};
 
 use crate::budget::PushLimits;
 use crate::jwt::jwks::KeySet;
-use crate::jwt::{Hs256Secret, JwtConfig, KeySource, MIN_HS256_SECRET_BYTES};
-use crate::logic::{Access, AccessRules, User};
+use crate::jwt::{DEFAULT_ROLE_CLAIM, Hs256Secret, JwtConfig, KeySource, MIN_HS256_SECRET_BYTES};
+use crate::logic::{Access, AccessRules, Role, User};
 
 /// Where records are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +103,9 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// Where files are kept and how large they and a user's share may be.
     pub attachments: AttachmentSettings,
+    /// `teams`: teams a service account may write into besides those of `[[users]]`
+    /// (with JWTs, teams exist only in tokens, so they are listed here).
+    pub teams: BTreeSet<String>,
 }
 
 /// Attachment storage and limits (`attachments_dir`, `max_attachment_mib`,
@@ -260,6 +263,7 @@ impl Config {
             "attachment_quota_mib",
             "incomplete_upload_hours",
             "attachments_s3",
+            "teams",
         ];
         check_keys(&table, &known, "")?;
 
@@ -325,6 +329,7 @@ impl Config {
         let jwt = parse_jwt(table.get("jwt"), base_dir)?;
         let attachments = parse_attachments(&table, base_dir)?;
         let users = parse_users(table.get("users"), jwt.is_some())?;
+        let teams = parse_teams(table.get("teams"))?;
         let collections = parse_collections(table.get("collections"))?;
         let limits = parse_limits(&table)?;
         let auth_failures_per_minute = match table.get("auth_failures_per_minute") {
@@ -391,7 +396,21 @@ impl Config {
             metrics_token_sha256,
             jwt,
             attachments,
+            teams,
         })
+    }
+
+    /// The teams a service account may write into: `teams`, and the teams of the
+    /// `[[users]]` that are not service accounts.
+    pub fn known_teams(&self) -> BTreeSet<String> {
+        let mut all = self.teams.clone();
+        all.extend(
+            self.users
+                .iter()
+                .filter(|u| u.role == Role::User)
+                .map(|u| u.team.clone()),
+        );
+        all
     }
 
     /// The access rules as requests and storage use them.
@@ -490,6 +509,31 @@ fn parse_access(v: &Value, path: &str) -> Result<Access, ConfigError> {
         .ok_or_else(|| err(path, "must be \"private\", \"team\" or \"shared\""))
 }
 
+/// `teams = ["north", ...]`: names as a user's team would be.
+fn parse_teams(v: Option<&Value>) -> Result<BTreeSet<String>, ConfigError> {
+    let Some(v) = v else {
+        return Ok(BTreeSet::new());
+    };
+    let Some(list) = v.as_array() else {
+        return Err(err("teams", "must be an array of team names"));
+    };
+    let mut out = BTreeSet::new();
+    for (i, t) in list.iter().enumerate() {
+        match t.as_str() {
+            Some(s) if crate::logic::valid_name(s) => {
+                out.insert(s.to_owned());
+            }
+            _ => {
+                return Err(err(
+                    &format!("teams[{i}]"),
+                    "must be a string of 1-256 characters, none a control character",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `[[users]]`; optional when `[jwt]` is there to let users in.
 fn parse_users(v: Option<&Value>, have_jwt: bool) -> Result<Vec<User>, ConfigError> {
     let Some(v) = v else {
@@ -517,9 +561,14 @@ fn parse_users(v: Option<&Value>, have_jwt: bool) -> Result<Vec<User>, ConfigErr
         };
         check_keys(
             t,
-            &["name", "team", "token", "token_sha256"],
+            &["name", "team", "token", "token_sha256", "role"],
             &format!("{p}."),
         )?;
+        let role = match t.get("role") {
+            None => Role::User,
+            Some(_) => Role::parse(req_str(t, "role", &format!("{p}.role"))?)
+                .ok_or_else(|| err(&format!("{p}.role"), "must be \"user\" or \"service\""))?,
+        };
         let name = req_str(t, "name", &format!("{p}.name"))?;
         if name.is_empty() {
             return Err(err(&format!("{p}.name"), "empty"));
@@ -530,8 +579,13 @@ fn parse_users(v: Option<&Value>, have_jwt: bool) -> Result<Vec<User>, ConfigErr
                 format!("duplicate user {name:?}"),
             ));
         }
-        let team = req_str(t, "team", &format!("{p}.team"))?;
-        if team.is_empty() {
+        // A service account names the team of each op it writes; a team of its own is
+        // optional.
+        let team = match (role, t.get("team")) {
+            (Role::Service, None) => "",
+            _ => req_str(t, "team", &format!("{p}.team"))?,
+        };
+        if team.is_empty() && role == Role::User {
             return Err(err(&format!("{p}.team"), "empty"));
         }
         let digest = parse_token(t, "token", "token_sha256", &format!("{p}."), false)?
@@ -543,6 +597,7 @@ fn parse_users(v: Option<&Value>, have_jwt: bool) -> Result<Vec<User>, ConfigErr
             name: name.to_owned(),
             team: team.to_owned(),
             token_sha256: digest,
+            role,
         });
     }
     Ok(users)
@@ -799,6 +854,7 @@ fn parse_jwt(v: Option<&Value>, base_dir: &Path) -> Result<Option<JwtConfig>, Co
             "user_claim",
             "team_claim",
             "device_claim",
+            "role_claim",
         ],
         "jwt.",
     )?;
@@ -882,6 +938,7 @@ fn parse_jwt(v: Option<&Value>, base_dir: &Path) -> Result<Option<JwtConfig>, Co
         user_claim: non_empty("user_claim", Some("sub"))?,
         team_claim: non_empty("team_claim", Some("team"))?,
         device_claim: non_empty("device_claim", Some("sid"))?,
+        role_claim: non_empty("role_claim", Some(DEFAULT_ROLE_CLAIM))?,
     }))
 }
 

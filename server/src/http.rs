@@ -38,7 +38,7 @@ use crate::error::{ApiError, code_for_status, error_response};
 use crate::intake::BodyParser;
 use crate::jwt::jwks::KeyCache;
 use crate::jwt::{self, Verifier};
-use crate::logic::{self, AccessRules, User};
+use crate::logic::{self, Access, AccessRules, PushBatch, Role, User};
 use crate::metrics::Metrics;
 use crate::pull::change_bytes;
 use crate::storage::{PageChange, PullPage, PullQuery, PushContext, Storage, StorageError, db_err};
@@ -91,6 +91,8 @@ pub struct Policy {
     pub max_attachment_bytes: u64,
     /// Bytes of attachments one user may have; `None` is unlimited.
     pub attachment_quota_bytes: Option<u64>,
+    /// Teams a service account may write into ([`Config::known_teams`]).
+    pub known_teams: BTreeSet<String>,
 }
 
 impl Policy {
@@ -124,6 +126,7 @@ impl Policy {
             jwt,
             max_attachment_bytes: config.attachments.max_bytes,
             attachment_quota_bytes: config.attachments.quota_bytes,
+            known_teams: config.known_teams(),
         }
     }
 }
@@ -457,6 +460,7 @@ async fn authenticate(
                     name: id.user,
                     team: id.team,
                     token_sha256: Sha256::digest(token.as_bytes()).into(),
+                    role: id.role,
                 },
                 device: id.device,
             }
@@ -598,6 +602,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     };
     let (raw, gzip) = read_body(&parts.headers, body).await?;
     let batch = state.inner.bodies.push_batch(raw, gzip).await?;
+    check_routing(&policy, &caller.user, &batch)?;
     let ctx = PushContext {
         user: caller.user,
         client_id: batch.client_id,
@@ -619,6 +624,48 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     state.metrics().push_results(&results);
     tracing::debug!(user = %ctx.user.name, ops = n, "push applied");
     Ok(axum::Json(PushResponse { results }).into_response())
+}
+
+/// The whole-push checks of ops' `team` and `owner`, before anything is applied: only a
+/// service account may send them (403 otherwise), and a service account must name a
+/// known team in every op, and an owner in every op of a `private` collection (400
+/// otherwise). A misrouted op would land where no device reads it, so the push is
+/// refused whole, with nothing stored, rather than op by op.
+fn check_routing(policy: &Policy, user: &User, batch: &PushBatch) -> Result<(), ApiError> {
+    if user.role != Role::Service {
+        if batch.routed {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only service accounts may name an op's team or owner",
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(message) = &batch.bad_target {
+        return Err(ApiError::bad_request(message.clone()));
+    }
+    for (i, item) in batch.items.iter().enumerate() {
+        let Some(target) = item.target() else {
+            return Err(ApiError::bad_request(format!(
+                "ops[{i}]: missing team: a service account names the team of every op"
+            )));
+        };
+        if !policy.known_teams.contains(&target.team) {
+            return Err(ApiError::bad_request(format!(
+                "ops[{i}]: unknown team {:?}",
+                target.team.chars().take(64).collect::<String>()
+            )));
+        }
+        let private = item
+            .collection()
+            .is_some_and(|c| policy.access.of(c) == Access::Private);
+        if private && target.owner.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "ops[{i}]: missing owner: records of a private collection belong to a user"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn pull(State(state): State<AppState>, req: Request) -> Response {

@@ -22,6 +22,10 @@ pub const MAX_ID_CHARS: usize = 128;
 pub struct PushBatch {
     pub client_id: String,
     pub items: Vec<PushItem>,
+    /// Some op has a `team` or `owner` member, which only service accounts may send.
+    pub routed: bool,
+    /// The first `team` or `owner` member that is not a usable name, as a message.
+    pub bad_target: Option<String>,
 }
 
 /// One op of a push: either well-formed, or already known to be rejected.
@@ -36,6 +40,8 @@ pub enum PushItem {
         /// empty otherwise.
         collection: String,
         record_id: String,
+        /// Where a service account sent it.
+        target: Option<Target>,
     },
 }
 
@@ -44,6 +50,24 @@ impl PushItem {
         match self {
             PushItem::Valid(op) => &op.op_id,
             PushItem::Invalid { op_id, .. } => op_id,
+        }
+    }
+
+    /// Where a service account sent the op (`team`, `owner`).
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            PushItem::Valid(op) => op.target.as_ref(),
+            PushItem::Invalid { target, .. } => target.as_ref(),
+        }
+    }
+
+    /// The op's collection, when it is a valid name.
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            PushItem::Valid(op) => Some(&op.collection),
+            PushItem::Invalid { collection, .. } => {
+                Some(collection.as_str()).filter(|c| !c.is_empty())
+            }
         }
     }
 }
@@ -60,6 +84,8 @@ pub struct ValidOp {
     pub data: Option<JsonObject>,
     pub hlc: String,
     pub force: bool,
+    /// Where a service account sent it; `None` for a device's op.
+    pub target: Option<Target>,
 }
 
 /// Why a whole push is refused with 400.
@@ -99,9 +125,19 @@ pub fn read_push(body: Value) -> Result<PushBatch, BadPush> {
         )));
     }
     let mut items = Vec::with_capacity(ops.len());
+    let mut routed = false;
+    let mut bad_target = None;
     for (i, op) in ops.into_iter().enumerate() {
-        let Value::Object(op) = op else {
+        let Value::Object(mut op) = op else {
             return Err(BadPush(format!("ops[{i}] is not an object")));
+        };
+        routed |= op.contains_key("team") || op.contains_key("owner");
+        let target = match read_target(&mut op) {
+            Ok(t) => t,
+            Err(message) => {
+                bad_target.get_or_insert_with(|| format!("ops[{i}]: {message}"));
+                None
+            }
         };
         let op_id = match op.get("op_id") {
             Some(Value::String(s)) => s.clone(),
@@ -117,16 +153,40 @@ pub fn read_push(body: Value) -> Result<PushBatch, BadPush> {
         let collection = named("collection", |c| validate_collection(c).is_ok());
         let record_id = named("record_id", |r| validate_record_id(r).is_ok());
         items.push(match read_op(op) {
-            Ok(v) => PushItem::Valid(v),
+            Ok(v) => PushItem::Valid(ValidOp { target, ..v }),
             Err(message) => PushItem::Invalid {
                 op_id,
                 error: ErrorBody::new(ErrorCode::InvalidRequest, message),
                 collection,
                 record_id,
+                target,
             },
         });
     }
-    Ok(PushBatch { client_id, items })
+    Ok(PushBatch {
+        client_id,
+        items,
+        routed,
+        bad_target,
+    })
+}
+
+/// Takes an op's `team` and `owner` members (a service account's routing) out of it.
+fn read_target(op: &mut JsonObject) -> Result<Option<Target>, String> {
+    let mut name = |key: &str| match op.remove(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if valid_name(&s) => Ok(Some(s)),
+        Some(_) => Err(format!(
+            "{key} must be a string of 1-256 characters, none a control character"
+        )),
+    };
+    let team = name("team")?;
+    let owner = name("owner")?;
+    match (team, owner) {
+        (Some(team), owner) => Ok(Some(Target { team, owner })),
+        (None, Some(_)) => Err("owner needs a team".into()),
+        (None, None) => Ok(None),
+    }
 }
 
 /// True when an op_id can be stored as an idempotency key.
@@ -206,6 +266,7 @@ fn read_op(mut op: JsonObject) -> Result<ValidOp, String> {
         data,
         hlc,
         force,
+        target: None,
     })
 }
 
@@ -335,6 +396,60 @@ pub struct User {
     pub team: String,
     /// SHA-256 of the bearer token.
     pub token_sha256: [u8; 32],
+    pub role: Role,
+}
+
+/// What a user may do beyond their own scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// A person's device: reads and writes in its own scope only.
+    #[default]
+    User,
+    /// An organisation's system (an import, a backend): writes into any team's or
+    /// owner's scope, naming it per op, and reads the change feed of every team
+    /// (`/v1/admin/`).
+    Service,
+}
+
+impl Role {
+    /// The role a config or a token names: `user` or `service`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// Where a service account's op lands: the team, and for `private` collections the
+/// owner, a device of which would have written it. The record is then exactly where
+/// that team's (or owner's) devices read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub team: String,
+    /// `None`: the service account itself owns the record (not allowed in `private`
+    /// collections, where the owner is the only reader).
+    pub owner: Option<String>,
+}
+
+impl Target {
+    /// The user a device of this team and owner would be, for scoping and deciding the
+    /// op; `service` when no owner is named.
+    pub fn acting_user(&self, service: &User) -> User {
+        User {
+            name: self.owner.clone().unwrap_or_else(|| service.name.clone()),
+            team: self.team.clone(),
+            token_sha256: [0; 32],
+            role: Role::User,
+        }
+    }
+}
+
+/// Whether a user or team name is usable: 1 to 256 characters, none a control
+/// character (the rule for names taken from JWT claims).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= 256 && !s.chars().any(char::is_control)
 }
 
 // Hand-written so a digest never reaches a log through `{:?}`.
@@ -343,6 +458,7 @@ impl std::fmt::Debug for User {
         f.debug_struct("User")
             .field("name", &self.name)
             .field("team", &self.team)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -568,6 +684,7 @@ mod tests {
             name: name.into(),
             team: team.into(),
             token_sha256: [0; 32],
+            role: Role::User,
         }
     }
 
@@ -581,6 +698,7 @@ mod tests {
             data: data.and_then(|d| d.as_object().cloned()),
             hlc: "0000000000001-00000-a".into(),
             force: false,
+            target: None,
         }
     }
 

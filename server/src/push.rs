@@ -111,6 +111,10 @@ pub(crate) trait PushSteps {
 struct RecordName {
     collection: String,
     record_id: String,
+    /// The scope a service account's op named (`team`, `owner`); absent for a user's
+    /// own op, whose scope is theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
 /// An answer as `ops` keeps it. A conflict keeps the name of its record, not the
@@ -210,6 +214,16 @@ impl<'c> Run<'c> {
         &self.ctx.user.name
     }
 
+    /// Who an op acts as: the pushing user, or for a service account's op the user a
+    /// device of its target team and owner would be (`logic::Target`). Answers,
+    /// idempotency and the audit's `user` stay the pusher's.
+    fn acting(&self, target: Option<&logic::Target>) -> std::borrow::Cow<'c, logic::User> {
+        match target {
+            Some(t) => std::borrow::Cow::Owned(t.acting_user(&self.ctx.user)),
+            None => std::borrow::Cow::Borrowed(&self.ctx.user),
+        }
+    }
+
     async fn item<S: PushSteps>(&mut self, steps: &mut S, item: &PushItem) -> Result<(), S::Error> {
         let op_id = item.op_id();
         if self.cut || !self.budget.may_start() {
@@ -237,12 +251,13 @@ impl<'c> Run<'c> {
                 error,
                 collection,
                 record_id,
+                target,
             } => {
                 let mut fields = self.fields(event::DENIED, op_id);
                 fields.code = error.code.clone();
                 if !collection.is_empty() {
                     let access = self.ctx.access.of(collection);
-                    fields.scope = logic::scope_of(access, &self.ctx.user);
+                    fields.scope = logic::scope_of(access, &self.acting(target.as_ref()));
                     fields.collection = collection.clone();
                     fields.record_id = record_id.clone();
                 }
@@ -291,7 +306,9 @@ impl<'c> Run<'c> {
                 };
                 let access = self.ctx.access.of(&name.collection);
                 let key = RecordKey {
-                    scope: logic::scope_of(access, &self.ctx.user),
+                    scope: name
+                        .scope
+                        .unwrap_or_else(|| logic::scope_of(access, &self.ctx.user)),
                     collection: name.collection,
                     record_id: name.record_id,
                 };
@@ -310,9 +327,10 @@ impl<'c> Run<'c> {
     /// A valid op with no answer yet: decide, and keep what was decided.
     async fn op<S: PushSteps>(&mut self, steps: &mut S, op: &ValidOp) -> Result<(), S::Error> {
         let access = self.ctx.access.of(&op.collection);
+        let user = self.acting(op.target.as_ref());
         let key = RecordKey {
             collection: op.collection.clone(),
-            scope: logic::scope_of(access, &self.ctx.user),
+            scope: logic::scope_of(access, &user),
             record_id: op.record_id.clone(),
         };
         if !self.budget.admit(&key) {
@@ -321,10 +339,11 @@ impl<'c> Run<'c> {
         }
         self.load(steps, &key).await?;
         let existing = self.records.get(&key).and_then(Option::as_ref);
-        let decision = logic::decide(op, existing, &self.ctx.user, access, self.now_ms);
+        let decision = logic::decide(op, existing, &user, access, self.now_ms);
         let name = || RecordName {
             collection: op.collection.clone(),
             record_id: op.record_id.clone(),
+            scope: op.target.as_ref().map(|_| key.scope.clone()),
         };
         match decision {
             Decision::Conflict => match self.conflict(&op.op_id, &key) {
@@ -500,12 +519,19 @@ impl<'c> Run<'c> {
         }
     }
 
+    /// The row of an op: `user` is who pushed it; a service account's op also names
+    /// the team and owner it wrote as, in `detail`.
     fn op_fields(&self, event: &str, op: &ValidOp, key: &RecordKey) -> AuditFields {
+        let detail = op.target.as_ref().map_or_else(String::new, |t| {
+            let acting = t.acting_user(&self.ctx.user);
+            serde_json::json!({"as": {"team": acting.team, "owner": acting.name}}).to_string()
+        });
         AuditFields {
             collection: key.collection.clone(),
             scope: key.scope.clone(),
             record_id: key.record_id.clone(),
             kind: op.kind.as_str().to_owned(),
+            detail,
             ..self.fields(event, &op.op_id)
         }
     }
@@ -644,6 +670,7 @@ mod tests {
             record: Some(RecordName {
                 collection: "patients".into(),
                 record_id: "p-1".into(),
+                scope: None,
             }),
         };
         let text = serde_json::to_string(&stored).unwrap();

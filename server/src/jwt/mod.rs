@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::logic::Role;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
@@ -44,7 +45,13 @@ pub struct JwtConfig {
     pub team_claim: String,
     /// The claim naming the device's session; `sid` unless configured.
     pub device_claim: String,
+    /// The claim naming the role (`user` or `service`); [`DEFAULT_ROLE_CLAIM`] unless
+    /// configured. Optional in tokens: without it a token is a user's.
+    pub role_claim: String,
 }
+
+/// The claim a token's role is read from, unless `role_claim` says otherwise.
+pub const DEFAULT_ROLE_CLAIM: &str = "outpost_role";
 
 /// Where the RS256 and ES256 keys come from.
 #[derive(Debug, Clone)]
@@ -71,7 +78,9 @@ impl fmt::Debug for Hs256Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
+    /// Empty for a service account's token without a team claim.
     pub team: String,
+    pub role: Role,
     /// The device session (`sid` or the configured claim), when the token names one.
     pub device: Option<String>,
 }
@@ -153,6 +162,7 @@ pub struct Verifier {
     user_claim: String,
     team_claim: String,
     device_claim: String,
+    role_claim: String,
     hs256: Option<DecodingKey>,
     keys: Arc<KeyCache>,
 }
@@ -185,6 +195,7 @@ impl Verifier {
             user_claim: config.user_claim.clone(),
             team_claim: config.team_claim.clone(),
             device_claim: config.device_claim.clone(),
+            role_claim: config.role_claim.clone(),
             hs256: config
                 .hs256_secret
                 .as_ref()
@@ -231,7 +242,12 @@ impl Verifier {
         identity(
             &data.claims,
             &self.issuer,
-            [&self.user_claim, &self.team_claim, &self.device_claim],
+            [
+                &self.user_claim,
+                &self.team_claim,
+                &self.device_claim,
+                &self.role_claim,
+            ],
         )
     }
 
@@ -249,11 +265,13 @@ impl Verifier {
 }
 
 /// The identity in checked claims. `iss` must be exactly the issuer (the library also
-/// takes a list containing it); the user and team claims are required.
+/// takes a list containing it); the user claim is required, and so is the team claim
+/// unless the role claim says `service`. A role other than `user` or `service` is
+/// refused rather than taken for a user's.
 fn identity(
     claims: &Map<String, Value>,
     issuer: &str,
-    [user_claim, team_claim, device_claim]: [&str; 3],
+    [user_claim, team_claim, device_claim, role_claim]: [&str; 4],
 ) -> Result<Identity, Refused> {
     if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err(Refused::Issuer);
@@ -272,9 +290,18 @@ fn identity(
         }
     };
     let required = |name: &str| text(name)?.ok_or_else(|| Refused::Claim(name.to_owned()));
+    let role = match text(role_claim)? {
+        None => Role::User,
+        Some(r) => Role::parse(&r).ok_or_else(|| Refused::Claim(role_claim.to_owned()))?,
+    };
+    let team = match role {
+        Role::User => required(team_claim)?,
+        Role::Service => text(team_claim)?.unwrap_or_default(),
+    };
     Ok(Identity {
         user: required(user_claim)?,
-        team: required(team_claim)?,
+        team,
+        role,
         device: text(device_claim)?,
     })
 }
@@ -327,6 +354,7 @@ mod tests {
             Identity {
                 user: "amina".into(),
                 team: "north".into(),
+                role: Role::User,
                 device: Some("tablet-7".into())
             }
         );
@@ -346,6 +374,35 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn the_role_claim_makes_a_service_account_which_needs_no_team() {
+        let v = verifier();
+        let mut claims = with("outpost_role", json!("service"));
+        let id = v.verify(&hs256(&claims)).await.unwrap();
+        assert_eq!((id.role, id.team.as_str()), (Role::Service, "north"));
+        claims["team"] = Value::Null;
+        let id = v.verify(&hs256(&claims)).await.unwrap();
+        assert_eq!((id.role, id.team.as_str()), (Role::Service, ""));
+        let id = v
+            .verify(&hs256(&with("outpost_role", json!("user"))))
+            .await
+            .unwrap();
+        assert_eq!(id.role, Role::User);
+        // A user still needs a team; an unknown role is refused, never taken as a user.
+        let mut user = with("outpost_role", json!("user"));
+        user["team"] = Value::Null;
+        assert_eq!(
+            v.verify(&hs256(&user)).await,
+            Err(Refused::Claim("team".into()))
+        );
+        for bad in [json!("admin"), json!(["service"]), json!("")] {
+            assert_eq!(
+                v.verify(&hs256(&with("outpost_role", bad))).await,
+                Err(Refused::Claim("outpost_role".into()))
+            );
+        }
     }
 
     #[tokio::test]
@@ -433,6 +490,7 @@ mod tests {
             user_claim: "sub".into(),
             team_claim: "team".into(),
             device_claim: "sid".into(),
+            role_claim: DEFAULT_ROLE_CLAIM.into(),
         }
     }
 
@@ -446,6 +504,7 @@ mod tests {
             user_claim: "preferred_username".into(),
             team_claim: "clinic".into(),
             device_claim: "device".into(),
+            role_claim: DEFAULT_ROLE_CLAIM.into(),
             ..verifier_config()
         });
         let claims = json!({"iss": "https://id.example", "aud": "outpost",
@@ -456,6 +515,7 @@ mod tests {
             Identity {
                 user: "amina".into(),
                 team: "north".into(),
+                role: Role::User,
                 device: Some("d-1".into())
             }
         );
