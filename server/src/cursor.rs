@@ -114,8 +114,12 @@ impl Scope {
     /// reads another team's records, so an old position in the sequence says nothing
     /// about what they have seen of those.
     pub fn new(user: &str, team: &str, collections: Option<&[String]>) -> Scope {
+        Scope::digest(b"outpost cursor scope\0", user, team, collections)
+    }
+
+    fn digest(label: &[u8], user: &str, team: &str, collections: Option<&[String]>) -> Scope {
         let mut h = Sha256::new();
-        h.update(b"outpost cursor scope\0");
+        h.update(label);
         for part in [user, team] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
@@ -133,6 +137,16 @@ impl Scope {
         let mut out = [0u8; SCOPE_LEN];
         out.copy_from_slice(&h.finalize()[..SCOPE_LEN]);
         Scope(out)
+    }
+}
+
+impl Scope {
+    /// The scope of the change feed of every team (`/v1/admin/changes` and `export`):
+    /// the same for every service account, since each reads the same changes, and
+    /// never equal to a user's pull scope, so neither kind of cursor passes for the
+    /// other.
+    pub fn all_teams(collections: Option<&[String]>) -> Scope {
+        Scope::digest(b"outpost feed scope\0", "", "", collections)
     }
 }
 
@@ -267,6 +281,8 @@ mod tests {
             Scope::new("amina", "south", None),
             Scope::new("amina", "north", Some(&names(&["patients"]))),
             Scope::new("amina", "north", Some(&[])),
+            Scope::all_teams(None),
+            Scope::new("", "", None),
         ] {
             assert!(
                 matches!(open(&k, &text, &other), Opened::Stale(m) if m.contains("another user"))

@@ -294,6 +294,7 @@ pub fn build_app(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::serve_metrics))
         .route("/v1/push", post(push))
         .route("/v1/pull", get(pull))
+        .route("/v1/admin/changes", get(admin_changes))
         .route(
             "/v1/attachments/{sha256}",
             get(crate::attachments::get).post(crate::attachments::upload),
@@ -844,25 +845,67 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let client_addr = peer(req.extensions());
     let policy = state.policy();
     let caller = authenticated(&state, &policy, req.headers(), &client_addr, "pull").await?;
-    let user = caller.user;
     let params = parse_pull_query(req.uri().query())?;
+    serve_page(&state, &policy, caller, params, false, &client_addr, "pull").await
+}
+
+async fn admin_changes(State(state): State<AppState>, req: Request) -> Response {
+    match admin_changes_inner(state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/admin/changes`: the pull of every team's and owner's records, each change
+/// with its `team` and `owner`, for a service account. Same parameters, pages, byte
+/// budget and cursor rules as `/v1/pull`; its cursors are the feed's own.
+async fn admin_changes_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+    let client_addr = peer(req.extensions());
+    let policy = state.policy();
+    let route = "admin_changes";
+    let caller = authenticated(&state, &policy, req.headers(), &client_addr, route).await?;
+    // Admin routes are for service accounts only; the token is checked first, so
+    // that a missing or wrong one is 401 as everywhere.
+    if caller.user.role != Role::Service {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this route is for service accounts",
+        ));
+    }
+    let mut params = parse_pull_query(req.uri().query())?;
+    // Every change comes back (no `own`), in the v1 form that has room for team and
+    // owner, with no count of what remains.
+    params.own.clear();
+    params.columns = false;
+    params.knows_additions = false;
+    serve_page(&state, &policy, caller, params, true, &client_addr, route).await
+}
+
+/// Reads one page for `caller` with `params` (of every team's records when
+/// `all_teams`) and answers it: the cursor opened and sealed for the caller's scope or
+/// the feed's, the audit row of `audit_pulls`, the answer in the form asked for.
+async fn serve_page(
+    state: &AppState,
+    policy: &Policy,
+    caller: Caller,
+    params: PullParams,
+    all_teams: bool,
+    client_addr: &str,
+    route: &str,
+) -> Result<Response, ApiError> {
+    let collections = params.collections.as_deref();
+    let scope = if all_teams {
+        Scope::all_teams(collections)
+    } else {
+        Scope::new(&caller.user.name, &caller.user.team, collections)
+    };
     let key = state.cursor_key().await.map_err(|e| {
         tracing::error!(error = %e, "no cursor key");
         ApiError::internal()
     })?;
-    let scope = Scope::new(&user.name, &user.team, params.collections.as_deref());
-    let since = match params
-        .since
-        .as_deref()
-        .map(|t| cursor::open(key, t, &scope))
-    {
-        None => None,
-        Some(Opened::Valid(c)) => Some(c),
-        Some(Opened::Stale(why)) => return Err(ApiError::new(ErrorCode::CursorExpired, why)),
-        Some(Opened::Garbled) => return Err(ApiError::bad_request("garbled cursor")),
-    };
+    let since = open_since(key, params.since.as_deref(), &scope)?;
     let query = PullQuery {
-        user,
+        user: caller.user,
         access: policy.access.clone(),
         since,
         limit: params.limit,
@@ -872,16 +915,14 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
         }),
         own: params.own,
         count_remaining: params.knows_additions && !params.skip_remaining,
+        all_teams,
     };
     let page = state.inner.storage.pull(&query).await.map_err(|e| {
         tracing::error!(error = %e, "pull failed");
         ApiError::internal()
     })?;
     match page {
-        PullPage::Expired => Err(ApiError::new(
-            ErrorCode::CursorExpired,
-            "tombstones newer than this cursor were purged; pull again from the beginning",
-        )),
+        PullPage::Expired => Err(expired()),
         PullPage::Page {
             changes,
             cursor,
@@ -894,7 +935,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             })?;
             state.metrics().pulled(changes.len());
             if policy.audit_pulls {
-                let mut fields = request_row(event::PULL, &client_addr, "pull");
+                let mut fields = request_row(event::PULL, client_addr, route);
                 fields.user = query.user.name.clone();
                 fields.device = caller.device;
                 fields.detail = serde_json::json!({
@@ -920,6 +961,29 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             }
         }
     }
+}
+
+/// The position a client's cursor text stands for under `scope`: `None` without one
+/// (from the beginning); 410 for a stale cursor, 400 for a garbled one.
+fn open_since(
+    key: &CursorKey,
+    text: Option<&str>,
+    scope: &Scope,
+) -> Result<Option<logic::Cursor>, ApiError> {
+    match text.map(|t| cursor::open(key, t, scope)) {
+        None => Ok(None),
+        Some(Opened::Valid(c)) => Ok(Some(c)),
+        Some(Opened::Stale(why)) => Err(ApiError::new(ErrorCode::CursorExpired, why)),
+        Some(Opened::Garbled) => Err(ApiError::bad_request("garbled cursor")),
+    }
+}
+
+/// The answer to a cursor older than purged tombstones.
+fn expired() -> ApiError {
+    ApiError::new(
+        ErrorCode::CursorExpired,
+        "tombstones newer than this cursor were purged; pull again from the beginning",
+    )
 }
 
 /// The members every pull answer ends with, in either form.

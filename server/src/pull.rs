@@ -157,7 +157,22 @@ pub(crate) fn page_change(
         data,
         hlc,
         updated_at: outpost_core::protocol::rfc3339_millis(updated_at_ms),
+        team: None,
+        owner: None,
     })
+}
+
+/// `,"team":"","owner":""` around a change's team and owner in the feed of every team.
+const ROUTING_FRAME_BYTES: usize = 21;
+
+/// What a change's team and owner add to it in the feed of every team, at most (either
+/// may hold `"` or `\`); nothing in a pull page.
+pub(crate) fn routing_bytes(q: &PullQuery, team: usize, owner: usize) -> usize {
+    if q.all_teams {
+        ROUTING_FRAME_BYTES + 2 * (team + owner)
+    } else {
+        0
+    }
 }
 
 /// One page for `q`.

@@ -90,6 +90,9 @@ pub struct PullQuery {
     pub own: Vec<(i64, i64)>,
     /// Count what remains past the page (`remaining`), for a client that reads it.
     pub count_remaining: bool,
+    /// Every team's and owner's records, whatever `user` may read, each change saying
+    /// its team and owner: the change feed of service accounts and of `export`.
+    pub all_teams: bool,
 }
 
 /// A change as a pull page carries it: the `Change` of the protocol, with its data
@@ -107,6 +110,12 @@ pub struct PageChange {
     pub hlc: String,
     /// RFC 3339, UTC.
     pub updated_at: String,
+    /// The record's team and owner, in the feed of every team only (`all_teams`), so
+    /// a backend can route the change; pull pages never carry them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// How many changes the puller may read past a page.

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow, Verdict};
 use crate::logic::{self, Access, AccessRules, PushItem, RecordKey, StoredRecord, User};
-use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
+use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change, routing_bytes};
 use crate::push::{self, AnswerRow, PushSteps, RecordFiles, RecordRow};
 use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
 
@@ -662,7 +662,11 @@ fn collections_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
 /// The rows of a pull's collections that go in its pages: those its user may read,
 /// less its own changes that its device holds exactly ([`PullQuery::own`]).
 fn readable_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
-    let mut sql = access_filter(&q.access, &q.user, args);
+    let mut sql = if q.all_teams {
+        "1 = 1".to_owned()
+    } else {
+        access_filter(&q.access, &q.user, args)
+    };
     if !q.own.is_empty() {
         let ranges = vec!["seq BETWEEN ? AND ?"; q.own.len()].join(" OR ");
         sql.push_str(&format!(" AND NOT (echo = 1 AND ({ranges}))"));
@@ -754,11 +758,11 @@ impl PullSteps for SqlitePull<'_> {
                 len(1)?.unwrap_or(0),
                 len(6)?.unwrap_or(0),
                 len(2)?,
-            );
+            ) + routing_bytes(q, len(8)?.unwrap_or(0), len(7)?.unwrap_or(0));
             if !cut.admit(bytes) {
                 break;
             }
-            page.push(page_change(
+            let mut change = page_change(
                 r.get(0).map_err(db_err)?,
                 r.get(1).map_err(db_err)?,
                 r.get(4).map_err(db_err)?,
@@ -767,7 +771,12 @@ impl PullSteps for SqlitePull<'_> {
                 r.get(2).map_err(db_err)?,
                 r.get(6).map_err(db_err)?,
                 r.get(10).map_err(db_err)?,
-            )?);
+            )?;
+            if q.all_teams {
+                change.team = Some(r.get(8).map_err(db_err)?);
+                change.owner = Some(r.get(7).map_err(db_err)?);
+            }
+            page.push(change);
         }
         Ok(page)
     }

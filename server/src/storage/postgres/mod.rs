@@ -55,7 +55,7 @@ use super::{
 use crate::audit::{AuditEntry, Verdict};
 use crate::config::PostgresUrl;
 use crate::logic::{self, Access, AccessRules, PushItem, StoredRecord, User};
-use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change};
+use crate::pull::{self, Marks, PageCut, PullSteps, change_bytes, page_change, routing_bytes};
 use crate::storage::files::{Begin, FileAccess, StaleUpload, Upload};
 use push::lock_key;
 
@@ -281,6 +281,12 @@ const READABLE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($3::text[], $4:
      AND NOT (r.echo AND EXISTS (SELECT 1 FROM unnest($9::bigint[], $10::bigint[]) AS o(lo, hi) \
                                   WHERE r.seq BETWEEN o.lo AND o.hi))";
 
+/// [`READABLE`] for the feed of every team: every row. The rule's parameters are still
+/// named (always true), so that both texts take the same parameters.
+const READABLE_ALL: &str = "num_nulls($3::text[], $4::text[], $5::text, $6::text, $7::text) >= 0 \
+     AND NOT (r.echo AND EXISTS (SELECT 1 FROM unnest($9::bigint[], $10::bigint[]) AS o(lo, hi) \
+                                  WHERE r.seq BETWEEN o.lo AND o.hi))";
+
 /// Whether the row `r` (its `collection` and `scope`) is readable by a user, with the
 /// rules as in [`READABLE_AFTER`] at `$2` to `$6` (names, rules, default, own scope,
 /// team scope).
@@ -295,25 +301,27 @@ async fn pull(
     // First the sizes alone (the length of a stored text is read from its header, not
     // by loading it), to find where the page ends; then the rows up to there. Reading
     // rows and stopping at the budget would instead load every row a driver batch holds.
+    let readable = if q.all_teams { READABLE_ALL } else { READABLE };
     let st_sizes = client
         .prepare_cached(&format!(
             "SELECT seq, octet_length(collection), octet_length(record_id), \
-             octet_length(hlc), octet_length(data) FROM records r \
-             WHERE {IN_RANGE} AND {READABLE} ORDER BY seq LIMIT $8"
+             octet_length(hlc), octet_length(data), octet_length(team), octet_length(owner) \
+             FROM records r WHERE {IN_RANGE} AND {readable} ORDER BY seq LIMIT $8"
         ))
         .await
         .pg()?;
     let st_page = client
         .prepare_cached(&format!(
-            "SELECT collection, record_id, data, deleted, version, seq, hlc, updated_at \
-             FROM records r WHERE {IN_RANGE} AND {READABLE} AND seq <= $8 ORDER BY seq"
+            "SELECT collection, record_id, data, deleted, version, seq, hlc, updated_at, \
+             team, owner FROM records r WHERE {IN_RANGE} AND {readable} AND seq <= $8 \
+             ORDER BY seq"
         ))
         .await
         .pg()?;
     // At most $8 rows past the page are looked at (see pull.rs).
     let st_count = client
         .prepare_cached(&format!(
-            "SELECT count(*), count(*) FILTER (WHERE {READABLE}) FROM \
+            "SELECT count(*), count(*) FILTER (WHERE {readable}) FROM \
              (SELECT collection, scope, seq, echo FROM records WHERE {IN_RANGE} \
               ORDER BY seq LIMIT $8) r"
         ))
@@ -461,7 +469,7 @@ impl PullSteps for PgPull<'_> {
                 len(2)?.unwrap_or(0),
                 len(3)?.unwrap_or(0),
                 len(4)?,
-            );
+            ) + routing_bytes(q, len(5)?.unwrap_or(0), len(6)?.unwrap_or(0));
             if !cut.admit(bytes) {
                 break;
             }
@@ -480,7 +488,7 @@ impl PullSteps for PgPull<'_> {
             .map(|r| {
                 let get_s = |i: usize| r.try_get::<_, String>(i).pg();
                 let get_i = |i: usize| r.try_get::<_, i64>(i).pg();
-                page_change(
+                let mut change = page_change(
                     get_s(0)?,
                     get_s(1)?,
                     get_i(4)?,
@@ -489,7 +497,12 @@ impl PullSteps for PgPull<'_> {
                     r.try_get(2).pg()?,
                     get_s(6)?,
                     get_i(7)?,
-                )
+                )?;
+                if q.all_teams {
+                    change.team = Some(get_s(8)?);
+                    change.owner = Some(get_s(9)?);
+                }
+                Ok(change)
             })
             .collect()
     }
