@@ -185,18 +185,11 @@ impl AppState {
     pub async fn cursor_key(&self) -> Result<&CursorKey, StorageError> {
         self.inner
             .cursor_key
-            .get_or_try_init(|| async {
-                let secret = match &self.inner.cursor_secret {
-                    Some(s) => s.expose().to_vec(),
-                    None => {
-                        let fresh = CursorKey::fresh_secret().map_err(db_err)?;
-                        self.inner
-                            .storage
-                            .shared_secret(CURSOR_SECRET, fresh)
-                            .await?
-                    }
-                };
-                CursorKey::from_secret(&secret).map_err(db_err)
+            .get_or_try_init(|| {
+                cursor_key_of(
+                    self.inner.cursor_secret.as_ref(),
+                    self.inner.storage.as_ref(),
+                )
             })
             .await
     }
@@ -234,6 +227,22 @@ impl AppState {
             .map(|v| Arc::clone(v.keys()))
             .filter(|k| k.is_remote())
     }
+}
+
+/// The key cursors are sealed with: from the configured secret, or else from the one
+/// in the database, which the first server (or `export`) to need it makes.
+pub(crate) async fn cursor_key_of(
+    configured: Option<&Secret>,
+    storage: &dyn Storage,
+) -> Result<CursorKey, StorageError> {
+    let secret = match configured {
+        Some(s) => s.expose().to_vec(),
+        None => {
+            let fresh = CursorKey::fresh_secret().map_err(db_err)?;
+            storage.shared_secret(CURSOR_SECRET, fresh).await?
+        }
+    };
+    CursorKey::from_secret(&secret).map_err(db_err)
 }
 
 /// The client's IP address (after trusted proxies, see [`crate::throttle`]); empty

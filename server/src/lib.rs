@@ -19,7 +19,8 @@
 //! (`RUST_LOG=debug` for more; other crates' logs stay capped at `info`, see
 //! [`logging`]). SIGTERM or Ctrl-C stops it after in-flight requests finish; SIGHUP
 //! reloads the config. `outpost-server audit verify` checks the audit trail's hash
-//! chain and `outpost-server migrate` only migrates. The configuration keys are
+//! chain, `outpost-server migrate` only migrates, and `outpost-server export` writes
+//! the change feed of every team as NDJSON. The configuration keys are
 //! described in `server/README.md`; the protocol in `server/openapi.json`.
 //!
 //! # Tests
@@ -48,6 +49,7 @@ pub mod config;
 pub mod connections;
 pub mod cursor;
 pub mod error;
+pub mod export;
 pub mod http;
 mod intake;
 pub mod json;

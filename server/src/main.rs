@@ -27,6 +27,28 @@ enum Command {
     },
     /// Brings the database schema up to date and exits.
     Migrate,
+    /// Writes every change since a position, one JSON object per line, page by page;
+    /// then prints on stderr the position to resume from.
+    Export {
+        /// `0` for the beginning, or the cursor a previous export (or
+        /// `/v1/admin/changes`) ended at.
+        #[arg(long, value_name = "CURSOR_OR_0")]
+        since: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Changes read from the database per page (memory is bounded by one page).
+        #[arg(long, value_name = "N", default_value_t = outpost_server::export::DEFAULT_PAGE_SIZE)]
+        page_size: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Ndjson,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,5 +73,19 @@ async fn main() -> ExitCode {
             action: AuditAction::Verify,
         }) => outpost_server::verify_audit_main(program, &config).await,
         Some(Command::Migrate) => outpost_server::migrate_main(program, &config).await,
+        Some(Command::Export {
+            since,
+            format: ExportFormat::Ndjson,
+            out,
+            page_size,
+        }) => {
+            let args = outpost_server::export::ExportArgs {
+                since,
+                format: outpost_server::export::Format::Ndjson,
+                out,
+                page_size,
+            };
+            outpost_server::export::export_main(program, &config, args).await
+        }
     }
 }
