@@ -56,27 +56,45 @@ impl TestServer {
 
     /// `GET /v1/pull<query>`: status and JSON answer.
     pub async fn pull_raw(&self, token: &str, query: &str) -> (u16, Value) {
+        self.get_raw(token, &format!("/v1/pull{query}")).await
+    }
+
+    /// `GET <path and query>` with `token`: status and JSON answer.
+    pub async fn get_raw(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .client()
-            .get(self.url(&format!("/v1/pull{query}")))
+            .get(self.url(path))
             .bearer_auth(token)
             .send()
             .await
-            .expect("pull request");
+            .expect("GET request");
         answer(r).await
     }
 
     /// Pulls everything readable from the beginning, following `has_more`; `extra` is
     /// appended to each query (`&limit=2`). Returns the changes and the last cursor.
     pub async fn pull_all(&self, token: &str, extra: &str) -> (Vec<Value>, String) {
+        self.pages_from("/v1/pull", token, None, extra).await
+    }
+
+    /// Follows `has_more` through the pages of a route shaped like the pull (`/v1/pull`,
+    /// `/v1/admin/changes`) from the cursor `since` (`None`: the beginning); `extra` is
+    /// appended to each query. Returns the changes and the last cursor.
+    pub async fn pages_from(
+        &self,
+        path: &str,
+        token: &str,
+        since: Option<&str>,
+        extra: &str,
+    ) -> (Vec<Value>, String) {
         let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
+        let mut cursor = since.map(str::to_owned);
         loop {
             let q = match &cursor {
-                Some(c) => format!("?since={c}{extra}"),
-                None => format!("?x=1{extra}"),
+                Some(c) => format!("{path}?since={c}{extra}"),
+                None => format!("{path}?x=1{extra}"),
             };
-            let (status, body) = self.pull_raw(token, &q).await;
+            let (status, body) = self.get_raw(token, &q).await;
             assert_eq!(status, 200, "{body}");
             out.extend(body["changes"].as_array().expect("changes").iter().cloned());
             let c = body["cursor"].as_str().expect("cursor").to_owned();
