@@ -370,6 +370,56 @@ async fn real_answers_match_the_document(backend: Backend) {
     assert_eq!(seen, want);
 }
 
+async fn admin_get(s: &TestServer, token: Option<&str>, q: &str) -> (u16, Value) {
+    let mut req = s.client().get(s.url(&format!("/v1/admin/changes{q}")));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+/// The service account's additions: routed pushes, and the feed of every team with the
+/// errors it answers.
+async fn service_answers_match_the_document(backend: Backend) {
+    let spec = spec();
+    let service = "token-backend-service-0123456789abcdef0123";
+    let s = TestServer::start_with(
+        &backend,
+        &format!("[[users]]\nname = \"backend\"\nrole = \"service\"\ntoken = \"{service}\"\n"),
+    );
+    let mut op = put("drafts", "d-1", None, json!({"n": 1}));
+    op["team"] = json!("north");
+    op["owner"] = json!("amina");
+    let (st, b) = s
+        .push_raw(service, &json!({"client_id": "c", "ops": [op.clone()]}))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    check(&spec, "post", "/v1/push", st, &b);
+    let (st, b) = s
+        .push_raw(AMINA, &json!({"client_id": "c", "ops": [op]}))
+        .await;
+    assert_eq!(st, 403);
+    check(&spec, "post", "/v1/push", st, &b);
+    let (st, page) = admin_get(&s, Some(service), "?limit=1").await;
+    assert_eq!(
+        (st, page["changes"][0]["owner"].as_str()),
+        (200, Some("amina"))
+    );
+    check(&spec, "get", "/v1/admin/changes", st, &page);
+    let (_, pull_cursor) = s.pull_all(AMINA, "").await;
+    let stale = format!("?since={pull_cursor}");
+    for (token, q, want) in [
+        (Some(service), "?since=x", 400),
+        (None, "", 401),
+        (Some(AMINA), "", 403),
+        (Some(service), stale.as_str(), 410),
+    ] {
+        let (st, b) = admin_get(&s, token, q).await;
+        assert_eq!(st, want, "{b}");
+        check(&spec, "get", "/v1/admin/changes", st, &b);
+    }
+}
+
 async fn attachment_answers_match_the_document(backend: Backend) {
     let spec = spec();
     let s = TestServer::start_with(&backend, "max_attachment_mib = 0.001");
@@ -438,4 +488,4 @@ async fn attachment_answers_match_the_document(backend: Backend) {
     assert_eq!(seen, want);
 }
 
-outpost_testkit::backend_tests!("openapi": real_answers_match_the_document, attachment_answers_match_the_document);
+outpost_testkit::backend_tests!("openapi": real_answers_match_the_document, attachment_answers_match_the_document, service_answers_match_the_document);
