@@ -1042,6 +1042,52 @@ access = "private"
     }
 
     #[test]
+    fn service_accounts_and_teams() {
+        let service = "\n[[users]]\nname = \"etl\"\nrole = \"service\"\ntoken = \"etl-0123456789abcdef0123456789abcdef\"\n";
+        let c = parse(&format!("teams = [\"east\"]\n{BASE}{service}")).unwrap();
+        let etl = c.users.iter().find(|u| u.name == "etl").unwrap();
+        assert_eq!((etl.role, etl.team.as_str()), (Role::Service, ""));
+        assert!(
+            c.users
+                .iter()
+                .filter(|u| u.name != "etl")
+                .all(|u| u.role == Role::User)
+        );
+        // Known teams: listed ones and those of people, never a service account's.
+        let with_team = service.replace("role", "team = \"ops\"\nrole");
+        let c = parse(&format!("teams = [\"east\"]\n{BASE}{with_team}")).unwrap();
+        assert_eq!(
+            c.known_teams().into_iter().collect::<Vec<_>>(),
+            ["east", "north"]
+        );
+        for (text, want) in [
+            (
+                format!("{BASE}{}", service.replace("\"service\"", "\"admin\"")),
+                "users[2].role: must be",
+            ),
+            (
+                format!("{BASE}{}", service.replace("\"service\"", "5")),
+                "users[2].role: must be a string",
+            ),
+            (
+                format!("teams = \"east\"\n{BASE}"),
+                "teams: must be an array",
+            ),
+            (
+                format!("teams = [\"\"]\n{BASE}"),
+                "teams[0]: must be a string",
+            ),
+            (
+                format!("{BASE}{}", service.replace("\"service\"", "\"user\"")),
+                "users[2].team: missing",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
     fn a_postgres_url_selects_postgres() {
         for url in ["postgres://u:pw@h:5433/db", "postgresql://u@h/db"] {
             let c = parse(&BASE.replace("x.db", url)).unwrap();

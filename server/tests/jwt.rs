@@ -747,7 +747,51 @@ async fn access_rules_and_audit_from_claims(b: Backend) {
     assert_eq!(again[0]["status"], "applied");
 }
 
-backend_tests!("jwt": access_rules_and_audit_from_claims);
+/// A token whose role claim says `service` is a service account, with or without a
+/// team: it writes into a team listed in `teams` and reads the feed of every team; a
+/// person's token gets 403 there, and an unknown role 401 everywhere.
+async fn a_role_claim_makes_a_service_account(b: Backend) {
+    let s = TestServer::start_with(
+        &b,
+        &format!(
+            "teams = [\"east\"]\n{}",
+            jwt_section(&format!("hs256_secret = {SECRET:?}"))
+        ),
+    );
+    let mut service = claims("warehouse", "ignored");
+    service["outpost_role"] = json!("service");
+    service.as_object_mut().unwrap().remove("team");
+    let service = hs256(&service);
+    let nurse = hs256(&claims("nurse-e", "east"));
+    let mut op = put("patients", "p-1", None, json!({"from": "backend"}));
+    op["team"] = json!("east");
+    let (st, body) = s
+        .push_raw(&service, &json!({"client_id": "etl", "ops": [op.clone()]}))
+        .await;
+    assert_eq!(
+        (st, body["results"][0]["status"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let (changes, _) = s.pull_all(&nurse, "").await;
+    assert_eq!(changes[0]["data"]["from"], "backend");
+    let (st, feed) = s.get_raw(&service, "/v1/admin/changes").await;
+    assert_eq!(
+        (st, feed["changes"][0]["team"].as_str()),
+        (200, Some("east")),
+        "{feed}"
+    );
+    assert_eq!(s.get_raw(&nurse, "/v1/admin/changes").await.0, 403);
+    let (st, _) = s
+        .push_raw(&nurse, &json!({"client_id": "tab", "ops": [op]}))
+        .await;
+    assert_eq!(st, 403);
+    let mut admin = claims("nurse-e", "east");
+    admin["outpost_role"] = json!("admin");
+    assert_eq!(pull_status(&s, &hs256(&admin)).await, 401);
+}
+
+backend_tests!("jwt": access_rules_and_audit_from_claims, a_role_claim_makes_a_service_account);
 
 /// Waits until a pull with `token` answers `want` (a reload is asynchronous).
 async fn until_pull_status(s: &TestServer, token: &str, want: u16, what: &str) {
