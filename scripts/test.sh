@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (encryption enabled, the end-to-end
 # suite against the real server binary, the fault simulation), then the Kotlin/JVM and
-# Python suites over the real native library.
+# Python suites over the real native library, and the Swift package's where Swift is.
 #
 # PostgreSQL tests run when OUTPOST_TEST_POSTGRES_URL is set (.ci/run starts a server);
 # without it each one prints that it was skipped.
@@ -9,6 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-features --locked
 ./scripts/bindings-test.sh
+# The Swift package needs a Swift toolchain, which not every machine has.
+if command -v swift >/dev/null 2>&1; then
+  echo "== Swift tests"
+  # The library, generator and server bindings-test.sh has just built.
+  OUTPOST_FFI_LIB_DIR="$PWD/target/debug" OUTPOST_SERVER_BIN="$PWD/target/debug/outpost-server" \
+    ./scripts/swift-test.sh
+else
+  echo "== Swift tests: skipped, no Swift toolchain on this machine (scripts/swift-test.sh runs them)"
+fi
 # Benchmarks are not tests: at tiny size this only keeps the command working (no
 # thresholds). The documented full run is in the README's performance section.
 echo "== benchmark (tiny)"
