@@ -28,7 +28,7 @@ let package = Package(
         // Swift 5 mode: generated code is not ours to make strict.
         .target(
             name: "OutpostFFI", dependencies: ["OutpostFFIFFI"], path: "Sources/OutpostFFI",
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            exclude: ["README.md"], swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .target(name: "OutpostKit", dependencies: ["OutpostFFI"], path: "Sources/OutpostKit"),
         .testTarget(name: "OutpostKitTests", dependencies: ["OutpostKit"], path: "Tests/OutpostKitTests"),

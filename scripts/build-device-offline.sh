@@ -29,9 +29,13 @@ case "$(uname -s)" in
   Darwin) lib="$target_dir/debug/liboutpost_ffi.dylib" ;;
   *) lib="$target_dir/debug/liboutpost_ffi.so" ;;
 esac
-"$target_dir/debug/uniffi-bindgen" generate "$lib" --language swift --no-format \
-  --out-dir "$target_dir/swift" >/dev/null
-test -s "$target_dir/swift/outpost_ffi.swift" || test -n "$(ls "$target_dir"/swift/*.swift)"
+# In the staged workspace, which holds the crate's uniffi.toml; `--metadata-no-deps`
+# keeps the generator's `cargo metadata` from resolving anything.
+rm -rf "$target_dir/swift"
+(cd "$stage/ws" && CARGO_HOME="$stage/cargo-home" CARGO_NET_OFFLINE=true \
+  "$target_dir/debug/uniffi-bindgen" generate "$lib" --language swift --no-format \
+  --metadata-no-deps --out-dir "$target_dir/swift" >/dev/null)
+test -s "$target_dir/swift/OutpostFFI.swift"
 echo "built offline: $lib"
 echo "generator: $target_dir/debug/uniffi-bindgen"
 echo "swift bindings: $target_dir/swift"

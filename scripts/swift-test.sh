@@ -5,8 +5,9 @@
 # It builds the library, its uniffi-bindgen and the server with cargo (or takes them from
 # OUTPOST_FFI_LIB_DIR, the folder holding liboutpost_ffi and uniffi-bindgen, for example
 # the one scripts/build-device-offline.sh prints, and OUTPOST_SERVER_BIN), generates the
-# Swift bindings into the package, writes the C module that links the library, and runs
-# `swift test`. Needs a Swift 6 toolchain with XCTest.
+# Swift bindings into the package (or takes them from OUTPOST_SWIFT_BINDINGS), writes
+# the C module that links the library, and runs `swift test`. Needs a Swift 6 toolchain
+# with XCTest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,7 +35,14 @@ esac
 gen=ios/build/linux/gen
 module=ios/build/linux/OutpostFFIFFI
 rm -rf "$gen" "$module"
-"$OUTPOST_FFI_LIB_DIR/uniffi-bindgen" generate "$lib" --language swift --no-format --out-dir "$gen" >/dev/null
+if [ -n "${OUTPOST_SWIFT_BINDINGS:-}" ]; then
+  # Generated elsewhere from this library (build-device-offline.sh prints where).
+  mkdir -p "$(dirname "$gen")"
+  cp -R "$OUTPOST_SWIFT_BINDINGS" "$gen"
+else
+  "$OUTPOST_FFI_LIB_DIR/uniffi-bindgen" generate "$lib" --language swift --no-format \
+    --metadata-no-deps --out-dir "$gen" >/dev/null
+fi
 cp "$gen/OutpostFFI.swift" ios/Sources/OutpostFFI/OutpostFFI.swift
 mkdir -p "$module"
 cp "$gen/OutpostFFIFFI.h" "$module/"

@@ -46,10 +46,12 @@ public final class OutpostStore: Sendable {
         try await Blocking.run { try OutpostFFI.deleteDatabase(path: path) }
     }
 
+    @discardableResult
     public func put(_ collection: String, id: String? = nil, json: String) async throws -> Record {
         try await Blocking.run { try self.native.put(collection: collection, id: id, dataJson: json) }
     }
 
+    @discardableResult
     public func patch(_ collection: String, id: String, fieldsJson: String) async throws -> Record {
         try await Blocking.run { try self.native.patch(collection: collection, id: id, fieldsJson: fieldsJson) }
     }
@@ -85,6 +87,7 @@ public final class OutpostStore: Sendable {
     }
 
     /// All ops in one transaction: a whole screen of answers commits together or not at all.
+    @discardableResult
     public func batch(_ ops: [WriteOp]) async throws -> [Record?] {
         try await Blocking.run { try self.native.batch(ops: ops) }
     }
@@ -110,16 +113,19 @@ public final class OutpostStore: Sendable {
     // MARK: CRDT fields: merged without conflict, whatever other devices did meanwhile.
 
     /// Adds `by` (may be negative) to the counter in `field`.
+    @discardableResult
     public func increment(_ collection: String, id: String, field: String, by: Int64 = 1) async throws -> Record {
         try await Blocking.run { try self.native.increment(collection: collection, id: id, field: field, by: by) }
     }
 
     /// Adds `element` to the observed-remove set in `field`.
+    @discardableResult
     public func setAdd(_ collection: String, id: String, field: String, element: String) async throws -> Record {
         try await Blocking.run { try self.native.setAdd(collection: collection, id: id, field: field, element: element) }
     }
 
     /// Removes `element` from the set in `field` (the adds this device has seen).
+    @discardableResult
     public func setRemove(_ collection: String, id: String, field: String, element: String) async throws -> Record {
         try await Blocking.run {
             try self.native.setRemove(collection: collection, id: id, field: field, element: element)
@@ -127,6 +133,7 @@ public final class OutpostStore: Sendable {
     }
 
     /// Sets the last-write-wins register in `field` to the JSON value `valueJson`.
+    @discardableResult
     public func setRegister(_ collection: String, id: String, field: String, valueJson: String) async throws -> Record {
         try await Blocking.run {
             try self.native.setRegister(collection: collection, id: id, field: field, valueJson: valueJson)
@@ -268,6 +275,7 @@ public final class OutpostStore: Sendable {
     }
 
     /// Puts edits the server rejected back in the queue; returns how many.
+    @discardableResult
     public func retryFailed() async throws -> UInt64 {
         try await Blocking.run { try self.native.retryFailed() }
     }

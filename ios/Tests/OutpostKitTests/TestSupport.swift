@@ -80,8 +80,11 @@ final class TestServer: @unchecked Sendable {
     }
 
     func stop() {
-        process.terminate()
-        process.waitUntilExit()
+        // Killed and reaped directly: `waitUntilExit` spins a run loop, which a test's
+        // async context lacks. ECHILD means Foundation reaped it first: it is gone too.
+        kill(process.processIdentifier, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(process.processIdentifier, &status, 0)
         try? FileManager.default.removeItem(at: dir)
     }
 
