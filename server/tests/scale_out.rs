@@ -4,6 +4,10 @@
 //! concurrently, the same op_id sent to two processes at once has one effect and one
 //! answer, and servers starting together migrate the schema once.
 //!
+//! A thousand simulated devices pushing and pulling through both processes at once,
+//! some of their pushes sent twice (once to each process), leave every op they were
+//! told was applied exactly once in the audit, and nothing else.
+//!
 //! Skipped, with a line on stderr naming each test, when `OUTPOST_TEST_POSTGRES_URL`
 //! is not set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -221,4 +225,87 @@ fn servers_starting_together_migrate_once() {
     assert_eq!(servers.len(), 3);
     assert_eq!(db.count("outpost_schema_version", "version::text", "1"), 1);
     drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_devices_on_two_processes_apply_every_op_exactly_once() {
+    let Some(b) = backend("a_thousand_devices_on_two_processes_apply_every_op_exactly_once") else {
+        return;
+    };
+    let devices = 1000;
+    let one = TestServer::start_with(&b, &load_config(devices));
+    let two = one.another();
+    let urls = [one.url(""), two.url("")];
+    // Two rounds of 4 ops: the second edits, and on a third of the devices conflicts;
+    // a quarter of the pushes go to both processes, the second time as a resend.
+    let plan = LoadPlan {
+        devices,
+        rounds: 2,
+        ops_per_push: 4,
+        conflict_every: 3,
+        repeat_every: 4,
+    };
+    let report = run_load(&urls, plan, true).await.unwrap();
+    assert_eq!(
+        report.ops,
+        (devices * plan.rounds * plan.ops_per_push) as u64
+    );
+    assert!(report.conflicts > 0 && report.repeats > 0, "{report:?}");
+    assert_eq!(report.rejected, 0);
+    assert_eq!(report.applied + report.conflicts, report.ops);
+
+    let (client, conn) = tokio_postgres::connect(&one.db().database(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT user_name, op_id, count(*) FROM audit \
+             WHERE event = 'write' AND user_name LIKE 'device-%' GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let audited: BTreeMap<(String, String), i64> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let doubled: Vec<_> = audited.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "ops audited more than once: {doubled:?}"
+    );
+    let applied: BTreeSet<(String, String)> = report
+        .sent
+        .iter()
+        .filter(|s| s.status == "applied")
+        .map(|s| (s.user.clone(), s.op_id.clone()))
+        .collect();
+    assert_eq!(
+        applied.len() as u64,
+        report.applied,
+        "an op_id was answered twice"
+    );
+    let audited: BTreeSet<(String, String)> = audited.into_keys().collect();
+    let lost: Vec<_> = applied.difference(&audited).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "applied ops missing from the audit: {lost:?}"
+    );
+    let unanswered: Vec<_> = audited.difference(&applied).take(5).collect();
+    assert!(
+        unanswered.is_empty(),
+        "audited ops no device was told were applied: {unanswered:?}"
+    );
+    // And every device's records are what it was told: one per create, edits on top.
+    let records: i64 = client
+        .query_one(
+            "SELECT count(*) FROM records WHERE collection = $1",
+            &[&LOAD_COLLECTION],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let creates = report.applied as i64 - (devices * plan.edits() * (plan.rounds - 1)) as i64;
+    assert_eq!(records, creates);
 }

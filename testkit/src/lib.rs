@@ -15,12 +15,17 @@
 //! - [`SlowLink`]: a loopback TCP proxy with a field link's bandwidth, round trip,
 //!   and connections cut or stalled after some bytes, counting what crossed; and
 //!   realistic records ([`patient`]) to measure bytes on the wire with.
+//! - [`run_load`]: many simulated devices at once, each its own user, over HTTP; and
+//!   [`PAIR_ENV`], which runs every PostgreSQL test server as two processes behind a
+//!   [`Balancer`] that alternates requests between them.
 
 mod binary;
 mod db;
 mod faults;
 mod in_process;
 mod link;
+mod load;
+mod pair;
 mod protocol;
 mod records;
 mod server;
@@ -31,6 +36,11 @@ pub use db::{
 };
 pub use faults::{Fault, FaultyTransport, Hook, LinkStats, RandomFaults, RequestKind, Traffic};
 pub use link::{LinkCounts, LinkShape, SlowLink};
+pub use load::{
+    DeviceScript, LOAD_COLLECTION, LoadPlan, LoadReport, PlannedOp, SentOp, answer_data,
+    load_client, load_config, load_team, load_token, load_user, run_load,
+};
+pub use pair::{Balancer, PAIR_ENV};
 pub use protocol::{answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put};
 pub use records::{patient, patient_id};
 pub use server::{

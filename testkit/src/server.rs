@@ -21,6 +21,7 @@ use outpost_core::{HttpTimeouts, HttpTransport, Transport};
 use crate::binary::server_binary;
 use crate::db::{Backend, TestDb};
 use crate::in_process::{App, DirectTransport, Loopback};
+use crate::pair::{Balancer, pairs_wanted};
 
 /// A user in the test server's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,8 @@ pub struct ServerBuilder {
     extra: String,
     binary: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    /// Never one of a pair (see [`crate::PAIR_ENV`]): the second process of one.
+    single: bool,
 }
 
 impl ServerBuilder {
@@ -220,6 +223,7 @@ impl ServerBuilder {
         config: PathBuf,
         db: TestDb,
     ) -> io::Result<TestServer> {
+        let single = self.single;
         let binary = match (self.mode, self.binary) {
             (Mode::Process, None) => Some(server_binary()?),
             (_, binary) => binary,
@@ -237,8 +241,19 @@ impl ServerBuilder {
             db,
             binary,
             env: self.env,
+            pair: None,
         };
         s.spawn(None)?;
+        if !single
+            && s.mode == Mode::Process
+            && matches!(s.backend, Backend::Postgres(_))
+            && pairs_wanted()
+        {
+            let twin = s.another_as(true);
+            let balancer = Balancer::start(vec![s.addr.clone(), twin.addr.clone()])?;
+            s.addr = balancer.addr();
+            s.pair = Some((balancer, Box::new(twin)));
+        }
         Ok(s)
     }
 }
@@ -259,6 +274,8 @@ pub struct TestServer {
     db: TestDb,
     binary: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    /// With [`crate::PAIR_ENV`]: the proxy `addr` now names, and the second process.
+    pair: Option<(Balancer, Box<TestServer>)>,
 }
 
 impl TestServer {
@@ -272,6 +289,7 @@ impl TestServer {
             extra: String::new(),
             binary: None,
             env: Vec::new(),
+            single: false,
         }
     }
 
@@ -300,6 +318,10 @@ impl TestServer {
     /// Another server on the same database and config, in the same mode, on a port
     /// of its own: what a second instance behind a load balancer is.
     pub fn another(&self) -> TestServer {
+        self.another_as(false)
+    }
+
+    fn another_as(&self, single: bool) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("server.toml");
         let text = std::fs::read_to_string(&self.config).expect("read the config");
@@ -311,6 +333,7 @@ impl TestServer {
             extra: String::new(),
             binary: self.binary.clone(),
             env: self.env.clone(),
+            single,
         }
         .try_start_config(dir, config, self.db.share())
         .unwrap_or_else(|e| panic!("cannot start another outpost-server: {e}"))
@@ -477,6 +500,7 @@ impl TestServer {
     /// Stops at once (SIGKILL; in process, the app dropped mid-request), then starts
     /// again on the same port and database.
     pub fn restart(&mut self) {
+        assert!(self.pair.is_none(), "a pair of servers is not restarted");
         if self.mode != Mode::Process {
             let port_of = self.loopback.take();
             self.kill();
@@ -514,6 +538,9 @@ impl TestServer {
     /// SIGKILL: no chance to flush anything more. In process, the serving task is
     /// aborted or the app dropped, with requests in flight.
     pub fn kill(&mut self) {
+        if let Some((_, twin)) = self.pair.as_mut() {
+            twin.kill();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
