@@ -1,11 +1,12 @@
-//! `outpost-bench`: the ten figures of Outpost's performance, each measured side by
+//! `outpost-bench`: the figures of Outpost's performance, each measured side by
 //! side with its baseline in the same run.
 //!
 //! Absolute times drift on shared machines, so every figure is reported as a ratio to a
 //! baseline that runs in the same process, alternating with it: raw rusqlite for local
 //! writes, pull apply and local queries, a minimal HTTP endpoint for push, a
 //! one-request-per-op loop for wire cost, plain Rust calls for the FFI, the same sync
-//! without an observer, one raw HTTP upload for an attachment's. Everything measured
+//! without an observer, one raw HTTP upload for an attachment's, SQL straight into
+//! PostgreSQL for many devices at once. Everything measured
 //! goes through the public API and the real `outpost-server` binary on loopback.
 //!
 //! ```sh
@@ -18,6 +19,8 @@
 
 mod ffi;
 mod files;
+mod growth;
+mod load;
 mod local;
 mod net;
 mod query;
@@ -54,6 +57,13 @@ struct Size {
     /// Figure 10: bytes of the file, and rounds of each side.
     file_bytes: usize,
     file_rounds: usize,
+    /// Figure 11: simulated devices of each run, and about how many ops each run does.
+    load_devices: &'static [usize],
+    load_ops: usize,
+    /// Figure 12: the table sizes grown through (the first is the baseline), and timed
+    /// requests of each kind at each.
+    growth_records: &'static [usize],
+    growth_samples: usize,
 }
 
 const TINY: Size = Size {
@@ -74,6 +84,10 @@ const TINY: Size = Size {
     query_sync_rounds: 1,
     file_bytes: 2 * 1024 * 1024,
     file_rounds: 1,
+    load_devices: &[20],
+    load_ops: 800,
+    growth_records: &[1_000, 10_000],
+    growth_samples: 5,
 };
 
 const FULL: Size = Size {
@@ -95,6 +109,10 @@ const FULL: Size = Size {
     query_sync_rounds: 3,
     file_bytes: 24 * 1024 * 1024,
     file_rounds: 3,
+    load_devices: &[100, 1000, 5000],
+    load_ops: 40_000,
+    growth_records: &[10_000, 100_000, 1_000_000],
+    growth_samples: 30,
 };
 
 #[derive(Debug)]
@@ -105,10 +123,14 @@ struct Args {
     only: Option<Vec<u32>>,
     python: bool,
     kotlin: Option<bool>,
+    /// Figure 11's device counts, instead of the size's.
+    devices: Option<Vec<usize>>,
+    /// Figure 12's table sizes, instead of the size's (10M: `--growth 10000,10000000`).
+    growth: Option<Vec<usize>>,
 }
 
 const USAGE: &str = "usage: outpost-bench [--size tiny|full] [--out PATH] [--only 1,2,..] \
-[--server-bin PATH] [--no-python] [--kotlin|--no-kotlin]";
+[--server-bin PATH] [--no-python] [--kotlin|--no-kotlin] [--devices 100,1000] [--growth 10000,1000000]";
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
     let mut args = Args {
@@ -121,6 +143,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
         only: None,
         python: true,
         kotlin: None,
+        devices: None,
+        growth: None,
     };
     while let Some(a) = it.next() {
         let mut value = || {
@@ -145,6 +169,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
                     .map_err(|e| fail(format!("--only: {e}\n{USAGE}")))?;
                 args.only = Some(list);
             }
+            "--devices" => args.devices = Some(numbers("--devices", &value()?)?),
+            "--growth" => args.growth = Some(numbers("--growth", &value()?)?),
             "--no-python" => args.python = false,
             "--kotlin" => args.kotlin = Some(true),
             "--no-kotlin" => args.kotlin = Some(false),
@@ -153,6 +179,14 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
         }
     }
     Ok(args)
+}
+
+/// A comma-separated list of counts.
+fn numbers(flag: &str, list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("{flag}: {e}\n{USAGE}")))
 }
 
 /// One line of the table.
@@ -485,6 +519,147 @@ impl Run {
 
     /// Figure 10: an attachment's upload through the engine and the real server, as a
     /// ratio to a raw HTTP upload of the same bytes; the two sides alternate.
+    /// Figure 11: simulated devices against the server on SQLite, on PostgreSQL and as
+    /// two processes over one PostgreSQL, each beside the SQL baseline of the same
+    /// devices, measured just before them. PostgreSQL runs need `OUTPOST_TEST_POSTGRES_URL`.
+    fn fig11(&mut self, rt: &tokio::runtime::Runtime, bin: &std::path::Path) -> Result<()> {
+        let pg = outpost_testkit::Backend::postgres_or_skip("outpost-bench figure 11");
+        let devices = self
+            .args
+            .devices
+            .clone()
+            .unwrap_or_else(|| self.args.size.load_devices.to_vec());
+        let mut detail = Vec::new();
+        for n in devices {
+            let plan = load::plan(n, self.args.size.load_ops);
+            let base = match &pg {
+                Some(outpost_testkit::Backend::Postgres(admin)) => {
+                    self.log(&format!("11: {n} devices, baseline (SQL into PostgreSQL)"));
+                    Some(load::baseline(rt, admin, plan)?)
+                }
+                _ => None,
+            };
+            let mut runs = vec![(outpost_testkit::Backend::Sqlite, 1)];
+            if let Some(b) = &pg {
+                runs.push((b.clone(), 1));
+                runs.push((b.clone(), 2));
+            }
+            for (backend, processes) in runs {
+                self.log(&format!(
+                    "11: {n} devices x {} rounds, {backend:?}, {processes} process(es)",
+                    plan.rounds
+                ));
+                let run = load::real(rt, bin, &backend, processes, plan)?;
+                let name = format!("11 load, {n} devices, {}", run.what);
+                let rss: Vec<String> = run.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
+                let q = base
+                    .as_ref()
+                    .and_then(|b| ratio(run.ops_per_s, b.ops_per_s));
+                let none = || "not measured: no PostgreSQL".to_owned();
+                self.rows.push(row(
+                    &format!("{name}: throughput"),
+                    format!(
+                        "{:.0} ops/s, {:.0} req/s ({} ops, {:.1} s)",
+                        run.ops_per_s, run.requests_per_s, run.ops, run.wall_s
+                    ),
+                    base.as_ref().map_or_else(none, |b| {
+                        format!("{:.0} ops/s, {:.0} req/s", b.ops_per_s, b.requests_per_s)
+                    }),
+                    q,
+                    "reported",
+                    None,
+                ));
+                self.rows.push(row(
+                    &format!("{name}: push p50 / p99, server RSS"),
+                    format!(
+                        "{} / {} ms (pull {} / {} ms), RSS {} MiB",
+                        load::ms(run.push.p50_us),
+                        load::ms(run.push.p99_us),
+                        load::ms(run.pull.p50_us),
+                        load::ms(run.pull.p99_us),
+                        rss.join(" + ")
+                    ),
+                    base.as_ref().map_or_else(none, |b| {
+                        format!(
+                            "{} / {} ms (pull {} / {} ms)",
+                            load::ms(b.push.p50_us),
+                            load::ms(b.push.p99_us),
+                            load::ms(b.pull.p50_us),
+                            load::ms(b.pull.p99_us)
+                        )
+                    }),
+                    base.as_ref()
+                        .and_then(|b| ratio(run.push.p50_us, b.push.p50_us)),
+                    "reported",
+                    None,
+                ));
+                detail.push(json!({"devices": n, "plan_rounds": plan.rounds, "run": run}));
+            }
+            if let Some(b) = base {
+                detail.push(json!({"devices": n, "plan_rounds": plan.rounds, "baseline": b}));
+            }
+        }
+        self.details.insert("11_load".into(), Value::Array(detail));
+        Ok(())
+    }
+
+    /// Figure 12: push and pull-page latency as the server's table grows, on SQLite
+    /// and (with `OUTPOST_TEST_POSTGRES_URL`) PostgreSQL, each against the smallest
+    /// table of the same run.
+    fn fig12(&mut self, rt: &tokio::runtime::Runtime, bin: &std::path::Path) -> Result<()> {
+        let sizes = self
+            .args
+            .growth
+            .clone()
+            .unwrap_or_else(|| self.args.size.growth_records.to_vec());
+        let mut backends = vec![outpost_testkit::Backend::Sqlite];
+        backends.extend(outpost_testkit::Backend::postgres_or_skip(
+            "outpost-bench figure 12",
+        ));
+        let mut detail = serde_json::Map::new();
+        for b in backends {
+            let log = |m: &str| self.log(m);
+            let points = growth::run(rt, bin, &b, &sizes, self.args.size.growth_samples, &log)?;
+            let Some(base) = points.first().cloned() else {
+                continue;
+            };
+            for p in &points {
+                for (what, m, r) in [
+                    ("push of 20", p.push, base.push),
+                    (
+                        "pull of the 20 from the cursor before them",
+                        p.pull_recent,
+                        base.pull_recent,
+                    ),
+                    ("first page of 500", p.first_page, base.first_page),
+                ] {
+                    let q = ratio(m.p50_us, r.p50_us);
+                    self.rows.push(row(
+                        &format!(
+                            "12 {}, {} records: {what} (p50 / p99)",
+                            growth::name(&b),
+                            p.records
+                        ),
+                        format!("{} / {} ms", load::ms(m.p50_us), load::ms(m.p99_us)),
+                        format!(
+                            "{} / {} ms at {} records",
+                            load::ms(r.p50_us),
+                            load::ms(r.p99_us),
+                            base.records
+                        ),
+                        q,
+                        "flat: ≤ 1.5×",
+                        q.map(|q| q <= 1.5),
+                    ));
+                }
+            }
+            detail.insert(growth::name(&b).to_owned(), serde_json::to_value(points)?);
+        }
+        self.details
+            .insert("12_growth".into(), Value::Object(detail));
+        Ok(())
+    }
+
     fn fig10(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> Result<()> {
         let (n, rounds) = (self.args.size.file_bytes, self.args.size.file_rounds);
         let (mut real, mut base) = (Vec::new(), Vec::new());
@@ -783,7 +958,7 @@ fn run(args: Args) -> Result<()> {
     if run.wants(7) {
         run.fig7()?;
     }
-    if [3, 4, 5, 6, 9, 10].iter().any(|f| run.wants(*f)) {
+    if [3, 4, 5, 6, 9, 10, 11, 12].iter().any(|f| run.wants(*f)) {
         let bin = server::server_binary(run.args.server_bin.as_deref())?;
         let rt = net::runtime()?;
         if run.wants(3) || run.wants(6) {
@@ -829,6 +1004,12 @@ fn run(args: Args) -> Result<()> {
         if run.wants(10) {
             let files_server = server::start(&bin)?;
             run.fig10(&rt, &files_server.base_url())?;
+        }
+        if run.wants(11) {
+            run.fig11(&rt, &bin)?;
+        }
+        if run.wants(12) {
+            run.fig12(&rt, &bin)?;
         }
         if run.wants(9) {
             let district = server::start(&bin)?;
