@@ -84,9 +84,9 @@ const TINY: Size = Size {
     query_sync_rounds: 1,
     file_bytes: 2 * 1024 * 1024,
     file_rounds: 1,
-    load_devices: &[20],
-    load_ops: 800,
-    growth_records: &[1_000, 10_000],
+    load_devices: &[10],
+    load_ops: 200,
+    growth_records: &[500, 2_000],
     growth_samples: 5,
 };
 
