@@ -378,6 +378,21 @@ pub fn scope_of(access: Access, user: &User) -> String {
     }
 }
 
+/// The scope an op's record lives in: [`scope_of`] the user a device of the op's
+/// target would be ([`Target::acting_user`]), or of the pushing user for an op with no
+/// target. The one place an op's scope is computed, so that the record a push reads,
+/// the row it writes, its audit and a backend's lock on the record all name the same.
+pub fn op_scope(access: Access, user: &User, target: Option<&Target>) -> String {
+    match target {
+        None => scope_of(access, user),
+        Some(t) => match access {
+            Access::Private => format!("u:{}", t.owner.as_deref().unwrap_or(&user.name)),
+            Access::Team => format!("t:{}", t.team),
+            Access::Shared => SHARED_SCOPE.to_owned(),
+        },
+    }
+}
+
 /// The scope of every record of a `shared` collection.
 pub const SHARED_SCOPE: &str = "*";
 
@@ -443,6 +458,13 @@ impl Target {
             token_sha256: [0; 32],
             role: Role::User,
         }
+    }
+
+    /// The audit `detail` of an op sent here by `service`: the team and owner it acted
+    /// as, `{"as": {"team": "…", "owner": "…"}}`.
+    pub fn audit_detail(&self, service: &User) -> String {
+        let owner = self.owner.as_deref().unwrap_or(&service.name);
+        serde_json::json!({"as": {"team": self.team, "owner": owner}}).to_string()
     }
 }
 
@@ -718,6 +740,42 @@ mod tests {
             writer: None,
             echo: false,
         }
+    }
+
+    #[test]
+    fn an_ops_scope_is_its_targets_or_its_pushers() {
+        let mut service = user("backend", "");
+        service.role = Role::Service;
+        let amina = user("amina", "north");
+        let to = |team: &str, owner: Option<&str>| Target {
+            team: team.into(),
+            owner: owner.map(Into::into),
+        };
+        for access in [Access::Private, Access::Team, Access::Shared] {
+            assert_eq!(op_scope(access, &amina, None), scope_of(access, &amina));
+            for t in [to("south", None), to("south", Some("chioma"))] {
+                assert_eq!(
+                    op_scope(access, &service, Some(&t)),
+                    scope_of(access, &t.acting_user(&service))
+                );
+            }
+        }
+        assert_eq!(
+            op_scope(Access::Team, &service, Some(&to("south", None))),
+            "t:south"
+        );
+        assert_eq!(
+            op_scope(
+                Access::Private,
+                &service,
+                Some(&to("south", Some("chioma")))
+            ),
+            "u:chioma"
+        );
+        assert_eq!(
+            to("south", None).audit_detail(&service),
+            json!({"as": {"team": "south", "owner": "backend"}}).to_string()
+        );
     }
 
     #[test]

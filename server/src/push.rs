@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditFields, event};
 use crate::budget::Budget;
-use crate::logic::{self, Decision, MAX_ID_CHARS, PushItem, RecordKey, StoredRecord, ValidOp};
+use crate::logic::{
+    self, Decision, MAX_ID_CHARS, PushItem, RecordKey, Role, StoredRecord, ValidOp,
+};
 use crate::storage::{PushContext, StorageError, db_err};
 
 /// A record as a push leaves it: written once, however many of its ops applied.
@@ -178,8 +180,9 @@ struct Run<'c> {
     changed: Vec<RecordKey>,
     last_nth: HashMap<RecordKey, i64>,
     applied: i64,
-    /// (collection, record id, version) → the op_id whose answer carries that state.
-    carried: HashMap<(String, String, i64), String>,
+    /// (record, version) → the op_id whose answer carries that state. The record's
+    /// whole key: a service account's push may name the same id in two scopes.
+    carried: HashMap<(RecordKey, i64), String>,
     audit: Vec<AuditEntry>,
     /// Records that referred to files when loaded: their index entries go if they
     /// change.
@@ -255,9 +258,10 @@ impl<'c> Run<'c> {
             } => {
                 let mut fields = self.fields(event::DENIED, op_id);
                 fields.code = error.code.clone();
+                fields.detail = self.as_detail(target.as_ref());
                 if !collection.is_empty() {
                     let access = self.ctx.access.of(collection);
-                    fields.scope = logic::scope_of(access, &self.acting(target.as_ref()));
+                    fields.scope = logic::op_scope(access, &self.ctx.user, target.as_ref());
                     fields.collection = collection.clone();
                     fields.record_id = record_id.clone();
                 }
@@ -277,7 +281,10 @@ impl<'c> Run<'c> {
     }
 
     /// The stored answer of a repeated op_id. A conflict is answered with the record's
-    /// state now, read in the user's own scope.
+    /// state now, read in the scope its answer names when a service account repeats it,
+    /// else in the user's own scope: a principal of the same name that is no longer a
+    /// service account (another role claim, a config change) reads nothing outside its
+    /// own scope.
     async fn replay<S: PushSteps>(
         &mut self,
         steps: &mut S,
@@ -305,10 +312,12 @@ impl<'c> Run<'c> {
                     return Ok(());
                 };
                 let access = self.ctx.access.of(&name.collection);
+                let scope = match name.scope {
+                    Some(s) if self.ctx.user.role == Role::Service => s,
+                    _ => logic::scope_of(access, &self.ctx.user),
+                };
                 let key = RecordKey {
-                    scope: name
-                        .scope
-                        .unwrap_or_else(|| logic::scope_of(access, &self.ctx.user)),
+                    scope,
                     collection: name.collection,
                     record_id: name.record_id,
                 };
@@ -327,10 +336,9 @@ impl<'c> Run<'c> {
     /// A valid op with no answer yet: decide, and keep what was decided.
     async fn op<S: PushSteps>(&mut self, steps: &mut S, op: &ValidOp) -> Result<(), S::Error> {
         let access = self.ctx.access.of(&op.collection);
-        let user = self.acting(op.target.as_ref());
         let key = RecordKey {
             collection: op.collection.clone(),
-            scope: logic::scope_of(access, &user),
+            scope: logic::op_scope(access, &self.ctx.user, op.target.as_ref()),
             record_id: op.record_id.clone(),
         };
         if !self.budget.admit(&key) {
@@ -339,6 +347,7 @@ impl<'c> Run<'c> {
         }
         self.load(steps, &key).await?;
         let existing = self.records.get(&key).and_then(Option::as_ref);
+        let user = self.acting(op.target.as_ref());
         let decision = logic::decide(op, existing, &user, access, self.now_ms);
         let name = || RecordName {
             collection: op.collection.clone(),
@@ -458,7 +467,7 @@ impl<'c> Run<'c> {
     /// not fit in the answer budget (the caller defers the op).
     fn conflict(&mut self, op_id: &str, key: &RecordKey) -> Option<OpResult> {
         let rec = self.records.get(key).and_then(Option::as_ref);
-        let state = rec.map(|r| (r.collection.clone(), r.record_id.clone(), r.version));
+        let state = rec.map(|r| (key.clone(), r.version));
         if let Some(first) = state.as_ref().and_then(|s| self.carried.get(s)) {
             let r = OpResult::Conflict {
                 op_id: op_id.to_owned(),
@@ -519,19 +528,21 @@ impl<'c> Run<'c> {
         }
     }
 
+    /// The `detail` of an op's audit row: for a service account's op, the team and
+    /// owner it acted as; empty for a device's.
+    fn as_detail(&self, target: Option<&logic::Target>) -> String {
+        target.map_or_else(String::new, |t| t.audit_detail(&self.ctx.user))
+    }
+
     /// The row of an op: `user` is who pushed it; a service account's op also names
     /// the team and owner it wrote as, in `detail`.
     fn op_fields(&self, event: &str, op: &ValidOp, key: &RecordKey) -> AuditFields {
-        let detail = op.target.as_ref().map_or_else(String::new, |t| {
-            let acting = t.acting_user(&self.ctx.user);
-            serde_json::json!({"as": {"team": acting.team, "owner": acting.name}}).to_string()
-        });
         AuditFields {
             collection: key.collection.clone(),
             scope: key.scope.clone(),
             record_id: key.record_id.clone(),
             kind: op.kind.as_str().to_owned(),
-            detail,
+            detail: self.as_detail(op.target.as_ref()),
             ..self.fields(event, &op.op_id)
         }
     }

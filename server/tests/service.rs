@@ -420,6 +420,148 @@ async fn bad_service_pushes_get_400_and_change_nothing(b: Backend) {
     let r = s.push(SERVICE, vec![bad_kind]).await;
     assert_eq!(r[0]["error"]["code"], "invalid_request");
     assert_eq!(s.db().count("audit", "scope", "t:south"), 1);
+    // Its `denied` row names the team and owner it was sent as, like a write's.
+    let db = s.db();
+    let as_south = json!({"as": {"team": "south", "owner": "backend"}}).to_string();
+    assert_eq!(db.count("audit", "event", "denied"), 1);
+    assert_eq!(db.count("audit", "detail", &as_south), 1);
+}
+
+/// A device and the backend create the same new records at the same moment: one
+/// create of each id is applied as version 1 and the other either conflicts or, having
+/// come second, is applied as version 2 on it; never both version 1 (a lost write). The
+/// record, its feed change and its audit rows agree with the answers.
+async fn a_device_and_a_backend_creating_one_record_at_once_lose_no_write(b: Backend) {
+    let s = start(&b);
+    const IDS: usize = 150;
+    let device = |i: usize| {
+        put(
+            "patients",
+            &format!("race-{i}"),
+            None,
+            json!({"by": "amina"}),
+        )
+    };
+    let backend = |i: usize| {
+        routed(
+            put(
+                "patients",
+                &format!("race-{i}"),
+                None,
+                json!({"by": "backend"}),
+            ),
+            "north",
+            None,
+        )
+    };
+    let mut answers = Vec::new();
+    for i in 0..IDS {
+        let (d, bk) = tokio::join!(
+            s.push(AMINA, vec![device(i)]),
+            s.push(SERVICE, vec![backend(i)])
+        );
+        answers.push((i, d[0].clone(), bk[0].clone()));
+    }
+    let (changes, _) = s.pull_all(AMINA, "").await;
+    let records: BTreeMap<String, Value> = changes
+        .into_iter()
+        .map(|c| (c["record_id"].as_str().unwrap().to_owned(), c))
+        .collect();
+    let db = s.db();
+    for (i, d, bk) in answers {
+        let id = format!("race-{i}");
+        let applied =
+            |r: &Value| (r["status"] == "applied").then(|| r["version"].as_i64().unwrap());
+        let (dv, bv) = (applied(&d), applied(&bk));
+        let winner = match (dv, bv) {
+            (Some(1), None) => {
+                assert_eq!(bk["status"], "conflict", "{id}: {bk}");
+                assert_eq!(bk["current"]["data"]["by"], "amina", "{id}: {bk}");
+                "amina"
+            }
+            (None, Some(1)) => {
+                assert_eq!(d["status"], "conflict", "{id}: {d}");
+                assert_eq!(d["current"]["data"]["by"], "backend", "{id}: {d}");
+                "backend"
+            }
+            (Some(1), Some(2)) => "backend",
+            (Some(2), Some(1)) => "amina",
+            _ => panic!("{id}: device {d}, backend {bk}"),
+        };
+        let rec = &records[&id];
+        let version = dv.unwrap_or(0).max(bv.unwrap_or(0));
+        assert_eq!(
+            (rec["version"].as_i64(), rec["data"]["by"].as_str()),
+            (Some(version), Some(winner)),
+            "{id}: {rec}"
+        );
+        // One `write` row per applied create, and no other row.
+        assert_eq!(db.count("audit", "record_id", &id), version, "{id}");
+    }
+}
+
+/// A push of the backend's routed to two teams, each with a record of the same id in
+/// conflict: each team's answer carries (or names) its own team's record, also when
+/// the push is repeated.
+async fn repeated_conflicts_in_two_teams_each_name_their_own_record(b: Backend) {
+    let s = start(&b);
+    for team in ["north", "south"] {
+        let op = routed(put("patients", "p-1", None, json!({"t": team})), team, None);
+        let r = s.push(SERVICE, vec![op]).await;
+        assert_eq!(r[0]["status"], "applied", "{r:?}");
+    }
+    let stale = |team: &str| routed(put("patients", "p-1", Some(7), json!({})), team, None);
+    let ops = vec![
+        stale("north"),
+        stale("south"),
+        stale("north"),
+        stale("south"),
+    ];
+    let op_ids: Vec<Value> = ops.iter().map(|o| o["op_id"].clone()).collect();
+    let body = json!({"client_id": "backend-import", "ops": ops});
+    let (st, first) = s.push_raw(SERVICE, &body).await;
+    assert_eq!(st, 200, "{first}");
+    let check = |answer: &Value| {
+        let r = answer["results"].as_array().unwrap();
+        assert!(r.iter().all(|a| a["status"] == "conflict"), "{answer}");
+        assert_eq!(r[0]["current"]["data"]["t"], "north", "{answer}");
+        assert_eq!(r[1]["current"]["data"]["t"], "south", "{answer}");
+        assert!(r[1].get("current_ref").is_none(), "{answer}");
+        assert_eq!(r[2]["current_ref"], op_ids[0], "{answer}");
+        assert_eq!(r[3]["current_ref"], op_ids[1], "{answer}");
+    };
+    check(&first);
+    // The repeat reads each record again in the scope its answer was given in.
+    let (st, again) = s.push_raw(SERVICE, &body).await;
+    assert_eq!(st, 200, "{again}");
+    check(&again);
+}
+
+/// A stored conflict answer of the backend's names another team's record; a principal
+/// of the same name that is no longer a service account (the config changed) repeating
+/// that op_id reads nothing outside its own scope.
+async fn a_repeat_by_a_former_service_account_reads_only_its_own_scope(b: Backend) {
+    let mut s = start(&b);
+    let write = routed(
+        put("patients", "p-1", None, json!({"secret": "north"})),
+        "north",
+        None,
+    );
+    assert_eq!(s.push(SERVICE, vec![write]).await[0]["status"], "applied");
+    let stale = routed(put("patients", "p-1", Some(7), json!({})), "north", None);
+    let r = s.push(SERVICE, vec![stale.clone()]).await;
+    assert_eq!(r[0]["current"]["data"]["secret"], "north", "{r:?}");
+
+    let config = std::fs::read_to_string(s.config_path()).unwrap();
+    let demoted = config.replace("role = \"service\"", "role = \"user\"\nteam = \"south\"");
+    assert_ne!(config, demoted);
+    std::fs::write(s.config_path(), demoted).unwrap();
+    s.restart();
+    let mut plain = stale;
+    plain.as_object_mut().unwrap().remove("team");
+    let r = s.push(SERVICE, vec![plain]).await;
+    assert_eq!(r[0]["status"], "conflict", "{r:?}");
+    assert!(r[0]["current"].is_null(), "north's record leaked: {r:?}");
 }
 
 /// Runs `outpost-server export` on the server's config; exit code, stdout, stderr.
@@ -601,4 +743,4 @@ async fn export_memory_stays_bounded_over_many_records(b: Backend) {
     );
 }
 
-outpost_testkit::backend_tests!("service": export_memory_stays_bounded_over_many_records, a_backend_write_reaches_the_devices_of_its_team_and_owner_on_their_next_pull, a_device_write_appears_in_the_admin_feed_exactly_once, other_tokens_get_403_on_admin_routes_and_on_routed_ops, bad_service_pushes_get_400_and_change_nothing, export_writes_the_feed_as_ndjson_and_resumes_where_it_ended);
+outpost_testkit::backend_tests!("service": a_device_and_a_backend_creating_one_record_at_once_lose_no_write, repeated_conflicts_in_two_teams_each_name_their_own_record, a_repeat_by_a_former_service_account_reads_only_its_own_scope, export_memory_stays_bounded_over_many_records, a_backend_write_reaches_the_devices_of_its_team_and_owner_on_their_next_pull, a_device_write_appears_in_the_admin_feed_exactly_once, other_tokens_get_403_on_admin_routes_and_on_routed_ops, bad_service_pushes_get_400_and_change_nothing, export_writes_the_feed_as_ndjson_and_resumes_where_it_ended);

@@ -206,7 +206,10 @@ async fn push_once(
             keys.push(lock_key("op", &[user, item.op_id()]));
         }
         if let PushItem::Valid(op) = item {
-            let scope = logic::scope_of(ctx.access.of(&op.collection), &ctx.user);
+            // The scope the op writes in (its target's, for a service account), so a
+            // device and a service account writing the same record take the same lock.
+            let access = ctx.access.of(&op.collection);
+            let scope = logic::op_scope(access, &ctx.user, op.target.as_ref());
             keys.push(lock_key("record", &[&op.collection, &scope, &op.record_id]));
         }
     }
