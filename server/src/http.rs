@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use http_body_util::BodyExt;
 use outpost_core::pages;
 use outpost_core::protocol::{
@@ -304,6 +304,7 @@ pub fn build_app(state: AppState) -> Router {
         .route("/v1/push", post(push))
         .route("/v1/pull", get(pull))
         .route("/v1/admin/changes", get(admin_changes))
+        .route("/v1/admin/{*rest}", any(admin_unknown))
         .route(
             "/v1/attachments/{sha256}",
             get(crate::attachments::get).post(crate::attachments::upload),
@@ -748,7 +749,10 @@ fn parse_own(list: &str) -> Result<Vec<(i64, i64)>, ApiError> {
     Ok(out)
 }
 
-fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
+/// The parameters of a pull, or with `feed` of `/v1/admin/changes`, which ignores
+/// `own`, `format` and `remaining` (whatever their values: the feed has no such
+/// forms).
+fn parse_pull_query(query: Option<&str>, feed: bool) -> Result<PullParams, ApiError> {
     let mut since = None;
     let mut limit = None;
     let mut collections = None;
@@ -759,6 +763,7 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot_taken = || ApiError::bad_request(format!("{k} given twice"));
         match k.as_ref() {
+            "own" | "format" | "remaining" if feed => {}
             "max_bytes" => {
                 if max_bytes.is_some() {
                     return Err(slot_taken());
@@ -816,7 +821,8 @@ fn parse_pull_query(query: Option<&str>) -> Result<PullParams, ApiError> {
             _ => {}
         }
     }
-    let knows_additions = max_bytes.is_some() || format.is_some() || own.is_some();
+    // The feed's form is fixed: no count of what remains, whatever was asked.
+    let knows_additions = !feed && (max_bytes.is_some() || format.is_some() || own.is_some());
     Ok(PullParams {
         since,
         limit: limit.unwrap_or(DEFAULT_PULL_LIMIT),
@@ -854,7 +860,7 @@ async fn pull_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let client_addr = peer(req.extensions());
     let policy = state.policy();
     let caller = authenticated(&state, &policy, req.headers(), &client_addr, "pull").await?;
-    let params = parse_pull_query(req.uri().query())?;
+    let params = parse_pull_query(req.uri().query(), false)?;
     serve_page(&state, &policy, caller, params, false, &client_addr, "pull").await
 }
 
@@ -872,22 +878,42 @@ async fn admin_changes_inner(state: AppState, req: Request) -> Result<Response, 
     let client_addr = peer(req.extensions());
     let policy = state.policy();
     let route = "admin_changes";
-    let caller = authenticated(&state, &policy, req.headers(), &client_addr, route).await?;
-    // Admin routes are for service accounts only; the token is checked first, so
-    // that a missing or wrong one is 401 as everywhere.
+    let caller = admin_caller(&state, &policy, req.headers(), &client_addr, route).await?;
+    // Every change comes back (no `own`), in the v1 form that has room for team and
+    // owner, with no count of what remains: those parameters are not read.
+    let params = parse_pull_query(req.uri().query(), true)?;
+    serve_page(&state, &policy, caller, params, true, &client_addr, route).await
+}
+
+/// The caller of a route under `/v1/admin/`, which only service accounts may use. The
+/// token is checked first, so that a missing or wrong one is 401 as everywhere.
+async fn admin_caller(
+    state: &AppState,
+    policy: &Policy,
+    headers: &HeaderMap,
+    client_addr: &str,
+    route: &str,
+) -> Result<Caller, ApiError> {
+    let caller = authenticated(state, policy, headers, client_addr, route).await?;
     if caller.user.role != Role::Service {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "this route is for service accounts",
         ));
     }
-    let mut params = parse_pull_query(req.uri().query())?;
-    // Every change comes back (no `own`), in the v1 form that has room for team and
-    // owner, with no count of what remains.
-    params.own.clear();
-    params.columns = false;
-    params.knows_additions = false;
-    serve_page(&state, &policy, caller, params, true, &client_addr, route).await
+    Ok(caller)
+}
+
+/// Any other path under `/v1/admin/`, with any method: 401 without a valid token, 403
+/// for a token that is not a service account's (so every admin path answers a device
+/// alike, whether it exists or not), and 404 for a service account.
+async fn admin_unknown(State(state): State<AppState>, req: Request) -> Response {
+    let client_addr = peer(req.extensions());
+    let policy = state.policy();
+    match admin_caller(&state, &policy, req.headers(), &client_addr, "admin").await {
+        Ok(_) => not_found().await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Reads one page for `caller` with `params` (of every team's records when

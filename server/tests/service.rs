@@ -280,6 +280,17 @@ async fn a_device_write_appears_in_the_admin_feed_exactly_once(b: Backend) {
         (1, &json!(true))
     );
     assert!(page.get("remaining").is_none(), "{page}");
+    // own, format and remaining are ignored, whatever their values.
+    let (_, plain) = admin_raw(&s, Some(SERVICE), "").await;
+    for q in [
+        "?own=garbage",
+        "?remaining=1",
+        "?remaining=0&own=1-2&format=columns",
+        "?own=1&own=2&format=x&format=y",
+    ] {
+        let (st, body) = admin_raw(&s, Some(SERVICE), q).await;
+        assert_eq!((st, &body), (200, &plain), "{q}");
+    }
     // A collection filter, as on pulls.
     let (drafts, _) = feed_from(&s, None, "&collections=drafts").await;
     assert_eq!(
@@ -325,6 +336,26 @@ async fn other_tokens_get_403_on_admin_routes_and_on_routed_ops(b: Backend) {
                 (403, Some("forbidden")),
                 "{q}"
             );
+        }
+    }
+
+    // Any other path under /v1/admin/, with any method: 401, 403 for a device's token,
+    // and 404 only for a service account's.
+    for path in [
+        "/v1/admin/other",
+        "/v1/admin/changes/x",
+        "/v1/admin/users/1",
+    ] {
+        for (token, want) in [(None, 401), (Some(AMINA), 403), (Some(SERVICE), 404)] {
+            for method in [reqwest::Method::GET, reqwest::Method::POST] {
+                let mut req = s.client().request(method.clone(), s.url(path));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let (st, body) = answer(req.send().await.unwrap()).await;
+                assert_eq!(st, want, "{method} {path} {token:?}: {body}");
+                assert_error_shape(&body);
+            }
         }
     }
 
