@@ -9,9 +9,12 @@
 //! database holds a thousand changes or a hundred million. The position it ends at is
 //! a feed cursor, which `--since` and the admin route both take.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use outpost_core::protocol::MAX_PULL_LIMIT;
 
 use crate::audit::{AuditEntry, AuditFields};
 use crate::cursor::Scope;
@@ -20,7 +23,7 @@ use crate::storage::{PullPage, PullQuery, Storage};
 use crate::{Config, cursor};
 
 /// The formats `--format` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One change (the admin feed's object) per line.
     Ndjson,
@@ -34,7 +37,8 @@ pub struct ExportArgs {
     pub format: Format,
     /// `None`: stdout.
     pub out: Option<PathBuf>,
-    /// Changes per page read from the database.
+    /// Changes per page read from the database, 1 to [`MAX_PULL_LIMIT`] (the most a
+    /// page of `/v1/admin/changes` holds): a page is what the command holds in memory.
     pub page_size: u32,
 }
 
@@ -47,52 +51,87 @@ const EXPORT_EVENT: &str = "export";
 /// Why an export stopped.
 #[derive(Debug, thiserror::Error)]
 enum ExportError {
-    /// Bad `--since`: exit 2, nothing written.
+    /// Bad argument: exit 2, nothing written.
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
     Failed(String),
 }
 
-/// Runs `export` and prints, on stderr, the line scripts read the position to resume
-/// from: `outpost-server export: <n> changes; resume with --since <cursor>`. Exit code
-/// 0 when every change was written, 1 for a failure (database, output, a `--since`
-/// older than purged tombstones), 2 for a bad config or argument.
-pub async fn export_main(program: &str, config_path: &Path, args: ExportArgs) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{program}: bad config {}: {e}", config_path.display());
-            return ExitCode::from(2);
-        }
-    };
-    match run(&config, &args).await {
-        Ok((n, cursor)) => {
-            eprintln!("{program}: {n} changes; resume with --since {cursor}");
-            ExitCode::SUCCESS
-        }
-        Err(ExportError::Usage(m)) => {
-            eprintln!("{program}: {m}");
-            ExitCode::from(2)
-        }
-        Err(ExportError::Failed(m)) => {
-            eprintln!("{program}: {m}");
-            ExitCode::FAILURE
+impl ExportError {
+    fn code(&self) -> ExitCode {
+        match self {
+            ExportError::Usage(_) => ExitCode::from(2),
+            ExportError::Failed(_) => ExitCode::FAILURE,
         }
     }
 }
 
-async fn run(config: &Config, args: &ExportArgs) -> Result<(u64, String), ExportError> {
-    let Format::Ndjson = args.format;
-    if args.page_size == 0 {
-        return Err(ExportError::Usage("--page-size must be positive".into()));
+/// Runs `export` and prints, on stderr, the line scripts read the position to resume
+/// from: `outpost-server export: <n> changes; resume with --since <cursor>`. Exit code
+/// 0 when every change was written and the run audited, 1 for a failure (database,
+/// output, the audit row, a `--since` older than purged tombstones), 2 for a bad
+/// config or argument.
+pub async fn export_main(program: &str, config_path: &Path, args: ExportArgs) -> ExitCode {
+    let config = match crate::load_config(program, config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fail = |e: ExportError| {
+        eprintln!("{program}: {e}");
+        e.code()
+    };
+    if let Err(e) = check(&args) {
+        return fail(e);
     }
+    let storage = match crate::connect_storage(&config).await {
+        Ok(s) => s,
+        Err(e) => return fail(ExportError::Failed(format!("database: {e}"))),
+    };
+    // Every run that reached the database is audited, a failed one too.
+    let mut written = 0u64;
+    let outcome = run(&config, storage.as_ref(), &args, &mut written).await;
+    let failure = outcome.as_ref().err().map(ToString::to_string);
+    let from_start = args.since == "0";
+    if let Err(e) = audit(storage.as_ref(), written, from_start, failure.as_deref()).await {
+        if let Err(first) = &outcome {
+            eprintln!("{program}: {first}");
+        }
+        return fail(ExportError::Failed(format!(
+            "the export's audit row was not written: {e}"
+        )));
+    }
+    match outcome {
+        Ok(cursor) => {
+            eprintln!("{program}: {written} changes; resume with --since {cursor}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// The arguments' own rules, before the database is opened.
+fn check(args: &ExportArgs) -> Result<(), ExportError> {
+    let Format::Ndjson = args.format;
+    if args.page_size == 0 || args.page_size > MAX_PULL_LIMIT {
+        return Err(ExportError::Usage(format!(
+            "--page-size must be 1 to {MAX_PULL_LIMIT} (the largest page of /v1/admin/changes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the changes since `args.since`, counting them in `written`; the feed cursor
+/// to resume from.
+async fn run(
+    config: &Config,
+    storage: &dyn Storage,
+    args: &ExportArgs,
+    written: &mut u64,
+) -> Result<String, ExportError> {
     let failed =
         |what: &str, e: &dyn std::fmt::Display| ExportError::Failed(format!("{what}: {e}"));
-    let storage = crate::connect_storage(config)
-        .await
-        .map_err(|e| failed("database", &e))?;
-    let key = crate::http::cursor_key_of(config.cursor_secret.as_ref(), storage.as_ref())
+    let key = crate::http::cursor_key_of(config.cursor_secret.as_ref(), storage)
         .await
         .map_err(|e| failed("cursor key", &e))?;
     let scope = Scope::all_teams(None);
@@ -111,12 +150,7 @@ async fn run(config: &Config, args: &ExportArgs) -> Result<(u64, String), Export
             }
         },
     };
-    let mut out: Box<dyn Write> = match &args.out {
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| failed(&path.display().to_string(), &e))?,
-        )),
-    };
+    let mut out = Output::open(args.out.as_deref())?;
     let mut query = PullQuery {
         user: exporter(),
         access: config.access_rules(),
@@ -128,7 +162,6 @@ async fn run(config: &Config, args: &ExportArgs) -> Result<(u64, String), Export
         count_remaining: false,
         all_teams: true,
     };
-    let mut written = 0u64;
     let cursor = loop {
         let page = storage
             .pull(&query)
@@ -147,25 +180,60 @@ async fn run(config: &Config, args: &ExportArgs) -> Result<(u64, String), Export
             ));
         };
         for c in &changes {
-            serde_json::to_writer(&mut out, c).map_err(|e| failed("output", &e))?;
-            out.write_all(b"\n").map_err(|e| failed("output", &e))?;
+            out.line(c).map_err(|e| failed("output", &e))?;
         }
-        written += changes.len() as u64;
+        *written += changes.len() as u64;
         query.since = Some(cursor);
         if !has_more {
             break cursor;
         }
     };
-    out.flush().map_err(|e| failed("output", &e))?;
-    drop(out);
-    if let Some(path) = &args.out {
-        std::fs::File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| failed(&path.display().to_string(), &e))?;
+    out.finish()?;
+    cursor::seal(&key, cursor, &scope).map_err(|e| failed("cursor", &e))
+}
+
+/// Where the lines go: stdout, or a file that is fsynced once written.
+enum Output {
+    Stdout(BufWriter<std::io::StdoutLock<'static>>),
+    File(BufWriter<File>, PathBuf),
+}
+
+impl Output {
+    fn open(path: Option<&Path>) -> Result<Output, ExportError> {
+        Ok(match path {
+            None => Output::Stdout(BufWriter::new(std::io::stdout().lock())),
+            Some(p) => Output::File(
+                BufWriter::new(
+                    File::create(p)
+                        .map_err(|e| ExportError::Failed(format!("{}: {e}", p.display())))?,
+                ),
+                p.to_owned(),
+            ),
+        })
     }
-    let text = cursor::seal(&key, cursor, &scope).map_err(|e| failed("cursor", &e))?;
-    audit(storage.as_ref(), written, args.since == "0").await;
-    Ok((written, text))
+
+    fn line(&mut self, change: &impl serde::Serialize) -> std::io::Result<()> {
+        let w: &mut dyn Write = match self {
+            Output::Stdout(w) => w,
+            Output::File(w, _) => w,
+        };
+        serde_json::to_writer(&mut *w, change)?;
+        w.write_all(b"\n")
+    }
+
+    /// Flushes, and for a file waits until its bytes are on disk.
+    fn finish(self) -> Result<(), ExportError> {
+        match self {
+            Output::Stdout(mut w) => w
+                .flush()
+                .map_err(|e| ExportError::Failed(format!("output: {e}"))),
+            Output::File(w, path) => w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ExportError::Failed(format!("{}: {e}", path.display()))),
+        }
+    }
 }
 
 /// Who reads the feed for an export: no token, no team.
@@ -178,23 +246,31 @@ fn exporter() -> User {
     }
 }
 
-/// One audit row per export: who can read the database can read every record anyway,
-/// but the trail says when the whole feed left it.
-async fn audit(storage: &dyn Storage, changes: u64, from_start: bool) {
+/// One audit row per export that reached the database: who can read the database can
+/// read every record anyway, but the trail says when the feed left it, and how much
+/// of it. A failed run says why in `detail.failed` (the lines written before the
+/// failure are counted).
+async fn audit(
+    storage: &dyn Storage,
+    changes: u64,
+    from_start: bool,
+    failed: Option<&str>,
+) -> Result<(), crate::storage::StorageError> {
+    let mut detail = serde_json::json!({"changes": changes, "from_start": from_start});
+    if let Some(why) = failed {
+        detail["failed"] = why.into();
+    }
     let fields = AuditFields {
         at: outpost_core::protocol::rfc3339_millis(logic::now_ms()),
         event: EXPORT_EVENT.into(),
         kind: "export".into(),
-        detail: serde_json::json!({"changes": changes, "from_start": from_start}).to_string(),
+        detail: detail.to_string(),
         ..AuditFields::default()
     };
-    if let Err(e) = storage
+    storage
         .append_audit(vec![AuditEntry {
             fields,
             prior: None,
         }])
         .await
-    {
-        tracing::warn!(error = %e, "the export's audit row was not written");
-    }
 }

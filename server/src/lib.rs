@@ -381,7 +381,7 @@ pub async fn run_main(program: &str, config_path: &std::path::Path) -> std::proc
 }
 
 /// The config, or the exit code 2 after saying why it is bad.
-fn load_config(
+pub(crate) fn load_config(
     program: &str,
     config_path: &std::path::Path,
 ) -> Result<Config, std::process::ExitCode> {

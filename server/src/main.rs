@@ -36,19 +36,15 @@ enum Command {
         since: String,
         /// Output format.
         #[arg(long, value_enum, default_value = "ndjson")]
-        format: ExportFormat,
+        format: outpost_server::export::Format,
         /// Write to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Changes read from the database per page (memory is bounded by one page).
+        /// Changes read from the database per page, at most 5000 (memory is bounded
+        /// by one page).
         #[arg(long, value_name = "N", default_value_t = outpost_server::export::DEFAULT_PAGE_SIZE)]
         page_size: u32,
     },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ExportFormat {
-    Ndjson,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,13 +71,13 @@ async fn main() -> ExitCode {
         Some(Command::Migrate) => outpost_server::migrate_main(program, &config).await,
         Some(Command::Export {
             since,
-            format: ExportFormat::Ndjson,
+            format,
             out,
             page_size,
         }) => {
             let args = outpost_server::export::ExportArgs {
                 since,
-                format: outpost_server::export::Format::Ndjson,
+                format,
                 out,
                 page_size,
             };

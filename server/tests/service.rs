@@ -682,17 +682,79 @@ async fn export_writes_the_feed_as_ndjson_and_resumes_where_it_ended(b: Backend)
     let (code, out, err) = export(&s, &["--since", &next]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains(": 0 changes;"), "{err}");
+    // The largest page the feed serves is also export's.
+    let (code, out, err) = export(&s, &["--since", &cursor, "--page-size", "5000"]);
+    assert_eq!((code, lines(&out).len()), (0, 2), "{err}");
 
-    // Bad input: exit 2 and nothing written; a device's cursor is not the feed's.
+    // Each run is audited with what it wrote.
+    let db = s.db();
+    let detail =
+        |n: u64, from_start: bool| json!({"changes": n, "from_start": from_start}).to_string();
+    assert_eq!(db.count("audit", "event", "export"), 4);
+    assert_eq!(db.count("audit", "detail", &detail(40, true)), 1);
+    assert_eq!(db.count("audit", "detail", &detail(2, false)), 2);
+    assert_eq!(db.count("audit", "detail", &detail(0, false)), 1);
+
+    // Bad input: exit 2 and nothing written; a device's cursor is not the feed's. A run
+    // that reached the database is audited, with why it failed.
     let (_, pull_cursor) = s.pull_all(AMINA, "").await;
-    for (args, code_want) in [
-        (vec!["--since", "garbage"], 2),
-        (vec!["--since", "0", "--format", "csv"], 2),
-        (vec!["--since", "0", "--page-size", "0"], 2),
-        (vec!["--since", pull_cursor.as_str()], 1),
+    for (args, code_want, audited) in [
+        (vec!["--since", "garbage"], 2, true),
+        (vec!["--since", "0", "--format", "csv"], 2, false),
+        (vec!["--since", "0", "--page-size", "0"], 2, false),
+        (vec!["--since", "0", "--page-size", "5001"], 2, false),
+        (vec!["--since", pull_cursor.as_str()], 1, true),
     ] {
+        let before = db.count("audit", "event", "export");
         let (code, out, err) = export(&s, &args);
         assert_eq!((code, out.as_str()), (code_want, ""), "{args:?}: {err}");
+        if args.contains(&"5001") {
+            assert!(err.contains("--page-size must be 1 to 5000"), "{err}");
+        }
+        let why = err.lines().last().unwrap().strip_prefix("outpost-server: ");
+        let failed = json!({"changes": 0, "from_start": false, "failed": why}).to_string();
+        assert_eq!(
+            (
+                db.count("audit", "event", "export") - before,
+                db.count("audit", "detail", &failed)
+            ),
+            (i64::from(audited), i64::from(audited)),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A run whose audit row cannot be written fails, though its lines were written.
+    refuse_export_audit_rows(&s);
+    let (code, out, err) = export(&s, &["--since", &cursor]);
+    assert_eq!((code, lines(&out).len()), (1, 2), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("the export's audit row was not written"),
+        "{err}"
+    );
+}
+
+/// Makes the database refuse new `export` audit rows (and only those).
+fn refuse_export_audit_rows(s: &TestServer) {
+    match s.backend() {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(s.db().sqlite_path().unwrap()).unwrap();
+            conn.execute_batch(
+                "CREATE TRIGGER no_export_rows BEFORE INSERT ON audit \
+                 WHEN NEW.event = 'export' BEGIN SELECT RAISE(ABORT, 'no export rows'); END;",
+            )
+            .unwrap();
+        }
+        Backend::Postgres(_) => pg_exec(
+            &s.db().database(),
+            "CREATE FUNCTION no_export_rows() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF NEW.event = 'export' THEN RAISE EXCEPTION 'no export rows'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER no_export_rows BEFORE INSERT ON audit \
+             FOR EACH ROW EXECUTE FUNCTION no_export_rows();",
+        ),
     }
 }
 
