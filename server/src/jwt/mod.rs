@@ -29,8 +29,6 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Longest token looked at; providers' tokens are 1-2 KB.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Longest user, team or device value taken from a claim.
-const MAX_CLAIM_CHARS: usize = 256;
 
 /// The `[jwt]` section of the config.
 #[derive(Debug, Clone)]
@@ -279,13 +277,7 @@ fn identity(
     let text = |name: &str| -> Result<Option<String>, Refused> {
         match claims.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s))
-                if !s.is_empty()
-                    && s.chars().count() <= MAX_CLAIM_CHARS
-                    && !s.chars().any(char::is_control) =>
-            {
-                Ok(Some(s.clone()))
-            }
+            Some(Value::String(s)) if crate::logic::valid_name(s) => Ok(Some(s.clone())),
             Some(_) => Err(Refused::Claim(name.to_owned())),
         }
     };
