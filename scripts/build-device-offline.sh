@@ -22,8 +22,11 @@ mkdir -p "$stage/ws/.cargo" "$stage/cargo-home"
 sed "s|^directory = .*|directory = \"$out/vendor\"|" "$out/config.toml" >"$stage/ws/.cargo/config.toml"
 
 # An empty CARGO_HOME: nothing can come from the registry cache of this machine.
+# OUTPOST_OFFLINE_CARGO_FLAGS: extra flags for cargo (CI builds without optimisation).
+# shellcheck disable=SC2086
 (cd "$stage/ws" && CARGO_HOME="$stage/cargo-home" cargo build --offline --locked \
-  --target-dir "$target_dir" -p outpost-ffi --features cli --lib --bin uniffi-bindgen)
+  --target-dir "$target_dir" -p outpost-ffi --features cli --lib --bin uniffi-bindgen \
+  ${OUTPOST_OFFLINE_CARGO_FLAGS:-})
 
 case "$(uname -s)" in
   Darwin) lib="$target_dir/debug/liboutpost_ffi.dylib" ;;
