@@ -41,7 +41,9 @@ pub use load::{
     load_client, load_config, load_team, load_token, load_user, run_load,
 };
 pub use pair::{Balancer, PAIR_ENV};
-pub use protocol::{answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put};
+pub use protocol::{
+    answer, assert_error_shape, delete, gcounter, hlc, op_id, orset, patch, put, put_with_id,
+};
 pub use records::{patient, patient_id};
 pub use server::{
     AMINA, BEN, CHIOMA, Folder, LONG_PUSH_BUDGET, Mode, ServerBuilder, TestServer, USERS, User,

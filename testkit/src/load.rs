@@ -88,9 +88,13 @@ pub struct PlannedOp {
 impl PlannedOp {
     /// The op as protocol v1 JSON (`put` of a whole record).
     pub fn to_json(&self) -> Value {
-        json!({"op_id": self.op_id, "collection": LOAD_COLLECTION, "record_id": self.record_id,
-               "kind": "put", "base_version": self.base, "data": self.data,
-               "hlc": crate::hlc()})
+        crate::put_with_id(
+            &self.op_id,
+            LOAD_COLLECTION,
+            &self.record_id,
+            self.base,
+            self.data.clone(),
+        )
     }
 }
 

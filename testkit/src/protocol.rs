@@ -151,7 +151,18 @@ pub fn hlc() -> String {
 
 /// A `put` op.
 pub fn put(collection: &str, id: &str, base: Option<i64>, data: Value) -> Value {
-    json!({"op_id": op_id(), "collection": collection, "record_id": id, "kind": "put",
+    put_with_id(&op_id(), collection, id, base, data)
+}
+
+/// A `put` op under a given op id: what a device sends again after a lost answer.
+pub fn put_with_id(
+    op_id: &str,
+    collection: &str,
+    id: &str,
+    base: Option<i64>,
+    data: Value,
+) -> Value {
+    json!({"op_id": op_id, "collection": collection, "record_id": id, "kind": "put",
            "base_version": base, "data": data, "hlc": hlc()})
 }
 

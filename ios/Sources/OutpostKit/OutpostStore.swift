@@ -145,10 +145,19 @@ public final class OutpostStore: Sendable {
     /// Every change event, local or pulled, while iterated; it finishes when the store
     /// closes or signs out. Nothing is dropped: a slow consumer gets every event.
     public func changes() -> AsyncStream<ChangeEvent> {
-        AsyncStream { continuation in
-            let listener = ClosureChangeListener { continuation.yield($0) }
+        events(.unbounded) { send in try self.native.subscribe(listener: ClosureChangeListener(send)) }
+    }
+
+    /// A stream over a native subscription that cannot fail once open: it finishes at
+    /// once if subscribing throws (the store is closed), and when the store closes or
+    /// signs out; ending it closes the subscription.
+    private func events<T: Sendable>(
+        _ buffering: AsyncStream<T>.Continuation.BufferingPolicy,
+        _ open: (@escaping @Sendable (T) -> Void) throws -> SubscriptionHandle
+    ) -> AsyncStream<T> {
+        AsyncStream(bufferingPolicy: buffering) { continuation in
             do {
-                let handle = try native.subscribe(listener: listener)
+                let handle = try open { continuation.yield($0) }
                 let stop = Self.follow(handle) { continuation.finish() }
                 continuation.onTermination = { _ in stop() }
             } catch {
@@ -231,16 +240,7 @@ public final class OutpostStore: Sendable {
     /// bytes done of the total known so far, up and down, per collection); `hasSynced`
     /// is false until a first sync has completed.
     public func statusUpdates() -> AsyncStream<SyncStatus> {
-        AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
-            let listener = ClosureStatusListener { continuation.yield($0) }
-            do {
-                let handle = try native.subscribeStatus(listener: listener)
-                let stop = Self.follow(handle) { continuation.finish() }
-                continuation.onTermination = { _ in stop() }
-            } catch {
-                continuation.finish()
-            }
-        }
+        events(.bufferingNewest(1)) { send in try self.native.subscribeStatus(listener: ClosureStatusListener(send)) }
     }
 
     // MARK: Conflicts and rejected edits
