@@ -167,11 +167,16 @@ async fn a_first_sync_at_8_kbs_takes_half_the_bytes() {
     let (server, dir, link) = district(RECORDS, LinkShape::edge(down, up, rtt)).await;
     // The baseline, side by side: the same district as the engine before pulled it.
     let baseline = v1_first_sync_bytes(&link_to(&server, LinkShape::default()).await).await;
+    // The v1 pull has grown since the recorded run (214.7K to 216.9K bytes on 9be66d8,
+    // 9 to 10% more), which would make the half measured against it easier to reach.
+    // So the band only checks that the side-by-side run still pulls what the engine of
+    // 622cdc9 pulled, and the half is taken of the smaller of the two.
     let recorded = RECORDED_BASELINE_WIRE_BYTES as f64;
     assert!(
-        (0.9 * recorded..=1.1 * recorded).contains(&(baseline as f64)),
+        (0.9 * recorded..=1.2 * recorded).contains(&(baseline as f64)),
         "the v1 pull moved {baseline} bytes; the engine of 622cdc9 moved {recorded}"
     );
+    let half_of = (baseline as f64).min(recorded);
     let a = device_on(dir.path(), "a", &link);
     let statuses = Arc::new(Statuses::default());
     let _sub = a.engine.subscribe_status(statuses.clone());
@@ -203,8 +208,8 @@ async fn a_first_sync_at_8_kbs_takes_half_the_bytes() {
         took.as_secs_f64() / needed
     );
     assert!(
-        wire as f64 <= 0.55 * baseline as f64,
-        "{wire} bytes on the wire; a v1 client: {baseline}"
+        wire as f64 <= 0.55 * half_of,
+        "{wire} bytes on the wire; a v1 client: {baseline} (recorded: {recorded})"
     );
     assert!(
         took.as_secs_f64() <= 1.2 * needed,
