@@ -112,10 +112,33 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The hash of a row: its content (one canonical JSON array) after the previous hash.
+/// What a row's hash covers before its content: a tag and the previous row's hash,
+/// each ended by a newline. Also spelled in PostgreSQL's `outpost_append_audit`.
+const HASH_PREFIX: &[u8] = b"outpost-audit-v1\n";
+
+/// The hash of a row: its content (one canonical JSON array, [`row_content`]) after the
+/// previous hash.
 pub fn row_hash(prev: &str, fields: &AuditFields, prior_sha256: Option<&str>) -> String {
-    // A fixed order and serde_json's one escaping make the text canonical. The array is
-    // written straight into the hasher: one is sealed per op, inside the push's lock.
+    // Written straight into the hasher: one is sealed per op, inside the push's lock.
+    let mut h = HashWriter(Sha256::new());
+    h.0.update(HASH_PREFIX);
+    h.0.update(prev.as_bytes());
+    h.0.update(b"\n");
+    write_content(&mut h, fields, prior_sha256);
+    hex::encode(h.0.finalize())
+}
+
+/// The text a row's hash covers after the previous hash: for a backend that chains
+/// rows in the database (PostgreSQL, where the head is read and moved in one
+/// statement), which hashes `HASH_PREFIX`, the previous hash, a newline and this.
+pub fn row_content(fields: &AuditFields, prior_sha256: Option<&str>) -> String {
+    let mut out = Vec::with_capacity(256);
+    write_content(&mut out, fields, prior_sha256);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+fn write_content(w: impl std::io::Write, fields: &AuditFields, prior_sha256: Option<&str>) {
+    // A fixed order and serde_json's one escaping make the text canonical.
     let content = (
         &fields.at,
         &fields.event,
@@ -134,12 +157,7 @@ pub fn row_hash(prev: &str, fields: &AuditFields, prior_sha256: Option<&str>) ->
         &fields.device,
         prior_sha256,
     );
-    let mut h = HashWriter(Sha256::new());
-    h.0.update(b"outpost-audit-v1\n");
-    h.0.update(prev.as_bytes());
-    h.0.update(b"\n");
-    serde_json::to_writer(&mut h, &content).expect("a tuple of strings and numbers serializes");
-    hex::encode(h.0.finalize())
+    serde_json::to_writer(w, &content).expect("a tuple of strings and numbers serializes");
 }
 
 /// Feeds what serde_json writes to the hash.
@@ -154,6 +172,32 @@ impl std::io::Write for HashWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A row to append with the text its hash covers, for a backend whose database chains
+/// the rows itself (see [`row_content`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRow {
+    pub fields: AuditFields,
+    pub prior: Option<String>,
+    pub prior_sha256: Option<String>,
+    pub content: String,
+}
+
+/// `entries` with their content texts, in order, for a database to chain.
+pub fn contents(entries: Vec<AuditEntry>) -> Vec<ContentRow> {
+    entries
+        .into_iter()
+        .map(|e| {
+            let prior_sha256 = e.prior.as_deref().map(|p| sha256_hex(p.as_bytes()));
+            ContentRow {
+                content: row_content(&e.fields, prior_sha256.as_deref()),
+                fields: e.fields,
+                prior: e.prior,
+                prior_sha256,
+            }
+        })
+        .collect()
 }
 
 /// Chains `entries` after the row whose hash is `head`; the last row's hash is the

@@ -864,6 +864,59 @@ fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Rows whose text is hard to hash alike (escaped op_ids and client ids, quotes,
+/// backslashes, NUL, accents, emoji, a kept version) chain so that `audit verify`,
+/// which hashes in the server, agrees with the chain the database built (PostgreSQL
+/// hashes in SQL).
+async fn the_chain_holds_any_text(b: Backend) {
+    let s = TestServer::start(&b);
+    let odd = [
+        "a\\0b",
+        "q\"uote",
+        "nul\u{0}",
+        "é😀",
+        "\\",
+        "tab\tnew\nline",
+    ];
+    for (i, text) in odd.iter().enumerate() {
+        let mut op = put("patients", &format!("r-{i}-é"), None, json!({"t": text}));
+        op["op_id"] = json!(format!("{text}-{i}"));
+        let (code, answer) = s
+            .push_raw(
+                AMINA,
+                &json!({"client_id": format!("{text}-client"), "ops": [op]}),
+            )
+            .await;
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer["results"][0]["status"], "applied", "{answer}");
+    }
+    // A denial and a forced overwrite, whose replaced version is kept apart.
+    let mut bad = put("patients", "x", None, json!({}));
+    bad["kind"] = json!("upsert");
+    s.push(AMINA, vec![bad]).await;
+    s.push(
+        BEN,
+        vec![put(
+            "patients",
+            "r-0-é",
+            Some(1),
+            json!({"t": "ben's \"edit\""}),
+        )],
+    )
+    .await;
+    let mut force = put("patients", "r-0-é", Some(1), json!({"t": "forced \u{0}"}));
+    force["force"] = json!(true);
+    let r = s.push(AMINA, vec![force]).await;
+    assert_eq!(r[0]["version"], 3, "{r:?}");
+    let kept = scalar(&s, "SELECT count(*) FROM audit_prior").await;
+    assert_eq!(kept, 1);
+    let chained = scalar(&s, "SELECT count(*) FROM audit WHERE hash IS NOT NULL").await;
+    assert!(chained >= odd.len() as i64 + 3, "{chained} rows chained");
+    let (code, out) = audit_verify(s.config_path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("audit ok: "), "{out}");
+}
+
 /// A server with some audit rows of each kind written, for tampering.
 async fn audited_server(b: &Backend) -> TestServer {
     let s = TestServer::start(b);
@@ -1284,5 +1337,6 @@ outpost_testkit::backend_tests!("hardening_push":
     the_audit_records_denials_logins_pulls_and_overwrites,
     audit_verify_finds_rewritten_and_removed_rows,
     audit_verify_while_the_server_appends,
+    the_chain_holds_any_text,
     old_answers_expire,
 );

@@ -4,119 +4,93 @@
 //! A chain has one head, so appends must follow one another: each takes the head's row
 //! lock (`audit_head ... FOR UPDATE`), chains its rows after the hash it finds, inserts
 //! them in order (so their ids follow the chain) and moves the head, all in the caller's
-//! transaction. A push takes the head last, after the seq counter (see `push.rs`), so
+//! transaction and in one statement (`outpost_append_audit`, which hashes in SQL what
+//! `audit::row_hash` hashes). A push takes the head last, after the seq counter (see `push.rs`), so
 //! the lock is held only for its final statements. The rows are hashed as stored: op_id,
 //! client_id and device escaped ([`pg_text`]).
 
 use deadpool_postgres::{GenericClient, Transaction};
 
 use super::{Pg, pg_text};
-use crate::audit::{self, AuditEntry, AuditFields, AuditReads, StoredAuditRow};
+use crate::audit::{self, AuditEntry, AuditFields, AuditReads, ContentRow, StoredAuditRow};
 use crate::storage::StorageError;
 
-/// Appends `entries` to the chain inside `tx`; the head stays locked until it commits.
+/// Appends `entries` to the chain inside `tx`, in one round trip; the head stays
+/// locked until it commits.
 pub(super) async fn append(
     tx: &Transaction<'_>,
     entries: Vec<AuditEntry>,
 ) -> Result<(), tokio_postgres::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let st_head = tx
-        .prepare_cached("SELECT hash FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await?;
-    let st_insert = tx
-        .prepare_cached(
-            "INSERT INTO audit (at, event, user_name, client_id, client_addr, op_id, collection, \
-             scope, record_id, kind, old_version, new_version, code, detail, device, \
-             prior_sha256, prev_hash, hash) \
-             SELECT at, event, user_name, client_id, client_addr, op_id, collection, scope, \
-                    record_id, kind, old_version, new_version, code, detail, device, \
-                    prior_sha256, prev_hash, hash \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                         $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
-                         $16::text[], $17::text[], $18::text[]) WITH ORDINALITY \
-                  AS u(at, event, user_name, client_id, client_addr, op_id, collection, scope, \
-                       record_id, kind, old_version, new_version, code, detail, device, \
-                       prior_sha256, prev_hash, hash, ord) \
-             ORDER BY ord",
-        )
-        .await?;
-    let st_prior = tx
-        .prepare_cached(
-            "INSERT INTO audit_prior (hash, collection, scope, record_id, data) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
-        )
-        .await?;
-    let st_set_head = tx
-        .prepare_cached("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .await?;
+    Batch::new(entries).append(tx).await
+}
 
-    let head: String = tx.query_one(&st_head, &[]).await?.try_get(0)?;
-    let entries = entries
-        .into_iter()
-        .map(|mut e| {
-            e.fields.op_id = pg_text(&e.fields.op_id).into_owned();
-            e.fields.client_id = pg_text(&e.fields.client_id).into_owned();
-            e.fields.device = e.fields.device.as_deref().map(|d| pg_text(d).into_owned());
-            e
-        })
-        .collect();
-    let rows = audit::seal(&head, entries);
-    let col = |f: fn(&AuditFields) -> &String| -> Vec<&str> {
-        rows.iter().map(|r| f(&r.fields).as_str()).collect()
-    };
-    let old: Vec<Option<i64>> = rows.iter().map(|r| r.fields.old_version).collect();
-    let new: Vec<Option<i64>> = rows.iter().map(|r| r.fields.new_version).collect();
-    let device: Vec<Option<&str>> = rows.iter().map(|r| r.fields.device.as_deref()).collect();
-    let prior_sha: Vec<Option<&str>> = rows.iter().map(|r| r.prior_sha256.as_deref()).collect();
-    let prev: Vec<&str> = rows.iter().map(|r| r.prev_hash.as_str()).collect();
-    let hash: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
-    tx.execute(
-        &st_insert,
-        &[
-            &col(|f| &f.at),
-            &col(|f| &f.event),
-            &col(|f| &f.user),
-            &col(|f| &f.client_id),
-            &col(|f| &f.client_addr),
-            &col(|f| &f.op_id),
-            &col(|f| &f.collection),
-            &col(|f| &f.scope),
-            &col(|f| &f.record_id),
-            &col(|f| &f.kind),
-            &old,
-            &new,
-            &col(|f| &f.code),
-            &col(|f| &f.detail),
-            &device,
-            &prior_sha,
-            &prev,
-            &hash,
-        ],
-    )
-    .await?;
-    let kept: Vec<_> = rows.iter().filter(|r| r.prior.is_some()).collect();
-    if !kept.is_empty() {
-        let by =
-            |f: fn(&audit::SealedRow) -> &str| -> Vec<&str> { kept.iter().map(|r| f(r)).collect() };
-        tx.execute(
-            &st_prior,
+/// Rows to append, escaped as stored and with their content texts, ready to be sent
+/// (a push sends them in one pipeline with its last statements).
+pub(super) struct Batch(Vec<ContentRow>);
+
+impl Batch {
+    pub(super) fn new(entries: Vec<AuditEntry>) -> Batch {
+        let escaped = entries
+            .into_iter()
+            .map(|mut e| {
+                e.fields.op_id = pg_text(&e.fields.op_id).into_owned();
+                e.fields.client_id = pg_text(&e.fields.client_id).into_owned();
+                e.fields.device = e.fields.device.as_deref().map(|d| pg_text(d).into_owned());
+                e
+            })
+            .collect();
+        Batch(audit::contents(escaped))
+    }
+
+    /// Chains the rows after the head (`outpost_append_audit`, schema migration 9).
+    pub(super) async fn append(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let st = tx
+            .prepare_cached(
+                "SELECT outpost_append_audit($1::text[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                 $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
+                 $16::text[], $17::text[], $18::text[])",
+            )
+            .await?;
+        let rows = &self.0;
+        let col = |f: fn(&AuditFields) -> &String| -> Vec<&str> {
+            rows.iter().map(|r| f(&r.fields).as_str()).collect()
+        };
+        let old: Vec<Option<i64>> = rows.iter().map(|r| r.fields.old_version).collect();
+        let new: Vec<Option<i64>> = rows.iter().map(|r| r.fields.new_version).collect();
+        let device: Vec<Option<&str>> = rows.iter().map(|r| r.fields.device.as_deref()).collect();
+        let prior_sha: Vec<Option<&str>> = rows.iter().map(|r| r.prior_sha256.as_deref()).collect();
+        let content: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
+        let prior: Vec<Option<&str>> = rows.iter().map(|r| r.prior.as_deref()).collect();
+        tx.query_one(
+            &st,
             &[
-                &by(|r| &r.hash),
-                &by(|r| &r.fields.collection),
-                &by(|r| &r.fields.scope),
-                &by(|r| &r.fields.record_id),
-                &by(|r| r.prior.as_deref().unwrap_or_default()),
+                &col(|f| &f.at),
+                &col(|f| &f.event),
+                &col(|f| &f.user),
+                &col(|f| &f.client_id),
+                &col(|f| &f.client_addr),
+                &col(|f| &f.op_id),
+                &col(|f| &f.collection),
+                &col(|f| &f.scope),
+                &col(|f| &f.record_id),
+                &col(|f| &f.kind),
+                &old,
+                &new,
+                &col(|f| &f.code),
+                &col(|f| &f.detail),
+                &device,
+                &prior_sha,
+                &content,
+                &prior,
             ],
         )
         .await?;
+        Ok(())
     }
-    if let Some(last) = rows.last() {
-        tx.execute(&st_set_head, &[&last.hash]).await?;
-    }
-    Ok(())
 }
 
 /// The reads of `audit verify`, inside one REPEATABLE READ transaction.

@@ -6,12 +6,14 @@
 //! kept in one place, apart from reads and the schema.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
 use outpost_core::protocol::OpResult;
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Statement};
 
 use super::{audit, pg_err, pool_err, read_record};
@@ -138,6 +140,25 @@ const SELECT_RECORD_FOR_UPDATE: &str = "SELECT collection, record_id, data, dele
      created_at, updated_at, writer, echo FROM records \
      WHERE collection = $1 AND scope = $2 AND record_id = $3 FOR UPDATE";
 
+/// [`SELECT_RECORD_FOR_UPDATE`]'s columns for many keys, and the scope after them; the
+/// data only of records up to `$4` bytes, and whether it was left out.
+const SELECT_RECORDS_FOR_UPDATE: &str = "SELECT r.collection, r.record_id, \
+     CASE WHEN octet_length(r.data) <= $4 THEN r.data END, r.deleted, \
+     r.version, r.seq, r.hlc, r.owner, r.team, r.created_at, r.updated_at, r.writer, r.echo, \
+     r.scope, COALESCE(octet_length(r.data) > $4, false) FROM records r \
+     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(collection, scope, record_id) \
+       ON r.collection = k.collection AND r.scope = k.scope AND r.record_id = k.record_id \
+     FOR UPDATE OF r";
+
+/// Where [`SELECT_RECORDS_FOR_UPDATE`] puts the scope, and whether it left the data out.
+const SCOPE_COLUMN: usize = 13;
+const LEFT_OUT_COLUMN: usize = 14;
+
+/// Records larger than this are not read ahead of the ops that name them, so that a
+/// push naming many large records loads them one at a time, within its work budget,
+/// as the shared loop asks for them (at most 1,000 ops a push: 16 MiB read ahead).
+const READ_AHEAD_MAX_BYTES: i32 = 16 * 1024;
+
 /// One attempt at a push, in one READ COMMITTED transaction.
 async fn push_once(
     client: &mut deadpool_postgres::Client,
@@ -154,6 +175,12 @@ async fn push_once(
         .prepare_cached("SELECT answer FROM ops WHERE user_name = $1 AND op_id = $2")
         .await?;
     let st_record = client.prepare_cached(SELECT_RECORD_FOR_UPDATE).await?;
+    let st_answers = client
+        .prepare_cached(
+            "SELECT op_id, answer FROM ops WHERE user_name = $1 AND op_id = ANY($2::text[])",
+        )
+        .await?;
+    let st_records = client.prepare_cached(SELECT_RECORDS_FOR_UPDATE).await?;
     let st_stage = client
         .prepare_cached(
             "INSERT INTO records (collection, scope, record_id, data, deleted, version, seq, \
@@ -201,9 +228,13 @@ async fn push_once(
     // same state. Keys are sorted so that two pushes always lock in the same order.
     let user = ctx.user.name.as_str();
     let mut keys: Vec<i64> = Vec::with_capacity(items.len() * 2);
+    let mut op_ids: Vec<Cow<'_, str>> = Vec::with_capacity(items.len());
+    let mut records: Vec<RecordKey> = Vec::with_capacity(items.len());
+    let mut named: HashSet<RecordKey> = HashSet::with_capacity(items.len());
     for item in items {
         if logic::op_id_ok(item.op_id()) {
             keys.push(lock_key("op", &[user, item.op_id()]));
+            op_ids.push(pg_text(item.op_id()));
         }
         if let PushItem::Valid(op) = item {
             // The scope the op writes in (its target's, for a service account), so a
@@ -211,38 +242,201 @@ async fn push_once(
             let access = ctx.access.of(&op.collection);
             let scope = logic::op_scope(access, &ctx.user, op.target.as_ref());
             keys.push(lock_key("record", &[&op.collection, &scope, &op.record_id]));
+            let key = RecordKey {
+                collection: op.collection.clone(),
+                scope,
+                record_id: op.record_id.clone(),
+            };
+            // Each once: a record named by every op of a push is read once, not once
+            // per op (a 1 MiB record named 1,000 times would be a 1 GB answer).
+            if named.insert(key.clone()) {
+                records.push(key);
+            }
         }
     }
     keys.sort_unstable();
     keys.dedup();
-    if !keys.is_empty() {
-        tx.execute(&st_lock, &[&keys]).await?;
-    }
 
     let mut steps = PgPush {
         tx: &tx,
         st_answer,
         st_record,
+        st_answers,
+        st_records,
         st_stage,
         st_seq,
         st_seqs,
         st_store,
+        seqs: None,
+        audit: Vec::new(),
+        answers: None,
+        known_answers: HashMap::new(),
+        known_records: HashMap::new(),
     };
+    steps
+        .lock_and_read(&st_lock, &keys, user, &op_ids, records)
+        .await?;
     let results = push::apply(&mut steps, ctx, items, now_ms).await?;
+    steps.finish().await?;
     tx.commit().await?;
     Ok(results)
 }
 
 /// The storage steps of a push, inside its transaction, with its statements prepared.
 /// op_id and client_id are stored escaped ([`pg_text`]).
+///
+/// The steps after the seqs are taken only gather what they write; [`PgPush::finish`]
+/// sends it in one pipeline, so the part of a push that holds the seq counter (and
+/// with it every other push of the deployment) costs three round trips: the counter,
+/// that pipeline and the commit.
 struct PgPush<'a> {
     tx: &'a Transaction<'a>,
     st_answer: Statement,
     st_record: Statement,
+    st_answers: Statement,
+    st_records: Statement,
     st_stage: Statement,
     st_seq: Statement,
     st_seqs: Statement,
     st_store: Statement,
+    /// The staged records' keys and seqs.
+    seqs: Option<SeqRows>,
+    audit: Vec<AuditEntry>,
+    /// op_ids (escaped) and answers, with the user and time they are stored under.
+    answers: Option<AnswerRows>,
+    /// What [`PgPush::lock_and_read`] read: the stored answer of each op_id (escaped) the
+    /// push names, if any, and each record it names, if it exists.
+    known_answers: HashMap<String, Option<String>>,
+    known_records: HashMap<RecordKey, Option<StoredRecord>>,
+}
+
+/// The keys of the records a push staged, and the seq each gets, as the columns of
+/// one `UPDATE`.
+struct SeqRows {
+    collections: Vec<String>,
+    scopes: Vec<String>,
+    ids: Vec<String>,
+    seqs: Vec<i64>,
+}
+
+struct AnswerRows {
+    user: String,
+    at_ms: i64,
+    op_ids: Vec<String>,
+    answers: Vec<String>,
+}
+
+impl PgPush<'_> {
+    /// Takes the advisory locks (`keys`), then reads the stored answers and records
+    /// the push names: three statements sent at once, instead of a round trip for the
+    /// locks and one per op and per record as the shared loop asks for them.
+    /// PostgreSQL runs them in order, so the reads start once every lock is held (and,
+    /// READ COMMITTED, see every push that held one before); no other push changes
+    /// what they read before this one commits.
+    async fn lock_and_read(
+        &mut self,
+        st_lock: &Statement,
+        keys: &[i64],
+        user: &str,
+        op_ids: &[Cow<'_, str>],
+        records: Vec<RecordKey>,
+    ) -> Result<(), Abort> {
+        let tx = self.tx;
+        let ids: Vec<&str> = op_ids.iter().map(AsRef::as_ref).collect();
+        let answers = async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(&self.st_answers, &[&user, &ids]).await
+        };
+        let collections: Vec<&str> = records.iter().map(|k| k.collection.as_str()).collect();
+        let scopes: Vec<&str> = records.iter().map(|k| k.scope.as_str()).collect();
+        let record_ids: Vec<&str> = records.iter().map(|k| k.record_id.as_str()).collect();
+        let rows = async {
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                &self.st_records,
+                &[&collections, &scopes, &record_ids, &READ_AHEAD_MAX_BYTES],
+            )
+            .await
+        };
+        let lock = async {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(st_lock, &[&keys]).await
+        };
+        let (locked, answers, rows) = futures_util::future::join3(lock, answers, rows).await;
+        locked?;
+        let (answers, rows) = (answers?, rows?);
+        self.known_answers = ids.iter().map(|id| ((*id).to_owned(), None)).collect();
+        for row in answers {
+            let op_id: String = row.try_get(0)?;
+            self.known_answers.insert(op_id, Some(row.try_get(1)?));
+        }
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let collection: String = row.try_get(0)?;
+            let record_id: String = row.try_get(1)?;
+            let scope: String = row.try_get(SCOPE_COLUMN)?;
+            let record = if row.try_get(LEFT_OUT_COLUMN)? {
+                None
+            } else {
+                Some(read_record(&row)?)
+            };
+            found.insert((collection, scope, record_id), record);
+        }
+        for k in records {
+            match found.remove(&(k.collection.clone(), k.scope.clone(), k.record_id.clone())) {
+                // Too large to read ahead: read when asked for.
+                Some(None) => {}
+                Some(Some(record)) => {
+                    self.known_records.insert(k, Some(record));
+                }
+                None => {
+                    self.known_records.insert(k, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the staged records their seqs, appends the audit rows and stores the
+    /// answers: three statements sent at once, answered in order. The first error is
+    /// the cause; the statements after it only fail because the transaction had.
+    async fn finish(&mut self) -> Result<(), Abort> {
+        let tx = self.tx;
+        let seqs = async {
+            let Some(s) = &self.seqs else { return Ok(()) };
+            tx.execute(&self.st_seqs, &[&s.collections, &s.scopes, &s.ids, &s.seqs])
+                .await
+                .map(drop)
+        };
+        let batch = audit::Batch::new(std::mem::take(&mut self.audit));
+        let audit = batch.append(tx);
+        let answers = async {
+            let Some(a) = &self.answers else {
+                return Ok(None);
+            };
+            tx.execute(&self.st_store, &[&a.user, &a.op_ids, &a.answers, &a.at_ms])
+                .await
+                .map(|stored| Some((stored, a.op_ids.len())))
+        };
+        let (seqs, audit, answers) = futures_util::future::join3(seqs, audit, answers).await;
+        seqs?;
+        audit?;
+        if let Some((stored, sent)) = answers?
+            && stored != sent as u64
+        {
+            // Cannot happen while the advisory locks of push_once are held; should it
+            // anyway (someone wrote to the table by hand), the stored answer wins: roll
+            // back and run again, and the new attempt returns it.
+            return Err(Abort::Retry("op_id answered concurrently".into()));
+        }
+        Ok(())
+    }
 }
 
 impl PushSteps for PgPush<'_> {
@@ -250,6 +444,9 @@ impl PushSteps for PgPush<'_> {
 
     async fn stored_answer(&mut self, user: &str, op_id: &str) -> Result<Option<String>, Abort> {
         let key = pg_text(op_id);
+        if let Some(known) = self.known_answers.remove(key.as_ref()) {
+            return Ok(known);
+        }
         match self
             .tx
             .query_opt(&self.st_answer, &[&user, &key.as_ref()])
@@ -264,6 +461,9 @@ impl PushSteps for PgPush<'_> {
         // FOR UPDATE: other pushes are already kept out by the advisory lock; this keeps
         // the purge (which skips locked rows) off a tombstone that this push is about to
         // decide on.
+        if let Some(known) = self.known_records.remove(key) {
+            return Ok(known);
+        }
         match self
             .tx
             .query_opt(
@@ -281,29 +481,31 @@ impl PushSteps for PgPush<'_> {
         // The heavy writes, before the seq counter is taken: a negative stand-in seq
         // (unique, and below every cursor) until `assign_seqs`. Uncommitted, so no pull
         // sees it; and the record's advisory lock keeps other pushes off it.
-        for row in rows {
-            let writer = pg_text(row.writer);
-            let writer: &str = &writer;
-            self.tx
-                .execute(
-                    &self.st_stage,
-                    &[
-                        &row.key.collection,
-                        &row.key.scope,
-                        &row.key.record_id,
-                        &row.data,
-                        &row.deleted,
-                        &row.version,
-                        &row.hlc,
-                        &row.owner,
-                        &row.team,
-                        &row.created_at_ms,
-                        &row.updated_at_ms,
-                        &writer,
-                        &row.echo,
-                    ],
-                )
-                .await?;
+        // Sent at once and answered in order (a pipeline): one round trip, not one per
+        // record. The first error is the cause; those after it only say the
+        // transaction had failed.
+        let writers: Vec<Cow<'_, str>> = rows.iter().map(|r| pg_text(r.writer)).collect();
+        let writers: Vec<&str> = writers.iter().map(AsRef::as_ref).collect();
+        let sends = rows.iter().zip(&writers).map(|(row, writer)| {
+            let params: [&(dyn ToSql + Sync); 13] = [
+                &row.key.collection,
+                &row.key.scope,
+                &row.key.record_id,
+                &row.data,
+                &row.deleted,
+                &row.version,
+                &row.hlc,
+                &row.owner,
+                &row.team,
+                &row.created_at_ms,
+                &row.updated_at_ms,
+                writer,
+                &row.echo,
+            ];
+            self.tx.execute_raw(&self.st_stage, params)
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            sent?;
         }
         Ok(())
     }
@@ -326,9 +528,9 @@ impl PushSteps for PgPush<'_> {
         //
         // The lock is taken as late as it can be: every op is already decided and every
         // record written (with a stand-in seq, see `stage_records`), so what is
-        // serialized across all servers is only this UPDATE, the one that gives the
-        // records their seqs, the audit rows and stored answers (under the audit head,
-        // taken next) and the commit. Reads, merges and writes of record data run in
+        // serialized across all servers is only this UPDATE, one pipeline that gives
+        // the records their seqs, chains the audit rows (under the audit head) and
+        // stores the answers ([`PgPush::finish`]), and the commit. Reads, merges and writes of record data run in
         // parallel. The alternative, a sequence plus holding cursors back below the
         // oldest open transaction (pg_snapshot_xmin), would avoid even that, but makes
         // pulls lag behind any long transaction and exposes xid plumbing to every pull.
@@ -338,39 +540,30 @@ impl PushSteps for PgPush<'_> {
             .await?
             .try_get(0)?;
         let first = last - count + 1;
-        let collections: Vec<&str> = rows.iter().map(|r| r.key.collection.as_str()).collect();
-        let scopes: Vec<&str> = rows.iter().map(|r| r.key.scope.as_str()).collect();
-        let ids: Vec<&str> = rows.iter().map(|r| r.key.record_id.as_str()).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| first + r.nth - 1).collect();
-        self.tx
-            .execute(&self.st_seqs, &[&collections, &scopes, &ids, &seqs])
-            .await?;
+        self.seqs = Some(SeqRows {
+            collections: rows.iter().map(|r| r.key.collection.clone()).collect(),
+            scopes: rows.iter().map(|r| r.key.scope.clone()).collect(),
+            ids: rows.iter().map(|r| r.key.record_id.clone()).collect(),
+            seqs: rows.iter().map(|r| first + r.nth - 1).collect(),
+        });
         Ok(first)
     }
 
     async fn append_audit(&mut self, entries: Vec<AuditEntry>) -> Result<(), Abort> {
-        Ok(audit::append(self.tx, entries).await?)
+        self.audit.extend(entries);
+        Ok(())
     }
 
     async fn store_answers(&mut self, rows: &[AnswerRow<'_>]) -> Result<(), Abort> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let op_ids: Vec<String> = rows.iter().map(|r| pg_text(r.op_id).into_owned()).collect();
-        let answers: Vec<&str> = rows.iter().map(|r| r.answer).collect();
-        let stored = self
-            .tx
-            .execute(
-                &self.st_store,
-                &[&first.user, &op_ids, &answers, &first.at_ms],
-            )
-            .await?;
-        if stored != rows.len() as u64 {
-            // Cannot happen while the advisory locks of push_once are held; should it
-            // anyway (someone wrote to the table by hand), the stored answer wins: roll
-            // back and run again, and the new attempt returns it.
-            return Err(Abort::Retry("op_id answered concurrently".into()));
-        }
+        self.answers = Some(AnswerRows {
+            user: first.user.to_owned(),
+            at_ms: first.at_ms,
+            op_ids: rows.iter().map(|r| pg_text(r.op_id).into_owned()).collect(),
+            answers: rows.iter().map(|r| r.answer.to_owned()).collect(),
+        });
         Ok(())
     }
 }

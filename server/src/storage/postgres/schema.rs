@@ -160,6 +160,56 @@ ALTER TABLE records ADD COLUMN writer TEXT, ADD COLUMN echo BOOLEAN NOT NULL DEF
 CREATE INDEX records_collection_seq_readable ON records (collection, seq) INCLUDE (scope, echo);
 DROP INDEX records_collection_seq;
 "#,
+    // 9: the audit chain extended in one statement. A push holds the seq counter and
+    // the chain's head from its seqs to its commit, so every round trip there is paid
+    // by every process's pushes in turn; reading the head, inserting and moving it from
+    // the server took three or four. Each row's hash is audit::row_hash: SHA-256 of
+    // "outpost-audit-v1\n", the previous hash, "\n" and the row's content as the
+    // server sends it (audit::row_content), so `audit verify` checks what SQL chained.
+    r#"
+CREATE FUNCTION outpost_append_audit(
+    p_at TEXT[], p_event TEXT[], p_user TEXT[], p_client_id TEXT[], p_client_addr TEXT[],
+    p_op_id TEXT[], p_collection TEXT[], p_scope TEXT[], p_record_id TEXT[], p_kind TEXT[],
+    p_old_version BIGINT[], p_new_version BIGINT[], p_code TEXT[], p_detail TEXT[],
+    p_device TEXT[], p_prior_sha256 TEXT[], p_content TEXT[], p_prior TEXT[])
+RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+    head TEXT;
+    prevs TEXT[] := '{}';
+    hashes TEXT[] := '{}';
+BEGIN
+    IF coalesce(cardinality(p_content), 0) = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT h.hash INTO STRICT head FROM audit_head h WHERE h.id = 1 FOR UPDATE;
+    FOR i IN 1 .. cardinality(p_content) LOOP
+        prevs := prevs || head;
+        head := encode(sha256(convert_to(
+            'outpost-audit-v1' || chr(10) || head || chr(10) || p_content[i], 'UTF8')), 'hex');
+        hashes := hashes || head;
+    END LOOP;
+    INSERT INTO audit (at, event, user_name, client_id, client_addr, op_id, collection,
+                       scope, record_id, kind, old_version, new_version, code, detail,
+                       device, prior_sha256, prev_hash, hash)
+    SELECT u.at, u.event, u.user_name, u.client_id, u.client_addr, u.op_id, u.collection,
+           u.scope, u.record_id, u.kind, u.old_version, u.new_version, u.code, u.detail,
+           u.device, u.prior_sha256, u.prev_hash, u.hash
+    FROM unnest(p_at, p_event, p_user, p_client_id, p_client_addr, p_op_id, p_collection,
+                p_scope, p_record_id, p_kind, p_old_version, p_new_version, p_code,
+                p_detail, p_device, p_prior_sha256, prevs, hashes) WITH ORDINALITY
+         AS u(at, event, user_name, client_id, client_addr, op_id, collection, scope,
+              record_id, kind, old_version, new_version, code, detail, device,
+              prior_sha256, prev_hash, hash, ord)
+    ORDER BY u.ord;
+    INSERT INTO audit_prior (hash, collection, scope, record_id, data)
+    SELECT k.hash, k.collection, k.scope, k.record_id, k.data
+    FROM unnest(hashes, p_collection, p_scope, p_record_id, p_prior)
+         AS k(hash, collection, scope, record_id, data)
+    WHERE k.data IS NOT NULL;
+    UPDATE audit_head SET hash = head WHERE id = 1;
+    RETURN head;
+END $$;
+"#,
 ];
 
 /// The migration that adds the attachment index, which existing records fill.
