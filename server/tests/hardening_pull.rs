@@ -670,4 +670,99 @@ async fn a_key_change_makes_devices_pull_again_not_stop(b: Backend) {
     );
 }
 
-outpost_testkit::backend_tests!("hardening_pull": a_key_change_makes_devices_pull_again_not_stop, concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored, cursors_are_sealed_and_bound_to_user_and_collections, the_cursor_key_is_kept_shared_or_configured);
+/// Every page of `query` for `token`, from the beginning: each change's
+/// (collection, record_id, seq), in the order the pages gave them.
+async fn all_pages(s: &TestServer, token: &str, query: &str) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    let mut since = String::new();
+    loop {
+        let (st, page) = s.pull_raw(token, &format!("?{query}{since}")).await;
+        assert_eq!(st, 200, "{page}");
+        for c in page["changes"].as_array().unwrap() {
+            out.push((
+                c["collection"].as_str().unwrap().to_owned(),
+                c["record_id"].as_str().unwrap().to_owned(),
+                c["seq"].as_i64().unwrap(),
+            ));
+        }
+        if !page["has_more"].as_bool().unwrap() {
+            return out;
+        }
+        since = format!("&since={}", page["cursor"].as_str().unwrap());
+    }
+}
+
+/// A pull of named collections reads the one scope each collection's rule lets the
+/// user read (an index range per collection): with other teams' and users' writes
+/// interleaved in seq order, small pages of one collection and of several give
+/// exactly the user's readable changes, each once, in seq order.
+async fn pages_of_one_team_among_others(b: Backend) {
+    let s = TestServer::start_with(&b, LONG_PUSH_BUDGET);
+    for i in 0..12 {
+        // drafts: private; forms: shared; patients: team (north: amina and ben).
+        s.push(
+            AMINA,
+            vec![put("drafts", &format!("a-{i}"), None, json!({}))],
+        )
+        .await;
+        s.push(BEN, vec![put("drafts", &format!("b-{i}"), None, json!({}))])
+            .await;
+        s.push(
+            CHIOMA,
+            vec![put("patients", &format!("c-{i}"), None, json!({}))],
+        )
+        .await;
+        s.push(
+            BEN,
+            vec![put("patients", &format!("b-{i}"), None, json!({}))],
+        )
+        .await;
+        s.push(
+            CHIOMA,
+            vec![put("forms", &format!("f-{i}"), None, json!({}))],
+        )
+        .await;
+        s.push(
+            AMINA,
+            vec![put("patients", &format!("a-{i}"), None, json!({}))],
+        )
+        .await;
+    }
+    let ids = |changes: &[(String, String, i64)], collection: &str| -> Vec<String> {
+        changes
+            .iter()
+            .filter(|c| c.0 == collection)
+            .map(|c| c.1.clone())
+            .collect()
+    };
+    let expect = |prefixes: &[&str]| -> Vec<String> {
+        (0..12)
+            .flat_map(|i| prefixes.iter().map(move |p| format!("{p}-{i}")))
+            .collect()
+    };
+    for limit in [1, 5, 1000] {
+        let one = all_pages(&s, AMINA, &format!("collections=patients&limit={limit}")).await;
+        assert_eq!(ids(&one, "patients"), expect(&["b", "a"]), "limit {limit}");
+        let mine = all_pages(&s, AMINA, &format!("collections=drafts&limit={limit}")).await;
+        assert_eq!(ids(&mine, "drafts"), expect(&["a"]), "limit {limit}");
+        let south = all_pages(&s, CHIOMA, &format!("collections=patients&limit={limit}")).await;
+        assert_eq!(ids(&south, "patients"), expect(&["c"]), "limit {limit}");
+
+        let several = all_pages(
+            &s,
+            AMINA,
+            &format!("collections=drafts,forms,patients&limit={limit}"),
+        )
+        .await;
+        assert!(
+            several.windows(2).all(|w| w[0].2 < w[1].2),
+            "limit {limit}: not in seq order: {several:?}"
+        );
+        assert_eq!(several.len(), 12 * 4, "limit {limit}: {several:?}");
+        assert_eq!(ids(&several, "drafts"), expect(&["a"]));
+        assert_eq!(ids(&several, "forms"), expect(&["f"]));
+        assert_eq!(ids(&several, "patients"), expect(&["b", "a"]));
+    }
+}
+
+outpost_testkit::backend_tests!("hardening_pull": pages_of_one_team_among_others, a_key_change_makes_devices_pull_again_not_stop, concurrent_gzip_bombs_stay_bounded, pull_pages_are_cut_at_the_byte_budget, a_change_over_the_budget_comes_alone, collections_lists_are_capped_and_deduplicated, answers_with_records_are_not_stored, cursors_are_sealed_and_bound_to_user_and_collections, the_cursor_key_is_kept_shared_or_configured);

@@ -194,6 +194,12 @@ ALTER TABLE records ADD COLUMN echo INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX records_collection_seq_readable ON records (collection, seq, scope, echo);
 DROP INDEX records_collection_seq;
 "#,
+    // 9: a pull of named collections reads each one's readable scope as one range
+    // (`scoped_filter`); in (collection, seq) order it read every team's rows since the
+    // cursor to find the user's, a cost that grew with the number of teams.
+    r#"
+CREATE INDEX records_scope_seq ON records (collection, scope, seq);
+"#,
 ];
 
 /// The migration that adds the attachment index, which existing records fill.
@@ -659,14 +665,38 @@ fn collections_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
     format!(" AND collection IN ({})", vec!["?"; cols.len()].join(", "))
 }
 
+/// For a user's pull of one collection (what the engine asks for), the rows it may
+/// read: the one scope the collection's rule lets the user read. That is a range of the
+/// `(collection, scope, seq)` index, so a page reads the user's rows rather than every
+/// team's rows since the cursor. Of several collections SQLite would read every
+/// readable row past the cursor and sort them, worse for a large first sync than the
+/// `(collection, seq)` order; those keep it.
+fn scoped_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> Option<String> {
+    let [c] = q.collections.as_deref()? else {
+        return None;
+    };
+    if q.all_teams {
+        return None;
+    }
+    args.push(SqlValue::Text(c.clone()));
+    args.push(SqlValue::Text(logic::scope_of(q.access.of(c), &q.user)));
+    Some("collection = ? AND scope = ?".to_owned())
+}
+
 /// The rows of a pull's collections that go in its pages: those its user may read,
 /// less its own changes that its device holds exactly ([`PullQuery::own`]).
 fn readable_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
-    let mut sql = if q.all_teams {
+    let sql = if q.all_teams {
         "1 = 1".to_owned()
     } else {
         access_filter(&q.access, &q.user, args)
     };
+    sql + &own_filter(q, args)
+}
+
+/// ` AND NOT (...)`: less the puller's own changes that its device holds exactly.
+fn own_filter(q: &PullQuery, args: &mut Vec<SqlValue>) -> String {
+    let mut sql = String::new();
     if !q.own.is_empty() {
         let ranges = vec!["seq BETWEEN ? AND ?"; q.own.len()].join(" OR ");
         sql.push_str(&format!(" AND NOT (echo = 1 AND ({ranges}))"));
@@ -736,9 +766,15 @@ impl PullSteps for SqlitePull<'_> {
     ) -> Result<Vec<PageChange>, StorageError> {
         let mut args = vec![SqlValue::Integer(since)];
         let mut sql = format!("SELECT {RECORD_COLS} FROM records WHERE seq > ?");
-        sql.push_str(&collections_filter(q, &mut args));
-        sql.push_str(" AND ");
-        sql.push_str(&readable_filter(q, &mut args));
+        if let Some(scoped) = scoped_filter(q, &mut args) {
+            sql.push_str(" AND ");
+            sql.push_str(&scoped);
+            sql.push_str(&own_filter(q, &mut args));
+        } else {
+            sql.push_str(&collections_filter(q, &mut args));
+            sql.push_str(" AND ");
+            sql.push_str(&readable_filter(q, &mut args));
+        }
         sql.push_str(" ORDER BY seq LIMIT ?");
         args.push(SqlValue::Integer(cut.rows_to_read()));
         let mut stmt = self.tx.prepare_cached(&sql).map_err(db_err)?;

@@ -292,6 +292,22 @@ const READABLE_ALL: &str = "num_nulls($3::text[], $4::text[], $5::text, $6::text
 /// team scope).
 const READABLE_RULE: &str = "CASE COALESCE((SELECT n.rule FROM unnest($2::text[], $3::text[])                                    AS n(name, rule) WHERE n.name = r.collection LIMIT 1), $4::text)      WHEN 'private' THEN r.scope = $5      WHEN 'team' THEN r.scope = $6      WHEN 'shared' THEN r.scope = '*'      ELSE false END";
 
+/// The rows after `$1` of each of the pull's collections (`$2`, named) that its user
+/// may read, less its own changes as in [`READABLE`]; `{cols}` and `{bound}` filled in.
+/// Each collection has one readable scope (by its rule), so each is one range of the
+/// `(collection, scope, seq)` index: a page reads the user's rows, not every team's
+/// rows since the cursor, as the `(collection, seq)` order does where many teams write.
+const SCOPED_RANGES: &str = "FROM (SELECT k.c, CASE COALESCE((SELECT n.rule \
+                 FROM unnest($3::text[], $4::text[]) AS n(name, rule) WHERE n.name = k.c LIMIT 1), \
+                 $5::text) \
+             WHEN 'private' THEN $6::text WHEN 'team' THEN $7::text WHEN 'shared' THEN '*' END AS s \
+           FROM unnest($2::text[]) AS k(c)) AS k \
+     CROSS JOIN LATERAL (SELECT {cols} FROM records r \
+           WHERE r.collection = k.c AND r.scope = k.s AND r.seq > $1 {bound} \
+             AND NOT (r.echo AND EXISTS (SELECT 1 FROM unnest($9::bigint[], $10::bigint[]) \
+                                         AS o(lo, hi) WHERE r.seq BETWEEN o.lo AND o.hi)) \
+           ORDER BY r.seq {limit}) AS x";
+
 /// One page of changes, from one REPEATABLE READ snapshot: the purge mark, the head of
 /// the sequence and the page agree with each other.
 async fn pull(
@@ -302,22 +318,37 @@ async fn pull(
     // by loading it), to find where the page ends; then the rows up to there. Reading
     // rows and stopping at the budget would instead load every row a driver batch holds.
     let readable = if q.all_teams { READABLE_ALL } else { READABLE };
-    let st_sizes = client
-        .prepare_cached(&format!(
-            "SELECT seq, octet_length(collection), octet_length(record_id), \
-             octet_length(hlc), octet_length(data), octet_length(team), octet_length(owner) \
-             FROM records r WHERE {IN_RANGE} AND {readable} ORDER BY seq LIMIT $8"
-        ))
-        .await
-        .pg()?;
-    let st_page = client
-        .prepare_cached(&format!(
-            "SELECT collection, record_id, data, deleted, version, seq, hlc, updated_at, \
-             team, owner FROM records r WHERE {IN_RANGE} AND {readable} AND seq <= $8 \
-             ORDER BY seq"
-        ))
-        .await
-        .pg()?;
+    const SIZES: &str = "seq, octet_length(collection), octet_length(record_id), \
+         octet_length(hlc), octet_length(data), octet_length(team), octet_length(owner)";
+    const PAGE: &str = "collection, record_id, data, deleted, version, seq, hlc, updated_at, \
+         team, owner";
+    let (sizes, page) = if q.all_teams || q.collections.is_none() {
+        (
+            format!(
+                "SELECT {SIZES} FROM records r WHERE {IN_RANGE} AND {readable} \
+                 ORDER BY seq LIMIT $8"
+            ),
+            format!(
+                "SELECT {PAGE} FROM records r WHERE {IN_RANGE} AND {readable} AND seq <= $8 \
+                 ORDER BY seq"
+            ),
+        )
+    } else {
+        let sizes = SCOPED_RANGES
+            .replace("{cols}", SIZES)
+            .replace("{bound}", "")
+            .replace("{limit}", "LIMIT $8");
+        let page = SCOPED_RANGES
+            .replace("{cols}", PAGE)
+            .replace("{bound}", "AND r.seq <= $8")
+            .replace("{limit}", "");
+        (
+            format!("SELECT x.* {sizes} ORDER BY x.seq LIMIT $8"),
+            format!("SELECT x.* {page} ORDER BY x.seq"),
+        )
+    };
+    let st_sizes = client.prepare_cached(&sizes).await.pg()?;
+    let st_page = client.prepare_cached(&page).await.pg()?;
     // At most $8 rows past the page are looked at (see pull.rs).
     let st_count = client
         .prepare_cached(&format!(

@@ -210,6 +210,12 @@ BEGIN
     RETURN head;
 END $$;
 "#,
+    // 10: a pull of named collections reads each one's readable scope as one range
+    // (postgres::SCOPED_RANGES); in (collection, seq) order it read every team's rows
+    // since the cursor to find the user's, a cost that grew with the number of teams.
+    r#"
+CREATE INDEX records_scope_seq ON records (collection, scope, seq);
+"#,
 ];
 
 /// The migration that adds the attachment index, which existing records fill.
