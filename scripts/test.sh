@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-features --locked
+# The protocol suite again against two server processes on one PostgreSQL, behind a
+# proxy that alternates requests between them (testkit's pair): a deployment scaled out.
+if [ -n "${OUTPOST_TEST_POSTGRES_URL:-}" ]; then
+  echo "== protocol suite against two server processes (OUTPOST_TEST_PAIR=1)"
+  OUTPOST_TEST_PAIR=1 cargo test --workspace --all-features --locked -p outpost-server --test protocol
+fi
 ./scripts/bindings-test.sh
 # The Swift package needs a Swift toolchain, which not every machine has.
 if command -v swift >/dev/null 2>&1; then

@@ -448,6 +448,12 @@ impl TestServer {
         &self.backend
     }
 
+    /// Server processes behind [`TestServer::url`]: 2 for a pair (see
+    /// [`crate::PAIR_ENV`]), else 1.
+    pub fn processes(&self) -> u32 {
+        if self.pair.is_some() { 2 } else { 1 }
+    }
+
     pub fn db(&self) -> &TestDb {
         &self.db
     }
