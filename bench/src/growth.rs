@@ -56,7 +56,8 @@ pub fn run(
         return Err(fail(format!("template push: {r:?}")));
     }
     // Chioma's cursor: her team holds only what she pushes below.
-    let (_, mut cursor) = rt.block_on(s.pull_all(CHIOMA, ""));
+    let (_, mut cursor) =
+        rt.block_on(s.pull_all(CHIOMA, &format!("&collections={LOAD_COLLECTION}")));
     let mut have = 1usize;
     let mut points = Vec::new();
     for (step, &n) in sizes.iter().enumerate() {
@@ -90,7 +91,11 @@ pub fn run(
                 return Err(fail(format!("push: {st} {body}")));
             }
             let t = Instant::now();
-            let (st, page) = rt.block_on(s.pull_raw(CHIOMA, &format!("?since={cursor}")));
+            // Named, as the engine always names the collection it pulls.
+            let (st, page) = rt.block_on(s.pull_raw(
+                CHIOMA,
+                &format!("?since={cursor}&collections={LOAD_COLLECTION}"),
+            ));
             recent.push(t.elapsed());
             let got = page["changes"].as_array().map_or(0, Vec::len);
             if st != 200 || got != 20 {
@@ -98,7 +103,8 @@ pub fn run(
             }
             cursor = page["cursor"].as_str().unwrap_or_default().to_owned();
             let t = Instant::now();
-            let (st, page) = rt.block_on(s.pull_raw(AMINA, "?limit=500"));
+            let (st, page) = rt
+                .block_on(s.pull_raw(AMINA, &format!("?limit=500&collections={LOAD_COLLECTION}")));
             first.push(t.elapsed());
             let got = page["changes"].as_array().map_or(0, Vec::len);
             if st != 200 || got != 500.min(have) {
