@@ -198,7 +198,7 @@ DROP INDEX records_collection_seq;
     // (`scoped_filter`); in (collection, seq) order it read every team's rows since the
     // cursor to find the user's, a cost that grew with the number of teams.
     r#"
-CREATE INDEX records_scope_seq ON records (collection, scope, seq);
+CREATE INDEX IF NOT EXISTS records_scope_seq ON records (collection, scope, seq);
 "#,
 ];
 

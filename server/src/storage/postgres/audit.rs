@@ -10,6 +10,7 @@
 //! client_id and device escaped ([`pg_text`]).
 
 use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Statement;
 
 use super::{Pg, pg_text};
 use crate::audit::{self, AuditEntry, AuditFields, AuditReads, ContentRow, StoredAuditRow};
@@ -21,8 +22,16 @@ pub(super) async fn append(
     tx: &Transaction<'_>,
     entries: Vec<AuditEntry>,
 ) -> Result<(), tokio_postgres::Error> {
-    Batch::new(entries).append(tx).await
+    let st = tx.prepare_cached(APPEND).await?;
+    Batch::new(entries).append(tx, &st).await
 }
+
+/// Extends the chain (`outpost_append_audit`, schema migration 9). A push prepares it
+/// with its other statements, before it holds any lock.
+pub(super) const APPEND: &str = "SELECT outpost_append_audit($1::text[], $2::text[], \
+     $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+     $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
+     $16::text[], $17::text[], $18::text[])";
 
 /// Rows to append, escaped as stored and with their content texts, ready to be sent
 /// (a push sends them in one pipeline with its last statements).
@@ -42,19 +51,15 @@ impl Batch {
         Batch(audit::contents(escaped))
     }
 
-    /// Chains the rows after the head (`outpost_append_audit`, schema migration 9).
-    pub(super) async fn append(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    /// Chains the rows after the head with `st`, prepared from [`APPEND`].
+    pub(super) async fn append(
+        &self,
+        tx: &Transaction<'_>,
+        st: &Statement,
+    ) -> Result<(), tokio_postgres::Error> {
         if self.0.is_empty() {
             return Ok(());
         }
-        let st = tx
-            .prepare_cached(
-                "SELECT outpost_append_audit($1::text[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                 $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
-                 $16::text[], $17::text[], $18::text[])",
-            )
-            .await?;
         let rows = &self.0;
         let col = |f: fn(&AuditFields) -> &String| -> Vec<&str> {
             rows.iter().map(|r| f(&r.fields).as_str()).collect()
@@ -66,7 +71,7 @@ impl Batch {
         let content: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
         let prior: Vec<Option<&str>> = rows.iter().map(|r| r.prior.as_deref()).collect();
         tx.query_one(
-            &st,
+            st,
             &[
                 &col(|f| &f.at),
                 &col(|f| &f.event),

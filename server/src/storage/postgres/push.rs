@@ -6,7 +6,7 @@
 //! kept in one place, apart from reads and the schema.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
@@ -140,14 +140,20 @@ const SELECT_RECORD_FOR_UPDATE: &str = "SELECT collection, record_id, data, dele
      created_at, updated_at, writer, echo FROM records \
      WHERE collection = $1 AND scope = $2 AND record_id = $3 FOR UPDATE";
 
-/// [`SELECT_RECORD_FOR_UPDATE`]'s columns for many keys, and the scope after them; the
-/// data only of records up to `$4` bytes, and whether it was left out.
+/// [`SELECT_RECORD_FOR_UPDATE`]'s columns for the records of the ops (`$1` to `$3`,
+/// with their op_ids in `$5`) that have no stored answer of the user `$6` (an op
+/// answered before is answered again from its answer, and needs no record), each
+/// record once; the scope after them; the data only of records up to `$4` bytes, and
+/// whether it was left out.
 const SELECT_RECORDS_FOR_UPDATE: &str = "SELECT r.collection, r.record_id, \
      CASE WHEN octet_length(r.data) <= $4 THEN r.data END, r.deleted, \
      r.version, r.seq, r.hlc, r.owner, r.team, r.created_at, r.updated_at, r.writer, r.echo, \
      r.scope, COALESCE(octet_length(r.data) > $4, false) FROM records r \
-     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(collection, scope, record_id) \
-       ON r.collection = k.collection AND r.scope = k.scope AND r.record_id = k.record_id \
+     WHERE (r.collection, r.scope, r.record_id) IN ( \
+       SELECT k.collection, k.scope, k.record_id \
+       FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) \
+            AS k(collection, scope, record_id, op_id) \
+       WHERE NOT EXISTS (SELECT 1 FROM ops o WHERE o.user_name = $6 AND o.op_id = k.op_id)) \
      FOR UPDATE OF r";
 
 /// Where [`SELECT_RECORDS_FOR_UPDATE`] puts the scope, and whether it left the data out.
@@ -181,6 +187,7 @@ async fn push_once(
         )
         .await?;
     let st_records = client.prepare_cached(SELECT_RECORDS_FOR_UPDATE).await?;
+    let st_audit = client.prepare_cached(audit::APPEND).await?;
     let st_stage = client
         .prepare_cached(
             "INSERT INTO records (collection, scope, record_id, data, deleted, version, seq, \
@@ -229,8 +236,8 @@ async fn push_once(
     let user = ctx.user.name.as_str();
     let mut keys: Vec<i64> = Vec::with_capacity(items.len() * 2);
     let mut op_ids: Vec<Cow<'_, str>> = Vec::with_capacity(items.len());
-    let mut records: Vec<RecordKey> = Vec::with_capacity(items.len());
-    let mut named: HashSet<RecordKey> = HashSet::with_capacity(items.len());
+    // Each valid op's record and op_id (escaped; empty when it cannot be stored).
+    let mut reads: Vec<(RecordKey, Cow<'_, str>)> = Vec::with_capacity(items.len());
     for item in items {
         if logic::op_id_ok(item.op_id()) {
             keys.push(lock_key("op", &[user, item.op_id()]));
@@ -247,11 +254,12 @@ async fn push_once(
                 scope,
                 record_id: op.record_id.clone(),
             };
-            // Each once: a record named by every op of a push is read once, not once
-            // per op (a 1 MiB record named 1,000 times would be a 1 GB answer).
-            if named.insert(key.clone()) {
-                records.push(key);
-            }
+            let op_id = if logic::op_id_ok(&op.op_id) {
+                pg_text(&op.op_id)
+            } else {
+                Cow::Borrowed("")
+            };
+            reads.push((key, op_id));
         }
     }
     keys.sort_unstable();
@@ -267,6 +275,7 @@ async fn push_once(
         st_seq,
         st_seqs,
         st_store,
+        st_audit,
         seqs: None,
         audit: Vec::new(),
         answers: None,
@@ -274,7 +283,7 @@ async fn push_once(
         known_records: HashMap::new(),
     };
     steps
-        .lock_and_read(&st_lock, &keys, user, &op_ids, records)
+        .lock_and_read(&st_lock, &keys, user, &op_ids, &reads)
         .await?;
     let results = push::apply(&mut steps, ctx, items, now_ms).await?;
     steps.finish().await?;
@@ -299,6 +308,7 @@ struct PgPush<'a> {
     st_seq: Statement,
     st_seqs: Statement,
     st_store: Statement,
+    st_audit: Statement,
     /// The staged records' keys and seqs.
     seqs: Option<SeqRows>,
     audit: Vec<AuditEntry>,
@@ -339,7 +349,7 @@ impl PgPush<'_> {
         keys: &[i64],
         user: &str,
         op_ids: &[Cow<'_, str>],
-        records: Vec<RecordKey>,
+        reads: &[(RecordKey, Cow<'_, str>)],
     ) -> Result<(), Abort> {
         let tx = self.tx;
         let ids: Vec<&str> = op_ids.iter().map(AsRef::as_ref).collect();
@@ -349,16 +359,24 @@ impl PgPush<'_> {
             }
             tx.query(&self.st_answers, &[&user, &ids]).await
         };
-        let collections: Vec<&str> = records.iter().map(|k| k.collection.as_str()).collect();
-        let scopes: Vec<&str> = records.iter().map(|k| k.scope.as_str()).collect();
-        let record_ids: Vec<&str> = records.iter().map(|k| k.record_id.as_str()).collect();
+        let collections: Vec<&str> = reads.iter().map(|(k, _)| k.collection.as_str()).collect();
+        let scopes: Vec<&str> = reads.iter().map(|(k, _)| k.scope.as_str()).collect();
+        let record_ids: Vec<&str> = reads.iter().map(|(k, _)| k.record_id.as_str()).collect();
+        let read_ops: Vec<&str> = reads.iter().map(|(_, id)| id.as_ref()).collect();
         let rows = async {
-            if records.is_empty() {
+            if reads.is_empty() {
                 return Ok(Vec::new());
             }
             tx.query(
                 &self.st_records,
-                &[&collections, &scopes, &record_ids, &READ_AHEAD_MAX_BYTES],
+                &[
+                    &collections,
+                    &scopes,
+                    &record_ids,
+                    &READ_AHEAD_MAX_BYTES,
+                    &read_ops,
+                    &user,
+                ],
             )
             .await
         };
@@ -388,15 +406,24 @@ impl PgPush<'_> {
             };
             found.insert((collection, scope, record_id), record);
         }
-        for k in records {
-            match found.remove(&(k.collection.clone(), k.scope.clone(), k.record_id.clone())) {
+        // A record was looked for when one of its ops has no stored answer; not found
+        // then, it does not exist. The others are read if the loop asks for them.
+        for (k, op_id) in reads {
+            let answered = !op_id.is_empty()
+                && matches!(self.known_answers.get(op_id.as_ref()), Some(Some(_)));
+            if answered || self.known_records.contains_key(k) {
+                continue;
+            }
+            // `get`, not `remove`: a large record's entry must still say "left out" to
+            // its record's next op, not "not found".
+            match found.get(&(k.collection.clone(), k.scope.clone(), k.record_id.clone())) {
                 // Too large to read ahead: read when asked for.
                 Some(None) => {}
                 Some(Some(record)) => {
-                    self.known_records.insert(k, Some(record));
+                    self.known_records.insert(k.clone(), Some(record.clone()));
                 }
                 None => {
-                    self.known_records.insert(k, None);
+                    self.known_records.insert(k.clone(), None);
                 }
             }
         }
@@ -415,7 +442,7 @@ impl PgPush<'_> {
                 .map(drop)
         };
         let batch = audit::Batch::new(std::mem::take(&mut self.audit));
-        let audit = batch.append(tx);
+        let audit = batch.append(tx, &self.st_audit);
         let answers = async {
             let Some(a) = &self.answers else {
                 return Ok(None);

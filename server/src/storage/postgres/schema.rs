@@ -213,8 +213,10 @@ END $$;
     // 10: a pull of named collections reads each one's readable scope as one range
     // (postgres::SCOPED_RANGES); in (collection, seq) order it read every team's rows
     // since the cursor to find the user's, a cost that grew with the number of teams.
+    // Built in the migration's transaction, so pushes wait while it builds; on a large
+    // table an operator can build it first without blocking writes (server README).
     r#"
-CREATE INDEX records_scope_seq ON records (collection, scope, seq);
+CREATE INDEX IF NOT EXISTS records_scope_seq ON records (collection, scope, seq);
 "#,
 ];
 
