@@ -166,6 +166,45 @@ async fn uploads_resume_by_offset_and_downloads_honour_range(backend: Backend) {
     assert_eq!(st, 400);
 }
 
+/// One request of many megabytes is counted every few as it arrives, while the next
+/// bytes keep coming: cut short, it keeps every byte that got through, and the upload
+/// goes on from there to a file that matches its hash.
+async fn a_long_request_cut_short_keeps_what_arrived(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start(&backend);
+    let mib = 1024 * 1024;
+    let data = bytes(20 * mib, 11);
+    let h = sha(&data);
+    let sent = 18 * mib;
+    let mut conn = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/attachments/{h}?size={}&offset=0 HTTP/1.1\r\nhost: {}\r\n\
+         authorization: Bearer {AMINA}\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {}\r\n\r\n",
+        data.len(),
+        s.addr(),
+        data.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data[..sent]).await.unwrap();
+    conn.flush().await.unwrap();
+    // The connection closes two megabytes short of what it announced.
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        let (st, b) = status(&s, AMINA, &h).await;
+        assert_eq!(st, 200, "{b}");
+        if b["received"] == json!(sent) || Instant::now() > deadline {
+            break b["received"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(received, json!(sent), "every byte that arrived is counted");
+    let (st, b) = upload(&s, AMINA, &h, data.len(), sent, &data[sent..]).await;
+    assert_eq!((st, &b["complete"]), (200, &json!(true)), "{b}");
+    assert!(download(&s, AMINA, &h, None).await.2 == data);
+}
+
 async fn a_corrupted_upload_is_rejected_and_can_be_sent_again(backend: Backend) {
     let s = TestServer::start(&backend);
     let data = bytes(70_000, 3);
@@ -365,6 +404,7 @@ async fn unfinished_uploads_are_purged(backend: Backend) {
 outpost_testkit::backend_tests!(
     "attachments":
     uploads_resume_by_offset_and_downloads_honour_range,
+    a_long_request_cut_short_keeps_what_arrived,
     a_corrupted_upload_is_rejected_and_can_be_sent_again,
     access_follows_the_records_that_refer_to_a_file,
     the_size_limit_and_the_quota_give_413,

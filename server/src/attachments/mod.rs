@@ -480,8 +480,9 @@ enum Received {
     Overtaken,
 }
 
-/// Bytes written before they are made durable and counted: what a server killed
-/// mid-request may have the device send again, at most.
+/// Bytes written before they are made durable and counted. The count runs while the
+/// next bytes arrive, so a server killed mid-request may have the device send twice
+/// this again, at most.
 const COMMIT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Writes the body from `offset` on, a part at a time, and counts what was written
@@ -509,6 +510,7 @@ async fn receive(
         buf: Vec::new(),
         buffered: 0,
         writing: None,
+        committing: None,
         hash: None,
         turn_held,
         hash_taken: false,
@@ -518,10 +520,12 @@ async fn receive(
         Ok(ended) => r.commit().await.map(|moved| moved.then_some(ended)),
         Err(e) => Err(e),
     };
-    // No write of this request may land after it ends (and its turn passes on).
+    // No write or count of this request may land after it ends (and its turn passes
+    // on).
     let written = r.written().await;
-    let hashed = match (&committed, written) {
-        (Ok(Some(_)), Ok(())) => r.hash_done(),
+    let counted = r.counted().await;
+    let hashed = match (&committed, written, counted) {
+        (Ok(Some(_)), Ok(()), Ok(true)) => r.hash_done(),
         _ => None,
     };
     Ok((committed?.unwrap_or(Received::Overtaken), hashed))
@@ -562,7 +566,7 @@ impl Receiving<'_> {
             r.gather(data);
             if r.buffered >= r.part {
                 r.write().await?;
-                if r.pos - r.from >= COMMIT_BYTES && !r.commit().await? {
+                if r.pos - r.from >= COMMIT_BYTES && !r.start_commit().await? {
                     return Ok(Received::Overtaken);
                 }
             }
@@ -570,6 +574,9 @@ impl Receiving<'_> {
         Ok(ended)
     }
 }
+
+/// A count under way: the upload as it stands after it.
+type Counting = tokio::task::JoinHandle<Result<Option<Upload>, ApiError>>;
 
 /// An upload request's body on its way into the store.
 struct Receiving<'a> {
@@ -590,6 +597,9 @@ struct Receiving<'a> {
     /// The write of the last part, under way while the next part arrives; it hands
     /// back the running hash.
     writing: Option<tokio::task::JoinHandle<Result<Option<Sha256>, BlobError>>>,
+    /// The count of the bytes up to the position it holds, under way while the next
+    /// bytes arrive: its fsync and database write would otherwise stall the body.
+    committing: Option<(u64, Counting)>,
     /// The running SHA-256 of the bytes `0..pos` when nothing is being written, if
     /// this process has it.
     hash: Option<Sha256>,
@@ -675,35 +685,61 @@ impl Receiving<'_> {
     /// Makes what was written durable and advances the upload over it; false when
     /// another request moved the upload away first.
     async fn commit(&mut self) -> Result<bool, ApiError> {
+        Ok(self.start_commit().await? && self.counted().await?)
+    }
+
+    /// Starts making what was written durable and advancing the upload over it, in
+    /// the background, once the count before has landed; false when that count found
+    /// the upload moved away by another request.
+    async fn start_commit(&mut self) -> Result<bool, ApiError> {
+        if !self.counted().await? {
+            return Ok(false);
+        }
         self.write().await?;
         self.written().await?;
         if self.pos <= self.from || self.pos <= self.up.received {
             self.from = self.pos;
             return Ok(true);
         }
-        let files = self.state.files();
-        files
-            .sync_parts(&self.up.upload_id)
+        let state = self.state.clone();
+        let (user, sha, upload) = (
+            self.user.to_owned(),
+            self.sha.to_owned(),
+            self.up.upload_id.clone(),
+        );
+        let (from, to) = (self.from, self.pos);
+        self.committing = Some((
+            to,
+            tokio::spawn(async move {
+                state
+                    .files()
+                    .sync_parts(&upload)
+                    .await
+                    .map_err(blob_failed)?;
+                state
+                    .storage()
+                    .advance_upload(user, sha, upload, from, to, logic::now_ms())
+                    .await
+                    .map_err(storage_failed)
+            }),
+        ));
+        self.from = self.pos;
+        Ok(true)
+    }
+
+    /// Waits for the count under way, if any; false when another request had moved
+    /// the upload away first.
+    async fn counted(&mut self) -> Result<bool, ApiError> {
+        let Some((to, task)) = self.committing.take() else {
+            return Ok(true);
+        };
+        let now = task
             .await
-            .map_err(blob_failed)?;
-        let now = self
-            .state
-            .storage()
-            .advance_upload(
-                self.user.to_owned(),
-                self.sha.to_owned(),
-                self.up.upload_id.clone(),
-                self.from,
-                self.pos,
-                logic::now_ms(),
-            )
-            .await
-            .map_err(storage_failed)?;
+            .map_err(|e| internal("counting a part failed")(&e))??;
         match now {
             Some(u) if u.upload_id == self.up.upload_id => {
-                let moved = u.received == self.pos;
+                let moved = u.received == to;
                 *self.up = u;
-                self.from = self.pos;
                 Ok(moved)
             }
             _ => Err(ApiError::bad_request(
