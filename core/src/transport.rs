@@ -13,6 +13,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod file_slice;
+
+pub use file_slice::FileSlice;
+
 /// A file's bytes on their way to the server: shared, never copied.
 pub use bytes::Bytes;
 
@@ -192,17 +196,18 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         Box::pin(async { Err(no_files()) })
     }
 
-    /// `POST /v1/attachments/<sha256>?size=&offset=` with `bytes`, the file's bytes from
-    /// `offset` on.
+    /// `POST /v1/attachments/<sha256>?size=&offset=` with `body`, the file's bytes from
+    /// `offset` on. The caller checked the slice is there; a read that fails anyway
+    /// fails the request as a broken link would.
     fn upload_attachment<'a>(
         &'a self,
         token: &'a str,
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: Bytes,
+        body: FileSlice,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
-        let _ = (token, sha256, size, offset, bytes);
+        let _ = (token, sha256, size, offset, body);
         Box::pin(async { Err(no_files()) })
     }
 
@@ -640,9 +645,9 @@ impl Transport for HttpTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: Bytes,
+        body: FileSlice,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
-        Box::pin(self.upload_of(token, sha256, size, offset, bytes))
+        Box::pin(self.upload_of(token, sha256, size, offset, body))
     }
 
     fn download_attachment<'a>(
@@ -709,9 +714,12 @@ impl HttpTransport {
         sha256: &str,
         size: u64,
         offset: u64,
-        bytes: Bytes,
+        slice: FileSlice,
     ) -> Result<Uploaded, TransportError> {
-        let sent = bytes.len();
+        let sent = usize::try_from(slice.len()).unwrap_or(usize::MAX);
+        let body = slice
+            .body()
+            .map_err(|e| TransportError::Network(format!("cannot read the file: {e}")))?;
         let mut url = self.attachment_url(sha256, false)?;
         url.query_pairs_mut()
             .append_pair("size", &size.to_string())
@@ -721,7 +729,7 @@ impl HttpTransport {
             .post(url)
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
+            .body(reqwest::Body::wrap(body));
         let (status, retry, _, body) = self.raw(req, sent, 0).await?;
         decode_upload_answer(status, retry.as_deref(), &body)
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use outpost_core::protocol::{
     AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
 };
-use outpost_core::transport::{BoxFuture, Bytes, PullParams, WireStats};
+use outpost_core::transport::{BoxFuture, FileSlice, PullParams, WireStats};
 use outpost_core::{HttpTimeouts, HttpTransport, Transport, TransportError, Uploaded};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -480,11 +480,11 @@ impl Transport for FaultyTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: Bytes,
+        body: FileSlice,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         Box::pin(self.request(RequestKind::File, None, move || {
             self.inner
-                .upload_attachment(token, sha256, size, offset, bytes.clone())
+                .upload_attachment(token, sha256, size, offset, body.clone())
         }))
     }
 

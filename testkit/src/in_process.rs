@@ -18,7 +18,7 @@ use outpost_core::protocol::{
     AttachmentStatus, HealthResponse, PullResponse, PushRequest, PushResponse,
 };
 use outpost_core::transport::{
-    BoxFuture, Bytes, PullParams, decode_answer, decode_download_answer, decode_status_answer,
+    BoxFuture, FileSlice, PullParams, decode_answer, decode_download_answer, decode_status_answer,
     decode_upload_answer,
 };
 use outpost_core::{Transport, TransportError, Uploaded};
@@ -188,11 +188,14 @@ impl Transport for DirectTransport {
         sha256: &'a str,
         size: u64,
         offset: u64,
-        bytes: Bytes,
+        body: FileSlice,
     ) -> BoxFuture<'a, Result<Uploaded, TransportError>> {
         Box::pin(async move {
             let uri = format!("/v1/attachments/{sha256}?size={size}&offset={offset}");
-            let req = request("POST", &uri, Some(token), Some(bytes.to_vec()))?;
+            let bytes = body
+                .read_all()
+                .map_err(|e| TransportError::Network(format!("cannot read the file: {e}")))?;
+            let req = request("POST", &uri, Some(token), Some(bytes))?;
             let (status, retry, body) = self.app.call(req).await?;
             decode_upload_answer(status, retry.as_deref(), &body)
         })

@@ -1,6 +1,7 @@
 //! A TCP proxy on loopback that plays a bad mobile link for HTTP/1.1: it cuts every
-//! connection once it has carried a number of bytes, can throttle, and can damage one
-//! byte of the next attachment upload's body. It counts the bytes it carried each way
+//! connection once it has carried a number of bytes, can throttle, can damage one
+//! byte of the next attachment upload's body, and can refuse large bodies with `413`
+//! as a reverse proxy with a body limit does. It counts the bytes it carried each way
 //! and reads the request lines going through, so a test can see what the device sent
 //! (offsets, ranges) and how much, as the radio would.
 
@@ -20,6 +21,9 @@ pub struct LinkShape {
     pub cut_down_after: Option<u64>,
     /// Bytes per second each way; `None`: as fast as loopback.
     pub rate: Option<u64>,
+    /// A request announcing a longer body is answered `413` by the proxy (an HTML
+    /// page, as nginx's `client_max_body_size` gives) and never reaches the server.
+    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -27,6 +31,7 @@ struct Shared {
     up: AtomicU64,
     down: AtomicU64,
     cuts: AtomicU64,
+    refused: AtomicU64,
     corrupt_next_upload: AtomicBool,
     /// Request line and `Range` header of each request, in order.
     requests: Mutex<Vec<(String, Option<String>)>>,
@@ -86,6 +91,11 @@ impl Proxy {
         self.shared.cuts.load(Ordering::SeqCst)
     }
 
+    /// Requests refused for a body over [`LinkShape::max_body`].
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
     /// Flips one byte in the body of the next attachment upload that goes through.
     pub fn corrupt_next_upload(&self) {
         self.shared
@@ -114,11 +124,13 @@ struct Requests {
     /// The current request is an upload whose body is to be damaged at this offset.
     damage_at: Option<u64>,
     body_seen: u64,
+    max_body: Option<u64>,
 }
 
 impl Requests {
-    /// Looks at bytes going up, damaging one if asked.
-    fn pass(&mut self, data: &mut [u8], shared: &Shared) {
+    /// Looks at bytes going up, damaging one if asked; true when a request's body is
+    /// over the limit: nothing more goes to the server.
+    fn pass(&mut self, data: &mut [u8], shared: &Shared) -> bool {
         let mut i = 0;
         while i < data.len() {
             if self.body_left > 0 {
@@ -153,6 +165,10 @@ impl Requests {
                     }
                 }
                 self.body_seen = 0;
+                if self.max_body.is_some_and(|m| self.body_left > m) {
+                    shared.refused.fetch_add(1, Ordering::SeqCst);
+                    return true;
+                }
                 if line.starts_with("POST /v1/attachments/")
                     && self.body_left > 0
                     && shared.corrupt_next_upload.swap(false, Ordering::SeqCst)
@@ -166,17 +182,25 @@ impl Requests {
                     .push((line, range));
             }
         }
+        false
     }
 }
 
+/// What nginx answers a body over its limit.
+const TOO_LARGE: &str = "<html><head><title>413 Request Entity Too Large</title></head>\
+<body><center><h1>413 Request Entity Too Large</h1></center></body></html>";
+
 async fn relay(client: TcpStream, server: TcpStream, shape: LinkShape, shared: Arc<Shared>) {
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    let mut reqs = Requests::default();
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let mut reqs = Requests {
+        max_body: shape.max_body,
+        ..Requests::default()
+    };
     let up_shared = Arc::clone(&shared);
     let up = pump(
-        cr,
-        sw,
+        &mut cr,
+        &mut sw,
         shape.cut_up_after,
         shape.rate,
         &shared.up,
@@ -184,33 +208,51 @@ async fn relay(client: TcpStream, server: TcpStream, shape: LinkShape, shared: A
         |d| reqs.pass(d, &up_shared),
     );
     let down = pump(
-        sr,
-        cw,
+        &mut sr,
+        &mut cw,
         shape.cut_down_after,
         shape.rate,
         &shared.down,
         &shared.cuts,
-        |_| {},
+        |_| false,
     );
     // A cut either way ends the connection both ways, as a dropped radio link does.
-    tokio::select! {
-        () = up => {}
-        () = down => {}
+    let refused = tokio::select! {
+        r = up => r,
+        _ = down => false,
+    };
+    if refused {
+        let answer = format!(
+            "HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/html\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{TOO_LARGE}",
+            TOO_LARGE.len()
+        );
+        let _ = cw.write_all(answer.as_bytes()).await;
+        let _ = cw.shutdown().await;
+        // Read on and drop what the device still sends for a while, as nginx does:
+        // closing with bytes unread would reset the connection and lose the answer.
+        let mut sink = vec![0u8; 64 * 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while matches!(cr.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
 }
 
-/// Carries bytes one way until the end, an error or the cut.
+/// Carries bytes one way until the end, an error, the cut, or `look` refusing what it
+/// sees (then true, and those bytes are not carried).
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
     cut_after: Option<u64>,
     rate: Option<u64>,
     count: &AtomicU64,
     cuts: &AtomicU64,
-    mut look: impl FnMut(&mut [u8]),
-) {
+    mut look: impl FnMut(&mut [u8]) -> bool,
+) -> bool {
     let mut carried = 0u64;
     let mut buf = vec![0u8; 16 * 1024];
+    let mut refused = false;
     loop {
         let room = cut_after
             .map_or(buf.len() as u64, |l| l.saturating_sub(carried))
@@ -223,7 +265,10 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        look(&mut buf[..n]);
+        if look(&mut buf[..n]) {
+            refused = true;
+            break;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -232,6 +277,7 @@ async fn pump(
         throttle(rate, n).await;
     }
     let _ = to.shutdown().await;
+    refused
 }
 
 async fn throttle(rate: Option<u64>, n: usize) {

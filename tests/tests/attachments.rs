@@ -183,6 +183,49 @@ async fn a_3_mb_photo_crosses_a_link_cut_every_64_kb_intact() {
     );
 }
 
+/// On a fast link a device sends a large file in one request; behind a reverse proxy
+/// that takes no body over the protocol's 8 MiB (`client_max_body_size`), the proxy's
+/// `413` makes it send requests within that instead of failing the file.
+#[tokio::test]
+async fn a_proxy_body_limit_keeps_requests_within_it_and_the_file_arrives() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let limit = 8 * 1024 * 1024 + 1024;
+    let proxy = Proxy::start(
+        server.addr(),
+        LinkShape {
+            max_body: Some(limit),
+            ..LinkShape::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let phone = Phone::open(&dir.path().join("a.db"), &proxy.base_url(), AMINA, false);
+    let video = noise(20 * 1024 * 1024, 9);
+    let r = phone.store.attach_bytes(&video, "video/mp4", None).unwrap();
+    let syncs = phone.sync_until("upload", |p| p.uploads_left() == 0).await;
+    assert!(on_server(&server, AMINA, &r.sha256).await.1 == video);
+    let offsets = upload_offsets(&proxy);
+    eprintln!(
+        "20 MiB behind a proxy taking 8 MiB: {} refused, offsets {offsets:?}, {syncs} syncs",
+        proxy.refused()
+    );
+    assert!(
+        proxy.refused() >= 1,
+        "the device tried a larger request first"
+    );
+    assert_eq!(
+        proxy.refused(),
+        1,
+        "and once refused, kept within the limit"
+    );
+    let counts = phone.store.attachment_counts().unwrap();
+    assert_eq!(
+        (counts.uploads, counts.failed_uploads),
+        (0, 0),
+        "{counts:?}"
+    );
+}
+
 const CHILD_DB: &str = "OUTPOST_ATTACH_CHILD_DB";
 const CHILD_URL: &str = "OUTPOST_ATTACH_CHILD_URL";
 

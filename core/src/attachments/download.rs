@@ -75,7 +75,7 @@ async fn download_one<S: Session>(s: &S, folder: &Folder, row: FileRow) -> Phase
             .write(ChangeOrigin::Local, |w| f(w.tx()))
             .map_err(FilesStop::from)
     };
-    let mut chunk = Chunker::resume(row.chunk);
+    let mut chunk = Chunker::resume(row.chunk, Chunker::MAX);
     let mut stalls = 0;
     let back_off = |chunk: u64, error: &str| -> Phase {
         let attempts = row.attempts.saturating_add(1);

@@ -62,26 +62,38 @@ pub(crate) struct Chunker {
     size: u64,
     /// A request of this transfer failed: the link drops, so growth stays twofold.
     cut: bool,
+    max: u64,
 }
 
 impl Chunker {
     pub(crate) const MIN: u64 = 16 * 1024;
     pub(crate) const START: u64 = 256 * 1024;
+    /// The largest download request: its answer is held in memory until written.
     pub(crate) const MAX: u64 = 8 * 1024 * 1024;
+    /// The largest upload request: read from the file as it is sent, and the server
+    /// keeps what arrived before a cut, so a fast link sends a file in one request
+    /// instead of paying a round trip and a durable write per few megabytes.
+    pub(crate) const MAX_UPLOAD: u64 = 64 * 1024 * 1024;
     /// A request quicker than this grows the next at least fourfold instead of
     /// twofold, to what the link would carry in this time, until the first failure (on
     /// a link that drops, a larger request mostly fails again).
     const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
+    /// Requests grow no further than what the link carries in this time: a request
+    /// this long pays its round trip many times over, and a longer one nears the
+    /// server's body timeout.
+    const LONG: std::time::Duration = std::time::Duration::from_secs(10);
 
-    /// Resumes at a stored size (0: never tried; below the start: cut before).
-    pub(crate) fn resume(stored: u64) -> Chunker {
+    /// Resumes at a stored size (0: never tried; below the start: cut before), for
+    /// requests of at most `max` bytes.
+    pub(crate) fn resume(stored: u64, max: u64) -> Chunker {
         Chunker {
             size: if stored == 0 {
                 Chunker::START
             } else {
-                stored.clamp(Chunker::MIN, Chunker::MAX)
+                stored.clamp(Chunker::MIN, max)
             },
             cut: stored != 0 && stored < Chunker::START,
+            max,
         }
     }
 
@@ -92,14 +104,21 @@ impl Chunker {
     /// A request of this size went through in `took`: quickly on a fast link that
     /// has not dropped, so the size grows faster there.
     pub(crate) fn went_through(&mut self, took: std::time::Duration) {
-        let next = if took < Chunker::QUICK && !self.cut {
-            let carried =
-                self.size as f64 * Chunker::QUICK.as_secs_f64() / took.as_secs_f64().max(1e-6);
-            (self.size * 4).max(carried as u64)
-        } else {
-            self.size * 2
+        let carried_in = |t: std::time::Duration| {
+            (self.size as f64 * t.as_secs_f64() / took.as_secs_f64().max(1e-6)) as u64
         };
-        self.size = next.min(Chunker::MAX);
+        let next = if took < Chunker::QUICK && !self.cut {
+            (self.size * 4).max(carried_in(Chunker::QUICK))
+        } else {
+            (self.size * 2).min(carried_in(Chunker::LONG).max(self.size))
+        };
+        self.size = next.min(self.max);
+    }
+
+    /// Requests stay within `max` from here on.
+    pub(crate) fn limit(&mut self, max: u64) {
+        self.max = max.max(Chunker::MIN);
+        self.size = self.size.min(self.max);
     }
 
     pub(crate) fn failed(&mut self) {
@@ -130,7 +149,7 @@ mod tests {
     #[test]
     fn the_chunk_grows_on_success_and_shrinks_on_failure_within_bounds() {
         let slow = Duration::from_secs(3);
-        let mut c = Chunker::resume(0);
+        let mut c = Chunker::resume(0, Chunker::MAX);
         assert_eq!(c.size(), Chunker::START);
         c.went_through(slow);
         assert_eq!(c.size(), 2 * Chunker::START);
@@ -140,7 +159,7 @@ mod tests {
         // 2 MiB in 100 ms: 10 MiB in the quick time, more than the largest request.
         c.went_through(Duration::from_millis(100));
         assert_eq!(c.size(), Chunker::MAX);
-        let mut quick = Chunker::resume(0);
+        let mut quick = Chunker::resume(0, Chunker::MAX);
         quick.went_through(Duration::from_millis(25));
         assert_eq!(quick.size(), 20 * Chunker::START, "to what 500 ms carry");
         for _ in 0..20 {
@@ -154,17 +173,38 @@ mod tests {
             c.went_through(slow);
         }
         assert_eq!(c.size(), Chunker::MAX);
-        assert_eq!(Chunker::resume(1).size(), Chunker::MIN);
-        assert_eq!(Chunker::resume(48 * 1024).size(), 48 * 1024);
-        let mut resumed = Chunker::resume(48 * 1024);
+        assert_eq!(Chunker::resume(1, Chunker::MAX).size(), Chunker::MIN);
+        assert_eq!(Chunker::resume(48 * 1024, Chunker::MAX).size(), 48 * 1024);
+        assert_eq!(
+            Chunker::resume(Chunker::MAX_UPLOAD, Chunker::MAX).size(),
+            Chunker::MAX
+        );
+        let mut resumed = Chunker::resume(48 * 1024, Chunker::MAX);
         resumed.went_through(Duration::from_millis(10));
         assert_eq!(
             resumed.size(),
             96 * 1024,
             "a size below the start was cut before"
         );
-        let mut fresh = Chunker::resume(Chunker::START);
+        let mut fresh = Chunker::resume(Chunker::START, Chunker::MAX);
         fresh.went_through(Duration::from_millis(400));
         assert_eq!(fresh.size(), 4 * Chunker::START);
+        // An upload on a fast link grows to send a large file in one request.
+        let mut up = Chunker::resume(0, Chunker::MAX_UPLOAD);
+        up.went_through(Duration::from_millis(1));
+        assert_eq!(up.size(), Chunker::MAX_UPLOAD);
+        up.limit(Chunker::MAX);
+        up.went_through(Duration::from_millis(2));
+        assert_eq!(up.size(), Chunker::MAX, "a proxy took no larger body");
+        // On a slow link a request grows only to what it carries in ten seconds.
+        let mut slow_link = Chunker::resume(4 * 1024 * 1024, Chunker::MAX_UPLOAD);
+        slow_link.went_through(Duration::from_secs(8));
+        assert_eq!(slow_link.size(), 5 * 1024 * 1024);
+        slow_link.went_through(Duration::from_secs(12));
+        assert_eq!(
+            slow_link.size(),
+            5 * 1024 * 1024,
+            "a success never shrinks it"
+        );
     }
 }

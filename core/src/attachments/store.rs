@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::transport::FileSlice;
 
 pub(crate) fn file_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::File(format!("{what}: {e}"))
@@ -107,16 +108,20 @@ impl Folder {
         sync_dir(&self.root)
     }
 
-    /// `len` bytes of a stored file from `offset` (fewer at its end).
-    pub(crate) fn read_chunk(&self, sha256: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut f = File::open(self.path_of(sha256)).map_err(|e| file_err("cannot open", e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| file_err("cannot read", e))?;
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(16 << 20));
-        f.take(len)
-            .read_to_end(&mut out)
-            .map_err(|e| file_err("cannot read", e))?;
-        Ok(out)
+    /// `len` bytes of a stored file from `offset`, to be read as they are sent; an
+    /// error now when the file is not there or holds fewer.
+    pub(crate) fn slice(&self, sha256: &str, offset: u64, len: u64) -> Result<FileSlice> {
+        let path = self.path_of(sha256);
+        let held = fs::metadata(&path)
+            .map_err(|e| file_err("cannot open", e))?
+            .len();
+        if held < offset.saturating_add(len) {
+            return Err(file_err(
+                "cannot read",
+                format!("the file holds {held} bytes, fewer than {}", offset + len),
+            ));
+        }
+        Ok(FileSlice::new(path, offset, len))
     }
 
     /// The SHA-256 of a stored file, or `None` when it is not there.
@@ -298,8 +303,15 @@ mod tests {
         // Saving the same bytes again keeps one file and leaves no temporary copy.
         assert_eq!(f.save(&b"hello"[..]).unwrap(), saved);
         assert_eq!(fs::read_dir(f.tmp()).unwrap().count(), 0);
-        assert_eq!(f.read_chunk(&saved.sha256, 1, 3).unwrap(), b"ell");
-        assert_eq!(f.read_chunk(&saved.sha256, 4, 10).unwrap(), b"o");
+        assert_eq!(
+            f.slice(&saved.sha256, 1, 3).unwrap().read_all().unwrap(),
+            b"ell"
+        );
+        assert_eq!(
+            f.slice(&saved.sha256, 4, 1).unwrap().read_all().unwrap(),
+            b"o"
+        );
+        assert!(f.slice(&saved.sha256, 4, 2).is_err(), "past the end");
 
         f.remove(&saved.sha256).unwrap();
         f.write_partial(&saved.sha256, 0, b"hel").unwrap();

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::feed::ChangeOrigin;
 use crate::protocol::AttachmentStatus;
 use crate::store::Store;
-use crate::transport::{BoxFuture, Bytes, Transport, TransportError, Uploaded};
+use crate::transport::{BoxFuture, FileSlice, Transport, TransportError, Uploaded};
 
 /// What the file phase needs from the engine running it.
 pub(crate) trait Session: Sync {
@@ -103,7 +103,7 @@ impl<'a, S: Session> Upload<'a, S> {
         Upload {
             s,
             folder,
-            chunk: Chunker::resume(row.chunk),
+            chunk: Chunker::resume(row.chunk, Chunker::MAX_UPLOAD),
             known: row.uploaded,
             row,
             stalls: 0,
@@ -126,12 +126,12 @@ impl<'a, S: Session> Upload<'a, S> {
         self.s.authorized(&request).await
     }
 
-    async fn send(&self, offset: u64, bytes: &Bytes) -> Result<Uploaded, TransportError> {
-        let (sha, size) = (self.row.sha256.as_str(), self.row.size);
+    async fn send(&self, slice: &FileSlice) -> Result<Uploaded, TransportError> {
+        let (sha, size, offset) = (self.row.sha256.as_str(), self.row.size, slice.offset());
         let t = self.s.transport();
         let request = move |token: String| -> BoxFuture<'_, _> {
-            let bytes = bytes.clone();
-            Box::pin(async move { t.upload_attachment(&token, sha, size, offset, bytes).await })
+            let slice = slice.clone();
+            Box::pin(async move { t.upload_attachment(&token, sha, size, offset, slice).await })
         };
         self.s.authorized(&request).await
     }
@@ -161,8 +161,9 @@ impl<'a, S: Session> Upload<'a, S> {
                     }
                 },
             };
-            let bytes = match self.folder.read_chunk(&sha, at, self.chunk.size()) {
-                Ok(b) => Bytes::from(b),
+            let len = self.chunk.size().min(self.row.size.saturating_sub(at));
+            let slice = match self.folder.slice(&sha, at, len) {
+                Ok(s) => s,
                 Err(e) => {
                     // A local file error: no server text in it.
                     let why = e.to_string();
@@ -170,10 +171,10 @@ impl<'a, S: Session> Upload<'a, S> {
                 }
             };
             let started = std::time::Instant::now();
-            match self.send(at, &bytes).await {
+            match self.send(&slice).await {
                 Ok(Uploaded::Status(st)) => {
                     self.s.moved(Moved {
-                        bytes_sent: bytes.len() as u64,
+                        bytes_sent: slice.len(),
                         ..Moved::default()
                     });
                     if st.complete {
@@ -190,8 +191,14 @@ impl<'a, S: Session> Upload<'a, S> {
                     self.known = received;
                     offset = Some(received);
                 }
+                Err(TransportError::Http { status: 413, .. }) if slice.len() > Chunker::MAX => {
+                    // A proxy before the server takes no body this large (the server's
+                    // own 413 is for the whole file, and comes again below).
+                    self.chunk.limit(Chunker::MAX);
+                    offset = None;
+                }
                 Err(TransportError::Http { status: 400, .. })
-                    if at + bytes.len() as u64 == self.row.size =>
+                    if at + slice.len() == self.row.size =>
                 {
                     return self.hash_refused(refused);
                 }
