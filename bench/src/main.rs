@@ -108,7 +108,7 @@ const FULL: Size = Size {
     query_iters: 400,
     query_sync_rounds: 3,
     file_bytes: 24 * 1024 * 1024,
-    file_rounds: 3,
+    file_rounds: 10,
     load_devices: &[100, 1000, 5000],
     load_ops: 40_000,
     growth_records: &[10_000, 100_000, 1_000_000],
