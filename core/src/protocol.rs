@@ -16,7 +16,8 @@ use serde_json::{Map, Value};
 
 /// The protocol version answered by `GET /health`.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest request or answer body, before or after gzip decoding.
+/// Largest request or answer body, before or after gzip decoding; an attachment
+/// upload's body is bounded by its file's size instead.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Most ops one push may carry.
 pub const MAX_OPS_PER_PUSH: usize = 1000;

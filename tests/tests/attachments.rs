@@ -185,7 +185,8 @@ async fn a_3_mb_photo_crosses_a_link_cut_every_64_kb_intact() {
 
 /// On a fast link a device sends a large file in one request; behind a reverse proxy
 /// that takes no body over the protocol's 8 MiB (`client_max_body_size`), the proxy's
-/// `413` makes it send requests within that instead of failing the file.
+/// `413` makes it send requests within that instead of failing the file, and it
+/// remembers: the next file goes within it from the start.
 #[tokio::test]
 async fn a_proxy_body_limit_keeps_requests_within_it_and_the_file_arrives() {
     let server = TestServer::start(&Backend::Sqlite);
@@ -217,6 +218,15 @@ async fn a_proxy_body_limit_keeps_requests_within_it_and_the_file_arrives() {
         proxy.refused(),
         1,
         "and once refused, kept within the limit"
+    );
+    let audio = noise(12 * 1024 * 1024, 10);
+    let r = phone.store.attach_bytes(&audio, "audio/ogg", None).unwrap();
+    phone.sync_until("upload", |p| p.uploads_left() == 0).await;
+    assert!(on_server(&server, AMINA, &r.sha256).await.1 == audio);
+    assert_eq!(
+        proxy.refused(),
+        1,
+        "the next file kept within it from the start"
     );
     let counts = phone.store.attachment_counts().unwrap();
     assert_eq!(

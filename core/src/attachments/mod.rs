@@ -78,10 +78,11 @@ impl Chunker {
     /// twofold, to what the link would carry in this time, until the first failure (on
     /// a link that drops, a larger request mostly fails again).
     const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
-    /// Requests grow no further than what the link carries in this time: a request
-    /// this long pays its round trip many times over, and a longer one nears the
-    /// server's body timeout.
-    const LONG: std::time::Duration = std::time::Duration::from_secs(10);
+    /// A request is sized to what the link carries in this time at most, and one that
+    /// took longer shrinks the next to it: such a request pays its round trip many
+    /// times over, and the device's stall timeout (20 s by default) runs from its
+    /// start until the answer's first byte, however the upload is going.
+    const LONG: std::time::Duration = std::time::Duration::from_secs(8);
 
     /// Resumes at a stored size (0: never tried; below the start: cut before), for
     /// requests of at most `max` bytes.
@@ -110,9 +111,9 @@ impl Chunker {
         let next = if took < Chunker::QUICK && !self.cut {
             (self.size * 4).max(carried_in(Chunker::QUICK))
         } else {
-            (self.size * 2).min(carried_in(Chunker::LONG).max(self.size))
+            (self.size * 2).min(carried_in(Chunker::LONG))
         };
-        self.size = next.min(self.max);
+        self.size = next.clamp(Chunker::MIN, self.max);
     }
 
     /// Requests stay within `max` from here on.
@@ -196,15 +197,15 @@ mod tests {
         up.limit(Chunker::MAX);
         up.went_through(Duration::from_millis(2));
         assert_eq!(up.size(), Chunker::MAX, "a proxy took no larger body");
-        // On a slow link a request grows only to what it carries in ten seconds.
+        // On a slow link a request grows only to what it carries in eight seconds,
+        // and one that took longer shrinks the next to that.
         let mut slow_link = Chunker::resume(4 * 1024 * 1024, Chunker::MAX_UPLOAD);
-        slow_link.went_through(Duration::from_secs(8));
-        assert_eq!(slow_link.size(), 5 * 1024 * 1024);
-        slow_link.went_through(Duration::from_secs(12));
-        assert_eq!(
-            slow_link.size(),
-            5 * 1024 * 1024,
-            "a success never shrinks it"
-        );
+        slow_link.went_through(Duration::from_secs(6));
+        assert_eq!(slow_link.size(), 16 * 1024 * 1024 / 3);
+        slow_link.went_through(Duration::from_secs(16));
+        assert_eq!(slow_link.size(), 8 * 1024 * 1024 / 3);
+        let mut crawl = Chunker::resume(Chunker::MIN, Chunker::MAX);
+        crawl.went_through(Duration::from_secs(60));
+        assert_eq!(crawl.size(), Chunker::MIN, "never below the smallest");
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::store::Folder;
 use super::{Chunker, STALLS_BEFORE_BACKOFF};
 use crate::db::attachments::{self as rows, FileRow};
+use crate::db::meta;
 use crate::error::Error;
 use crate::feed::ChangeOrigin;
 use crate::protocol::AttachmentStatus;
@@ -74,6 +75,11 @@ pub(crate) async fn upload_due<S: Session>(s: &S) -> Phase {
     // Files whose bytes the server refused once in this run: a second refusal backs
     // off instead of sending the file again at once.
     let mut refused = HashSet::new();
+    // A proxy before the server refused larger requests once: it will again.
+    let max = match store.meta_i64(meta::Key::UploadLimit)? {
+        Some(limit) => u64::try_from(limit).unwrap_or(Chunker::MAX),
+        None => Chunker::MAX_UPLOAD,
+    };
     loop {
         let now = store.now_ms();
         let Some(row) = store
@@ -83,7 +89,7 @@ pub(crate) async fn upload_due<S: Session>(s: &S) -> Phase {
         else {
             return Ok(());
         };
-        Upload::new(s, &folder, row).run(&mut refused).await?;
+        Upload::new(s, &folder, row, max).run(&mut refused).await?;
     }
 }
 
@@ -99,11 +105,11 @@ struct Upload<'a, S> {
 }
 
 impl<'a, S: Session> Upload<'a, S> {
-    fn new(s: &'a S, folder: &'a Folder, row: FileRow) -> Upload<'a, S> {
+    fn new(s: &'a S, folder: &'a Folder, row: FileRow, max: u64) -> Upload<'a, S> {
         Upload {
             s,
             folder,
-            chunk: Chunker::resume(row.chunk, Chunker::MAX_UPLOAD),
+            chunk: Chunker::resume(row.chunk, max),
             known: row.uploaded,
             row,
             stalls: 0,
@@ -193,8 +199,13 @@ impl<'a, S: Session> Upload<'a, S> {
                 }
                 Err(TransportError::Http { status: 413, .. }) if slice.len() > Chunker::MAX => {
                     // A proxy before the server takes no body this large (the server's
-                    // own 413 is for the whole file, and comes again below).
+                    // own 413 is for the whole file, and comes again below). Kept, so
+                    // no later file sends one again.
                     self.chunk.limit(Chunker::MAX);
+                    let limit = Chunker::MAX.to_string();
+                    self.s
+                        .store()
+                        .set_meta(&[(meta::Key::UploadLimit, limit.as_str())])?;
                     offset = None;
                 }
                 Err(TransportError::Http { status: 400, .. })

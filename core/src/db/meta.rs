@@ -28,6 +28,9 @@ pub(crate) enum Key<'a> {
     Search(&'a str),
     /// The user whose data the live tables hold; absent while they hold no user's.
     Owner,
+    /// The largest upload request the way to the server takes (bytes), once a proxy
+    /// before it refused a larger one; absent while none has.
+    UploadLimit,
 }
 
 impl Key<'_> {
@@ -41,6 +44,7 @@ impl Key<'_> {
             Key::Resync(collection) => format!("resync:{collection}").into(),
             Key::Search(collection) => format!("search:{collection}").into(),
             Key::Owner => "owner".into(),
+            Key::UploadLimit => "upload_limit".into(),
         }
     }
 }

@@ -481,8 +481,8 @@ enum Received {
 }
 
 /// Bytes written before they are made durable and counted. The count runs while the
-/// next bytes arrive, so a server killed mid-request may have the device send twice
-/// this again, at most.
+/// next bytes arrive, so a server killed mid-request may have the device send about
+/// twice this again, at most (and the part being gathered and the one being written).
 const COMMIT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Writes the body from `offset` on, a part at a time, and counts what was written
