@@ -82,8 +82,14 @@ impl FileSlice {
             let mut left = len;
             while left > 0 {
                 let n = usize::try_from(left).unwrap_or(PIECE).min(PIECE);
-                let mut piece = vec![0; n];
-                let read = f.read_exact(&mut piece).map(|()| Bytes::from(piece));
+                // Read into spare capacity: zeroing a buffer first would cost a pass
+                // over every byte of the file.
+                let mut piece = Vec::with_capacity(n);
+                let read = match (&mut f).take(n as u64).read_to_end(&mut piece) {
+                    Ok(got) if got == n => Ok(Bytes::from(piece)),
+                    Ok(_) => Err(short()),
+                    Err(e) => Err(e),
+                };
                 let failed = read.is_err();
                 // The request was dropped: stop reading.
                 if tx.blocking_send(read.map_err(short_or)).is_err() || failed {
