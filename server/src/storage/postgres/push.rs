@@ -404,7 +404,14 @@ impl PgPush<'_> {
             } else {
                 Some(read_record(&row)?)
             };
-            found.insert((collection, scope, record_id), record);
+            found.insert(
+                RecordKey {
+                    collection,
+                    scope,
+                    record_id,
+                },
+                record,
+            );
         }
         // A record was looked for when one of its ops has no stored answer; not found
         // then, it does not exist. The others are read if the loop asks for them.
@@ -416,7 +423,7 @@ impl PgPush<'_> {
             }
             // `get`, not `remove`: a large record's entry must still say "left out" to
             // its record's next op, not "not found".
-            match found.get(&(k.collection.clone(), k.scope.clone(), k.record_id.clone())) {
+            match found.get(k) {
                 // Too large to read ahead: read when asked for.
                 Some(None) => {}
                 Some(Some(record)) => {
