@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Tx, json_col, unreadable};
 use crate::error::{Error, Result};
 use crate::outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, Tail};
-use crate::protocol::{ErrorBody, JsonObject, OpKind};
+use crate::protocol::{ErrorBody, OpKind};
 
 const ENTRY_COLUMNS: &str =
     "id, op_id, collection, record_id, kind, base_version, data, hlc, force,
@@ -302,13 +302,14 @@ pub(crate) fn delete_for_record(tx: &mut Tx<'_>, collection: &str, id: &str) -> 
     Ok(())
 }
 
-/// An applied entry.
+/// An applied entry. Its data stays JSON text: only a record with later edits queued
+/// needs it, and a push settles hundreds of entries per batch.
 #[derive(Debug)]
 pub(crate) struct Applied {
     pub collection: String,
     pub record_id: String,
     pub kind: OpKind,
-    pub data: Option<JsonObject>,
+    pub data: Option<String>,
 }
 
 /// The server holds this edit now: the entry has done its work and goes (its op_id
@@ -322,7 +323,7 @@ pub(crate) fn take_applied(tx: &mut Tx<'_>, entry_id: i64) -> Result<Option<Appl
                 collection: r.get(0)?,
                 record_id: r.get(1)?,
                 kind: kind_col(r, 2)?,
-                data: json_col(r, 3)?,
+                data: r.get(3)?,
             })
         },
     )

@@ -336,6 +336,16 @@ pub(crate) fn settle_synced(
     id: &str,
     version: i64,
 ) -> Result<()> {
+    // The common case in one statement: no server state stashed, not deleted.
+    let plain = tx
+        .prepare_cached(
+            "UPDATE records SET version = ?3, base = data, base_hlc = hlc, sync_state = 'synced'
+             WHERE collection = ?1 AND id = ?2 AND remote IS NULL AND NOT deleted",
+        )?
+        .execute(params![collection, id, version])?;
+    if plain == 1 {
+        return Ok(());
+    }
     let row: Option<(Option<String>, bool)> = tx
         .prepare_cached("SELECT remote, deleted FROM records WHERE collection = ?1 AND id = ?2")?
         .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?)))

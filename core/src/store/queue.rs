@@ -9,7 +9,7 @@ use crate::db::{Tx, outbox as outbox_table, records};
 use crate::error::{Error, Result};
 use crate::feed::ChangeOrigin;
 use crate::outbox::{BatchLimits, EntryState, OutboxCounts, OutboxEntry, PushOutcome};
-use crate::protocol::OpKind;
+use crate::protocol::{JsonObject, OpKind};
 use crate::record::SyncState;
 
 impl Store {
@@ -179,16 +179,15 @@ fn settle_applied(tx: &mut Tx<'_>, id: i64, version: i64) -> Result<Option<(Stri
         OpKind::Put => applied.data,
         OpKind::Patch => {
             let old = records::base(tx, collection, record_id)?;
-            let fields = applied.data.unwrap_or_default();
-            Some(crate::crdt::apply_write(
-                old.as_ref(),
-                &fields,
-                OpKind::Patch,
-            )?)
+            let fields: JsonObject = match &applied.data {
+                Some(text) => serde_json::from_str(text)?,
+                None => JsonObject::new(),
+            };
+            let merged = crate::crdt::apply_write(old.as_ref(), &fields, OpKind::Patch)?;
+            Some(serde_json::to_string(&merged)?)
         }
         OpKind::Delete => None,
     };
-    let base = base.as_ref().map(serde_json::to_string).transpose()?;
     records::move_base(tx, collection, record_id, version, base.as_deref())?;
     Ok(None)
 }
