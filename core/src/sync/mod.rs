@@ -157,12 +157,16 @@ impl SyncEngine {
             progress: Mutex::new(progress::Tracker::default()),
             live: Mutex::new(None),
         });
-        // Local writes change the counts the UI shows, and wake auto mode.
+        // Local writes change the counts the UI shows, and wake auto mode. The writes of
+        // a running sync are its own, and it publishes at its own pace: counting the
+        // queue after each of them would read a long backlog once per batch.
         let weak = Arc::downgrade(&inner);
         let sub = inner.store.subscribe(Arc::new(move |e: &ChangeEvent| {
             if let Some(inner) = weak.upgrade() {
                 if e.origin != ChangeOrigin::Remote {
                     inner.auto_wake.notify_one();
+                } else if lock(&inner.state).running {
+                    return;
                 }
                 inner.publish_status();
             }
