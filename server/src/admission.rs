@@ -3,9 +3,10 @@
 //! Every push in progress holds a database connection (PostgreSQL) or a place in the
 //! writer's queue (SQLite) and its body in memory, so one user firing pushes in
 //! parallel could crowd out every other team. A user past the bound gets 429 with
-//! `Retry-After`, which the device's engine already waits out. A device sends one push
-//! at a time; the default leaves room for several devices sharing one login. Counted
-//! per server process, like the rate limit.
+//! `Retry-After`, which the device's engine already waits out. A device has at most
+//! two pushes in flight, and after a 429 to the second goes on one at a time; the
+//! default leaves room for four devices sharing one login at full speed. Counted per
+//! server process, like the rate limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

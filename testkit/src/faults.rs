@@ -124,6 +124,12 @@ pub struct LinkStats {
     pub resent_ops: u64,
     /// When the first pull started (the engine pushes before it pulls).
     pub first_pull_at: Option<Instant>,
+    /// Most push requests in flight at once.
+    pub max_pushes_in_flight: u64,
+    /// Push requests that went out while another one in flight held an op of the same
+    /// record: a device must never send them, since the server may apply the two in
+    /// either order.
+    pub pushes_sharing_a_record: u64,
 }
 
 impl LinkStats {
@@ -192,7 +198,13 @@ pub struct FaultyTransport {
     seen_ops: Option<Mutex<HashSet<String>>>,
     /// How many ops each push carried, in order.
     push_sizes: Mutex<Vec<usize>>,
+    /// The records of each push in flight, by the push's number.
+    in_flight: Mutex<Vec<(u64, Records)>>,
     stats: Mutex<LinkStats>,
+    /// The wire counters when the last request ended: what they moved by since belongs
+    /// to the request that ends next, so two requests in flight are not both given the
+    /// other's bytes.
+    wire_seen: Mutex<(u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,8 +222,10 @@ impl FaultyTransport {
             random_on: AtomicBool::new(false),
             offline: AtomicBool::new(false),
             push_sizes: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(Vec::new()),
             seen_ops: None,
             stats: Mutex::new(LinkStats::default()),
+            wire_seen: Mutex::new((0, 0)),
         }
     }
 
@@ -226,6 +240,7 @@ impl FaultyTransport {
     /// Counts bytes per request from the inner transport's own counters.
     pub fn with_wire_stats(mut self, wire: Arc<WireStats>) -> FaultyTransport {
         self.wire = Some(wire);
+        *lock(&self.wire_seen) = self.wire();
         self
     }
 
@@ -343,13 +358,13 @@ impl FaultyTransport {
         kind: RequestKind,
         call: &impl Fn() -> BoxFuture<'a, Result<T, TransportError>>,
     ) -> Result<T, TransportError> {
-        let (sent, received) = self.wire();
         let out = call().await;
-        let (sent2, received2) = self.wire();
+        let (sent, received) = self.wire();
+        let (sent0, received0) = std::mem::replace(&mut *lock(&self.wire_seen), (sent, received));
         let mut stats = lock(&self.stats);
         let t = stats.of(kind);
-        t.bytes_sent += sent2.saturating_sub(sent);
-        t.bytes_received += received2.saturating_sub(received);
+        t.bytes_sent += sent.saturating_sub(sent0);
+        t.bytes_received += received.saturating_sub(received0);
         out
     }
 
@@ -367,9 +382,34 @@ impl FaultyTransport {
                 stats.first_pull_at.get_or_insert(started);
             }
         }
+        let _flight = push.map(|request| Flight {
+            link: self,
+            n: self.take_off(request),
+        });
         let out = self.faulted(kind, push, &call).await;
         lock(&self.stats).of(kind).time += started.elapsed();
         out
+    }
+
+    /// Notes a push going out, with its records; returns its number.
+    fn take_off(&self, request: &PushRequest) -> u64 {
+        let records: Records = request
+            .ops
+            .iter()
+            .map(|op| (op.collection.clone(), op.record_id.clone()))
+            .collect();
+        let mut in_flight = lock(&self.in_flight);
+        let mut stats = lock(&self.stats);
+        let n = stats.push.calls;
+        if in_flight
+            .iter()
+            .any(|(_, other)| !other.is_disjoint(&records))
+        {
+            stats.pushes_sharing_a_record += 1;
+        }
+        in_flight.push((n, records));
+        stats.max_pushes_in_flight = stats.max_pushes_in_flight.max(in_flight.len() as u64);
+        n
     }
 
     async fn faulted<'a, T>(
@@ -434,6 +474,21 @@ impl FaultyTransport {
                 answer
             }
         }
+    }
+}
+
+/// The (collection, record id) pairs of a push.
+type Records = HashSet<(String, String)>;
+
+/// A push in flight; it lands when this is dropped, answered or abandoned.
+struct Flight<'a> {
+    link: &'a FaultyTransport,
+    n: u64,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        lock(&self.link.in_flight).retain(|(m, _)| *m != self.n);
     }
 }
 

@@ -169,6 +169,9 @@ fn sync_config() -> SyncConfig {
         pull_limit: 4,
         backoff_initial: std::time::Duration::from_millis(500),
         backoff_max: std::time::Duration::from_secs(8),
+        // Two requests of one device in flight reach the server's writer in an order
+        // set by thread timing; one at a time, a seed replays exactly.
+        push_requests_in_flight: 1,
         ..SyncConfig::default()
     }
 }

@@ -1058,3 +1058,118 @@ async fn own_writes_are_not_pulled_back_but_merges_are() {
     );
     assert_eq!(snapshot(&a.store, "answers"), snapshot(&b.store, "answers"));
 }
+
+/// A device pushing five ops per request, `flights` requests at a time, with forty
+/// records queued.
+fn forty_queued(server: &TestServer, dir: &std::path::Path, flights: usize) -> Device {
+    let config = outpost_core::SyncConfig {
+        batch: outpost_core::BatchLimits {
+            max_ops: 5,
+            ..outpost_core::BatchLimits::default()
+        },
+        push_requests_in_flight: flights,
+        ..sync_config()
+    };
+    let a = Device::open_with(
+        dir,
+        "a",
+        server,
+        Arc::new(StaticToken(AMINA.into())),
+        config,
+    );
+    for i in 0..40 {
+        a.store
+            .put("answers", Some(&format!("r{i}")), json!({"round": 0}))
+            .unwrap();
+    }
+    a
+}
+
+/// Pushes `flights` requests at a time while another thread keeps editing the same
+/// records, each answer arriving 30 ms late so that requests overlap; returns what the
+/// link saw once everything is synced, after checking a second device of the same user
+/// pulls exactly the first one's records.
+async fn push_while_editing(flights: usize) -> outpost_testkit::LinkStats {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let a = forty_queued(&server, dir.path(), flights);
+    for _ in 0..60 {
+        a.link
+            .fail_next_push(Fault::DelayAfter(Duration::from_millis(30)));
+    }
+    // Edits of records already in flight queue entries behind them.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editor = {
+        let (store, stop) = (a.store.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut round = 1;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for i in (0..40).step_by(3) {
+                    store
+                        .put("answers", Some(&format!("r{i}")), json!({"round": round}))
+                        .unwrap();
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(7));
+            }
+        })
+    };
+    let r = a.engine.sync_now(Some(Duration::from_secs(30))).await;
+    assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    editor.join().unwrap();
+    a.link.clear_faults();
+    let r = a.sync_until_quiet().await;
+    assert_eq!(r.outcome, SyncOutcome::Completed, "{r:?}");
+    for rec in a.store.query("answers", &Query::new()).unwrap() {
+        assert_eq!(rec.sync_state, SyncState::Synced, "{}", rec.id);
+    }
+    let c = Device::open(dir.path(), "c", &server, AMINA);
+    c.sync_until_quiet().await;
+    assert_eq!(snapshot(&c.store, "answers"), snapshot(&a.store, "answers"));
+    a.link.stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pushes_fly_at_once_and_never_share_a_record() {
+    let two = push_while_editing(2).await;
+    assert_eq!(two.max_pushes_in_flight, 2, "{two:?}");
+    assert_eq!(two.pushes_sharing_a_record, 0, "{two:?}");
+    // The same config with one request at a time never overlaps.
+    let one = push_while_editing(1).await;
+    assert_eq!(one.max_pushes_in_flight, 1, "{one:?}");
+    assert_eq!(one.pushes_sharing_a_record, 0, "{one:?}");
+}
+
+/// 429 to a push sent beside another, as a server bounding pushes per login answers
+/// devices that share one: the sync goes on one request at a time, once the short
+/// `Retry-After` has passed. A long one is a rate limit, and stops the sync as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_push_refused_as_one_too_many_goes_on_alone() {
+    for (retry_after, completes) in [
+        (Duration::from_millis(300), true),
+        (Duration::from_secs(30), false),
+    ] {
+        let server = TestServer::start(&Backend::Sqlite);
+        let dir = tempfile::tempdir().unwrap();
+        let a = forty_queued(&server, dir.path(), 2);
+        // The first push goes alone; the second goes alone once it is answered, and the
+        // third right beside it.
+        a.link.fail_next_push(Fault::Delay(Duration::ZERO));
+        a.link.fail_next_push(Fault::Delay(Duration::ZERO));
+        a.link.fail_next_push(Fault::RateLimited(retry_after));
+        let r = a.engine.sync_now(Some(Duration::from_secs(30))).await;
+        let pending = a.store.outbox_counts().unwrap().pending;
+        if completes {
+            assert_eq!(
+                (r.outcome, r.applied, pending),
+                (SyncOutcome::Completed, 40, 0),
+                "{r:?}"
+            );
+        } else {
+            assert_ne!(r.outcome, SyncOutcome::Completed, "{r:?}");
+            assert!(pending > 0, "the refused batch waits for its retry");
+            a.link.clear_faults();
+        }
+    }
+}

@@ -266,6 +266,7 @@ fn sync_config() -> SyncConfig {
         network_debounce: Duration::from_millis(20),
         write_debounce: Duration::from_millis(50),
         auto_sync: false,
+        ..SyncConfig::default()
     }
 }
 

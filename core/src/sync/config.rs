@@ -31,6 +31,10 @@ pub struct SyncConfig {
     pub write_debounce: Duration,
     /// Sync by itself after reconnecting, after local writes, and when a backoff ends.
     pub auto_sync: bool,
+    /// Push requests in flight at once, once the link has answered one: with two, the
+    /// server applies one batch while the next is on its way. One (or zero) keeps a
+    /// device's requests strictly one after another.
+    pub push_requests_in_flight: usize,
 }
 
 impl Default for SyncConfig {
@@ -44,6 +48,7 @@ impl Default for SyncConfig {
             network_debounce: Duration::from_secs(2),
             write_debounce: Duration::from_secs(1),
             auto_sync: false,
+            push_requests_in_flight: 2,
         }
     }
 }

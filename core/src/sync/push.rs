@@ -1,13 +1,19 @@
-//! The push phase: the outbox goes out in batches, one request in flight at a time.
+//! The push phase: the outbox goes out in batches, two requests in flight at a time
+//! (`SyncConfig::push_requests_in_flight`).
 //!
-//! The database work around each request (recording the previous answer, choosing and
-//! marking the next batch) runs while it is on the wire, so the link is never idle
-//! waiting on disk. Two batches never hold entries of the same record: a record's next
-//! entry becomes eligible only once the answer for its previous one is recorded. A
-//! batch whose answer the link loses, once the link has shown it carries answers, goes
-//! out again at once with fewer ops (`pace`); otherwise its entries back off.
+//! While the server applies one batch the next is already on its way, and the device
+//! records an answer (and takes and marks the batch after) while the other request is
+//! on the wire: neither side waits on the other's disk. Two batches never hold entries
+//! of the same record: a record's next entry becomes eligible only once the answer for
+//! its previous one is recorded, so the server may apply the two in either order. The
+//! first request of a sync goes alone, as does the first after a failure.
+//! A batch whose answer the link loses, once the link has shown it carries answers,
+//! goes out again at once with fewer ops (`pace`); otherwise its entries back off.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::Inner;
@@ -25,6 +31,76 @@ type Batch = (Vec<OutboxEntry>, PushRequest);
 
 /// Entries the server answered with a conflict, with the record's server state.
 type Conflicts<'b> = Vec<(&'b OutboxEntry, Option<Change>)>;
+
+/// Longest `Retry-After` waited out within the sync when a request sent beside another
+/// is refused as one too many; a longer one is a rate limit, and the sync stops.
+const SOLO_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// What a push request came back with.
+type Answer = Result<PushResponse, TransportError>;
+
+/// A batch on the wire, and its answer once it came.
+struct Flight<'a> {
+    batch: Vec<OutboxEntry>,
+    /// Sent while another request was in flight.
+    beside: bool,
+    request: Pin<Box<dyn Future<Output = Answer> + Send + 'a>>,
+    answer: Option<Answer>,
+}
+
+/// A request's batch and answer, and whether it flew beside another.
+type Landed = (Vec<OutboxEntry>, Answer, bool);
+
+impl<'a> Flight<'a> {
+    fn new(
+        inner: &'a Inner,
+        batch: Vec<OutboxEntry>,
+        req: PushRequest,
+        beside: bool,
+    ) -> Flight<'a> {
+        Flight {
+            batch,
+            beside,
+            request: Box::pin(async move { inner.push_request(&req).await }),
+            answer: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if self.answer.is_none()
+            && let Poll::Ready(a) = self.request.as_mut().poll(cx)
+        {
+            self.answer = Some(a);
+        }
+    }
+}
+
+/// Runs `work` while every request in flight goes on; an answer that comes meanwhile
+/// waits in its flight.
+async fn along<T>(flying: &mut VecDeque<Flight<'_>>, work: impl Future<Output = T>) -> T {
+    let mut work = pin!(work);
+    poll_fn(|cx| {
+        flying.iter_mut().for_each(|f| f.poll(cx));
+        work.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The oldest request in flight, once answered, with its batch; `None` when nothing
+/// is in flight. The others go on meanwhile.
+async fn land(flying: &mut VecDeque<Flight<'_>>) -> Option<Landed> {
+    poll_fn(|cx| {
+        flying.iter_mut().for_each(|f| f.poll(cx));
+        match flying.front_mut() {
+            None => Poll::Ready(None),
+            Some(f) => match f.answer.take() {
+                Some(a) => Poll::Ready(flying.pop_front().map(|f| (f.batch, a, f.beside))),
+                None => Poll::Pending,
+            },
+        }
+    })
+    .await
+}
 
 /// How often a push on a fast link recounts what is due and publishes the status.
 const SHOW_EVERY: Duration = Duration::from_millis(200);
@@ -51,18 +127,9 @@ impl Sizer {
         }
     }
 
-    /// For a batch taken now, with no request in flight.
+    /// For a batch taken now: every batch taken before it has gone out.
     fn now(&self) -> BatchLimits {
         if self.isolating > 0 {
-            self.single()
-        } else {
-            self.full
-        }
-    }
-
-    /// For the batch taken while the current one is on the wire: it goes after it.
-    fn after_current(&self) -> BatchLimits {
-        if self.isolating > 1 {
             self.single()
         } else {
             self.full
@@ -114,74 +181,87 @@ impl Inner {
         let mut counted = self.count_due(0)?;
         self.publish_status();
         let mut shown = Instant::now();
-        let mut current = self.take_batch(Vec::new(), sizer.now()).await?;
-        let mut answered: Option<(Vec<OutboxEntry>, PushResponse)> = None;
+        // One request until the link has answered one, then as many as the config
+        // allows; after a failure, one again until the next answer.
+        let flights = self.config.push_requests_in_flight.max(1);
+        let mut depth = 1;
+        let mut solo = false;
+        let mut flying: VecDeque<Flight<'_>> = VecDeque::new();
+        let mut next = self.take_batch(Vec::new(), sizer.now()).await?;
         loop {
-            sizer.full = self.batch_limits();
-            let Some((batch, req)) = current.take() else {
-                // The last answer: recording it can free a record's next entry or queue
-                // a settled conflict's result, which go out in this same sync.
-                let Some((b, resp)) = answered.take() else {
-                    return Ok(());
+            while flying.len() < depth {
+                let Some((batch, req)) = next.take() else {
+                    break;
                 };
-                let (outcomes, conflicts) = self.read_answer(&b, &resp, report);
-                self.store.outbox_apply_results(&outcomes)?;
-                self.settle_conflicts(conflicts, report)?;
-                counted = self.count_due(0)?;
-                self.publish_status();
-                current = self.take_batch(Vec::new(), sizer.now()).await?;
-                if current.is_none() {
-                    return Ok(());
+                {
+                    let mut r = tally(report);
+                    r.pushed += batch.len() as u64;
+                    r.requests += 1;
                 }
-                continue;
-            };
-            {
-                let mut r = tally(report);
-                r.pushed += batch.len() as u64;
-                r.requests += 1;
+                sizer.sent();
+                let beside = !flying.is_empty();
+                flying.push_back(Flight::new(self, batch, req, beside));
+                if flying.len() < depth {
+                    sizer.full = self.batch_limits();
+                    next = along(&mut flying, self.take_batch(Vec::new(), sizer.now())).await?;
+                }
             }
-            let next_limits = sizer.after_current();
-            sizer.sent();
-            let (sent, prepared) = tokio::join!(self.push_request(&req), async {
-                // The previous answer and the next batch share one transaction.
-                let (outcomes, conflicts) = match &answered {
-                    Some((b, resp)) => self.read_answer(b, resp, report),
-                    None => Default::default(),
-                };
-                let next = self.take_batch(outcomes, next_limits).await?;
-                self.settle_conflicts(conflicts, report)?;
-                Ok::<_, Stop>(next)
-            });
-            answered = None;
-            // On an early return both batches are still marked in flight; the run
+            // On an early return the batches in flight are still marked so; the run
             // returns whatever is left in flight to pending.
-            let next = prepared?;
-            // The previous answer is recorded, and moved the progress. Edits made since
-            // the count add to the totals, read by id range: a full count per batch
-            // would scan a 100,000-edit backlog 200 times. On a fast link the status
-            // goes out a few times a second rather than per batch.
-            if shown.elapsed() >= SHOW_EVERY {
-                shown = Instant::now();
-                counted = self.count_due(counted)?;
-                self.publish_status();
-            }
-            match sent {
+            let Some((batch, sent, beside)) = land(&mut flying).await else {
+                return Ok(());
+            };
+            let e = match sent {
                 Ok(resp) => {
-                    let mut sizes = lock(&self.sizes);
-                    let full = batch.len() >= sizes.push_ops.get();
-                    sizes.push_ops.succeeded(full);
-                    drop(sizes);
-                    lock(&pass.retries).succeeded();
-                    answered = Some((batch, resp));
-                    current = next;
+                    self.answer_came(pass, &batch);
+                    depth = if solo { 1 } else { flights };
+                    let (outcomes, conflicts) = self.read_answer(&batch, &resp, report);
+                    // The answer and the next batch share one transaction, which runs
+                    // while the other request is on the wire.
+                    sizer.full = self.batch_limits();
+                    next = along(&mut flying, self.take_batch(outcomes, sizer.now())).await?;
+                    let settled = !conflicts.is_empty();
+                    self.settle_conflicts(conflicts, report)?;
+                    if settled && next.is_none() {
+                        // A settled conflict may have queued its result: it goes out in
+                        // this same sync.
+                        next = along(&mut flying, self.take_batch(Vec::new(), sizer.now())).await?;
+                    }
+                    // Edits made since the count add to the totals, read by id range: a
+                    // full count per batch would scan a 100,000-edit backlog 200 times.
+                    // On a fast link the status goes out a few times a second rather
+                    // than per batch; once the queue is drained, it is counted afresh.
+                    let drained = next.is_none() && flying.is_empty();
+                    if drained || shown.elapsed() >= SHOW_EVERY {
+                        shown = Instant::now();
+                        counted = self.count_due(if drained { 0 } else { counted })?;
+                        self.publish_status();
+                    }
+                    continue;
                 }
-                Err(TransportError::Unauthorized(m)) => {
-                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
+                Err(e) => e,
+            };
+            // A failure is handled with nothing else in the air.
+            depth = 1;
+            self.land_rest(&mut flying, pass).await?;
+            sizer.full = self.batch_limits();
+            match e {
+                TransportError::Unauthorized(m) => {
                     self.release(Some(&batch))?;
                     return Err(Stop::Auth(m));
                 }
-                Err(e) if e.is_transient() => {
-                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
+                TransportError::RateLimited {
+                    retry_after: Some(pause),
+                } if beside && pause <= SOLO_PAUSE_MAX => {
+                    // The server takes only so many pushes of one login at once, and
+                    // devices may share a login: this one goes on one at a time.
+                    tracing::debug!(?pause, "second push refused as one too many; one at a time");
+                    self.release(Some(&batch))?;
+                    solo = true;
+                    tokio::time::sleep(pause).await;
+                    next = self.take_batch(Vec::new(), sizer.now()).await?;
+                }
+                e if e.is_transient() => {
                     let pause = lock(&pass.retries).after_failure(&e, |n| self.backoff(n));
                     let Some(pause) = pause.filter(|_| self.online()) else {
                         self.back_off(&batch, &e)?;
@@ -199,30 +279,64 @@ impl Inner {
                     lock(&self.sizes).push_ops.failed();
                     sizer.full = self.batch_limits();
                     tokio::time::sleep(pause).await;
-                    current = self.take_batch(Vec::new(), sizer.now()).await?;
+                    next = self.take_batch(Vec::new(), sizer.now()).await?;
                 }
-                Err(e) if batch.len() > 1 => {
+                e if batch.len() > 1 => {
                     tracing::warn!(
                         error = e.for_log(),
                         "push refused as a whole; isolating ops"
                     );
-                    self.release(next.as_ref().map(|b| b.0.as_slice()))?;
                     self.release(Some(&batch))?;
                     sizer.refused(batch.len());
-                    current = self.take_batch(Vec::new(), sizer.now()).await?;
+                    next = self.take_batch(Vec::new(), sizer.now()).await?;
                 }
-                Err(e) => {
+                e => {
                     let error = ErrorBody {
                         code: error_code(&e),
                         message: e.to_string(),
                     };
-                    self.store
-                        .outbox_apply_results(&[(batch[0].id, PushOutcome::Failed { error })])?;
                     tally(report).rejected += 1;
-                    current = next;
+                    let failed = batch
+                        .iter()
+                        .map(|entry| {
+                            (
+                                entry.id,
+                                PushOutcome::Failed {
+                                    error: error.clone(),
+                                },
+                            )
+                        })
+                        .collect();
+                    next = self.take_batch(failed, sizer.now()).await?;
                 }
             }
         }
+    }
+
+    /// The link answered a request.
+    fn answer_came(&self, pass: &Pass, batch: &[OutboxEntry]) {
+        let mut sizes = lock(&self.sizes);
+        let full = batch.len() >= sizes.push_ops.get();
+        sizes.push_ops.succeeded(full);
+        drop(sizes);
+        lock(&pass.retries).succeeded();
+    }
+
+    /// Waits for every other request in flight, recording its answer or, when it got
+    /// none, returning its entries to pending untouched.
+    async fn land_rest(&self, flying: &mut VecDeque<Flight<'_>>, pass: &Pass) -> Result<(), Stop> {
+        while let Some((batch, sent, _)) = land(flying).await {
+            match sent {
+                Ok(resp) => {
+                    self.answer_came(pass, &batch);
+                    let (outcomes, conflicts) = self.read_answer(&batch, &resp, &pass.report);
+                    self.store.outbox_apply_results(&outcomes)?;
+                    self.settle_conflicts(conflicts, &pass.report)?;
+                }
+                Err(_) => self.release(Some(&batch))?,
+            }
+        }
+        Ok(())
     }
 
     async fn push_request(&self, req: &PushRequest) -> Result<PushResponse, TransportError> {
@@ -466,14 +580,14 @@ mod tests {
             max_bytes: 1 << 20,
         };
         let mut s = Sizer::new(full);
-        assert_eq!((s.now(), s.after_current()), (full, full));
+        assert_eq!(s.now(), full);
         s.sent();
         // A request of 3 ops refused: the next 3 requests carry one op each.
         s.refused(3);
         let mut sizes = vec![s.now().max_ops];
         for _ in 0..5 {
-            sizes.push(s.after_current().max_ops);
             s.sent();
+            sizes.push(s.now().max_ops);
         }
         assert_eq!(sizes, [1, 1, 1, 5, 5, 5]);
         assert_eq!(s.now(), full);
