@@ -6,7 +6,9 @@
 //! on the wire: neither side waits on the other's disk. Two batches never hold entries
 //! of the same record: a record's next entry becomes eligible only once the answer for
 //! its previous one is recorded, so the server may apply the two in either order. The
-//! first request of a sync goes alone, as does the first after a failure.
+//! first request of a sync goes alone, as does the first after a failure; the batch
+//! after the ones in flight is always taken and marked beforehand, so it goes out the
+//! moment an answer lands, one request at a time included.
 //! A batch whose answer the link loses, once the link has shown it carries answers,
 //! goes out again at once with fewer ops (`pace`); otherwise its entries back off.
 
@@ -190,21 +192,12 @@ impl Inner {
         let mut next = self.take_batch(Vec::new(), sizer.now()).await?;
         loop {
             while flying.len() < depth {
-                let Some((batch, req)) = next.take() else {
+                let Some(taken) = next.take() else {
                     break;
                 };
-                {
-                    let mut r = tally(report);
-                    r.pushed += batch.len() as u64;
-                    r.requests += 1;
-                }
-                sizer.sent();
-                let beside = !flying.is_empty();
-                flying.push_back(Flight::new(self, batch, req, beside));
-                if flying.len() < depth {
-                    sizer.full = self.batch_limits();
-                    next = along(&mut flying, self.take_batch(Vec::new(), sizer.now())).await?;
-                }
+                self.fly(&mut flying, taken, report, &mut sizer);
+                sizer.full = self.batch_limits();
+                next = along(&mut flying, self.take_batch(Vec::new(), sizer.now())).await?;
             }
             // On an early return the batches in flight are still marked so; the run
             // returns whatever is left in flight to pending.
@@ -215,6 +208,10 @@ impl Inner {
                 Ok(resp) => {
                     self.answer_came(pass, &batch);
                     depth = if solo { 1 } else { flights };
+                    // The batch taken meanwhile goes out before this answer is recorded.
+                    if let Some(taken) = next.take() {
+                        self.fly(&mut flying, taken, report, &mut sizer);
+                    }
                     let (outcomes, conflicts) = self.read_answer(&batch, &resp, report);
                     // The answer and the next batch share one transaction, which runs
                     // while the other request is on the wire.
@@ -241,8 +238,9 @@ impl Inner {
                 }
                 Err(e) => e,
             };
-            // A failure is handled with nothing else in the air.
+            // A failure is handled with nothing else in the air, nor taken.
             depth = 1;
+            self.release(next.take().as_ref().map(|b| b.0.as_slice()))?;
             self.land_rest(&mut flying, pass).await?;
             sizer.full = self.batch_limits();
             match e {
@@ -311,6 +309,24 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Sends a taken batch.
+    fn fly<'a>(
+        &'a self,
+        flying: &mut VecDeque<Flight<'a>>,
+        (batch, req): Batch,
+        report: &Tally,
+        sizer: &mut Sizer,
+    ) {
+        {
+            let mut r = tally(report);
+            r.pushed += batch.len() as u64;
+            r.requests += 1;
+        }
+        sizer.sent();
+        let beside = !flying.is_empty();
+        flying.push_back(Flight::new(self, batch, req, beside));
     }
 
     /// The link answered a request.
