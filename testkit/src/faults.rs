@@ -79,6 +79,9 @@ pub enum Fault {
     RateLimited(Duration),
     /// The server answers 401 without handling it.
     Unauthorized,
+    /// As [`Fault::Unauthorized`], this much later: a token that expired while other
+    /// requests were already on their way.
+    UnauthorizedAfter(Duration),
     /// The request hangs for this long before going through.
     Delay(Duration),
     /// The server handles the request; the answer arrives this much later.
@@ -464,6 +467,10 @@ impl FaultyTransport {
                 retry_after: Some(d),
             }),
             Some(Fault::Unauthorized) => Err(TransportError::Unauthorized("injected".into())),
+            Some(Fault::UnauthorizedAfter(d)) => {
+                tokio::time::sleep(d).await;
+                Err(TransportError::Unauthorized("injected".into()))
+            }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 self.forward(kind, call).await

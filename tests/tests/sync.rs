@@ -1173,3 +1173,54 @@ async fn a_second_push_refused_as_one_too_many_goes_on_alone() {
         }
     }
 }
+
+/// Counts the provider's refreshes; every token it gives is the same valid one.
+#[derive(Debug, Default)]
+struct CountedRefreshes(std::sync::atomic::AtomicU32);
+
+impl TokenProvider for CountedRefreshes {
+    fn token(&self, refresh: bool) -> Result<String, String> {
+        if refresh {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(AMINA.to_owned())
+    }
+}
+
+/// A token that expires with two pushes in flight gets 401 on both: the provider is
+/// asked once (a provider rotating refresh tokens would fail a second refresh made in
+/// parallel), and both go through with the fresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pushes_refused_together_refresh_the_token_once() {
+    let server = TestServer::start(&Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(CountedRefreshes::default());
+    let config = outpost_core::SyncConfig {
+        batch: outpost_core::BatchLimits {
+            max_ops: 5,
+            ..outpost_core::BatchLimits::default()
+        },
+        ..sync_config()
+    };
+    let a = Device::open_with(dir.path(), "a", &server, tokens.clone(), config);
+    for i in 0..40 {
+        a.store
+            .put("answers", Some(&format!("r{i}")), json!({"i": i}))
+            .unwrap();
+    }
+    // The first push goes alone; the second once it is answered, and the third beside
+    // it: both of those are refused, as with a token that expired between them.
+    a.link.fail_next_push(Fault::Delay(Duration::ZERO));
+    a.link
+        .fail_next_push(Fault::UnauthorizedAfter(Duration::from_millis(100)));
+    a.link
+        .fail_next_push(Fault::UnauthorizedAfter(Duration::from_millis(100)));
+    let r = a.engine.sync_now(Some(Duration::from_secs(30))).await;
+    assert_eq!(
+        (r.outcome, r.applied),
+        (SyncOutcome::Completed, 40),
+        "{r:?}"
+    );
+    assert_eq!(a.link.stats().max_pushes_in_flight, 2);
+    assert_eq!(tokens.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Inner;
 use super::config::{TOKEN_TIMEOUT, TokenError};
@@ -52,6 +53,7 @@ impl Inner {
         match fetched {
             Ok(t) => {
                 *lock(&self.token) = Some(t.clone());
+                self.token_fetches.fetch_add(1, Ordering::SeqCst);
                 Ok(t)
             }
             Err(e) => {
@@ -80,12 +82,26 @@ impl Inner {
         Fut: Future<Output = Result<T, TransportError>>,
     {
         let token = self.token(false).await.map_err(no_token)?;
+        let fetched = self.token_fetches.load(Ordering::SeqCst);
         match request(token).await {
             Err(TransportError::Unauthorized(_)) => {
-                let token = self.token(true).await.map_err(no_token)?;
+                let token = self.refreshed(fetched).await.map_err(no_token)?;
                 request(token).await
             }
             other => other,
+        }
+    }
+
+    /// A fresh token after one fetched by `fetched` fetches got 401. Requests in flight
+    /// together all get 401 when a token expires: one asks the provider, and the others
+    /// take its answer (a provider that rotates refresh tokens fails a second refresh
+    /// made in parallel).
+    async fn refreshed(&self, fetched: u64) -> Result<String, TokenError> {
+        let _one = self.refreshing.lock().await;
+        let cached = lock(&self.token).clone();
+        match cached {
+            Some(t) if self.token_fetches.load(Ordering::SeqCst) != fetched => Ok(t),
+            _ => self.token(true).await,
         }
     }
 

@@ -72,6 +72,11 @@ struct Inner {
     config: SyncConfig,
     runtime: tokio::runtime::Handle,
     token: Mutex<Option<String>>,
+    /// Held while the provider is asked for a fresh token after a 401.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Tokens fetched so far: a 401 to a token older than the cached one needs no
+    /// refresh of its own.
+    token_fetches: AtomicU64,
     /// Why the provider had no token, while the sync it stopped ends.
     token_error: Mutex<Option<config::TokenError>>,
     online: AtomicBool,
@@ -140,6 +145,8 @@ impl SyncEngine {
             config,
             runtime,
             token: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            token_fetches: AtomicU64::new(0),
             token_error: Mutex::new(None),
             online: AtomicBool::new(true),
             network_generation: AtomicU64::new(0),
